@@ -1,0 +1,520 @@
+"""``TetherClient``: the public, blocking, thread-safe face of tether_sync.
+
+It validates options, encodes payloads in the caller's thread (so a bad payload
+fails in ``send()``, never later), and talks to the :class:`~tether_sync.loop.IoLoop`
+only through its queue and commands. Every wait takes its time from one
+:class:`~tether_sync.clock.Deadline`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import logging
+import random
+import threading
+import uuid
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from . import frames
+from .clock import Clock, Deadline, SystemClock
+from .delivery import Delivery
+from .dispatch import ThreadDispatcher, run_task
+from .envelope import encode_data
+from .events import EVENT_NAMES, ErrorEvent, MessageEvent, QueuedEvent
+from .exceptions import ClientClosed, ConnectTimeout, QueueFull, TetherError
+from .loop import IoLoop, LoopConfig
+from .options import Backpressure, Heartbeat, Queue, Reconnect, coerce, coerce_auth
+from .state import State
+from .stats import Stats
+from .subscription import InboundBuffer, Subscription
+from .transport import validate_url
+
+log = logging.getLogger("tether_sync")
+
+Handler = Callable[[Any], None]
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+# Clients not closed by their owner; flushed and closed at interpreter exit.
+_live_clients: "weakref.WeakSet[TetherClient]" = weakref.WeakSet()
+
+
+class TetherClient:
+    """A resilient WebSocket client for blocking code (DESIGN §2).
+
+    Args:
+        url: ``ws://`` or ``wss://`` URL.
+        protocol: ``"tether"`` (JSON envelopes with channels) or ``"raw"`` (frames
+            as-is: ``str`` → text, ``bytes`` → binary, anything else → JSON text;
+            inbound arrives on channel ``"default"``).
+        auth: An :class:`~tether_sync.Auth`, a dict of its fields, or a plain
+            callable returning a token.
+        reconnect: :class:`~tether_sync.Reconnect`, a dict, or ``False`` (no reconnection).
+        heartbeat: :class:`~tether_sync.Heartbeat`, a dict, or ``False``.
+        queue: :class:`~tether_sync.Queue`, a dict, or ``False`` (``send()`` while not
+            open raises :class:`~tether_sync.QueueFull`).
+        backpressure: :class:`~tether_sync.Backpressure` or a dict.
+        dispatcher: ``callable(fn)`` that runs ``fn`` where callbacks belong (e.g. a
+            GUI's main thread); by default a dispatcher thread of the client's own.
+        headers: Handshake headers: a dict, or a callable returning one, evaluated
+            at every connect.
+        subprotocols: Offered to the server in the handshake.
+        sslopt: TLS options, handed to websocket-client.
+        connect_timeout: Seconds for one opening handshake.
+        max_message_size: Bytes; a bigger inbound message closes the link with 1009.
+        exit_flush_timeout: Seconds that a client still open at interpreter exit
+            spends flushing its queue before it closes (``0`` disables it).
+        ws_options: More keyword arguments for websocket-client's ``connect``
+            (``http_proxy_host``, ``origin``, ``redirect_limit``...).
+        clock: Time source (tests inject a fake one).
+        rng: Random source of backoff delays (tests inject a seeded one).
+
+    Raises:
+        TypeError, ValueError: a bad URL or option, naming it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        protocol: str = "tether",
+        auth: Any = None,
+        reconnect: Union[Reconnect, Dict[str, Any], bool, None] = None,
+        heartbeat: Union[Heartbeat, Dict[str, Any], bool, None] = None,
+        queue: Union[Queue, Dict[str, Any], bool, None] = None,
+        backpressure: Union[Backpressure, Dict[str, Any], None] = None,
+        dispatcher: Optional[Callable[[Callable[[], None]], Any]] = None,
+        headers: Union[Dict[str, str], Callable[[], Dict[str, str]], None] = None,
+        subprotocols: Optional[List[str]] = None,
+        sslopt: Optional[Dict[str, Any]] = None,
+        connect_timeout: float = 10.0,
+        max_message_size: int = 16 * 2**20,
+        exit_flush_timeout: float = 5.0,
+        ws_options: Optional[Dict[str, Any]] = None,
+        clock: Optional[Clock] = None,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        url = validate_url(url)
+        if protocol not in ("tether", "raw"):
+            raise ValueError(f"protocol must be 'tether' or 'raw', got {protocol!r}")
+        if dispatcher is not None and not callable(dispatcher):
+            raise TypeError("dispatcher must be callable")
+        if headers is not None and not (callable(headers) or isinstance(headers, dict)):
+            raise TypeError("headers must be a dict or a callable returning one")
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("exit_flush_timeout", exit_flush_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number of seconds")
+            if value < 0 or (name == "connect_timeout" and value == 0):
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
+            raise TypeError("max_message_size must be an int")
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be >= 1")
+        bp = coerce("backpressure", backpressure, Backpressure)
+        assert bp is not None
+        self._auth_options = coerce_auth(auth)
+        self._config = LoopConfig(
+            url=url,
+            protocol=protocol,
+            reconnect=coerce("reconnect", reconnect, Reconnect),
+            heartbeat=coerce("heartbeat", heartbeat, Heartbeat),
+            queue=coerce("queue", queue, Queue),
+            backpressure=bp,
+            headers=headers,
+            subprotocols=list(subprotocols) if subprotocols else None,
+            sslopt=dict(sslopt) if sslopt else None,
+            connect_timeout=float(connect_timeout),
+            max_message_size=max_message_size,
+            ws_options=dict(ws_options or {}),
+        )
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._exit_flush_timeout = float(exit_flush_timeout)
+        self._ids = itertools.count(1)
+        # A random UUID-shaped prefix plus a counter: unique ids without a uuid4()
+        # (and its os.urandom call) per message.
+        self._id_prefix = str(uuid.uuid4())[:24]
+
+        # Guards _handlers (copy-on-write: dispatch reads the current tuple without
+        # it) and _started/_closing. Never held while calling out.
+        self._lock = threading.Lock()
+        self._handlers: Dict[str, Tuple[Handler, ...]] = {}
+        self._state_cond = threading.Condition(threading.Lock())  # notified on state change
+        self._started = False
+        self._closing = False
+        self._own_dispatcher: Optional[ThreadDispatcher] = None
+        if dispatcher is None:
+            self._own_dispatcher = ThreadDispatcher(self._report_error, "tether-dispatch")
+            self._dispatch_fn: Callable[[Callable[[], None]], Any] = self._own_dispatcher
+        else:
+            user = dispatcher
+            self._dispatch_fn = lambda fn: user(lambda: run_task(fn, self._report_error))
+        self._loop = IoLoop(
+            self._config,
+            self._emit,
+            self._wants,
+            self._clock,
+            rng if rng is not None else random.Random(),
+            auth=self._make_authenticator(),
+            on_state=self._on_state,
+        )
+
+    def _make_authenticator(self) -> Any:
+        return None  # the auth feature plugs in here
+
+    def __repr__(self) -> str:
+        return f"<TetherClient {self._config.url} {self._loop.state.value}>"
+
+    # ------------------------------------------------------------------ events
+
+    def on(self, name: str, handler: Optional[Handler] = None) -> Any:
+        """Register ``handler(event)`` for event ``name``.
+
+        Handlers run on the dispatcher, in order, never on the I/O thread. A
+        handler that raises is logged and reported as an ``error`` event.
+
+        Returns:
+            A callable that unregisters the handler; or, without ``handler``, a
+            decorator that registers the function and returns it unchanged.
+
+        Raises:
+            ValueError: unknown event name.
+        """
+        if name not in EVENT_NAMES:
+            raise ValueError(f"unknown event {name!r}; one of {', '.join(EVENT_NAMES)}")
+        if handler is None:
+
+            def decorator(fn: Handler) -> Handler:
+                self.on(name, fn)
+                return fn
+
+            return decorator
+        if not callable(handler):
+            raise TypeError("handler must be callable")
+        with self._lock:
+            self._handlers[name] = (*self._handlers.get(name, ()), handler)
+            if name == "message" and self._loop.message_buffer is None:
+                self._loop.message_buffer = self._new_buffer(self._fan_out_message)
+
+        def off() -> None:
+            with self._lock:
+                handlers = list(self._handlers.get(name, ()))
+                if handler in handlers:
+                    handlers.remove(handler)
+                self._handlers[name] = tuple(handlers)
+                if name == "message" and not handlers and self._loop.message_buffer:
+                    self._loop.message_buffer.close()
+                    self._loop.message_buffer = None
+
+        return off
+
+    def _wants(self, name: str) -> bool:
+        return bool(self._handlers.get(name))
+
+    def _emit(self, event: Any) -> None:
+        handlers = self._handlers.get(event.type)
+        if not handlers:
+            return
+
+        def deliver() -> None:
+            for handler in handlers:
+                self._call(handler, event)
+
+        self._dispatch_fn(deliver)
+
+    def _call(self, handler: Handler, event: Any) -> None:
+        try:
+            handler(event)
+        except Exception as exc:
+            log.exception("exception in %r handler %r", event.type, handler)
+            if not isinstance(event, ErrorEvent):  # never loop on a failing error handler
+                self._report_error(exc)
+
+    def _report_error(self, exc: BaseException) -> None:
+        handlers = self._handlers.get("error")
+        if handlers:
+            event = ErrorEvent(exc)
+            for handler in handlers:
+                self._call(handler, event)
+
+    def _fan_out_message(self, event: MessageEvent) -> None:
+        for handler in self._handlers.get("message", ()):
+            self._call(handler, event)
+
+    def _on_state(self, state: State) -> None:
+        with self._state_cond:
+            self._state_cond.notify_all()
+
+    # ------------------------------------------------------------------ connecting
+
+    def connect(self, wait: bool = False, timeout: Optional[float] = None) -> None:
+        """Start the I/O thread and connect; returns at once unless ``wait``.
+
+        Args:
+            wait: Block until the state is ``open`` (and authenticated).
+            timeout: Seconds to wait with ``wait=True``; ``None`` waits forever.
+
+        Raises:
+            ClientClosed: the client was closed (or ended while waiting).
+            ConnectTimeout: ``wait`` and not open within ``timeout``.
+            AuthError: ``wait`` and the server refused the token for good.
+        """
+        with self._lock:
+            if self._closing:
+                raise ClientClosed("the client is closed")
+            start = not self._started
+            self._started = True
+        if start:
+            if self._own_dispatcher is not None:
+                self._own_dispatcher.start()
+            _live_clients.add(self)
+            self._loop.start()
+        if wait:
+            self.wait_open(timeout)
+
+    def wait_open(self, timeout: Optional[float] = None) -> None:
+        """Block until the client is ``open`` (see :meth:`connect`)."""
+        deadline = Deadline(timeout, self._clock)
+        with self._state_cond:
+            while self._loop.state is not State.OPEN:
+                if self._loop.state is State.CLOSED:
+                    fatal = self._loop.fatal
+                    if isinstance(fatal, TetherError) and not isinstance(fatal, ClientClosed):
+                        raise fatal
+                    raise ClientClosed("the client closed before it was open") from fatal
+                remaining = deadline.remaining()
+                if remaining is not None and remaining <= 0:
+                    raise ConnectTimeout(f"not open within {timeout}s")
+                self._state_cond.wait(remaining)
+
+    def __enter__(self) -> TetherClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, payload: Any, channel: str = "default") -> Delivery:
+        """Send ``payload`` (thread-safe; never blocks on the network).
+
+        While the client is not open the message waits in the queue and is sent,
+        in order, after the next (re)connect.
+
+        Args:
+            payload: With protocol ``tether`` any JSON-serialisable value. With
+                ``raw``: ``str`` (text frame), ``bytes`` (binary frame), or any
+                JSON-serialisable value (text frame).
+            channel: The Tether channel (ignored by ``raw``).
+
+        Returns:
+            A :class:`~tether_sync.delivery.Delivery` (a future): done once the
+            frame was handed to the socket; failed if it was dropped.
+
+        Raises:
+            TypeError, ValueError: the payload cannot be encoded.
+            QueueFull: the queue is full and its policy is ``"reject"``.
+            ClientClosed: the client was closed.
+        """
+        if not isinstance(channel, str):
+            raise TypeError(f"channel must be a str, not {type(channel).__name__}")
+        msg_id = f"{self._id_prefix}{next(self._ids):012x}"
+        if self._config.protocol == "tether":
+            data = encode_data(channel, payload, msg_id).encode()
+            op = frames.OP_TEXT
+        elif isinstance(payload, str):
+            data, op = payload.encode(), frames.OP_TEXT
+        elif isinstance(payload, (bytes, bytearray, memoryview)):
+            data, op = bytes(payload), frames.OP_BINARY
+        else:
+            data, op = _json_encode(payload).encode(), frames.OP_TEXT
+        delivery = Delivery(msg_id, channel, payload, op, data)
+        loop = self._loop
+        offline = loop.state is not State.OPEN
+        for dropped in loop.enqueue(delivery):
+            dropped.set_exception(QueueFull(f"dropped by queue overflow {loop._queue.overflow!r}"))
+        if offline and self._handlers.get("queued"):
+            self._emit(QueuedEvent(msg_id, channel, payload))
+        return delivery
+
+    # ------------------------------------------------------------------ channels
+
+    def _new_buffer(self, callback: Optional[Callable[[Any], None]]) -> InboundBuffer:
+        bp = self._config.backpressure
+        return InboundBuffer(
+            bp.inbound_buffer_size,
+            bp.inbound_overflow,
+            callback=callback,
+            dispatch=self._dispatch_fn,
+            on_error=self._report_error,
+            on_resume=self._loop.wake_inbound,
+        )
+
+    def subscribe(self, channel: str, callback: Optional[Callable[[Any], None]] = None) -> Subscription:
+        """Receive the payloads sent on ``channel``.
+
+        The subscription is announced to the server now if open, and again after
+        every reconnect.
+
+        Args:
+            channel: The channel name.
+            callback: Called with each payload on the dispatcher. Without one, the
+                returned :class:`~tether_sync.Subscription` is a blocking queue.
+        """
+        if not isinstance(channel, str):
+            raise TypeError(f"channel must be a str, not {type(channel).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable")
+        if self._loop.state is State.CLOSED:
+            raise ClientClosed("the client is closed")
+        buf = self._new_buffer(callback)
+        sub = Subscription(channel, buf, self._unsubscribe, callback)
+        self._loop.post("subscribe", (channel, buf))
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        buf = sub._buffer
+        buf.close()
+        self._loop.post("unsubscribe", (sub.channel, buf))
+
+    # ------------------------------------------------------------------ waiting
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Block until the queue, the write buffer and the kernel's send buffer are empty.
+
+        Returns:
+            True when everything was handed over; False on timeout or if the client
+            closed with messages left.
+        """
+        loop = self._loop
+        if not self._started or loop.stopped.is_set():
+            return loop.queue_depth == 0 and loop.in_flight == 0
+        if threading.current_thread() is loop.thread:
+            raise RuntimeError("flush() cannot be called on the I/O thread")
+        event = threading.Event()
+        loop.post("flush", event)
+        done = event.wait(timeout)
+        return done and loop.unsent == 0 and loop.queue_depth == 0 and loop.in_flight == 0
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Drain the queue, close with 1000 and join every thread the client started.
+
+        Called from a handler (dispatcher or I/O thread) it cannot wait for
+        itself: it starts the close and returns False at once.
+
+        Args:
+            timeout: Seconds for everything: draining, the closing handshake and
+                joining threads. Whatever is still queued then fails with
+                :class:`~tether_sync.ClientClosed`.
+
+        Returns:
+            True if every queued message went out and every thread ended in time.
+        """
+        deadline = Deadline(timeout, self._clock)
+        with self._lock:
+            already = self._closing
+            self._closing = True
+            started = self._started
+        _live_clients.discard(self)
+        loop = self._loop
+        if not started:
+            if not already:
+                loop.finish_unstarted()
+            return loop.unsent == 0
+        loop.stop_accepting()
+        # Keep a slice of the time for the closing handshake and the joins.
+        remaining = deadline.remaining() or 0.0
+        reserve = min(1.0, remaining * 0.2)
+        loop.post("close", self._clock.monotonic() + remaining - reserve)
+        here = threading.current_thread()
+        dispatcher = self._own_dispatcher
+        if here is loop.thread or (dispatcher is not None and here is dispatcher.thread):
+            log.warning("close() called from a tether_sync thread: not waiting for it")
+            return False
+        loop.stopped.wait(deadline.remaining())
+        ok = loop.join(deadline.remaining())
+        if dispatcher is not None:
+            ok = dispatcher.stop(deadline.remaining()) and ok
+        if not ok:
+            log.warning("close(): threads still running after %.3fs", timeout)
+        if loop.unsent:
+            log.warning("close(): %d queued message(s) were not sent", loop.unsent)
+        return ok and loop.unsent == 0 and loop.stopped.is_set()
+
+    # ------------------------------------------------------------------ telemetry
+
+    @property
+    def url(self) -> str:
+        return self._config.url
+
+    @property
+    def state(self) -> State:
+        """``idle``, ``connecting``, ``open``, ``reconnecting`` or ``closed`` (a str enum)."""
+        return self._loop.state
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages waiting in the outbound queue."""
+        return self._loop.queue_depth
+
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes framed but not yet accepted by the kernel, plus the kernel's unsent bytes."""
+        return self._loop.buffered_amount
+
+    @property
+    def reconnect_attempt(self) -> int:
+        """The current reconnection attempt (0 while open)."""
+        return self._loop.attempt
+
+    def stats(self) -> Stats:
+        """A frozen snapshot of state and counters (DESIGN §2)."""
+        loop = self._loop
+        c = loop.counters
+        return Stats(
+            state=loop.state.value,
+            attempt=loop.attempt,
+            next_delay=loop.next_delay if loop.state is State.RECONNECTING else None,
+            queue_depth=loop.queue_depth,
+            in_flight=loop.in_flight,
+            buffered_amount=loop.buffered_amount,
+            high_water_mark=self._config.backpressure.high_water_mark,
+            inbound_depth=loop.inbound_depth(),
+            sent=c.sent,
+            received=c.received,
+            queued=c.queued,
+            flushed=c.flushed,
+            dropped_inbound=c.dropped_inbound,
+            dropped_outbound=c.dropped_outbound,
+            reconnects=c.reconnects,
+            auth_refreshes=c.auth_refreshes,
+            last_rtt=loop.last_rtt,
+            auth_expires_at=loop.auth_expires_at,
+        )
+
+    # ------------------------------------------------------------------ exit
+
+    def _exit_flush(self) -> None:
+        if self._loop.stopped.is_set() or not self._started:
+            return
+        if self._exit_flush_timeout > 0:
+            log.info("interpreter exit: flushing %s for up to %.1fs", self.url,
+                     self._exit_flush_timeout)
+            self.flush(self._exit_flush_timeout)
+        self.close(timeout=1.0)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # Threads are daemons, so they are still alive here: flush what scripts sent
+    # without closing their client, then close it (bounded by exit_flush_timeout).
+    for client in list(_live_clients):
+        try:
+            client._exit_flush()
+        except Exception:  # pragma: no cover - never break interpreter exit
+            log.exception("flushing %r at exit failed", client)

@@ -1,0 +1,1033 @@
+"""The I/O loop: the only owner of the socket and the only I/O thread.
+
+One thread runs :meth:`IoLoop._run`: a selector over the socket and a wake-up
+socketpair, with a timer heap for backoff, heartbeat, close and auth deadlines.
+User threads never touch the socket. They append to the outbound queue or the
+command list under ``_lock`` and write one byte to the wake pair; the loop reads
+the byte, takes the commands, and does the work (PA ``_packet_queue``, KP
+``sender.wakeup()``).
+
+The opening handshake is blocking in websocket-client, so each attempt runs it
+on a short-lived connector thread that hands the finished socket to the loop
+(with a command). The connector owns the socket until then and never after, so
+at any moment exactly one thread touches it. The loop itself blocks only in
+``select()``: no ``sendall``, no user callback, no ``get_token()``.
+
+Wire order on every (re)connect (DESIGN §1 Ordering): auth, then the
+subscriptions, then the queue in FIFO order, then new sends, because all of them
+go through this one writer and the queue drains only once the link is ``open``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import selectors
+import socket
+import ssl
+import threading
+import uuid
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+
+from . import envelope, frames, transport
+from .backoff import Backoff
+from .buffers import Ring
+from .clock import Clock
+from .delivery import Delivery
+from .events import (
+    BackpressureEvent,
+    CloseEvent,
+    ErrorEvent,
+    FlushedEvent,
+    MessageEvent,
+    OpenEvent,
+    ReconnectingEvent,
+    StateChangeEvent,
+)
+from .exceptions import (
+    AuthError,
+    ClientClosed,
+    ConnectTimeout,
+    ProtocolError,
+    QueueFull,
+    ServerError,
+    TetherError,
+)
+from .options import Backpressure, Heartbeat, Queue, Reconnect
+from .state import State, check
+from .stats import Counters
+from .subscription import InboundBuffer
+from .timers import TimerHeap
+
+log = logging.getLogger("tether_sync")
+
+_READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at once
+_BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
+_BATCH_BYTES = 256 * 1024
+_CLOSE_GRACE = 1.0  # seconds to wait for the peer's close frame after ours
+_KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks while someone flushes
+
+# Phases of one connection, finer than the public State.
+_NONE, _HANDSHAKE, _AUTH, _OPEN, _CLOSING = range(5)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Everything the loop needs to know about the connection, already validated."""
+
+    url: str
+    protocol: str
+    reconnect: Optional[Reconnect]
+    heartbeat: Optional[Heartbeat]
+    queue: Optional[Queue]
+    backpressure: Backpressure
+    headers: Any
+    subprotocols: Optional[List[str]]
+    sslopt: Optional[Dict[str, Any]]
+    connect_timeout: float
+    max_message_size: int
+    ws_options: Dict[str, Any]
+
+
+class Authenticator:
+    """What the loop asks for tokens (implemented in ``auth.py``).
+
+    ``request(force, reply)`` must return at once and later call ``reply(token,
+    expires_at, error)`` from another thread.
+    """
+
+    def request(
+        self, force: bool, reply: Callable[[Optional[str], Optional[float], Any], None]
+    ) -> None:
+        raise NotImplementedError
+
+
+class IoLoop:
+    """The connection engine behind :class:`~tether_sync.TetherClient`.
+
+    Args:
+        config: The validated options.
+        emit: Hands an event to the dispatcher (only if someone listens).
+        wants: Whether anyone listens to an event name (to skip building events).
+        clock: Monotonic and wall time.
+        rng: Draws backoff delays.
+        auth: The token source, or None.
+    """
+
+    def __init__(
+        self,
+        config: LoopConfig,
+        emit: Callable[[Any], None],
+        wants: Callable[[str], bool],
+        clock: Clock,
+        rng: random.Random,
+        auth: Optional[Authenticator] = None,
+        on_state: Optional[Callable[[State], None]] = None,
+    ) -> None:
+        self.config = config
+        self._on_state = on_state
+        self._emit = emit
+        self._wants = wants
+        self._clock = clock
+        self._rng = rng
+        self._auth = auth
+
+        # _lock guards what user threads and the loop share: the outbound queue,
+        # the command list, _wake_pending and _accepting. It is held only for
+        # list/deque operations, never while doing I/O or calling out.
+        self._lock = threading.Lock()
+        queue_opt = config.queue
+        self._queue: Ring[Delivery] = Ring(
+            queue_opt.max_size if queue_opt else 2**62,
+            queue_opt.overflow if queue_opt else "reject",
+        )
+        self._commands: Deque[Tuple[str, Any]] = deque()
+        self._wake_pending = False
+        self._accepting = True  # False once close() began: send() raises ClientClosed
+
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread: Optional[threading.Thread] = None
+        self._connectors: Set[threading.Thread] = set()
+        self.stopped = threading.Event()  # set when the loop has ended for good
+
+        # Everything below is touched by the loop thread only.
+        self.state = State.IDLE
+        self.counters = Counters()
+        self._timers = TimerHeap()
+        self._backoff = Backoff(
+            config.reconnect.base_delay if config.reconnect else 1.0,
+            config.reconnect.max_delay if config.reconnect else 1.0,
+            config.reconnect.max_attempts if config.reconnect else 0,
+        )
+        self.next_delay: Optional[float] = None
+        self._phase = _NONE
+        self._sock: Optional[socket.socket] = None
+        self._handshaker: Any = None
+        self._attempt_id = 0
+        self._parser = frames.FrameParser(config.max_message_size)
+        self._keys = frames.MaskKeys()
+        self._out: Deque[bytes] = deque()  # whole frames waiting for the socket
+        self._out_offset = 0  # bytes of _out[0] already written
+        self._out_size = 0  # unwritten bytes in _out
+        self._framed = 0  # total bytes ever put in _out on this connection
+        self._written = 0  # total bytes the kernel accepted on this connection
+        self._in_flight: Deque[Tuple[int, Delivery]] = deque()  # (end offset, msg)
+        self._want_write = False
+        self._reading = True
+        self._pending_in: Deque[Tuple[InboundBuffer, Any]] = deque()  # refused by "block"
+        self._routes: Dict[str, List[InboundBuffer]] = {}
+        self.message_buffer: Optional[InboundBuffer] = None  # set by the client
+        self._close_requested = False
+        self._close_deadline: Optional[float] = None
+        self._close_sent = False
+        self._closing_code: Tuple[int, str] = (1000, "")  # the close frame we sent
+        self._opened_once = False
+        self._registered = False  # whether the socket is in the selector
+        self.unsent = 0  # messages failed by the final close
+        self._flush_waiters: List[threading.Event] = []
+        self._outbound_paused = False
+        self._last_rx = 0.0
+        self._ping_ts: Optional[int] = None
+        self._ping_sent = 0.0
+        self.last_rtt: Optional[float] = None
+        self._auth_refused = 0
+        self._refresh_waiters: List[Callable[[Optional[BaseException]], None]] = []
+        self.auth_expires_at: Optional[float] = None
+        self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
+
+    # ------------------------------------------------------------------ user side
+
+    def start(self) -> None:
+        """Start the I/O thread and the first connection attempt (any thread)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="tether-io", daemon=True)
+        self._thread.start()
+
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        return self._thread
+
+    def post(self, name: str, arg: Any = None) -> None:
+        """Queue a command for the loop and wake it (any thread)."""
+        with self._lock:
+            self._commands.append((name, arg))
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full (the loop is already due to wake) or closed
+            pass
+
+    def enqueue(self, delivery: Delivery) -> List[Delivery]:
+        """Add a message to the outbound queue (the caller's thread).
+
+        Returns:
+            The messages the overflow policy dropped (possibly ``delivery`` itself
+            with ``drop-newest``); the caller fails them outside the lock.
+
+        Raises:
+            ClientClosed: ``close()`` was called.
+            QueueFull: the policy is ``reject`` and the queue is full, or the queue
+                is disabled and the client is not open.
+        """
+        with self._lock:
+            if not self._accepting:
+                raise ClientClosed("the client is closed")
+            if self.config.queue is None and self.state is not State.OPEN:
+                raise QueueFull("queue=False and the client is not open")
+            dropped = self._queue.push(delivery)
+            if dropped:
+                if dropped[0] is delivery and self._queue.overflow == "reject":
+                    raise QueueFull(f"outbound queue full ({self._queue.capacity} messages)")
+                self.counters.dropped_outbound += len(dropped)
+            if self.state is not State.OPEN:
+                self.counters.queued += 1
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+        return dropped
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def buffered_amount(self) -> int:
+        """User-space bytes not yet written plus the kernel's unsent bytes."""
+        sock = self._sock
+        kernel = transport.kernel_unsent(sock) if sock is not None else 0
+        return self._out_size + kernel
+
+    def stop_accepting(self) -> None:
+        with self._lock:
+            self._accepting = False
+
+    def join(self, timeout: Optional[float]) -> bool:
+        """Wait for the loop and connector threads; True if all ended in time."""
+        from .clock import Deadline
+
+        deadline = Deadline(timeout, self._clock)
+        threads = list(self._connectors)
+        if self._thread is not None:
+            threads.append(self._thread)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(deadline.remaining())
+        return not any(t.is_alive() for t in threads if t is not threading.current_thread())
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        try:
+            self._connect()
+            while not self.stopped.is_set():
+                self._select_once()
+        except BaseException as exc:  # a bug: never leave the user hanging
+            log.exception("tether_sync I/O loop crashed")
+            self._finish(TetherError(f"I/O loop crashed: {exc!r}"))
+        finally:
+            self._teardown_loop()
+
+    def _select_once(self) -> None:
+        now = self._clock.monotonic()
+        timeout = self._timers.timeout(now)
+        sock = self._sock
+        if isinstance(sock, ssl.SSLSocket) and self._reading and sock.pending():
+            timeout = 0.0  # decrypted bytes already wait inside the SSL object
+        for key, mask in self._selector.select(timeout):
+            if key.data is None:
+                self._on_wake()
+            else:
+                if mask & selectors.EVENT_READ:
+                    self._on_readable()
+                if mask & selectors.EVENT_WRITE and self._sock is not None:
+                    self._flush_out()
+        if isinstance(self._sock, ssl.SSLSocket) and self._reading and self._sock.pending():
+            self._on_readable()
+        self._on_timers()
+        self._drain_commands()
+        self._pump()
+        self._check_flush_waiters()
+        self._update_interest()
+
+    def _on_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        except OSError:  # pragma: no cover - the pair is closed only after the loop
+            pass
+
+    def _drain_commands(self) -> None:
+        with self._lock:
+            # Clear the flag before taking the commands: a command posted after
+            # this point writes a new wake byte, so nothing is left unseen.
+            self._wake_pending = False
+            commands = list(self._commands)
+            self._commands.clear()
+        for name, arg in commands:
+            getattr(self, "_cmd_" + name)(arg)
+
+    def _on_timers(self) -> None:
+        for name in self._timers.pop_due(self._clock.monotonic()):
+            getattr(self, "_timer_" + name)()
+
+    # ------------------------------------------------------------ state changes
+
+    def _set_state(self, new: State) -> None:
+        old = self.state
+        if old is new:
+            return
+        check(old, new)
+        self.state = new
+        log.debug("state %s -> %s", old.value, new.value)
+        if self._on_state is not None:
+            self._on_state(new)
+        if self._wants("state_change"):
+            self._emit(StateChangeEvent(old.value, new.value))
+
+    def _error(self, exc: BaseException) -> None:
+        if self._wants("error"):
+            self._emit(ErrorEvent(exc))
+
+    # ------------------------------------------------------------ connecting
+
+    def _connect(self) -> None:
+        """Start one connection attempt on a connector thread."""
+        self._set_state(State.CONNECTING)
+        self._attempt_id += 1
+        attempt = self._attempt_id
+        self._phase = _HANDSHAKE
+        ws = self._handshaker = transport.new_handshaker()
+        cfg = self.config
+        headers = cfg.headers() if callable(cfg.headers) else cfg.headers
+        headers = self._auth_headers(headers)
+
+        def connector() -> None:
+            try:
+                sock = transport.handshake(
+                    ws,
+                    cfg.url,
+                    timeout=cfg.connect_timeout,
+                    headers=headers,
+                    subprotocols=cfg.subprotocols,
+                    sslopt=cfg.sslopt,
+                    extra=cfg.ws_options,
+                )
+            except BaseException as exc:
+                self.post("connect_failed", (attempt, exc))
+            else:
+                self.post("connected", (attempt, sock))
+            finally:
+                self._connectors.discard(threading.current_thread())
+
+        thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
+        self._connectors.add(thread)
+        thread.start()
+        self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, "connect_timeout")
+
+    def _auth_headers(self, headers: Any) -> Any:
+        return headers  # replaced by the auth mix-in for protocol "raw"
+
+    def _cmd_connected(self, arg: Tuple[int, socket.socket]) -> None:
+        attempt, sock = arg
+        if attempt != self._attempt_id or self._phase != _HANDSHAKE:
+            sock.close()  # a stale attempt, abandoned after a timeout or close()
+            return
+        self._timers.cancel("connect_timeout")
+        self._handshaker = None
+        sock.setblocking(False)
+        self._sock = sock
+        self._parser = frames.FrameParser(self.config.max_message_size)
+        self._out.clear()
+        self._out_offset = self._out_size = self._framed = self._written = 0
+        self._close_sent = False
+        self._reading = True
+        self._last_rx = self._clock.monotonic()
+        self._selector.register(sock, selectors.EVENT_READ, "sock")
+        self._registered = True
+        self._want_write = False
+        log.info("connected to %s", self.config.url)
+        if self._auth is not None and self.config.protocol == "tether":
+            self._phase = _AUTH
+            self._begin_auth(force=self._auth_refused > 0)
+        else:
+            self._opened()
+
+    def _cmd_connect_failed(self, arg: Tuple[int, BaseException]) -> None:
+        attempt, exc = arg
+        if attempt != self._attempt_id or self._phase != _HANDSHAKE:
+            return
+        self._timers.cancel("connect_timeout")
+        self._handshaker = None
+        self._phase = _NONE
+        log.info("connection to %s failed: %s", self.config.url, exc)
+        self._retry_or_finish(exc)
+
+    def _timer_connect_timeout(self) -> None:
+        if self._phase == _HANDSHAKE:
+            transport.abort(self._handshaker)
+            self._attempt_id += 1  # the connector's late answer is now stale
+            self._handshaker = None
+            self._phase = _NONE
+            exc = ConnectTimeout(f"no handshake within {self.config.connect_timeout}s")
+            log.info("connection to %s timed out", self.config.url)
+            self._retry_or_finish(exc)
+
+    def _opened(self) -> None:
+        """The link is usable: announce subscriptions, then drain the queue."""
+        if self._opened_once:
+            self.counters.reconnects += 1
+        self._opened_once = True
+        self._phase = _OPEN
+        self._backoff = self._backoff.reset()
+        self.next_delay = None
+        self._set_state(State.OPEN)
+        if self._wants("open"):
+            self._emit(OpenEvent(self.config.url))
+        if self.config.protocol == "tether":
+            for channel in self._routes:
+                self._send_control_text(
+                    envelope.encode_subscription(channel, "subscribe", str(uuid.uuid4()))
+                )
+        self._start_heartbeat()
+
+    def _retry_or_finish(self, cause: BaseException, terminal: bool = False) -> None:
+        """After a failed attempt or a lost link: back off and retry, or give up."""
+        self._reset_connection_state()
+        if self._close_requested:
+            self._finish(None)
+            return
+        if terminal or self.config.reconnect is None:
+            self._finish(cause)
+            return
+        if self._backoff.exhausted:
+            err = TetherError(
+                f"gave up after {self._backoff.attempt} reconnection attempt(s): {cause}"
+            )
+            err.__cause__ = cause
+            self._finish(err)
+            return
+        delay, self._backoff = self._backoff.next(self._rng)
+        self.next_delay = delay
+        self._set_state(State.RECONNECTING)
+        log.info("reconnecting to %s: attempt %d in %.3fs", self.config.url,
+                 self._backoff.attempt, delay)
+        if self._wants("reconnecting"):
+            self._emit(ReconnectingEvent(self._backoff.attempt, delay))
+        self._timers.schedule(self._clock.monotonic() + delay, "reconnect")
+
+    def _timer_reconnect(self) -> None:
+        if self.state is State.RECONNECTING:
+            self._connect()
+
+    @property
+    def attempt(self) -> int:
+        return self._backoff.attempt
+
+    # ------------------------------------------------------------ reading
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None or not self._reading:
+            return
+        try:
+            data = sock.recv(_READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError as exc:
+            self._lost(1006, f"read failed: {exc}", False)
+            return
+        if not data:
+            self._lost(1006, "connection closed without a close frame", False)
+            return
+        self._last_rx = self._clock.monotonic()
+        try:
+            messages = self._parser.feed(data)
+        except ProtocolError as exc:
+            log.warning("protocol error from %s: %s", self.config.url, exc)
+            self._error(exc)
+            self._close_link(exc.close_code, str(exc)[:100], final=False)
+            return
+        for opcode, payload in messages:
+            if self._sock is None:
+                return  # a close frame (or error) ended the link mid-chunk
+            self._on_message(opcode, payload)
+
+    def _on_message(self, opcode: int, payload: Any) -> None:
+        if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
+            self.counters.received += 1
+            if self.config.protocol == "raw":
+                self._deliver("default", payload, payload)
+            else:
+                self._on_tether(payload)
+        elif opcode == frames.OP_PING:
+            self._send_control(frames.OP_PONG, payload)
+        elif opcode == frames.OP_PONG:
+            self._on_pong(payload)
+        elif opcode == frames.OP_CLOSE:
+            self._on_close_frame(payload)
+
+    def _on_tether(self, payload: Any) -> None:
+        msg = envelope.decode(payload)
+        if type(msg) is envelope.Data:
+            channel = msg.channel if isinstance(msg.channel, str) else str(msg.channel)
+            self._deliver(channel, msg.payload, msg.payload)
+        elif type(msg) is envelope.Pong:
+            self._on_pong(msg.ts)
+        elif type(msg) is envelope.Ping:
+            self._send_control_text(envelope.encode_pong(msg.ts))
+        elif type(msg) is envelope.AuthOk:
+            self._on_auth_ok(msg.ok)
+        elif type(msg) is envelope.ServerErrorMsg:
+            log.warning("server refused message %r: %s", msg.id, msg.error)
+            self._error(ServerError(msg.error, msg.id))
+        else:
+            assert type(msg) is envelope.Unknown
+            # Not ours to interpret: the message stream gets the frame unchanged.
+            self._deliver(None, None, payload)
+
+    def _deliver(self, channel: Optional[str], payload: Any, raw: Any) -> None:
+        """Route one inbound payload to its channel's buffers and the message stream."""
+        targets: List[Tuple[InboundBuffer, Any]] = []
+        if channel is not None:
+            for buf in self._routes.get(channel, ()):
+                targets.append((buf, payload))
+        stream = self.message_buffer
+        if stream is not None:
+            targets.append((stream, MessageEvent(channel, raw if channel is None else payload)))
+        if self._pending_in:
+            self._pending_in.extend(targets)  # keep order behind what is held back
+            return
+        for i, (buf, item) in enumerate(targets):
+            if not self._offer(buf, item, channel):
+                self._pending_in.extend(targets[i:])
+                self._reading = False
+                return
+
+    def _offer(self, buf: InboundBuffer, item: Any, channel: Optional[str]) -> bool:
+        dropped, accepted = buf.offer(item)
+        if dropped:
+            self.counters.dropped_inbound += dropped
+            if self._wants("backpressure"):
+                self._emit(BackpressureEvent("inbound", len(buf), channel, dropped))
+        elif not accepted and self._wants("backpressure"):
+            self._emit(BackpressureEvent("inbound", len(buf), channel, 0))
+        return accepted
+
+    def _cmd_resume_inbound(self, _: Any) -> None:
+        pending = self._pending_in
+        while pending:
+            buf, item = pending[0]
+            channel = item.channel if isinstance(item, MessageEvent) else None
+            if not self._offer(buf, item, channel):
+                return
+            pending.popleft()
+        self._reading = True
+
+    def wake_inbound(self) -> None:
+        """Called by a consumer that made room in a ``block`` buffer."""
+        self.post("resume_inbound")
+
+    # ------------------------------------------------------------ writing
+
+    def _send_control(self, opcode: int, payload: bytes) -> None:
+        """Frame a control frame (or protocol text) ahead of the queue."""
+        if self._sock is None:
+            return
+        frame = frames.encode_frame(opcode, payload, self._keys.next())
+        self._out.append(frame)
+        self._out_size += len(frame)
+        self._framed += len(frame)
+        self._flush_out()
+
+    def _send_control_text(self, text: str) -> None:
+        self._send_control(frames.OP_TEXT, text.encode())
+
+    def _pump(self) -> None:
+        """Move queued messages into the write buffer while under the high-water mark."""
+        if self._phase != _OPEN or self._sock is None:
+            return
+        hwm = self.config.backpressure.high_water_mark
+        queue = self._queue
+        while queue:
+            if self.buffered_amount >= hwm:
+                if not self._outbound_paused:
+                    self._outbound_paused = True
+                    log.debug("outbound paused at %d bytes", self.buffered_amount)
+                    if self._wants("backpressure"):
+                        self._emit(BackpressureEvent("outbound", self.buffered_amount))
+                self._timers.schedule(self._clock.monotonic() + _KERNEL_POLL, "kernel_poll")
+                break
+            self._outbound_paused = False
+            with self._lock:
+                batch = []
+                size = 0
+                while queue and len(batch) < _BATCH_MESSAGES and size < _BATCH_BYTES:
+                    d = queue.pop()
+                    batch.append(d)
+                    size += len(d._data)
+            self._frame_batch(batch)
+            self._flush_out()
+            if self._sock is None:
+                return
+
+    def _frame_batch(self, batch: List[Delivery]) -> None:
+        # Several frames in one bytes object: one send() call writes them all.
+        encode = frames.encode_frame
+        next_key = self._keys.next
+        parts = []
+        end = self._framed
+        in_flight = self._in_flight
+        for d in batch:
+            frame = encode(d._op, d._data, next_key())
+            parts.append(frame)
+            end += len(frame)
+            in_flight.append((end, d))
+        chunk = b"".join(parts)
+        self._out.append(chunk)
+        self._out_size += len(chunk)
+        self._framed = end
+
+    def _flush_out(self) -> None:
+        """Write as much of the write buffer as the kernel takes, without blocking."""
+        sock = self._sock
+        out = self._out
+        while out and sock is not None:
+            if len(out) > 1 and len(out[0]) - self._out_offset < 65536:
+                # Coalesce small pending frames into one write.
+                first = out.popleft()[self._out_offset :]
+                rest = []
+                while out and len(first) + sum(map(len, rest)) < _BATCH_BYTES:
+                    rest.append(out.popleft())
+                out.appendleft(first + b"".join(rest))
+                self._out_offset = 0
+            chunk = out[0]
+            try:
+                n = sock.send(memoryview(chunk)[self._out_offset :])
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                break
+            except OSError as exc:
+                self._lost(1006, f"write failed: {exc}", False)
+                return
+            self._written += n
+            self._out_size -= n
+            self._out_offset += n
+            if self._out_offset >= len(chunk):
+                out.popleft()
+                self._out_offset = 0
+            else:
+                break  # the kernel is full: wait for writability
+        self._want_write = bool(out)
+        self._resolve_written()
+
+    def _resolve_written(self) -> None:
+        in_flight = self._in_flight
+        written = self._written
+        if not in_flight or in_flight[0][0] > written:
+            return
+        counters = self.counters
+        flushed = self._wants("flushed")
+
+        while in_flight and in_flight[0][0] <= written:
+            d = in_flight.popleft()[1]
+            counters.sent += 1
+            counters.flushed += 1
+            d.set_result()
+            if flushed:
+                self._emit(FlushedEvent(d.id, d.channel, d.payload))
+
+    def _update_interest(self) -> None:
+        """Ask the selector for exactly what we can act on (STYLE §3.4).
+
+        Write interest only while bytes wait, read interest only while no
+        ``block`` consumer holds reading back.
+        """
+        sock = self._sock
+        if sock is None:
+            return
+        mask = (selectors.EVENT_READ if self._reading else 0) | (
+            selectors.EVENT_WRITE if self._want_write else 0
+        )
+        if not mask:
+            if self._registered:
+                self._selector.unregister(sock)
+                self._registered = False
+        elif not self._registered:
+            self._selector.register(sock, mask, "sock")
+            self._registered = True
+        elif self._selector.get_key(sock).events != mask:
+            self._selector.modify(sock, mask, "sock")
+
+    def _timer_kernel_poll(self) -> None:
+        pass  # the wake-up alone re-runs _pump and _check_flush_waiters
+
+    # ------------------------------------------------------------ flush & close
+
+    def _cmd_flush(self, event: threading.Event) -> None:
+        self._flush_waiters.append(event)
+
+    def _check_flush_waiters(self) -> None:
+        if not self._flush_waiters:
+            return
+        if self._queue or self._in_flight or self._out_size:
+            return
+        sock = self._sock
+        if sock is not None and transport.kernel_unsent(sock) > 0:
+            self._timers.schedule(self._clock.monotonic() + _KERNEL_POLL, "kernel_poll")
+            return
+        for event in self._flush_waiters:
+            event.set()
+        self._flush_waiters.clear()
+
+    def _cmd_close(self, deadline: Optional[float]) -> None:
+        """close(): drain until ``deadline`` (monotonic), then close with 1000."""
+        self._close_requested = True
+        self._close_deadline = deadline
+        if deadline is not None:
+            self._timers.schedule(deadline, "close_deadline")
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if not self._close_requested or self.stopped.is_set():
+            return
+        if self._queue or self._in_flight or self._out_size:
+            if self._phase == _OPEN or self.state in (State.CONNECTING, State.RECONNECTING):
+                return  # still draining; _timer_close_deadline forces it
+        self._close_now()
+
+    def _timer_close_deadline(self) -> None:
+        if not self.stopped.is_set():
+            self._close_now()
+
+    def _close_now(self) -> None:
+        if self._phase == _OPEN and not self._close_sent:
+            self._close_link(1000, "Client disconnect", final=True)
+        elif self._phase == _CLOSING:
+            return  # our close frame is out; _timer_close_grace ends it
+        else:
+            if self._handshaker is not None:
+                transport.abort(self._handshaker)
+                self._attempt_id += 1
+            self._reset_connection_state()
+            self._finish(None)
+
+    def _close_link(self, code: int, reason: str, final: bool) -> None:
+        """Send a close frame and give the peer a short grace to answer."""
+        if self._sock is None:
+            return
+        self._send_control(frames.OP_CLOSE, frames.encode_close_payload(code, reason))
+        self._close_sent = True
+        self._phase = _CLOSING
+        self._closing_code = (code, reason)
+        grace = _CLOSE_GRACE
+        if final and self._close_deadline is not None:
+            grace = max(0.0, min(grace, self._close_deadline - self._clock.monotonic()))
+        self._timers.schedule(self._clock.monotonic() + grace, "close_grace")
+
+    def _timer_close_grace(self) -> None:
+        if self._phase == _CLOSING:
+            code, reason = self._closing_code
+            self._lost(code, reason, False)
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        try:
+            code, reason = frames.parse_close(payload)
+        except ProtocolError as exc:
+            code, reason = exc.close_code, str(exc)
+        if self._phase == _CLOSING:
+            # The answer to our close frame: the closing handshake is complete.
+            mine = self._closing_code
+            self._lost(mine[0], mine[1], True)
+            return
+        # The server closes: echo its code (RFC 6455 §5.5.1), then end the link.
+        echo = code if code not in (1005, 1006, 1015) else 1000
+        self._send_control(frames.OP_CLOSE, frames.encode_close_payload(echo, ""))
+        log.info("server closed the connection: %d %s", code, reason)
+        self._lost(code, reason, True)
+
+    def _lost(self, code: int, reason: str, was_clean: bool) -> None:
+        """The link ended, for whatever reason: report it, then retry or finish."""
+        sock = self._sock
+        if sock is None:
+            return
+        self._release_socket()
+        if self._wants("close"):
+            self._emit(CloseEvent(code, reason, was_clean))
+        log.info("connection closed: %d %s (clean=%s)", code, reason, was_clean)
+        terminal = (
+            self.config.reconnect is not None and code in self.config.reconnect.terminal_codes
+        ) and not self._close_requested
+        cause: BaseException = ClientClosed(f"connection closed: {code} {reason}")
+        if terminal:
+            cause = TetherError(f"server closed the connection with terminal code {code}")
+        self._retry_or_finish(cause, terminal=terminal)
+
+    def _release_socket(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        # Best effort: push out whatever is already framed (e.g. our close frame).
+        if self._out:
+            try:
+                sock.send(memoryview(self._out[0])[self._out_offset :])
+            except OSError:
+                pass
+        self._sock = None
+        if self._registered:
+            self._registered = False
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+        self._requeue_in_flight()
+
+    def _requeue_in_flight(self) -> None:
+        # Messages taken for sending whose frames the kernel did not fully accept
+        # go back to the head of the queue, in order: they are sent again after
+        # the reconnect, not lost.
+        unwritten = [d for end, d in self._in_flight if end > self._written]
+        self._in_flight.clear()
+        if unwritten:
+            with self._lock:
+                self._queue.push_front(unwritten)
+        self._out.clear()
+        self._out_offset = self._out_size = 0
+
+    def _reset_connection_state(self) -> None:
+        self._phase = _NONE
+        self._timers.cancel("connect_timeout")
+        self._timers.cancel("ping")
+        self._timers.cancel("pong_deadline")
+        self._timers.cancel("close_grace")
+        self._timers.cancel("auth_timeout")
+        self._ping_ts = None
+        self._release_socket()
+        self._pending_in.clear()
+        self._reading = True
+
+    def _finish(self, cause: Optional[BaseException]) -> None:
+        """Enter ``closed`` for good: fail what is left, wake every waiter."""
+        if self.stopped.is_set():
+            return
+        self._reset_connection_state()
+        self.fatal = cause
+        if cause is not None:
+            log.warning("client closed: %s", cause)
+            self._error(cause)
+        with self._lock:
+            self._accepting = False
+            left = self._queue.drain()
+        reason = cause if cause is not None else ClientClosed("the client was closed")
+        for d in left:
+            exc = ClientClosed(f"message not sent: {reason}")
+            exc.__cause__ = cause
+            d.set_exception(exc)
+        self._fail_refresh_waiters(cause or ClientClosed("the client was closed"))
+        for buf in [b for bufs in self._routes.values() for b in bufs]:
+            buf.close()
+        if self.message_buffer is not None:
+            self.message_buffer.close()
+        for event in self._flush_waiters:
+            event.set()  # flush() re-checks and reports False
+        self._flush_waiters.clear()
+        self._timers.cancel_all()
+        if self.state is not State.CLOSED:
+            self._set_state(State.CLOSED)
+        self.unsent = len(left)
+        self.stopped.set()
+
+    def finish_unstarted(self) -> None:
+        """close() of a client whose loop never ran: the caller's thread does it."""
+        assert self._thread is None
+        self._finish(None)
+        self._teardown_loop()
+
+    def _teardown_loop(self) -> None:
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # ------------------------------------------------------------ subscriptions
+
+    def _cmd_subscribe(self, arg: Tuple[str, InboundBuffer]) -> None:
+        channel, buf = arg
+        bufs = self._routes.setdefault(channel, [])
+        first = not bufs
+        bufs.append(buf)
+        if first and self._phase == _OPEN and self.config.protocol == "tether":
+            self._send_control_text(
+                envelope.encode_subscription(channel, "subscribe", str(uuid.uuid4()))
+            )
+
+    def _cmd_unsubscribe(self, arg: Tuple[str, InboundBuffer]) -> None:
+        channel, buf = arg
+        bufs = self._routes.get(channel)
+        if not bufs or buf not in bufs:
+            return
+        bufs.remove(buf)
+        self._pending_in = deque(p for p in self._pending_in if p[0] is not buf)
+        if not bufs:
+            del self._routes[channel]
+            if self._phase == _OPEN and self.config.protocol == "tether":
+                self._send_control_text(
+                    envelope.encode_subscription(channel, "unsubscribe", str(uuid.uuid4()))
+                )
+        if not self._pending_in:
+            self._reading = True
+
+    def inbound_depth(self) -> Dict[str, int]:
+        depth: Dict[str, int] = {}
+        for channel, bufs in list(self._routes.items()):
+            depth[channel] = sum(len(b) for b in bufs)
+        if self.message_buffer is not None:
+            depth["*"] = len(self.message_buffer)
+        return depth
+
+    # ------------------------------------------------------------ heartbeat
+
+    def _start_heartbeat(self) -> None:
+        hb = self.config.heartbeat
+        if hb is None:
+            return
+        self._timers.schedule(self._clock.monotonic() + hb.interval, "ping")
+
+    def _timer_ping(self) -> None:
+        hb = self.config.heartbeat
+        if hb is None or self._phase != _OPEN:
+            return
+        now = self._clock.monotonic()
+        self._ping_sent = now
+        ts = int(self._clock.time() * 1000)
+        self._ping_ts = ts
+        if self.config.protocol == "tether":
+            self._send_control_text(envelope.encode_ping(ts))
+        else:
+            self._send_control(frames.OP_PING, str(ts).encode())
+        self._timers.schedule(now + hb.timeout, "pong_deadline")
+        self._timers.schedule(now + hb.interval, "ping")
+
+    def _on_pong(self, ts: Any) -> None:
+        if self._ping_ts is None:
+            return
+        if isinstance(ts, (bytes, bytearray)):
+            try:
+                ts = int(ts)
+            except ValueError:
+                return
+        if ts == self._ping_ts:
+            self.last_rtt = self._clock.monotonic() - self._ping_sent
+            self._ping_ts = None
+            self._timers.cancel("pong_deadline")
+
+    def _timer_pong_deadline(self) -> None:
+        hb = self.config.heartbeat
+        if hb is None or self._phase != _OPEN:
+            return
+        if self._last_rx > self._ping_sent or not self._reading:
+            # Any inbound frame since the ping proves the peer alive; and while we
+            # hold reading back for a "block" consumer, the pong may sit unread.
+            self._ping_ts = None
+            return
+        log.warning("no pong within %.3fs: closing with 4000", hb.timeout)
+        self._close_link(4000, "Heartbeat timeout", final=False)
+        self._timers.schedule(self._clock.monotonic() + min(_CLOSE_GRACE, hb.timeout),
+                              "close_grace")
+
+    # ------------------------------------------------------------ auth hooks
+
+    def _begin_auth(self, force: bool) -> None:
+        raise NotImplementedError  # provided with the auth feature
+
+    def _on_auth_ok(self, ok: bool) -> None:
+        log.debug("ignoring tether:auth-ok (ok=%s): no auth configured", ok)
+
+    def _fail_refresh_waiters(self, exc: BaseException) -> None:
+        waiters, self._refresh_waiters = self._refresh_waiters, []
+        for waiter in waiters:
+            waiter(exc)
+
+
+__all__ = ["AuthError", "IoLoop", "LoopConfig"]

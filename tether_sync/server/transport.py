@@ -1,0 +1,167 @@
+"""The per-TCP-connection layer under the Tether server: read gating and abrupt resets.
+
+``websockets`` owns the framing. What it does not offer is a way to *keep* a
+connection from reading: its frame buffer calls ``transport.resume_reading()``
+whenever it drains, which would undo a fault that paused reading. So each
+connection routes those calls through a gate that also knows about the faults
+(blackhole, pause-reading) and only really resumes when nobody wants it paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol, Type
+
+from websockets.asyncio.server import ServerConnection
+
+if TYPE_CHECKING:
+    _AdapterBase = logging.LoggerAdapter[logging.Logger]
+else:  # LoggerAdapter is not subscriptable at runtime before Python 3.11.
+    _AdapterBase = logging.LoggerAdapter
+
+__all__ = ["GatedConnection", "NoDebugLogger", "TransportHub", "connection_class"]
+
+
+class NoDebugLogger(_AdapterBase):
+    """A logger adapter that never enables DEBUG.
+
+    websockets logs every frame, payload included, when its logger is enabled
+    for DEBUG. Frames carry tokens, and tokens must never reach a log line, so
+    the server hands websockets this adapter instead of a plain logger.
+    """
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's own name
+        """Report DEBUG (and below) as disabled, defer to the logger otherwise."""
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+class TransportHub(Protocol):
+    """What a :class:`GatedConnection` tells its server about its TCP life."""
+
+    def transport_made(self, conn: GatedConnection) -> None:
+        """Called once the TCP connection is accepted, before the handshake is read."""
+
+    def transport_lost(self, conn: GatedConnection) -> None:
+        """Called once the TCP connection is gone, however it ended."""
+
+
+class GatedConnection(ServerConnection):
+    """A websockets server connection whose reading can be held off by faults.
+
+    Attributes:
+        blackholed: While true nothing is read and nothing is written.
+        reading_paused: While true nothing is read; writes still go out.
+    """
+
+    hub: ClassVar[Optional[TransportHub]] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Create the connection; arguments are those of ``ServerConnection``."""
+        super().__init__(*args, **kwargs)
+        self.blackholed = False
+        self.reading_paused = False
+        # Whether websockets' frame buffer asked for a pause (it is full).
+        self._library_paused = False
+        # Whether the asyncio transport is actually paused right now.
+        self._transport_paused = False
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register with the hub and reroute websockets' flow control through the gate."""
+        super().connection_made(transport)
+        assembler = self.recv_messages
+        assembler.pause = self._library_pause
+        assembler.resume = self._library_resume
+        if self.hub is not None:
+            # The hub may apply a fault now, before a single byte (even the HTTP
+            # request) is read: that is what makes a blackholed handshake hang.
+            self.hub.transport_made(self)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        """Tell the hub, after websockets has marked the connection closed."""
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self.hub is not None:
+                self.hub.transport_lost(self)
+
+    # Gate
+
+    def _library_pause(self) -> None:
+        self._library_paused = True
+        self._apply()
+
+    def _library_resume(self) -> None:
+        self._library_paused = False
+        self._apply()
+
+    def set_faults(
+        self, *, blackholed: Optional[bool] = None, reading_paused: Optional[bool] = None
+    ) -> None:
+        """Turn the blackhole and/or pause-reading faults on or off for this connection.
+
+        Must run on the event loop thread.
+        """
+        if blackholed is not None:
+            self.blackholed = blackholed
+        if reading_paused is not None:
+            self.reading_paused = reading_paused
+        self._apply()
+
+    def _apply(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is None or transport.is_closing():
+            return
+        want_paused = self._library_paused or self.blackholed or self.reading_paused
+        if want_paused and not self._transport_paused:
+            transport.pause_reading()
+            self._transport_paused = True
+        elif not want_paused and self._transport_paused:
+            transport.resume_reading()
+            self._transport_paused = False
+
+    # Abrupt end
+
+    def abort_with_reset(self) -> None:
+        """Drop the TCP connection with a reset: no close frame, no FIN.
+
+        ``SO_LINGER`` on with a zero timeout makes the kernel answer ``close()``
+        with RST, which is what a crashed peer or a middlebox kill looks like.
+        Must run on the event loop thread.
+        """
+        transport = getattr(self, "transport", None)
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:  # already closed: nothing left to reset
+                pass
+        transport.abort()
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written by the server and not yet accepted by the kernel."""
+        transport = getattr(self, "transport", None)
+        if transport is None or transport.is_closing():
+            return 0
+        return int(transport.get_write_buffer_size())
+
+
+def connection_class(hub: TransportHub) -> Type[GatedConnection]:
+    """Return a :class:`GatedConnection` subclass bound to ``hub``.
+
+    ``websockets.serve`` takes a class, not a factory, for ``create_connection``,
+    so the hub travels as a class attribute of a per-server subclass.
+    """
+
+    class _BoundConnection(GatedConnection):
+        pass
+
+    _BoundConnection.hub = hub
+    return _BoundConnection

@@ -1,0 +1,215 @@
+"""Inbound buffers: one per subscription, one for the ``message`` event stream.
+
+The I/O thread :meth:`~InboundBuffer.offer`\\ s items; a consumer takes them, either
+a callback run on the dispatcher or a caller blocked in :meth:`Subscription.get`.
+The buffer is bounded (``inbound_buffer_size``) and applies the overflow policy.
+With ``block`` a full buffer refuses the item: the loop keeps it, stops reading the
+socket, and resumes when the consumer has taken the buffer down to its low-water
+mark (half full), after the ``Assembler`` of websockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterator, Optional, Tuple
+
+from .buffers import Ring
+from .clock import Deadline
+from .exceptions import ClientClosed
+
+log = logging.getLogger("tether_sync")
+
+Task = Callable[[], None]
+
+
+class InboundBuffer:
+    """A bounded, thread-safe buffer between the I/O thread and one consumer.
+
+    Args:
+        capacity: Items held at most.
+        overflow: ``drop-oldest``, ``sample-oldest``, ``drop-newest`` or ``block``.
+        callback: Called with each item on the dispatcher; ``None`` for a queue
+            consumed with :meth:`get`.
+        dispatch: Hands a task to the dispatcher (needed with a callback).
+        on_error: Reports an exception raised by the callback.
+        on_resume: Called (on the consumer's thread) when a ``block`` buffer that
+            refused an item has drained to its low-water mark; it wakes the loop.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        overflow: str,
+        *,
+        callback: Optional[Callable[[Any], None]] = None,
+        dispatch: Optional[Callable[[Task], None]] = None,
+        on_error: Optional[Callable[[BaseException], None]] = None,
+        on_resume: Optional[Callable[[], None]] = None,
+    ) -> None:
+        self._ring: Ring[Any] = Ring(capacity, overflow)
+        self._low_water = capacity // 2
+        self._callback = callback
+        self._dispatch = dispatch
+        self._on_error = on_error
+        self._on_resume = on_resume
+        # Guards _ring, _closed, _scheduled and _refused. The I/O thread holds it
+        # only for a push; consumers hold it only to pop, never while calling back.
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._scheduled = False  # a drain task is queued on the dispatcher
+        self._refused = False  # a "block" push was refused: someone waits for room
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def offer(self, item: Any) -> Tuple[int, bool]:
+        """Add ``item`` (I/O thread).
+
+        Returns:
+            ``(dropped, accepted)``: how many items the overflow policy dropped, and
+            False when a ``block`` buffer is full (the caller keeps the item).
+        """
+        schedule = False
+        with self._cond:
+            if self._closed:
+                return 0, True
+            ring = self._ring
+            if ring.overflow == "block" and ring.full:
+                self._refused = True
+                return 0, False
+            dropped = len(ring.push(item))
+            if self._callback is not None:
+                if not self._scheduled:
+                    self._scheduled = schedule = True
+            else:
+                self._cond.notify()
+        if schedule:
+            assert self._dispatch is not None
+            self._dispatch(self._drain)
+        return dropped, True
+
+    def _took(self) -> Optional[Callable[[], None]]:
+        # With _cond held: after a pop, the resume hook to call (outside the lock)
+        # if a refused "block" push is waiting and we are at the low-water mark.
+        if self._refused and len(self._ring) <= self._low_water:
+            self._refused = False
+            return self._on_resume
+        return None
+
+    def _drain(self) -> None:
+        # Dispatcher thread: run the callback for every buffered item, one at a time,
+        # so that drops can still happen while a slow callback runs.
+        callback = self._callback
+        assert callback is not None
+        while True:
+            with self._cond:
+                if not self._ring or self._closed:
+                    self._scheduled = False
+                    return
+                item = self._ring.pop()
+                resume = self._took()
+            if resume is not None:
+                resume()
+            try:
+                callback(item)
+            except Exception as exc:
+                log.exception("exception in subscription callback %r", callback)
+                if self._on_error is not None:
+                    self._on_error(exc)
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """Take the oldest item, waiting up to ``timeout`` seconds.
+
+        Raises:
+            TimeoutError: nothing arrived in time.
+            ClientClosed: the buffer was closed and is empty.
+        """
+        deadline = Deadline(timeout)
+        with self._cond:
+            while not self._ring:
+                if self._closed:
+                    raise ClientClosed("subscription closed")
+                remaining = deadline.remaining()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no message within {timeout}s")
+                self._cond.wait(remaining)
+            item = self._ring.pop()
+            resume = self._took()
+        if resume is not None:
+            resume()
+        return item
+
+    def close(self) -> None:
+        """Wake every waiter; later offers are ignored. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class Subscription:
+    """A channel subscription, returned by ``TetherClient.subscribe()``.
+
+    With a callback, payloads are delivered to it on the dispatcher. Without one it
+    is a blocking queue: ``get(timeout)``, or ``for payload in sub:`` (the loop ends
+    when the subscription is unsubscribed or the client closes).
+
+    Attributes:
+        channel: The channel name.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        buffer: InboundBuffer,
+        unsubscribe: Callable[[Subscription], None],
+        callback: Optional[Callable[[Any], None]] = None,
+    ) -> None:
+        self.channel = channel
+        self.callback = callback
+        self._buffer = buffer
+        self._unsubscribe = unsubscribe
+
+    def __repr__(self) -> str:
+        state = "closed" if self._buffer.closed else "active"
+        return f"<Subscription channel={self.channel!r} {state} depth={len(self._buffer)}>"
+
+    @property
+    def active(self) -> bool:
+        """False once unsubscribed or the client closed."""
+        return not self._buffer.closed
+
+    @property
+    def depth(self) -> int:
+        """Payloads waiting in this subscription's buffer."""
+        return len(self._buffer)
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """The next payload on the channel (queue subscriptions).
+
+        Raises:
+            TimeoutError: nothing arrived within ``timeout`` seconds.
+            ClientClosed: unsubscribed or the client closed, and nothing is left.
+        """
+        return self._buffer.get(timeout)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                yield self._buffer.get()
+            except ClientClosed:
+                return
+
+    def unsubscribe(self) -> None:
+        """Stop receiving; sends ``unsubscribe`` if this was the channel's last one."""
+        self._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unsubscribe()

@@ -1,0 +1,65 @@
+"""A timer heap for the I/O loop. Pure: times are passed in."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Dict, List, Optional, Tuple
+
+
+class TimerHeap:
+    """Named one-shot timers; scheduling a name again replaces its earlier timer."""
+
+    def __init__(self) -> None:
+        self._heap: List[Tuple[float, int, str]] = []
+        self._live: Dict[str, int] = {}  # name -> sequence number of its live entry
+        self._seq = itertools.count()
+
+    def schedule(self, when: float, name: str) -> None:
+        seq = next(self._seq)
+        self._live[name] = seq
+        heapq.heappush(self._heap, (when, seq, name))
+
+    def cancel(self, name: str) -> None:
+        # Lazy deletion: the stale heap entry is skipped when it surfaces.
+        self._live.pop(name, None)
+
+    def cancel_all(self) -> None:
+        self._live.clear()
+        self._heap.clear()
+
+    def scheduled(self, name: str) -> bool:
+        return name in self._live
+
+    def when(self, name: str) -> Optional[float]:
+        seq = self._live.get(name)
+        if seq is None:
+            return None
+        for when, s, _ in self._heap:
+            if s == seq:
+                return when
+        return None  # pragma: no cover - _live and _heap always agree
+
+    def _prune(self) -> None:
+        heap = self._heap
+        while heap and self._live.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
+
+    def timeout(self, now: float) -> Optional[float]:
+        """Seconds until the next timer (0 if one is due), ``None`` if none is set."""
+        self._prune()
+        if not self._heap:
+            return None
+        return max(0.0, self._heap[0][0] - now)
+
+    def pop_due(self, now: float) -> List[str]:
+        """Remove and return the names of every timer due at ``now``, earliest first."""
+        due = []
+        heap = self._heap
+        while True:
+            self._prune()
+            if not heap or heap[0][0] > now:
+                return due
+            _, _, name = heapq.heappop(heap)
+            del self._live[name]
+            due.append(name)

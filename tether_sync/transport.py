@@ -1,0 +1,118 @@
+"""The websocket-client adapter: the opening handshake, and what the kernel holds.
+
+websocket-client does the handshake (TLS, proxies, headers, subprotocols,
+redirects); it is blocking, so it runs on a short-lived connector thread (see
+``loop.py``), which hands the connected socket over to the I/O thread. From then
+on only the I/O thread touches the socket, framing with :mod:`tether_sync.frames`.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Any, Dict, List, Optional, Union
+from urllib.parse import urlsplit
+
+import websocket
+
+HeaderSpec = Union[Dict[str, str], List[str], None]
+
+if sys.platform.startswith("linux"):
+    import fcntl
+    import termios
+
+    # SIOCOUTQ is TIOCOUTQ on Linux: bytes in the send queue not yet acknowledged
+    # by the peer (unsent + in flight).
+    _SIOCOUTQ: Optional[int] = termios.TIOCOUTQ
+else:  # pragma: no cover - only the user-space part of buffered_amount elsewhere
+    _SIOCOUTQ = None
+
+
+def validate_url(url: Any) -> str:
+    """Check a WebSocket URL at construction time.
+
+    Raises:
+        TypeError: not a str.
+        ValueError: not ``ws://`` or ``wss://`` with a host, or a bad port.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"url must start with ws:// or wss://, got {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"url has no host: {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ValueError(f"url has an invalid port: {url!r}") from exc
+    return url
+
+
+def kernel_unsent(sock: socket.socket) -> int:
+    """Bytes the kernel still holds in ``sock``'s send queue (0 where unknown)."""
+    if _SIOCOUTQ is None:
+        return 0
+    try:
+        buf = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int.from_bytes(buf, sys.byteorder, signed=True)
+
+
+def new_handshaker() -> Any:
+    """A websocket-client ``WebSocket`` used only for its handshake.
+
+    ``skip_utf8_validation`` because the I/O thread validates with ``bytes.decode``.
+    """
+    return websocket.WebSocket(skip_utf8_validation=True, enable_multithread=False)
+
+
+def handshake(
+    ws: Any,
+    url: str,
+    *,
+    timeout: float,
+    headers: HeaderSpec,
+    subprotocols: Optional[List[str]],
+    sslopt: Optional[Dict[str, Any]],
+    extra: Optional[Dict[str, Any]] = None,
+) -> socket.socket:
+    """Open the connection and complete the opening handshake (blocking).
+
+    Args:
+        ws: From :func:`new_handshaker`; the caller may abort it from another
+            thread with :func:`abort`.
+        timeout: Seconds for each socket operation of the handshake.
+        extra: More keyword arguments for ``WebSocket.connect`` (proxy options,
+            ``origin``, ``redirect_limit``...).
+
+    Returns:
+        The connected socket, ready for framing.
+
+    Raises:
+        websocket.WebSocketException, OSError: the connection or handshake failed
+            (refused, DNS, TLS, HTTP status other than 101...).
+    """
+    if sslopt is not None:
+        ws.sock_opt.sslopt = dict(sslopt)
+    options: Dict[str, Any] = dict(extra or {})
+    options["timeout"] = timeout
+    if headers:
+        options["header"] = headers
+    if subprotocols:
+        options["subprotocols"] = list(subprotocols)
+    ws.connect(url, **options)
+    sock: socket.socket = ws.sock
+    return sock
+
+
+def abort(ws: Any) -> None:
+    """Wake a handshake blocked on its socket (from any thread). Best effort."""
+    sock = getattr(ws, "sock", None)
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
