@@ -19,12 +19,13 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import frames
+from .auth import TokenRefresher
 from .clock import Clock, Deadline, SystemClock
 from .delivery import Delivery
 from .dispatch import ThreadDispatcher, run_task
 from .envelope import encode_data
 from .events import EVENT_NAMES, ErrorEvent, MessageEvent, QueuedEvent
-from .exceptions import ClientClosed, ConnectTimeout, QueueFull, TetherError
+from .exceptions import AuthError, ClientClosed, ConnectTimeout, QueueFull, TetherError
 from .loop import IoLoop, LoopConfig
 from .options import Backpressure, Heartbeat, Queue, Reconnect, coerce, coerce_auth
 from .state import State
@@ -38,7 +39,7 @@ Handler = Callable[[Any], None]
 _json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 # Clients not closed by their owner; flushed and closed at interpreter exit.
-_live_clients: "weakref.WeakSet[TetherClient]" = weakref.WeakSet()
+_live_clients: weakref.WeakSet[TetherClient] = weakref.WeakSet()
 
 
 class TetherClient:
@@ -147,6 +148,11 @@ class TetherClient:
         self._started = False
         self._closing = False
         self._own_dispatcher: Optional[ThreadDispatcher] = None
+        self._refresher: Optional[TokenRefresher] = None
+        # Guards _refresh_round: refresh_auth() calls made while one is in progress
+        # share it (single flight), so they cause one get_token() call between them.
+        self._refresh_lock = threading.Lock()
+        self._refresh_round: Optional[_RefreshRound] = None
         if dispatcher is None:
             self._own_dispatcher = ThreadDispatcher(self._report_error, "tether-dispatch")
             self._dispatch_fn: Callable[[Callable[[], None]], Any] = self._own_dispatcher
@@ -163,8 +169,11 @@ class TetherClient:
             on_state=self._on_state,
         )
 
-    def _make_authenticator(self) -> Any:
-        return None  # the auth feature plugs in here
+    def _make_authenticator(self) -> Optional[TokenRefresher]:
+        if self._auth_options is None:
+            return None
+        self._refresher = TokenRefresher(self._auth_options, self._clock)
+        return self._refresher
 
     def __repr__(self) -> str:
         return f"<TetherClient {self._config.url} {self._loop.state.value}>"
@@ -355,7 +364,9 @@ class TetherClient:
             on_resume=self._loop.wake_inbound,
         )
 
-    def subscribe(self, channel: str, callback: Optional[Callable[[Any], None]] = None) -> Subscription:
+    def subscribe(
+        self, channel: str, callback: Optional[Callable[[Any], None]] = None
+    ) -> Subscription:
         """Receive the payloads sent on ``channel``.
 
         The subscription is announced to the server now if open, and again after
@@ -381,6 +392,42 @@ class TetherClient:
         buf = sub._buffer
         buf.close()
         self._loop.post("unsubscribe", (sub.channel, buf))
+
+    # ------------------------------------------------------------------ auth
+
+    def refresh_auth(self, timeout: Optional[float] = None) -> None:
+        """Rotate the token now, over the open socket, and wait for the server's yes.
+
+        Threads calling this at the same time share one rotation: ``get_token()`` is
+        called once and all of them get its outcome. While offline, the rotation
+        happens with the next connection.
+
+        Args:
+            timeout: Seconds to wait; ``None`` waits for the outcome.
+
+        Raises:
+            AuthError: the server refused the new token (twice), ``get_token()``
+                failed, or no auth is configured.
+            TimeoutError: no answer within ``timeout``.
+            ClientClosed: the client is closed.
+        """
+        if self._refresher is None:
+            raise AuthError("refresh_auth() needs auth= to be configured")
+        if self._loop.stopped.is_set():
+            raise ClientClosed("the client is closed")
+        with self._refresh_lock:
+            rnd = self._refresh_round
+            start = rnd is None or rnd.done.is_set()
+            if start:
+                rnd = self._refresh_round = _RefreshRound()
+            assert rnd is not None
+            rnd.waiters += 1
+        if start:
+            self._loop.post("refresh", rnd.resolve)
+        if not rnd.done.wait(timeout):
+            raise TimeoutError(f"the server did not confirm a new token within {timeout}s")
+        if rnd.error is not None:
+            raise rnd.error
 
     # ------------------------------------------------------------------ waiting
 
@@ -438,6 +485,9 @@ class TetherClient:
             return False
         loop.stopped.wait(deadline.remaining())
         ok = loop.join(deadline.remaining())
+        if self._refresher is not None:
+            # A get_token() that hangs cannot be interrupted: report it, don't wait.
+            ok = self._refresher.join(min(0.1, deadline.remaining() or 0.0)) and ok
         if dispatcher is not None:
             ok = dispatcher.stop(deadline.remaining()) and ok
         if not ok:
@@ -503,8 +553,9 @@ class TetherClient:
         if self._loop.stopped.is_set() or not self._started:
             return
         if self._exit_flush_timeout > 0:
-            log.info("interpreter exit: flushing %s for up to %.1fs", self.url,
-                     self._exit_flush_timeout)
+            log.info(
+                "interpreter exit: flushing %s for up to %.1fs", self.url, self._exit_flush_timeout
+            )
             self.flush(self._exit_flush_timeout)
         self.close(timeout=1.0)
 
@@ -518,3 +569,18 @@ def _flush_at_exit() -> None:
             client._exit_flush()
         except Exception:  # pragma: no cover - never break interpreter exit
             log.exception("flushing %r at exit failed", client)
+
+
+class _RefreshRound:
+    """One token rotation that any number of ``refresh_auth()`` callers wait on."""
+
+    __slots__ = ("done", "error", "waiters")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.waiters = 0  # callers sharing this round
+
+    def resolve(self, error: Optional[BaseException]) -> None:
+        self.error = error
+        self.done.set()

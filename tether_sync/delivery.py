@@ -33,9 +33,21 @@ class Delivery:
 
     # _op and _data are the frame to send (opcode and encoded bytes), set by the
     # client in the caller's thread so that the I/O thread only frames and writes.
-    __slots__ = ("_callbacks", "_cond", "_data", "_exc", "_op", "_state", "channel", "id", "payload")
+    __slots__ = (
+        "_callbacks",
+        "_cond",
+        "_data",
+        "_exc",
+        "_op",
+        "_state",
+        "channel",
+        "id",
+        "payload",
+    )
 
-    def __init__(self, msg_id: str, channel: str, payload: Any, op: int = 1, data: bytes = b"") -> None:
+    def __init__(
+        self, msg_id: str, channel: str, payload: Any, op: int = 1, data: bytes = b""
+    ) -> None:
         self._op = op
         self._data = data
         self.id = msg_id

@@ -32,7 +32,7 @@ class ThreadDispatcher:
         self._name = name
         # SimpleQueue: put() never blocks and is reentrant, so the I/O thread can
         # hand work over without ever waiting on a consumer.
-        self._tasks: "queue.SimpleQueue[Optional[Task]]" = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[Optional[Task]] = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
         self._stopped = False
 

@@ -93,6 +93,10 @@ _XOR_TABLES: Tuple[bytes, ...] = tuple(
 )
 del _IDENTITY
 
+# Payload pieces smaller than this are copied into a shared bytearray
+# (see FrameParser._add); bigger ones are kept as they are, joined once.
+_COALESCE_BELOW = 4096
+
 _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
 
@@ -169,7 +173,7 @@ class FrameParser:
         # its payload chunks so far and their total length. Invariant:
         # _frag_op == 0 implies _frags == [] and _frag_len == 0.
         self._frag_op = 0
-        self._frags: List[bytes] = []
+        self._frags: List[Union[bytes, bytearray]] = []
         self._frag_len = 0
         # Payload bytes still to come for the data frame being streamed into
         # _frags (0 when none), and whether that frame has FIN set.
@@ -182,11 +186,11 @@ class FrameParser:
         """Bytes held waiting for the rest of a frame or of a fragmented message."""
         return len(self._tail) + self._frag_len
 
-    def feed(self, chunk: BytesLike) -> List[Message]:
+    def feed(self, data: BytesLike) -> List[Message]:
         """Append received bytes and return every message they complete.
 
         Args:
-            chunk: The next bytes from the socket (any split, even 1 byte);
+            data: The next bytes from the socket (any split, even 1 byte);
                 a bytearray or memoryview is copied to bytes first.
 
         Returns:
@@ -208,34 +212,32 @@ class FrameParser:
             raise FrameProtocolError(str(err), err.close_code)
         # bytearray/memoryview (e.g. from recv_into) are copied: the payloads
         # handed out must be immutable bytes, not views of a reused buffer.
-        data = chunk if type(chunk) is bytes else bytes(chunk)
+        raw = data if type(data) is bytes else bytes(data)
         out: List[Message] = []
         try:
             pos = 0
             rem = self._rem
             if rem:
                 # Continue the payload of a streamed data frame.
-                n = len(data)
+                n = len(raw)
                 if n < rem:
                     if n:
-                        self._frags.append(data)
-                        self._frag_len += n
+                        self._add(raw)
                         self._rem = rem - n
                     return out
-                self._frags.append(data[:rem] if n > rem else data)
-                self._frag_len += rem
+                self._add(raw[:rem] if n > rem else raw)
                 self._rem = 0
                 if self._rem_fin:
                     self._finish_message(out)
                 pos = rem
             elif self._tail:
-                tail = self._tail + data
+                tail = self._tail + raw
                 if len(tail) < self._need:
                     self._tail = tail
                     return out
                 self._tail = b""
-                data = tail
-            self._parse(data, pos, out)
+                raw = tail
+            self._parse(raw, pos, out)
         except FrameProtocolError as exc:
             exc.messages = out
             self._error = exc
@@ -248,6 +250,23 @@ class FrameParser:
             self._error = err
             raise err from None
         return out
+
+    def _add(self, piece: bytes) -> None:
+        """Append a payload piece to the message being received.
+
+        Small pieces are merged into a trailing bytearray: a server trickling
+        a message 1 byte per read (or per fragment) must not cost a list entry
+        (~40 bytes) per payload byte, or max_message_size would not bound memory.
+        """
+        frags = self._frags
+        if len(piece) < _COALESCE_BELOW:
+            if frags and type(frags[-1]) is bytearray:
+                frags[-1] += piece
+            else:
+                frags.append(bytearray(piece))
+        else:
+            frags.append(piece)
+        self._frag_len += len(piece)
 
     def _finish_message(self, out: List[Message]) -> None:
         """Join the chunks of the message being received and append it to ``out``."""
@@ -374,14 +393,12 @@ class FrameParser:
                 if end > n:
                     # Stream the payload: keep what is here, feed() adds the rest.
                     if n > start:
-                        self._frags.append(buf[start:])
-                        self._frag_len += n - start
+                        self._add(buf[start:])
                     self._rem = end - n
                     self._rem_fin = bool(fin)
                     return
                 if length:
-                    self._frags.append(buf[start:end])
-                    self._frag_len += length
+                    self._add(buf[start:end])
                 pos = end
                 if fin:
                     self._frag_op = frag_op

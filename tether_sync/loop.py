@@ -21,6 +21,7 @@ go through this one writer and the queue drains only once the link is ``open``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import selectors
@@ -32,11 +33,13 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from . import envelope, frames, transport
+from .auth import TokenRefresher
 from .backoff import Backoff
 from .buffers import Ring
 from .clock import Clock
 from .delivery import Delivery
 from .events import (
+    AuthRefreshedEvent,
     BackpressureEvent,
     CloseEvent,
     ErrorEvent,
@@ -60,6 +63,7 @@ from .state import State, check
 from .stats import Counters
 from .subscription import InboundBuffer
 from .timers import TimerHeap
+from .tokens import refresh_at
 
 log = logging.getLogger("tether_sync")
 
@@ -91,19 +95,6 @@ class LoopConfig:
     ws_options: Dict[str, Any]
 
 
-class Authenticator:
-    """What the loop asks for tokens (implemented in ``auth.py``).
-
-    ``request(force, reply)`` must return at once and later call ``reply(token,
-    expires_at, error)`` from another thread.
-    """
-
-    def request(
-        self, force: bool, reply: Callable[[Optional[str], Optional[float], Any], None]
-    ) -> None:
-        raise NotImplementedError
-
-
 class IoLoop:
     """The connection engine behind :class:`~tether_sync.TetherClient`.
 
@@ -123,7 +114,7 @@ class IoLoop:
         wants: Callable[[str], bool],
         clock: Clock,
         rng: random.Random,
-        auth: Optional[Authenticator] = None,
+        auth: Optional[TokenRefresher] = None,
         on_state: Optional[Callable[[State], None]] = None,
     ) -> None:
         self.config = config
@@ -196,7 +187,12 @@ class IoLoop:
         self._ping_ts: Optional[int] = None
         self._ping_sent = 0.0
         self.last_rtt: Optional[float] = None
-        self._auth_refused = 0
+        self._auth_refused = 0  # refusals in a row; the second one is final
+        self._auth_round = 0  # numbers token requests, so stale answers are dropped
+        self._auth_busy = False  # a token is being fetched or its auth-ok awaited
+        self._auth_pending_exp: Optional[float] = None
+        self._auth_force = False  # the next auth must fetch a new token
+        self._refresh_failures = 0
         self._refresh_waiters: List[Callable[[Optional[BaseException]], None]] = []
         self.auth_expires_at: Optional[float] = None
         self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
@@ -379,10 +375,21 @@ class IoLoop:
         ws = self._handshaker = transport.new_handshaker()
         cfg = self.config
         headers = cfg.headers() if callable(cfg.headers) else cfg.headers
-        headers = self._auth_headers(headers)
+        auth = self._auth
+        header_auth = auth is not None and cfg.protocol == "raw" and auth.options.header
 
         def connector() -> None:
+            # Runs on the connector thread: blocking is allowed here, and this is
+            # where protocol "raw" fetches the token for its handshake header.
+            nonlocal headers
             try:
+                if header_auth:
+                    assert auth is not None and auth.options.header
+                    token, exp = auth.get_blocking(auth.options.timeout)
+                    name = auth.options.header
+                    value = f"Bearer {token}" if name.lower() == "authorization" else token
+                    headers = {**(headers or {}), name: value}
+                    self.post("header_token", (attempt, exp))
                 sock = transport.handshake(
                     ws,
                     cfg.url,
@@ -403,9 +410,6 @@ class IoLoop:
         self._connectors.add(thread)
         thread.start()
         self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, "connect_timeout")
-
-    def _auth_headers(self, headers: Any) -> Any:
-        return headers  # replaced by the auth mix-in for protocol "raw"
 
     def _cmd_connected(self, arg: Tuple[int, socket.socket]) -> None:
         attempt, sock = arg
@@ -431,6 +435,10 @@ class IoLoop:
             self._begin_auth(force=self._auth_refused > 0)
         else:
             self._opened()
+            if self._auth is not None and self._auth_pending_exp is not None:
+                # protocol "raw": the handshake header carried the token.
+                self._auth_busy = True
+                self._on_auth_ok(True)
 
     def _cmd_connect_failed(self, arg: Tuple[int, BaseException]) -> None:
         attempt, exc = arg
@@ -489,8 +497,9 @@ class IoLoop:
         delay, self._backoff = self._backoff.next(self._rng)
         self.next_delay = delay
         self._set_state(State.RECONNECTING)
-        log.info("reconnecting to %s: attempt %d in %.3fs", self.config.url,
-                 self._backoff.attempt, delay)
+        log.info(
+            "reconnecting to %s: attempt %d in %.3fs", self.config.url, self._backoff.attempt, delay
+        )
         if self._wants("reconnecting"):
             self._emit(ReconnectingEvent(self._backoff.attempt, delay))
         self._timers.schedule(self._clock.monotonic() + delay, "reconnect")
@@ -639,7 +648,7 @@ class IoLoop:
                 break
             self._outbound_paused = False
             with self._lock:
-                batch = []
+                batch: List[Delivery] = []
                 size = 0
                 while queue and len(batch) < _BATCH_MESSAGES and size < _BATCH_BYTES:
                     d = queue.pop()
@@ -675,8 +684,10 @@ class IoLoop:
             if len(out) > 1 and len(out[0]) - self._out_offset < 65536:
                 # Coalesce small pending frames into one write.
                 first = out.popleft()[self._out_offset :]
-                rest = []
-                while out and len(first) + sum(map(len, rest)) < _BATCH_BYTES:
+                rest: List[bytes] = []
+                size = len(first)
+                while out and size < _BATCH_BYTES:
+                    size += len(out[0])
                     rest.append(out.popleft())
                 out.appendleft(first + b"".join(rest))
                 self._out_offset = 0
@@ -883,6 +894,8 @@ class IoLoop:
         self._timers.cancel("pong_deadline")
         self._timers.cancel("close_grace")
         self._timers.cancel("auth_timeout")
+        self._timers.cancel("refresh")
+        self._auth_busy = False
         self._ping_ts = None
         self._release_socket()
         self._pending_in.clear()
@@ -1013,18 +1026,143 @@ class IoLoop:
             return
         log.warning("no pong within %.3fs: closing with 4000", hb.timeout)
         self._close_link(4000, "Heartbeat timeout", final=False)
-        self._timers.schedule(self._clock.monotonic() + min(_CLOSE_GRACE, hb.timeout),
-                              "close_grace")
+        self._timers.schedule(
+            self._clock.monotonic() + min(_CLOSE_GRACE, hb.timeout), "close_grace"
+        )
 
-    # ------------------------------------------------------------ auth hooks
+    # ------------------------------------------------------------ auth
 
     def _begin_auth(self, force: bool) -> None:
-        raise NotImplementedError  # provided with the auth feature
+        """Ask for a token (off this thread) and send it when it comes."""
+        auth = self._auth
+        assert auth is not None
+        self._auth_round += 1
+        round_id = self._auth_round
+        self._auth_busy = True
+        force = force or self._auth_force
+        self._auth_force = False
+        # One budget for get_token() and the server's answer.
+        timeout = auth.options.timeout * 2
+        self._timers.schedule(self._clock.monotonic() + timeout, "auth_timeout")
+
+        def reply(token: Optional[str], exp: Optional[float], err: Optional[BaseException]) -> None:
+            self.post("token", (round_id, token, exp, err))
+
+        auth.request(force, reply)
+
+    def _cmd_token(self, arg: Tuple[int, Optional[str], Optional[float], Any]) -> None:
+        round_id, token, exp, err = arg
+        if round_id != self._auth_round or self._sock is None or not self._auth_busy:
+            return
+        if err is not None:
+            self._auth_trouble(err)
+            return
+        assert token is not None
+        self._auth_pending_exp = exp
+        if self.config.protocol == "tether":
+            self._send_control_text(envelope.encode_auth(token))  # never logged
+            log.debug("sent tether:auth")
+        else:
+            # raw: an in-band rotation message; no confirmation can come back.
+            build = self._auth.options.message if self._auth else None
+            if build is not None:
+                msg = build(token)
+                if isinstance(msg, str):
+                    self._send_control_text(msg)
+                elif isinstance(msg, (bytes, bytearray)):
+                    self._send_control(frames.OP_BINARY, bytes(msg))
+                else:
+                    self._send_control_text(json.dumps(msg))
+            self._on_auth_ok(True)
 
     def _on_auth_ok(self, ok: bool) -> None:
-        log.debug("ignoring tether:auth-ok (ok=%s): no auth configured", ok)
+        if not self._auth_busy:
+            log.debug("ignoring tether:auth-ok (ok=%s): none awaited", ok)
+            return
+        auth = self._auth
+        assert auth is not None
+        self._auth_busy = False
+        self._timers.cancel("auth_timeout")
+        if ok:
+            self._auth_refused = 0
+            self._refresh_failures = 0
+            exp = self._auth_pending_exp
+            self.auth_expires_at = exp
+            self.counters.auth_refreshes += 1
+            if exp is not None:
+                log.info("token accepted, expires in %.1fs", exp - self._clock.time())
+            if self._wants("auth_refreshed"):
+                self._emit(AuthRefreshedEvent(exp))
+            if exp is not None:
+                now = self._clock.time()
+                at = refresh_at(exp, auth.options.refresh_before, now)
+                self._timers.schedule(self._clock.monotonic() + (at - now), "refresh")
+            self._fail_refresh_waiters(None)
+            if self._phase == _AUTH:
+                self._opened()
+            return
+        self._auth_refused += 1
+        auth.forget()
+        if self._auth_refused == 1:
+            log.warning("server refused the token: fetching a fresh one")
+            self._begin_auth(force=True)
+            return
+        err = AuthError("the server refused the token, and a fresh token too")
+        log.error("%s: giving up", err)
+        self._fail_refresh_waiters(err)
+        self._send_control(frames.OP_CLOSE, frames.encode_close_payload(1008, "Auth refused"))
+        self._finish(err)
 
-    def _fail_refresh_waiters(self, exc: BaseException) -> None:
+    def _auth_trouble(self, err: BaseException) -> None:
+        """get_token() failed or hung, or the server never answered."""
+        self._auth_busy = False
+        self._timers.cancel("auth_timeout")
+        self._error(err)
+        self._fail_refresh_waiters(err)
+        if self._phase == _AUTH:
+            # No usable token for this connection: close it and retry with backoff.
+            self._close_link(1000, "Token unavailable", final=False)
+            return
+        # A refresh on an open link: keep the link (its token may still be valid)
+        # and retry the fetch with full-jitter backoff.
+        self._refresh_failures += 1
+        cap = min(30.0, 0.5 * 2.0 ** min(self._refresh_failures, 10))
+        delay = self._rng.uniform(0.0, cap)
+        log.info("token refresh failed; retrying in %.2fs", delay)
+        self._timers.schedule(self._clock.monotonic() + delay, "refresh")
+
+    def _timer_auth_timeout(self) -> None:
+        if self._auth_busy:
+            budget = self._auth.options.timeout * 2 if self._auth else 0
+            self._auth_round += 1  # a late answer is stale now
+            self._auth_trouble(TimeoutError(f"no token and auth-ok within {budget:g}s"))
+
+    def _timer_refresh(self) -> None:
+        if self._phase == _OPEN and not self._auth_busy:
+            self._begin_auth(force=True)
+
+    def _cmd_header_token(self, arg: Tuple[int, float]) -> None:
+        # protocol "raw": the token the handshake header carries.
+        attempt, exp = arg
+        if attempt == self._attempt_id:
+            self._auth_pending_exp = exp
+
+    def _cmd_refresh(self, waiter: Callable[[Optional[BaseException]], None]) -> None:
+        """refresh_auth(): rotate now; ``waiter(error)`` once the server answered."""
+        if self._auth is None:
+            waiter(AuthError("no auth configured"))
+            return
+        if self.config.protocol == "raw" and self._auth.options.message is None:
+            waiter(AuthError("protocol raw rotates tokens in-band only with Auth(message=...)"))
+            return
+        self._refresh_waiters.append(waiter)
+        if self._phase == _OPEN:
+            if not self._auth_busy:
+                self._begin_auth(force=True)
+        elif not self._auth_busy:
+            self._auth_force = True  # the next connection fetches a new token
+
+    def _fail_refresh_waiters(self, exc: Optional[BaseException]) -> None:
         waiters, self._refresh_waiters = self._refresh_waiters, []
         for waiter in waiters:
             waiter(exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, FrozenSet, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, Callable, FrozenSet, Mapping, Optional, Type, TypeVar
 
 QUEUE_OVERFLOW = ("drop-oldest", "drop-newest", "reject")
 INBOUND_OVERFLOW = ("drop-oldest", "sample-oldest", "drop-newest", "block")
@@ -213,7 +213,7 @@ def coerce(name: str, value: Any, cls: Type[T], *, default_on: bool = True) -> O
     )
 
 
-def coerce_auth(value: Union[None, Auth, Callable[[], str], Mapping[str, Any]]) -> Optional[Auth]:
+def coerce_auth(value: Any) -> Optional[Auth]:
     """``auth=`` accepts an :class:`Auth`, a dict of its fields, or a plain callable."""
     if value is None or value is False:
         return None

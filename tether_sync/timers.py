@@ -54,7 +54,7 @@ class TimerHeap:
 
     def pop_due(self, now: float) -> List[str]:
         """Remove and return the names of every timer due at ``now``, earliest first."""
-        due = []
+        due: List[str] = []
         heap = self._heap
         while True:
             self._prune()
