@@ -529,17 +529,21 @@ class IoLoop:
             self._lost(1006, "connection closed without a close frame", False)
             return
         self._last_rx = self._clock.monotonic()
+        error: Optional[frames.FrameProtocolError] = None
         try:
             messages = self._parser.feed(data)
-        except ProtocolError as exc:
-            log.warning("protocol error from %s: %s", self.config.url, exc)
-            self._error(exc)
-            self._close_link(exc.close_code, str(exc)[:100], final=False)
-            return
+        except frames.FrameProtocolError as exc:
+            # Deliver what arrived intact before the violation, then fail the link
+            # with the code the violation calls for (RFC 6455 §7.1.7).
+            error, messages = exc, exc.messages
         for opcode, payload in messages:
             if self._sock is None:
                 return  # a close frame (or error) ended the link mid-chunk
             self._on_message(opcode, payload)
+        if error is not None and self._sock is not None:
+            log.warning("protocol error from %s: %s", self.config.url, error)
+            self._error(error)
+            self._close_link(error.close_code, str(error)[:100], final=False)
 
     def _on_message(self, opcode: int, payload: Any) -> None:
         if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
