@@ -36,7 +36,7 @@ from . import envelope, frames, transport
 from .auth import TokenRefresher
 from .backoff import Backoff
 from .buffers import Ring
-from .clock import Clock
+from .clock import Clock, Deadline
 from .delivery import Delivery
 from .events import (
     AuthRefreshedEvent,
@@ -144,7 +144,10 @@ class IoLoop:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread: Optional[threading.Thread] = None
-        self._connectors: Set[threading.Thread] = set()
+        # Connector threads still running, with the websocket-client object each
+        # one handshakes with (so close() can abort it). Connectors remove
+        # themselves; dict operations are atomic, so no lock is needed.
+        self._connectors: Dict[threading.Thread, Any] = {}
         self.stopped = threading.Event()  # set when the loop has ended for good
 
         # Everything below is touched by the loop thread only.
@@ -277,15 +280,20 @@ class IoLoop:
 
     def join(self, timeout: Optional[float]) -> bool:
         """Wait for the loop and connector threads; True if all ended in time."""
-        from .clock import Deadline
-
         deadline = Deadline(timeout, self._clock)
-        threads = list(self._connectors)
-        if self._thread is not None:
-            threads.append(self._thread)
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(deadline.remaining())
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(deadline.remaining())
+        # A connector may be between its TCP connect and the moment websocket-client
+        # publishes the socket, where one abort() finds nothing to shut down: abort
+        # again every few milliseconds until it ends or the deadline passes.
+        while self._connectors:
+            for thread, ws in list(self._connectors.items()):
+                transport.abort(ws)
+                remaining = deadline.remaining()
+                thread.join(0.01 if remaining is None else min(0.01, remaining))
+            if deadline.expired:
+                break
+        threads = [*self._connectors, *([self._thread] if self._thread else [])]
         return not any(t.is_alive() for t in threads if t is not threading.current_thread())
 
     # ------------------------------------------------------------------ the loop
@@ -404,10 +412,10 @@ class IoLoop:
             else:
                 self.post("connected", (attempt, sock))
             finally:
-                self._connectors.discard(threading.current_thread())
+                self._connectors.pop(threading.current_thread(), None)
 
         thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
-        self._connectors.add(thread)
+        self._connectors[thread] = ws
         thread.start()
         self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, "connect_timeout")
 

@@ -1,0 +1,297 @@
+"""Reconnection: backoff announcements, give-up, re-subscribe and replay, close() bounds."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, List
+
+import pytest
+from support.recorder import Recorder, client_threads
+
+from tether_sync import (
+    ClientClosed,
+    CloseEvent,
+    ConnectTimeout,
+    ReconnectingEvent,
+    TetherClient,
+    TetherError,
+)
+from tether_sync.server import TetherServer
+
+
+class BoundsRng(random.Random):
+    """A seeded RNG that records the bounds of every uniform() it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(7)
+        self.bounds: List[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.bounds.append((a, b))
+        return super().uniform(a, b)
+
+
+@pytest.mark.timeout(30)
+def test_nothing_listening_announces_attempts_then_gives_up(
+    dead_url: str, make_client: Callable[..., TetherClient]
+) -> None:
+    rng = BoundsRng()
+    client = make_client(
+        dead_url,
+        reconnect={"base_delay": 0.01, "max_delay": 0.05, "max_attempts": 3},
+        rng=rng,
+    )
+    attempts = Recorder()
+    errors = Recorder()
+    closed = Recorder()
+    client.on("reconnecting", attempts)
+    client.on("error", errors)
+    client.on("state_change", lambda e: e.current == "closed" and closed(e))
+    client.connect()
+    assert closed.wait_count(1, timeout=10)
+    events: List[ReconnectingEvent] = attempts.snapshot()
+    assert [e.attempt for e in events] == [1, 2, 3]
+    for e in events:
+        cap = min(0.05, 0.01 * 2**e.attempt)
+        assert 0.0 <= e.delay <= cap
+    assert rng.bounds == [(0.0, min(0.05, 0.01 * 2**n)) for n in (1, 2, 3)]
+    assert client.state == "closed"
+    assert errors.wait_count(1)
+    err = errors.snapshot()[-1].error
+    assert isinstance(err, TetherError) and "3 reconnection attempt" in str(err)
+    with pytest.raises(ClientClosed):
+        client.send("x")
+
+
+@pytest.mark.timeout(30)
+def test_connect_wait_raises_when_attempts_run_out(
+    dead_url: str, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(dead_url, reconnect={"base_delay": 0.01, "max_attempts": 1})
+    with pytest.raises(TetherError):
+        client.connect(wait=True, timeout=10)
+    assert client.state == "closed"
+
+
+@pytest.mark.timeout(30)
+def test_connect_wait_times_out(dead_url: str, make_client: Callable[..., TetherClient]) -> None:
+    client = make_client(dead_url, reconnect={"base_delay": 0.01, "max_delay": 0.02})
+    with pytest.raises(ConnectTimeout):
+        client.connect(wait=True, timeout=0.3)
+    assert client.state in ("connecting", "reconnecting")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fault", ["force-close", "drop"])
+def test_loss_reconnects_resubscribes_and_replays(
+    fault: str, tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url)
+    news = client.subscribe("news")
+    closes = Recorder()
+    attempts = Recorder()
+    client.on("close", closes)
+    client.on("reconnecting", attempts)
+    client.connect(wait=True, timeout=5)
+    assert tether_server.wait_for(
+        lambda: any("news" in c.subscriptions for c in tether_server.connections), 5
+    )
+    first = tether_server.connections[0]
+    # Hold the server's replies so sends made now are queued on our side while
+    # the link goes down, then count on the replay.
+    if fault == "force-close":
+        client.send({"type": "tether:control", "action": "force-close"}, channel="ctl")
+    else:
+        assert tether_server.drop_all() == 1
+    assert closes.wait_count(1)
+    close: CloseEvent = closes.snapshot()[0]
+    if fault == "force-close":
+        assert (close.code, close.reason, close.was_clean) == (1000, "Server forced close", True)
+    else:
+        assert close.code == 1006 and not close.was_clean
+    for i in range(20):
+        client.send(i, channel="news")
+    assert attempts.wait_count(1)
+    assert tether_server.wait_for_data(20, timeout=10, channel="news")
+    assert tether_server.data_payloads("news") == list(range(20))
+    # The subscription was announced again on the new connection, before the replay.
+    second = [c for c in tether_server.connections if c.id != first.id][0]
+    kinds = [r.type for r in tether_server.received(second)]
+    assert kinds.index("subscribe") < kinds.index("data")
+    assert "news" in second.subscriptions
+    # And server-initiated messages on the channel reach the subscriber.
+    while True:  # skip the echoes of our own sends
+        if news.get(timeout=5) == 19:
+            break
+    assert tether_server.broadcast("news", {"hello": 1}) == 1
+    assert news.get(timeout=5) == {"hello": 1}
+    assert client.stats().reconnects == 1
+
+
+@pytest.mark.timeout(30)
+def test_terminal_close_code_stops_retrying(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url, reconnect={"base_delay": 0.01, "terminal_codes": {1000}})
+    states = Recorder()
+    client.on("state_change", lambda e: states(e.current))
+    client.connect(wait=True, timeout=5)
+    client.send({"type": "tether:control", "action": "force-close"}, channel="ctl")
+    assert states.wait_for(lambda s: "closed" in s)
+    assert "reconnecting" not in states.snapshot()
+
+
+def _assert_closes_within(client: TetherClient, timeout: float) -> None:
+    import time
+
+    started = time.monotonic()
+    client.close(timeout=timeout)
+    elapsed = time.monotonic() - started
+    assert elapsed < timeout + 0.5, f"close() took {elapsed:.2f}s"
+    assert client.state == "closed"
+    assert client_threads() == [], client_threads()
+
+
+@pytest.mark.timeout(30)
+def test_close_in_every_state(
+    tether_server: TetherServer, dead_url: str, make_client: Callable[..., TetherClient]
+) -> None:
+    idle = make_client(tether_server.url)
+    _assert_closes_within(idle, 1.0)
+
+    # Connecting to a blackholed server: TCP is accepted, the handshake hangs.
+    tether_server.blackhole(True)
+    connecting = make_client(tether_server.url, connect_timeout=30)
+    connecting.connect()
+    assert tether_server.wait_for(lambda: tether_server.tcp_connection_count >= 1, 5)
+    assert connecting.state == "connecting"
+    _assert_closes_within(connecting, 1.0)
+    tether_server.blackhole(False)
+
+    reconnecting = make_client(dead_url, reconnect={"base_delay": 5.0, "max_delay": 10.0})
+    seen = Recorder()
+    reconnecting.on("reconnecting", seen)
+    reconnecting.connect()
+    assert seen.wait_count(1)
+    _assert_closes_within(reconnecting, 1.0)
+
+    flooded = make_client(tether_server.url, backpressure={"inbound_buffer_size": 10})
+    got = Recorder()
+    flooded.subscribe("flood", got)
+    flooded.connect(wait=True, timeout=5)
+    flooded.send({"type": "tether:control", "action": "flood", "count": 1000}, channel="ctl")
+    assert got.wait_count(1)
+    _assert_closes_within(flooded, 2.0)
+
+
+@pytest.mark.timeout(30)
+def test_close_from_a_handler_does_not_deadlock(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url)
+    results = Recorder()
+    client.on("open", lambda e: results(client.close(timeout=1)))
+    client.connect()
+    assert results.wait_count(1)
+    assert results.snapshot() == [False]  # cannot wait for itself: returns at once
+    assert client.close(timeout=3) in (True, False)
+    assert client.state == "closed"
+
+
+@pytest.mark.timeout(30)
+def test_bad_url_and_options_fail_at_construction() -> None:
+    with pytest.raises(ValueError, match="ws://"):
+        TetherClient("http://example.com/")
+    with pytest.raises(TypeError, match="url"):
+        TetherClient(1234)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reconnect.base_delay"):
+        TetherClient("ws://127.0.0.1:1/", reconnect={"base_delay": -1})
+    with pytest.raises(TypeError, match="queue: unknown option"):
+        TetherClient("ws://127.0.0.1:1/", queue={"maxsize": 3})
+    with pytest.raises(ValueError, match="backpressure.inbound_overflow"):
+        TetherClient("ws://127.0.0.1:1/", backpressure={"inbound_overflow": "spill"})
+    with pytest.raises(ValueError, match="protocol"):
+        TetherClient("ws://127.0.0.1:1/", protocol="mqtt")
+    with pytest.raises(TypeError, match="headers"):
+        TetherClient("ws://127.0.0.1:1/", headers=["X: y"])  # type: ignore[arg-type]
+    client = TetherClient("ws://127.0.0.1:1/")
+    with pytest.raises(TypeError):
+        client.send(object())
+    with pytest.raises(ValueError):
+        client.send(float("nan"))
+    with pytest.raises(ValueError, match="unknown event"):
+        client.on("opened", print)
+    client.close()
+
+
+@pytest.mark.timeout(30)
+def test_unknown_inbound_frames_become_message_events(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url)
+    messages = Recorder()
+    closes = Recorder()
+    client.on("message", messages)
+    client.on("close", closes)
+    client.connect(wait=True, timeout=5)
+    # The server acknowledges controls with tether:control-ack: no Tether message
+    # the client knows, so it is surfaced unchanged.
+    client.send({"type": "tether:control", "action": "set-latency", "ms": 0}, channel="ctl")
+    assert messages.wait_for(lambda items: any(m.channel is None for m in items))
+    ack = [m for m in messages.snapshot() if m.channel is None][0]
+    assert '"tether:control-ack"' in ack.payload
+    assert tether_server.send_raw_all("this is not json") >= 1
+    assert tether_server.send_raw_all(b"\x00\x01binary") >= 1
+    assert messages.wait_for(lambda items: any(m.payload == "this is not json" for m in items))
+    assert messages.wait_for(lambda items: any(m.payload == b"\x00\x01binary" for m in items))
+    client.send("still here", channel="c")
+    assert messages.wait_for(lambda items: any(m.payload == "still here" for m in items))
+    assert closes.snapshot() == []
+    assert client.state == "open"
+
+
+@pytest.mark.timeout(30)
+def test_raising_callback_becomes_error_event_and_dispatch_goes_on(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url)
+    errors = Recorder()
+    got = Recorder()
+    client.on("error", errors)
+
+    def callback(payload: Any) -> None:
+        if payload == 1:
+            raise RuntimeError("boom")
+        got(payload)
+
+    client.subscribe("cb", callback)
+    client.connect(wait=True, timeout=5)
+    for i in range(3):
+        client.send(i, channel="cb")
+    assert got.wait_count(2)
+    assert got.snapshot() == [0, 2]
+    assert errors.wait_count(1)
+    assert isinstance(errors.snapshot()[0].error, RuntimeError)
+    assert client.state == "open"
+
+
+@pytest.mark.timeout(30)
+def test_subscription_queue_iteration_ends_on_unsubscribe(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url)
+    sub = client.subscribe("it")
+    client.connect(wait=True, timeout=5)
+    for i in range(3):
+        client.send(i, channel="it")
+    seen: List[Any] = []
+    for payload in sub:
+        seen.append(payload)
+        if len(seen) == 3:
+            sub.unsubscribe()
+    assert seen == [0, 1, 2]
+    assert tether_server.wait_for(
+        lambda: "it" not in tether_server.connections[0].subscriptions, 5
+    )
+    with pytest.raises(TimeoutError):
+        client.subscribe("other").get(timeout=0.05)
