@@ -71,6 +71,7 @@ _READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at o
 _BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
 _BATCH_BYTES = 256 * 1024
 _CLOSE_GRACE = 1.0  # seconds to wait for the peer's close frame after ours
+_HEARTBEAT_CLOSE_GRACE = 0.25  # seconds; after a missing pong the peer is presumed gone
 _KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks while someone flushes
 
 # Phases of one connection, finer than the public State.
@@ -186,6 +187,8 @@ class IoLoop:
         self.unsent = 0  # messages failed by the final close
         self._flush_waiters: List[threading.Event] = []
         self._outbound_paused = False
+        self._stalled_wakeups = 0  # writability wake-ups that found us still paused
+        self._lowat = False  # TCP_NOTSENT_LOWAT is set on the socket
         self._last_rx = 0.0
         self._ping_ts: Optional[int] = None
         self._ping_sent = 0.0
@@ -428,6 +431,7 @@ class IoLoop:
         self._handshaker = None
         sock.setblocking(False)
         self._sock = sock
+        self._lowat = _set_notsent_lowat(sock, self.config.backpressure.high_water_mark)
         self._parser = frames.FrameParser(self.config.max_message_size)
         self._out.clear()
         self._out_offset = self._out_size = self._framed = self._written = 0
@@ -651,14 +655,11 @@ class IoLoop:
         queue = self._queue
         while queue:
             if self.buffered_amount >= hwm:
-                if not self._outbound_paused:
-                    self._outbound_paused = True
-                    log.debug("outbound paused at %d bytes", self.buffered_amount)
-                    if self._wants("backpressure"):
-                        self._emit(BackpressureEvent("outbound", self.buffered_amount))
-                self._timers.schedule(self._clock.monotonic() + _KERNEL_POLL, "kernel_poll")
+                self._pause_outbound()
                 break
-            self._outbound_paused = False
+            if self._outbound_paused:
+                self._outbound_paused = False
+                log.debug("outbound resumed at %d bytes", self.buffered_amount)
             with self._lock:
                 batch: List[Delivery] = []
                 size = 0
@@ -670,6 +671,29 @@ class IoLoop:
             self._flush_out()
             if self._sock is None:
                 return
+
+    def _pause_outbound(self) -> None:
+        """Stop draining the queue until ``buffered_amount`` falls under the mark."""
+        if not self._outbound_paused:
+            self._outbound_paused = True
+            self._stalled_wakeups = 0
+            depth = self.buffered_amount
+            log.debug("outbound paused at %d bytes", depth)
+            if self._wants("backpressure"):
+                self._emit(BackpressureEvent("outbound", depth))
+        if self._out:
+            return  # our own bytes wait: the socket's writability resumes us
+        # Only the kernel holds bytes. With TCP_NOTSENT_LOWAT (set on connect) the
+        # socket turns writable when the kernel's unsent bytes drop under the
+        # low-water mark, which is the signal to resume on. SIOCOUTQ also counts
+        # bytes sent but not yet acknowledged, which no event reports: if a
+        # writability wake-up finds us still above the mark a few times in a row,
+        # re-check on a short timer instead of spinning on an always-writable socket.
+        if self._lowat and self._stalled_wakeups < 3:
+            self._stalled_wakeups += 1
+            self._want_write = True
+        else:
+            self._timers.schedule(self._clock.monotonic() + 4 * _KERNEL_POLL, "kernel_poll")
 
     def _frame_batch(self, batch: List[Delivery]) -> None:
         # Several frames in one bytes object: one send() call writes them all.
@@ -1038,8 +1062,9 @@ class IoLoop:
             return
         log.warning("no pong within %.3fs: closing with 4000", hb.timeout)
         self._close_link(4000, "Heartbeat timeout", final=False)
+        # A silent peer will not answer our close frame: do not wait long for it.
         self._timers.schedule(
-            self._clock.monotonic() + min(_CLOSE_GRACE, hb.timeout), "close_grace"
+            self._clock.monotonic() + min(_HEARTBEAT_CLOSE_GRACE, hb.timeout), "close_grace"
         )
 
     # ------------------------------------------------------------ auth
@@ -1180,4 +1205,21 @@ class IoLoop:
             waiter(exc)
 
 
-__all__ = ["AuthError", "IoLoop", "LoopConfig"]
+def _set_notsent_lowat(sock: socket.socket, high_water_mark: int) -> bool:
+    """Cap the kernel's unsent bytes near the high-water mark (Linux, macOS).
+
+    With TCP_NOTSENT_LOWAT the kernel stops taking writes, and reports the socket
+    writable again, around ``high_water_mark / 2`` unsent bytes: the outbound
+    backpressure then rests on a real signal from the kernel, not on polling.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is None or high_water_mark >= 2**31:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(16384, high_water_mark // 2))
+    except OSError:
+        return False
+    return True
+
+
+__all__ = ["IoLoop", "LoopConfig"]

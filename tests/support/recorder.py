@@ -35,3 +35,17 @@ def client_threads() -> List[threading.Thread]:
     """Threads started by tether_sync clients that are still alive."""
     names = {"tether-io", "tether-dispatch", "tether-connect", "tether-auth"}
     return [t for t in threading.enumerate() if t.name in names and t.is_alive()]
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.005) -> bool:
+    """Wait until ``predicate()`` holds, re-checking every ``interval`` seconds.
+
+    For state that offers nothing to wait on (a client's counters while its
+    dispatcher is deliberately held up). A bounded condition wait, never a fixed sleep.
+    """
+    tick = threading.Event()
+    for _ in range(max(1, int(timeout / interval))):
+        if predicate():
+            return True
+        tick.wait(interval)
+    return predicate()

@@ -1,0 +1,172 @@
+"""Backpressure both ways, on real signals from the kernel and the consumer."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, List
+
+import pytest
+from support.recorder import Recorder, eventually
+
+from tether_sync import QueueFull, TetherClient
+from tether_sync.server import TetherServer
+
+FLOOD = {"type": "tether:control", "action": "flood", "count": 500}
+
+
+@pytest.mark.timeout(60)
+def test_server_that_stops_reading_pauses_draining_then_gets_everything_in_order(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    hwm = 256 * 1024
+    client = make_client(
+        tether_server.url,
+        queue={"max_size": 2000, "overflow": "reject"},
+        backpressure={"high_water_mark": hwm},
+    )
+    pressure = Recorder()
+    client.on("backpressure", pressure)
+    client.connect(wait=True, timeout=5)
+    tether_server.pause_reading(True)
+    blob = "x" * 1000
+    accepted: List[int] = []
+    peak = 0
+    # Send until the queue refuses: the kernel buffers on both sides fill, the
+    # client stops draining at the mark, and the queue's own bound takes over.
+    for n in range(200_000):
+        try:
+            client.send({"n": n, "blob": blob}, channel="bp")
+        except QueueFull:
+            break
+        accepted.append(n)
+        peak = max(peak, client.buffered_amount)
+    else:
+        pytest.fail("the queue never filled: draining did not pause")
+    assert client.queue_depth == 2000  # bounded by the queue, not by the sender
+    assert pressure.wait_count(1)
+    outbound = [e for e in pressure.snapshot() if e.direction == "outbound"]
+    assert len(outbound) == 1  # once per episode
+    assert outbound[0].depth >= hwm
+    stats = client.stats()
+    assert stats.buffered_amount >= hwm
+    # What the client holds is bounded: the queue plus at most one write batch
+    # above the mark (the kernel part is capped by TCP_NOTSENT_LOWAT).
+    assert stats.buffered_amount < hwm + 512 * 1024
+    assert peak < hwm + 512 * 1024
+    tether_server.pause_reading(False)
+    assert client.flush(timeout=30)
+    assert tether_server.wait_for_data(len(accepted), timeout=30, channel="bp")
+    assert [p["n"] for p in tether_server.data_payloads("bp")] == accepted
+
+
+def _flood(
+    server: TetherServer, make_client: Callable[..., TetherClient], overflow: str
+) -> tuple[TetherClient, Any, Recorder]:
+    """Flood 500 messages into a queue subscription that nobody reads yet."""
+    client = make_client(
+        server.url, backpressure={"inbound_buffer_size": 100, "inbound_overflow": overflow}
+    )
+    pressure = Recorder()
+    client.on("backpressure", pressure)
+    sub = client.subscribe("flood")
+    client.connect(wait=True, timeout=5)
+    client.send(FLOOD, channel="ctl")
+    return client, sub, pressure
+
+
+def _drain(sub: Any, count: int) -> List[int]:
+    return [sub.get(timeout=5)["index"] for _ in range(count)]
+
+
+def _dropped(pressure: Recorder) -> int:
+    return sum(e.dropped for e in pressure.snapshot() if e.direction == "inbound")
+
+
+@pytest.mark.timeout(60)
+def test_flood_drop_oldest_keeps_the_newest(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client, sub, pressure = _flood(tether_server, make_client, "drop-oldest")
+    assert pressure.wait_for(lambda _: _dropped(pressure) >= 400)
+    assert _drain(sub, 100) == list(range(400, 500))
+    assert client.stats().dropped_inbound == 400 == _dropped(pressure)
+    events = [e for e in pressure.snapshot() if e.direction == "inbound"]
+    assert len(events) == 400 and all(e.channel == "flood" and e.dropped == 1 for e in events)
+
+
+@pytest.mark.timeout(60)
+def test_flood_sample_oldest_drops_two_at_a_time(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client, sub, pressure = _flood(tether_server, make_client, "sample-oldest")
+    assert pressure.wait_for(lambda _: _dropped(pressure) >= 400)
+    kept = _drain(sub, 100)
+    assert kept == sorted(kept) and kept[-1] == 499
+    assert client.stats().dropped_inbound == 400
+    events = [e for e in pressure.snapshot() if e.direction == "inbound"]
+    assert len(events) == 200 and all(e.dropped == 2 for e in events)
+
+
+@pytest.mark.timeout(60)
+def test_flood_drop_newest_keeps_the_oldest(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client, sub, pressure = _flood(tether_server, make_client, "drop-newest")
+    assert pressure.wait_for(lambda _: _dropped(pressure) >= 400)
+    assert _drain(sub, 100) == list(range(100))
+    assert client.stats().dropped_inbound == 400
+    with pytest.raises(TimeoutError):
+        sub.get(timeout=0.05)
+
+
+@pytest.mark.timeout(60)
+def test_flood_block_drops_nothing_and_keeps_order(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client, sub, pressure = _flood(tether_server, make_client, "block")
+    # The buffer refuses the 101st message: the I/O thread stops reading.
+    assert pressure.wait_for(lambda items: any(e.direction == "inbound" for e in items))
+    assert client.stats().inbound_depth["flood"] == 100
+    assert client.state == "open"
+    assert _drain(sub, 500) == list(range(500))
+    assert client.stats().dropped_inbound == 0
+    assert all(e.dropped == 0 for e in pressure.snapshot())
+    echo = client.subscribe("after")  # the link stayed usable
+    client.send("ok", channel="after")
+    assert echo.get(timeout=5) == "ok"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("overflow", ["block", "drop-oldest"])
+def test_flood_into_a_slow_callback(
+    overflow: str, tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(
+        tether_server.url,
+        backpressure={"inbound_buffer_size": 100, "inbound_overflow": overflow},
+    )
+    gate = threading.Event()
+    delivered = Recorder()
+
+    def slow(payload: Any) -> None:
+        gate.wait(20)  # far slower than the link until the flood has hit the bound
+        delivered(payload["index"])
+
+    client.subscribe("flood", slow)
+    client.connect(wait=True, timeout=5)
+    client.send(FLOOD, channel="ctl")
+    # The dispatcher is held by the callback, so watch the client's own numbers.
+    if overflow == "block":
+        assert eventually(lambda: client.stats().inbound_depth.get("flood") == 100)
+    else:
+        assert eventually(lambda: client.stats().received >= 501)  # ack + 500
+    gate.set()
+    if overflow == "block":
+        assert delivered.wait_count(500, timeout=30)
+        assert delivered.snapshot() == list(range(500))
+        assert client.stats().dropped_inbound == 0
+    else:
+        assert eventually(lambda: len(delivered.snapshot()) + client.stats().dropped_inbound == 500)
+        got = delivered.snapshot()
+        assert got == sorted(got) and got[-100:] == list(range(400, 500))
+        assert client.stats().dropped_inbound == 500 - len(got) > 0

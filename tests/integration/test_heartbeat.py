@@ -1,0 +1,87 @@
+"""The heartbeat finds half-open connections within interval + timeout."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pytest
+from support.recorder import Recorder
+
+from tether_sync import CloseEvent, TetherClient
+from tether_sync.server import TetherServer
+
+INTERVAL, TIMEOUT = 0.4, 0.3
+MARGIN = 0.25 + 0.3  # the close grace for a silent peer, plus scheduling slack
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("protocol", ["tether", "raw"])
+def test_blackholed_server_is_detected_closed_with_4000_and_reconnected(
+    protocol: str, tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(
+        tether_server.url,
+        protocol=protocol,
+        heartbeat={"interval": INTERVAL, "timeout": TIMEOUT},
+        connect_timeout=0.5,  # handshakes into the blackhole fail fast
+    )
+    closes = Recorder()
+    opens = Recorder()
+    client.on("close", closes)
+    client.on("open", opens)
+    client.connect(wait=True, timeout=5)
+    assert opens.wait_count(1)
+    started = time.monotonic()
+    tether_server.blackhole(True)
+    assert closes.wait_count(1, timeout=10)
+    noticed = time.monotonic() - started
+    close: CloseEvent = closes.snapshot()[0]
+    assert (close.code, close.reason, close.was_clean) == (4000, "Heartbeat timeout", False)
+    assert noticed <= INTERVAL + TIMEOUT + MARGIN, f"took {noticed:.3f}s"
+    assert client.state in ("reconnecting", "connecting")
+    tether_server.blackhole(False)
+    assert opens.wait_count(2, timeout=15)
+    assert client.state == "open"
+
+
+@pytest.mark.timeout(30)
+def test_live_server_keeps_the_link_and_reports_rtt(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url, heartbeat={"interval": 0.05, "timeout": 1.0})
+    closes = Recorder()
+    client.on("close", closes)
+    client.connect(wait=True, timeout=5)
+    assert tether_server.wait_for(
+        lambda: len(tether_server.received(type="tether:ping")) >= 5, 10
+    )
+    assert closes.snapshot() == []
+    rtt = client.stats().last_rtt
+    assert rtt is not None and 0 <= rtt < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_inbound_traffic_counts_as_liveness(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    # Pongs are delayed past the timeout, but other frames keep arriving.
+    client = make_client(tether_server.url, heartbeat={"interval": 0.1, "timeout": 0.2})
+    closes = Recorder()
+    got = Recorder()
+    client.on("close", closes)
+    client.subscribe("live", got)
+    client.connect(wait=True, timeout=5)
+    assert tether_server.wait_for(
+        lambda: "live" in tether_server.connections[0].subscriptions, 5
+    )
+    tether_server.set_latency(0.5)  # pongs (and echoes) come late...
+    pings = len(tether_server.received(type="tether:ping"))
+    for i in range(10):  # ten heartbeats, each answered late, each with traffic
+        assert tether_server.wait_for(
+            lambda n=pings + i + 1: len(tether_server.received(type="tether:ping")) >= n, 5
+        )
+        assert tether_server.broadcast("live", i) == 1  # broadcasts are not delayed
+        assert got.wait_count(i + 1, timeout=5)
+    assert closes.snapshot() == []
+    assert client.state == "open"
