@@ -21,7 +21,6 @@ go through this one writer and the queue drains only once the link is ``open``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import selectors
@@ -30,7 +29,7 @@ import ssl
 import threading
 import uuid
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import envelope, frames, transport
 from .auth import TokenRefresher
@@ -39,18 +38,15 @@ from .buffers import Ring
 from .clock import Clock, Deadline
 from .delivery import Delivery
 from .events import (
-    AuthRefreshedEvent,
     BackpressureEvent,
     CloseEvent,
     ErrorEvent,
     FlushedEvent,
-    MessageEvent,
     OpenEvent,
     ReconnectingEvent,
     StateChangeEvent,
 )
 from .exceptions import (
-    AuthError,
     ClientClosed,
     ConnectTimeout,
     ProtocolError,
@@ -58,12 +54,19 @@ from .exceptions import (
     ServerError,
     TetherError,
 )
+from .loop_inbound import InboundMixin
+from .loop_session import AUTH as _AUTH
+from .loop_session import CLOSING as _CLOSING
+from .loop_session import HANDSHAKE as _HANDSHAKE
+from .loop_session import NONE as _NONE
+from .loop_session import OPEN as _OPEN
+from .loop_session import SessionMixin
 from .options import Backpressure, Heartbeat, Queue, Reconnect
 from .state import State, check
 from .stats import Counters
 from .subscription import InboundBuffer
 from .timers import TimerHeap
-from .tokens import refresh_at
+from .writebuf import WriteBuffer
 
 log = logging.getLogger("tether_sync")
 
@@ -71,11 +74,7 @@ _READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at o
 _BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
 _BATCH_BYTES = 256 * 1024
 _CLOSE_GRACE = 1.0  # seconds to wait for the peer's close frame after ours
-_HEARTBEAT_CLOSE_GRACE = 0.25  # seconds; after a missing pong the peer is presumed gone
 _KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks while someone flushes
-
-# Phases of one connection, finer than the public State.
-_NONE, _HANDSHAKE, _AUTH, _OPEN, _CLOSING = range(5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +95,7 @@ class LoopConfig:
     ws_options: Dict[str, Any]
 
 
-class IoLoop:
+class IoLoop(InboundMixin, SessionMixin):
     """The connection engine behind :class:`~tether_sync.TetherClient`.
 
     Args:
@@ -166,13 +165,7 @@ class IoLoop:
         self._handshaker: Any = None
         self._attempt_id = 0
         self._parser = frames.FrameParser(config.max_message_size)
-        self._keys = frames.MaskKeys()
-        self._out: Deque[bytes] = deque()  # whole frames waiting for the socket
-        self._out_offset = 0  # bytes of _out[0] already written
-        self._out_size = 0  # unwritten bytes in _out
-        self._framed = 0  # total bytes ever put in _out on this connection
-        self._written = 0  # total bytes the kernel accepted on this connection
-        self._in_flight: Deque[Tuple[int, Delivery]] = deque()  # (end offset, msg)
+        self._wbuf = WriteBuffer(frames.MaskKeys())
         self._want_write = False
         self._reading = True
         self._pending_in: Deque[Tuple[InboundBuffer, Any]] = deque()  # refused by "block"
@@ -268,14 +261,14 @@ class IoLoop:
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return self._wbuf.in_flight
 
     @property
     def buffered_amount(self) -> int:
         """User-space bytes not yet written plus the kernel's unsent bytes."""
         sock = self._sock
         kernel = transport.kernel_unsent(sock) if sock is not None else 0
-        return self._out_size + kernel
+        return self._wbuf.size + kernel
 
     def stop_accepting(self) -> None:
         with self._lock:
@@ -433,8 +426,7 @@ class IoLoop:
         self._sock = sock
         self._lowat = _set_notsent_lowat(sock, self.config.backpressure.high_water_mark)
         self._parser = frames.FrameParser(self.config.max_message_size)
-        self._out.clear()
-        self._out_offset = self._out_size = self._framed = self._written = 0
+        self._wbuf.reset()
         self._close_sent = False
         self._reading = True
         self._last_rx = self._clock.monotonic()
@@ -590,58 +582,13 @@ class IoLoop:
             # Not ours to interpret: the message stream gets the frame unchanged.
             self._deliver(None, None, payload)
 
-    def _deliver(self, channel: Optional[str], payload: Any, raw: Any) -> None:
-        """Route one inbound payload to its channel's buffers and the message stream."""
-        targets: List[Tuple[InboundBuffer, Any]] = []
-        if channel is not None:
-            for buf in self._routes.get(channel, ()):
-                targets.append((buf, payload))
-        stream = self.message_buffer
-        if stream is not None:
-            targets.append((stream, MessageEvent(channel, raw if channel is None else payload)))
-        if self._pending_in:
-            self._pending_in.extend(targets)  # keep order behind what is held back
-            return
-        for i, (buf, item) in enumerate(targets):
-            if not self._offer(buf, item, channel):
-                self._pending_in.extend(targets[i:])
-                self._reading = False
-                return
-
-    def _offer(self, buf: InboundBuffer, item: Any, channel: Optional[str]) -> bool:
-        dropped, accepted = buf.offer(item)
-        if dropped:
-            self.counters.dropped_inbound += dropped
-            if self._wants("backpressure"):
-                self._emit(BackpressureEvent("inbound", len(buf), channel, dropped))
-        elif not accepted and self._wants("backpressure"):
-            self._emit(BackpressureEvent("inbound", len(buf), channel, 0))
-        return accepted
-
-    def _cmd_resume_inbound(self, _: Any) -> None:
-        pending = self._pending_in
-        while pending:
-            buf, item = pending[0]
-            channel = item.channel if isinstance(item, MessageEvent) else None
-            if not self._offer(buf, item, channel):
-                return
-            pending.popleft()
-        self._reading = True
-
-    def wake_inbound(self) -> None:
-        """Called by a consumer that made room in a ``block`` buffer."""
-        self.post("resume_inbound")
-
     # ------------------------------------------------------------ writing
 
     def _send_control(self, opcode: int, payload: bytes) -> None:
         """Frame a control frame (or protocol text) ahead of the queue."""
         if self._sock is None:
             return
-        frame = frames.encode_frame(opcode, payload, self._keys.next())
-        self._out.append(frame)
-        self._out_size += len(frame)
-        self._framed += len(frame)
+        self._wbuf.add_control(opcode, payload)
         self._flush_out()
 
     def _send_control_text(self, text: str) -> None:
@@ -667,7 +614,7 @@ class IoLoop:
                     d = queue.pop()
                     batch.append(d)
                     size += len(d._data)
-            self._frame_batch(batch)
+            self._wbuf.add_messages(batch)
             self._flush_out()
             if self._sock is None:
                 return
@@ -681,7 +628,7 @@ class IoLoop:
             log.debug("outbound paused at %d bytes", depth)
             if self._wants("backpressure"):
                 self._emit(BackpressureEvent("outbound", depth))
-        if self._out:
+        if self._wbuf:
             return  # our own bytes wait: the socket's writability resumes us
         # Only the kernel holds bytes. With TCP_NOTSENT_LOWAT (set on connect) the
         # socket turns writable when the kernel's unsent bytes drop under the
@@ -695,69 +642,33 @@ class IoLoop:
         else:
             self._timers.schedule(self._clock.monotonic() + 4 * _KERNEL_POLL, "kernel_poll")
 
-    def _frame_batch(self, batch: List[Delivery]) -> None:
-        # Several frames in one bytes object: one send() call writes them all.
-        encode = frames.encode_frame
-        next_key = self._keys.next
-        parts = []
-        end = self._framed
-        in_flight = self._in_flight
-        for d in batch:
-            frame = encode(d._op, d._data, next_key())
-            parts.append(frame)
-            end += len(frame)
-            in_flight.append((end, d))
-        chunk = b"".join(parts)
-        self._out.append(chunk)
-        self._out_size += len(chunk)
-        self._framed = end
-
     def _flush_out(self) -> None:
         """Write as much of the write buffer as the kernel takes, without blocking."""
         sock = self._sock
-        out = self._out
-        while out and sock is not None:
-            if len(out) > 1 and len(out[0]) - self._out_offset < 65536:
-                # Coalesce small pending frames into one write.
-                first = out.popleft()[self._out_offset :]
-                rest: List[bytes] = []
-                size = len(first)
-                while out and size < _BATCH_BYTES:
-                    size += len(out[0])
-                    rest.append(out.popleft())
-                out.appendleft(first + b"".join(rest))
-                self._out_offset = 0
-            chunk = out[0]
+        wbuf = self._wbuf
+        while wbuf and sock is not None:
+            data = wbuf.pending()
             try:
-                n = sock.send(memoryview(chunk)[self._out_offset :])
+                n = sock.send(data)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 break
             except OSError as exc:
                 self._lost(1006, f"write failed: {exc}", False)
                 return
-            self._written += n
-            self._out_size -= n
-            self._out_offset += n
-            if self._out_offset >= len(chunk):
-                out.popleft()
-                self._out_offset = 0
-            else:
+            done = wbuf.advance(n)
+            if done:
+                self._on_written(done)
+            if n < len(data):
                 break  # the kernel is full: wait for writability
-        self._want_write = bool(out)
-        self._resolve_written()
+        self._want_write = bool(wbuf)
 
-    def _resolve_written(self) -> None:
-        in_flight = self._in_flight
-        written = self._written
-        if not in_flight or in_flight[0][0] > written:
-            return
+    def _on_written(self, done: List[Delivery]) -> None:
+        """Messages whose frames the kernel accepted: resolve them, in order."""
         counters = self.counters
+        counters.sent += len(done)
+        counters.flushed += len(done)
         flushed = self._wants("flushed")
-
-        while in_flight and in_flight[0][0] <= written:
-            d = in_flight.popleft()[1]
-            counters.sent += 1
-            counters.flushed += 1
+        for d in done:
             d.set_result()
             if flushed:
                 self._emit(FlushedEvent(d.id, d.channel, d.payload))
@@ -795,7 +706,7 @@ class IoLoop:
     def _check_flush_waiters(self) -> None:
         if not self._flush_waiters:
             return
-        if self._queue or self._in_flight or self._out_size:
+        if self._queue or self._wbuf:
             return
         sock = self._sock
         if sock is not None and transport.kernel_unsent(sock) > 0:
@@ -816,7 +727,7 @@ class IoLoop:
     def _maybe_close(self) -> None:
         if not self._close_requested or self.stopped.is_set():
             return
-        if self._queue or self._in_flight or self._out_size:
+        if self._queue or self._wbuf:
             if self._phase == _OPEN or self.state in (State.CONNECTING, State.RECONNECTING):
                 return  # still draining; _timer_close_deadline forces it
         self._close_now()
@@ -893,9 +804,9 @@ class IoLoop:
         if sock is None:
             return
         # Best effort: push out whatever is already framed (e.g. our close frame).
-        if self._out:
+        if self._wbuf:
             try:
-                sock.send(memoryview(self._out[0])[self._out_offset :])
+                sock.send(self._wbuf.pending())
             except OSError:
                 pass
         self._sock = None
@@ -915,13 +826,10 @@ class IoLoop:
         # Messages taken for sending whose frames the kernel did not fully accept
         # go back to the head of the queue, in order: they are sent again after
         # the reconnect, not lost.
-        unwritten = [d for end, d in self._in_flight if end > self._written]
-        self._in_flight.clear()
+        unwritten = self._wbuf.reset()
         if unwritten:
             with self._lock:
                 self._queue.push_front(unwritten)
-        self._out.clear()
-        self._out_offset = self._out_size = 0
 
     def _reset_connection_state(self) -> None:
         self._phase = _NONE
@@ -978,231 +886,6 @@ class IoLoop:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
-
-    # ------------------------------------------------------------ subscriptions
-
-    def _cmd_subscribe(self, arg: Tuple[str, InboundBuffer]) -> None:
-        channel, buf = arg
-        bufs = self._routes.setdefault(channel, [])
-        first = not bufs
-        bufs.append(buf)
-        if first and self._phase == _OPEN and self.config.protocol == "tether":
-            self._send_control_text(
-                envelope.encode_subscription(channel, "subscribe", str(uuid.uuid4()))
-            )
-
-    def _cmd_unsubscribe(self, arg: Tuple[str, InboundBuffer]) -> None:
-        channel, buf = arg
-        bufs = self._routes.get(channel)
-        if not bufs or buf not in bufs:
-            return
-        bufs.remove(buf)
-        self._pending_in = deque(p for p in self._pending_in if p[0] is not buf)
-        if not bufs:
-            del self._routes[channel]
-            if self._phase == _OPEN and self.config.protocol == "tether":
-                self._send_control_text(
-                    envelope.encode_subscription(channel, "unsubscribe", str(uuid.uuid4()))
-                )
-        if not self._pending_in:
-            self._reading = True
-
-    def inbound_depth(self) -> Dict[str, int]:
-        depth: Dict[str, int] = {}
-        for channel, bufs in list(self._routes.items()):
-            depth[channel] = sum(len(b) for b in bufs)
-        if self.message_buffer is not None:
-            depth["*"] = len(self.message_buffer)
-        return depth
-
-    # ------------------------------------------------------------ heartbeat
-
-    def _start_heartbeat(self) -> None:
-        hb = self.config.heartbeat
-        if hb is None:
-            return
-        self._timers.schedule(self._clock.monotonic() + hb.interval, "ping")
-
-    def _timer_ping(self) -> None:
-        hb = self.config.heartbeat
-        if hb is None or self._phase != _OPEN:
-            return
-        now = self._clock.monotonic()
-        self._ping_sent = now
-        ts = int(self._clock.time() * 1000)
-        self._ping_ts = ts
-        if self.config.protocol == "tether":
-            self._send_control_text(envelope.encode_ping(ts))
-        else:
-            self._send_control(frames.OP_PING, str(ts).encode())
-        self._timers.schedule(now + hb.timeout, "pong_deadline")
-        self._timers.schedule(now + hb.interval, "ping")
-
-    def _on_pong(self, ts: Any) -> None:
-        if self._ping_ts is None:
-            return
-        if isinstance(ts, (bytes, bytearray)):
-            try:
-                ts = int(ts)
-            except ValueError:
-                return
-        if ts == self._ping_ts:
-            self.last_rtt = self._clock.monotonic() - self._ping_sent
-            self._ping_ts = None
-            self._timers.cancel("pong_deadline")
-
-    def _timer_pong_deadline(self) -> None:
-        hb = self.config.heartbeat
-        if hb is None or self._phase != _OPEN:
-            return
-        if self._last_rx > self._ping_sent or not self._reading:
-            # Any inbound frame since the ping proves the peer alive; and while we
-            # hold reading back for a "block" consumer, the pong may sit unread.
-            self._ping_ts = None
-            return
-        log.warning("no pong within %.3fs: closing with 4000", hb.timeout)
-        self._close_link(4000, "Heartbeat timeout", final=False)
-        # A silent peer will not answer our close frame: do not wait long for it.
-        self._timers.schedule(
-            self._clock.monotonic() + min(_HEARTBEAT_CLOSE_GRACE, hb.timeout), "close_grace"
-        )
-
-    # ------------------------------------------------------------ auth
-
-    def _begin_auth(self, force: bool) -> None:
-        """Ask for a token (off this thread) and send it when it comes."""
-        auth = self._auth
-        assert auth is not None
-        self._auth_round += 1
-        round_id = self._auth_round
-        self._auth_busy = True
-        force = force or self._auth_force
-        self._auth_force = False
-        # One budget for get_token() and the server's answer.
-        timeout = auth.options.timeout * 2
-        self._timers.schedule(self._clock.monotonic() + timeout, "auth_timeout")
-
-        def reply(token: Optional[str], exp: Optional[float], err: Optional[BaseException]) -> None:
-            self.post("token", (round_id, token, exp, err))
-
-        auth.request(force, reply)
-
-    def _cmd_token(self, arg: Tuple[int, Optional[str], Optional[float], Any]) -> None:
-        round_id, token, exp, err = arg
-        if round_id != self._auth_round or self._sock is None or not self._auth_busy:
-            return
-        if err is not None:
-            self._auth_trouble(err)
-            return
-        assert token is not None
-        self._auth_pending_exp = exp
-        if self.config.protocol == "tether":
-            self._send_control_text(envelope.encode_auth(token))  # never logged
-            log.debug("sent tether:auth")
-        else:
-            # raw: an in-band rotation message; no confirmation can come back.
-            build = self._auth.options.message if self._auth else None
-            if build is not None:
-                msg = build(token)
-                if isinstance(msg, str):
-                    self._send_control_text(msg)
-                elif isinstance(msg, (bytes, bytearray)):
-                    self._send_control(frames.OP_BINARY, bytes(msg))
-                else:
-                    self._send_control_text(json.dumps(msg))
-            self._on_auth_ok(True)
-
-    def _on_auth_ok(self, ok: bool) -> None:
-        if not self._auth_busy:
-            log.debug("ignoring tether:auth-ok (ok=%s): none awaited", ok)
-            return
-        auth = self._auth
-        assert auth is not None
-        self._auth_busy = False
-        self._timers.cancel("auth_timeout")
-        if ok:
-            self._auth_refused = 0
-            self._refresh_failures = 0
-            exp = self._auth_pending_exp
-            self.auth_expires_at = exp
-            self.counters.auth_refreshes += 1
-            if exp is not None:
-                log.info("token accepted, expires in %.1fs", exp - self._clock.time())
-            if self._wants("auth_refreshed"):
-                self._emit(AuthRefreshedEvent(exp))
-            if exp is not None:
-                now = self._clock.time()
-                at = refresh_at(exp, auth.options.refresh_before, now)
-                self._timers.schedule(self._clock.monotonic() + (at - now), "refresh")
-            self._fail_refresh_waiters(None)
-            if self._phase == _AUTH:
-                self._opened()
-            return
-        self._auth_refused += 1
-        auth.forget()
-        if self._auth_refused == 1:
-            log.warning("server refused the token: fetching a fresh one")
-            self._begin_auth(force=True)
-            return
-        err = AuthError("the server refused the token, and a fresh token too")
-        log.error("%s: giving up", err)
-        self._fail_refresh_waiters(err)
-        self._send_control(frames.OP_CLOSE, frames.encode_close_payload(1008, "Auth refused"))
-        self._finish(err)
-
-    def _auth_trouble(self, err: BaseException) -> None:
-        """get_token() failed or hung, or the server never answered."""
-        self._auth_busy = False
-        self._timers.cancel("auth_timeout")
-        self._error(err)
-        self._fail_refresh_waiters(err)
-        if self._phase == _AUTH:
-            # No usable token for this connection: close it and retry with backoff.
-            self._close_link(1000, "Token unavailable", final=False)
-            return
-        # A refresh on an open link: keep the link (its token may still be valid)
-        # and retry the fetch with full-jitter backoff.
-        self._refresh_failures += 1
-        cap = min(30.0, 0.5 * 2.0 ** min(self._refresh_failures, 10))
-        delay = self._rng.uniform(0.0, cap)
-        log.info("token refresh failed; retrying in %.2fs", delay)
-        self._timers.schedule(self._clock.monotonic() + delay, "refresh")
-
-    def _timer_auth_timeout(self) -> None:
-        if self._auth_busy:
-            budget = self._auth.options.timeout * 2 if self._auth else 0
-            self._auth_round += 1  # a late answer is stale now
-            self._auth_trouble(TimeoutError(f"no token and auth-ok within {budget:g}s"))
-
-    def _timer_refresh(self) -> None:
-        if self._phase == _OPEN and not self._auth_busy:
-            self._begin_auth(force=True)
-
-    def _cmd_header_token(self, arg: Tuple[int, float]) -> None:
-        # protocol "raw": the token the handshake header carries.
-        attempt, exp = arg
-        if attempt == self._attempt_id:
-            self._auth_pending_exp = exp
-
-    def _cmd_refresh(self, waiter: Callable[[Optional[BaseException]], None]) -> None:
-        """refresh_auth(): rotate now; ``waiter(error)`` once the server answered."""
-        if self._auth is None:
-            waiter(AuthError("no auth configured"))
-            return
-        if self.config.protocol == "raw" and self._auth.options.message is None:
-            waiter(AuthError("protocol raw rotates tokens in-band only with Auth(message=...)"))
-            return
-        self._refresh_waiters.append(waiter)
-        if self._phase == _OPEN:
-            if not self._auth_busy:
-                self._begin_auth(force=True)
-        elif not self._auth_busy:
-            self._auth_force = True  # the next connection fetches a new token
-
-    def _fail_refresh_waiters(self, exc: Optional[BaseException]) -> None:
-        waiters, self._refresh_waiters = self._refresh_waiters, []
-        for waiter in waiters:
-            waiter(exc)
 
 
 def _set_notsent_lowat(sock: socket.socket, high_water_mark: int) -> bool:

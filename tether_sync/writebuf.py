@@ -1,0 +1,114 @@
+"""The write buffer of one connection: framed bytes waiting for the socket.
+
+Pure bookkeeping, no I/O: the loop asks for :meth:`WriteBuffer.pending` bytes,
+hands them to ``sock.send()`` and reports how many the kernel took with
+:meth:`WriteBuffer.advance`, which returns the messages now fully written. What
+was framed but not fully written when the link drops comes back from
+:meth:`WriteBuffer.reset` for the loop to queue again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, List, Tuple
+
+from . import frames
+from .delivery import Delivery
+
+COALESCE_BYTES = 256 * 1024  # at most this many bytes are joined for one send()
+
+
+class WriteBuffer:
+    """Frames waiting for the kernel, with the messages they carry.
+
+    Args:
+        keys: Where mask keys come from (drawn in bulk).
+    """
+
+    def __init__(self, keys: frames.MaskKeys) -> None:
+        self._keys = keys
+        self._chunks: Deque[bytes] = deque()  # whole frames, or batches of them
+        self._offset = 0  # bytes of _chunks[0] already written
+        self.size = 0  # unwritten bytes
+        self._framed = 0  # bytes ever appended on this connection
+        self._written = 0  # bytes the kernel ever accepted on this connection
+        self._in_flight: Deque[Tuple[int, Delivery]] = deque()  # (end offset, message)
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    @property
+    def in_flight(self) -> int:
+        """Messages framed here and not yet fully written."""
+        return len(self._in_flight)
+
+    def add_control(self, opcode: int, payload: bytes) -> None:
+        """Append one frame that carries no message (control frames, protocol text)."""
+        frame = frames.encode_frame(opcode, payload, self._keys.next())
+        self._chunks.append(frame)
+        self.size += len(frame)
+        self._framed += len(frame)
+
+    def add_messages(self, batch: List[Delivery]) -> None:
+        """Frame ``batch`` into one chunk, so one ``send()`` writes them all."""
+        encode = frames.encode_frame
+        next_key = self._keys.next
+        parts = []
+        end = self._framed
+        in_flight = self._in_flight
+        for d in batch:
+            frame = encode(d._op, d._data, next_key())
+            parts.append(frame)
+            end += len(frame)
+            in_flight.append((end, d))
+        chunk = b"".join(parts)
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+        self._framed = end
+
+    def pending(self) -> memoryview:
+        """The next bytes to write (empty when nothing waits).
+
+        Small chunks queued one after the other (control frames between batches)
+        are joined first, so the kernel gets them in one ``send()``.
+        """
+        chunks = self._chunks
+        if not chunks:
+            return memoryview(b"")
+        if len(chunks) > 1 and len(chunks[0]) - self._offset < 65536:
+            first = chunks.popleft()[self._offset :]
+            rest: List[bytes] = []
+            size = len(first)
+            while chunks and size < COALESCE_BYTES:
+                size += len(chunks[0])
+                rest.append(chunks.popleft())
+            chunks.appendleft(first + b"".join(rest))
+            self._offset = 0
+        return memoryview(chunks[0])[self._offset :]
+
+    def advance(self, n: int) -> List[Delivery]:
+        """Record that the kernel took ``n`` bytes; return the messages now fully written."""
+        self._written += n
+        self.size -= n
+        self._offset += n
+        chunks = self._chunks
+        while chunks and self._offset >= len(chunks[0]):
+            self._offset -= len(chunks.popleft())
+        in_flight = self._in_flight
+        written = self._written
+        done: List[Delivery] = []
+        while in_flight and in_flight[0][0] <= written:
+            done.append(in_flight.popleft()[1])
+        return done
+
+    def reset(self) -> List[Delivery]:
+        """Forget everything (the link is gone); return the messages not fully written.
+
+        A message whose frame the kernel took only in part was not delivered: it
+        is returned too, to be sent again after the reconnect.
+        """
+        unwritten = [d for _, d in self._in_flight]
+        self._in_flight.clear()
+        self._chunks.clear()
+        self._offset = self.size = self._framed = self._written = 0
+        return unwritten
