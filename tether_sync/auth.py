@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Tuple
 from .clock import Clock
 from .exceptions import AuthError
 from .options import Auth
-from .tokens import expires_at, refresh_at
+from .tokens import expires_at
 
 log = logging.getLogger("tether_sync")
 
@@ -58,7 +58,8 @@ class TokenRefresher:
             if not force and self._cached is not None:
                 exp = self._cached[1]
                 now = self._clock.time()
-                if refresh_at(exp, self.options.refresh_before, now) > now:
+                # Reuse only a token that is not yet due for rotation.
+                if exp - self.options.refresh_before > now:
                     cached = self._cached
             if cached is None:
                 if self._waiters is not None:

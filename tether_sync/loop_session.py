@@ -197,7 +197,7 @@ class SessionMixin:
                 log.info("token accepted, expires in %.1fs", exp - self._clock.time())
             if self._wants("auth_refreshed"):
                 self._emit(AuthRefreshedEvent(exp))
-            if exp is not None:
+            if exp is not None and self._can_rotate_in_band():
                 now = self._clock.time()
                 at = refresh_at(exp, auth.options.refresh_before, now)
                 self._timers.schedule(self._clock.monotonic() + (at - now), "refresh")
@@ -270,3 +270,11 @@ class SessionMixin:
         waiters, self._refresh_waiters = self._refresh_waiters, []
         for waiter in waiters:
             waiter(exc)
+
+    def _can_rotate_in_band(self) -> bool:
+        # Protocol raw carries the token in the handshake header: without an
+        # Auth(message=...) builder a new token can only go out on the next connect.
+        auth = self._auth
+        return self.config.protocol == "tether" or (
+            auth is not None and auth.options.message is not None
+        )

@@ -72,14 +72,19 @@ def expires_at(token: str, fetched_at: float, token_ttl: float) -> float:
     return exp if exp is not None else fetched_at + token_ttl
 
 
+MIN_REFRESH_INTERVAL = 1.0
+"""Seconds: no token is rotated sooner than this after the previous one, whatever
+its expiry says (an already-expired token must not cause a fetch storm)."""
+
+
 def refresh_at(expiry: float, refresh_before: float, now: float) -> float:
     """Wall-clock time at which to rotate: ``refresh_before`` ahead of expiry.
 
-    Never before ``now``; for a token that lives shorter than ``refresh_before``,
-    half-way through its remaining life, so a short-lived token is not rotated in a
-    tight loop.
+    For a token that lives shorter than ``refresh_before``, half-way through its
+    remaining life; and never sooner than :data:`MIN_REFRESH_INTERVAL` from ``now``,
+    so a short-lived or expired token is not rotated in a tight loop.
     """
     at = expiry - refresh_before
     if at <= now:
         at = now + max(0.0, expiry - now) / 2
-    return at
+    return max(at, now + MIN_REFRESH_INTERVAL)
