@@ -179,7 +179,8 @@ class IoLoop(InboundMixin, SessionMixin):
         self._registered = False  # whether the socket is in the selector
         self.unsent = 0  # messages failed by the final close
         self._flush_waiters: List[threading.Event] = []
-        self._outbound_paused = False
+        self._outbound_paused = False  # draining stopped at the high-water mark
+        self._pressure_reported = False  # a backpressure event for this episode went out
         self._stalled_wakeups = 0  # writability wake-ups that found us still paused
         self._lowat = False  # TCP_NOTSENT_LOWAT is set on the socket
         self._last_rx = 0.0
@@ -600,6 +601,10 @@ class IoLoop(InboundMixin, SessionMixin):
             return
         hwm = self.config.backpressure.high_water_mark
         queue = self._queue
+        if self._pressure_reported and self.buffered_amount < hwm // 2:
+            # The episode ends at the low-water mark (half the high one), so a
+            # buffer hovering around the mark reports one episode, not many.
+            self._pressure_reported = False
         while queue:
             if self.buffered_amount >= hwm:
                 self._pause_outbound()
@@ -626,8 +631,10 @@ class IoLoop(InboundMixin, SessionMixin):
             self._stalled_wakeups = 0
             depth = self.buffered_amount
             log.debug("outbound paused at %d bytes", depth)
-            if self._wants("backpressure"):
-                self._emit(BackpressureEvent("outbound", depth))
+            if not self._pressure_reported:
+                self._pressure_reported = True
+                if self._wants("backpressure"):
+                    self._emit(BackpressureEvent("outbound", depth))
         if self._wbuf:
             return  # our own bytes wait: the socket's writability resumes us
         # Only the kernel holds bytes. With TCP_NOTSENT_LOWAT (set on connect) the
@@ -833,6 +840,7 @@ class IoLoop(InboundMixin, SessionMixin):
 
     def _reset_connection_state(self) -> None:
         self._phase = _NONE
+        self._outbound_paused = self._pressure_reported = False
         self._timers.cancel("connect_timeout")
         self._timers.cancel("ping")
         self._timers.cancel("pong_deadline")
