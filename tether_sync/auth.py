@@ -84,17 +84,21 @@ class TokenRefresher:
                 raise TypeError(f"get_token() returned {type(value).__name__}, not a non-empty str")
             token = value
             exp = expires_at(value, self._clock.time(), self.options.token_ttl)
-        except Exception as exc:
-            # The message names the failure, never the token.
-            error = AuthError(f"get_token() failed: {type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            # The message names the kind of failure only: the user's exception
+            # text could quote a token. The original stays reachable as __cause__.
+            error = AuthError(f"get_token() failed with {type(exc).__name__}")
             error.__cause__ = exc
-            log.warning("get_token() failed: %s", type(exc).__name__)
-        with self._lock:
-            waiters, self._waiters = self._waiters or [], None
-            if token is not None and exp is not None:
-                self._cached = (token, exp)
-        for reply in waiters:
-            reply(token, exp, error)
+            log.warning("get_token() failed with %s", type(exc).__name__)
+        finally:
+            # Whatever happened, answer everyone who waits on this flight, so a
+            # failed fetch never leaves later requests joined to a dead one.
+            with self._lock:
+                waiters, self._waiters = self._waiters or [], None
+                if token is not None and exp is not None:
+                    self._cached = (token, exp)
+            for reply in waiters:
+                reply(token, exp, error)
 
     def get_blocking(self, timeout: float) -> Tuple[str, float]:
         """Fetch (or reuse) a token, waiting up to ``timeout`` (connector thread only).

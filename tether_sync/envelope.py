@@ -106,7 +106,9 @@ def decode(text: Union[str, bytes]) -> Inbound:
     """Classify one inbound text (or JSON-carrying binary) frame. Never raises."""
     try:
         msg = _decode(text)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, RecursionError):
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; absurdly deep
+        # nesting exhausts the recursion limit of json's C decoder.
         return Unknown(text)
     if type(msg) is not dict:
         return Unknown(msg)

@@ -204,7 +204,7 @@ def coerce(name: str, value: Any, cls: Type[T], *, default_on: bool = True) -> O
         return value
     if isinstance(value, Mapping):
         fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(value) - fields)
+        unknown = sorted(str(key) for key in set(value) - fields)
         if unknown:
             raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}")
         return cls(**value)

@@ -106,21 +106,34 @@ class InboundBuffer:
         # so that drops can still happen while a slow callback runs.
         callback = self._callback
         assert callback is not None
-        while True:
-            with self._cond:
-                if not self._ring or self._closed:
+        finished = False
+        try:
+            while True:
+                with self._cond:
+                    if not self._ring or self._closed:
+                        self._scheduled = False
+                        finished = True
+                        return
+                    item = self._ring.pop()
+                    resume = self._took()
+                if resume is not None:
+                    resume()
+                try:
+                    callback(item)
+                except Exception as exc:
+                    log.exception("exception in subscription callback %r", callback)
+                    if self._on_error is not None:
+                        try:
+                            self._on_error(exc)
+                        except Exception:
+                            log.exception("exception reporting a callback error")
+        finally:
+            # Even a BaseException out of the callback (KeyboardInterrupt on a GUI
+            # thread) must not leave the buffer thinking a drain is still queued:
+            # the next offer() schedules a new one.
+            if not finished:
+                with self._cond:
                     self._scheduled = False
-                    return
-                item = self._ring.pop()
-                resume = self._took()
-            if resume is not None:
-                resume()
-            try:
-                callback(item)
-            except Exception as exc:
-                log.exception("exception in subscription callback %r", callback)
-                if self._on_error is not None:
-                    self._on_error(exc)
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """Take the oldest item, waiting up to ``timeout`` seconds.

@@ -40,7 +40,7 @@ def _claims(raw: Optional[bytes]) -> Optional[dict[str, Any]]:
         return None
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or absurdly deeply nested
         return None
     return value if isinstance(value, dict) else None
 

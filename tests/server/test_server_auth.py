@@ -62,6 +62,7 @@ def test_decode_accepts_unpadded_and_urlsafe():
         _b64([1, 2]),
         base64.b64encode(b'{"sub":"x","exp":Infinity}').decode(),
         base64.b64encode(b"\xff\xfe").decode(),
+        base64.b64encode(b"[" * 100_000 + b"]" * 100_000).decode(),  # too deep to parse
         "a",
     ],
 )

@@ -327,7 +327,11 @@ def test_gate_keeps_websockets_from_resuming_a_paused_transport():
         async def handler(conn):
             return None
 
-        server = SimpleNamespace(handler=handler, handler_tasks=set())
+        # What ServerConnection.connection_made needs of its server, in
+        # websockets 13.0 (start_connection_handler) and later (handler, handler_tasks).
+        server = SimpleNamespace(
+            handler=handler, handler_tasks=set(), start_connection_handler=lambda conn: None
+        )
         conn = GatedConnection(ServerProtocol(), server)
         transport = FakeTransport()
         conn.connection_made(transport)
@@ -415,3 +419,38 @@ def test_abrupt_client_disconnects_do_not_hurt(tether_server, connect):
     raw.close()
     assert tether_server.wait_for(lambda: tether_server.tcp_connection_count == 0)
     _assert_alive(tether_server, connect)
+
+
+def test_graceful_stop_does_not_wait_for_silent_or_blackholed_peers(tether_server, connect):
+    client = connect(tether_server.url)
+    client.barrier()
+    silent = socket.create_connection(("127.0.0.1", tether_server.port), timeout=5)
+    try:
+        assert tether_server.wait_for(lambda: tether_server.tcp_connection_count == 2)
+        tether_server.connections[0].send("x")  # something queued for the client
+        tether_server.blackhole()
+        started = time.monotonic()
+        tether_server.stop()
+        # Neither peer can answer a close handshake; both are reset at once.
+        assert time.monotonic() - started < 0.5
+        with pytest.raises(ConnectionResetError):
+            silent.recv(1)
+    finally:
+        silent.close()
+
+
+def test_send_raw_all_reaches_every_open_connection(tether_server, connect):
+    first, second = connect(tether_server.url), connect(tether_server.url)
+    assert tether_server.wait_for_connections(2)
+    assert tether_server.send_raw_all("this is not json") == 2
+    assert first.recv_text() == second.recv_text() == "this is not json"
+    assert tether_server.send_raw_all(b"\x00\x01binary") == 2
+    first.ws.settimeout(5)
+    assert first.ws.recv_data() == (websocket.ABNF.OPCODE_BINARY, b"\x00\x01binary")
+    assert tether_server.send_raw_all({"type": "tether:ping", "ts": 5}) == 2
+    assert second.ws.recv_data()[1] == b"\x00\x01binary"
+    assert second.recv_json() == {"type": "tether:ping", "ts": 5}
+    first.close()
+    second.close()
+    tether_server.stop()
+    assert tether_server.send_raw_all("nobody") == 0

@@ -84,6 +84,7 @@ def test_ignored_messages_get_no_reply_and_keep_the_connection(tether_server, co
         '{"type":"tether:control"}',
         "NaN",
         '{"type":"tether:ping","ts":NaN}',  # JSON.parse rejects NaN: not JSON
+        "[" * 100_000 + "]" * 100_000,  # valid, but too deep for Python's parser
     ]:
         client.send(text)
     client.send_binary(b"\x00\xff garbage")

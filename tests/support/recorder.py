@@ -37,7 +37,9 @@ def client_threads() -> List[threading.Thread]:
     return [t for t in threading.enumerate() if t.name in names and t.is_alive()]
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.005) -> bool:
+def eventually(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.005
+) -> bool:
     """Wait until ``predicate()`` holds, re-checking every ``interval`` seconds.
 
     For state that offers nothing to wait on (a client's counters while its

@@ -209,12 +209,14 @@ def test_resolve_vs_wait_race_1000_times() -> None:
         outcome: List[Any] = []
         called = threading.Event()
 
-        def wait(delivery: Delivery = d, gate: threading.Barrier = barrier) -> None:
+        def wait(
+            delivery: Delivery = d, gate: threading.Barrier = barrier, out: List[Any] = outcome
+        ) -> None:
             gate.wait(WAIT)
             try:
-                outcome.append(delivery.result(timeout=WAIT))
+                out.append(delivery.result(timeout=WAIT))
             except BaseException as exc:  # recorded and asserted below
-                outcome.append(exc)
+                out.append(exc)
 
         waiter = threading.Thread(target=wait, daemon=True)
         waiter.start()
@@ -239,10 +241,12 @@ def test_add_callback_vs_resolve_race_runs_each_callback_once() -> None:
         barrier = threading.Barrier(2)
         calls: List[int] = []
 
-        def add(delivery: Delivery = d, gate: threading.Barrier = barrier) -> None:
+        def add(
+            delivery: Delivery = d, gate: threading.Barrier = barrier, out: List[int] = calls
+        ) -> None:
             gate.wait(WAIT)
             for k in range(5):
-                delivery.add_done_callback(lambda _, k=k: calls.append(k))
+                delivery.add_done_callback(lambda _, k=k: out.append(k))
 
         adder = threading.Thread(target=add, daemon=True)
         adder.start()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterator, List
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -63,7 +63,7 @@ def test_runs_tasks_in_fifo_order_on_its_own_thread(dispatcher: ThreadDispatcher
 
 
 def test_fifo_across_producer_threads(dispatcher: ThreadDispatcher) -> None:
-    order: List[tuple] = []  # type: ignore[type-arg]
+    order: List[Tuple[int, int]] = []
     gate = threading.Barrier(4)
 
     def produce(p: int) -> None:
@@ -125,7 +125,11 @@ def test_stop_runs_what_is_queued_then_joins(errors: Errors) -> None:
     gate = threading.Event()
     ran: List[int] = []
     d.start()
-    d(lambda: gate.wait(WAIT) and None)  # hold the thread until we have queued more
+
+    def hold() -> None:  # hold the thread until we have queued more
+        gate.wait(WAIT)
+
+    d(hold)
     for i in range(10):
         d(lambda i=i: ran.append(i))
     gate.set()
@@ -183,7 +187,12 @@ def test_stop_times_out_on_a_hung_task(errors: Errors) -> None:
     release = threading.Event()
     entered = threading.Event()
     d.start()
-    d(lambda: (entered.set(), release.wait(WAIT)) and None)
+
+    def hang() -> None:
+        entered.set()
+        release.wait(WAIT)
+
+    d(hang)
     assert entered.wait(WAIT)
     assert d.stop(0.05) is False
     release.set()

@@ -10,7 +10,7 @@ from typing import Any, Dict
 import pytest
 from freezegun import freeze_time
 
-from tether_sync.tokens import expires_at, refresh_at, token_expiry
+from tether_sync.tokens import MIN_REFRESH_INTERVAL, expires_at, refresh_at, token_expiry
 
 NOW = "2030-01-01T00:00:00Z"
 NOW_S = 1893456000.0  # NOW as seconds since the epoch
@@ -107,9 +107,7 @@ def test_tether_token_urlsafe_alphabet() -> None:
 
 def test_tether_token_small_exp_is_still_milliseconds() -> None:
     # The format says ms: an exp that looks like seconds is a 1970 expiry.
-    assert token_expiry(tether_token({"sub": "u", "exp": 1893459600})) == pytest.approx(
-        1893459.6
-    )
+    assert token_expiry(tether_token({"sub": "u", "exp": 1893459600})) == pytest.approx(1893459.6)
 
 
 # -- garbage -------------------------------------------------------------------------
@@ -156,11 +154,6 @@ def test_non_string_gives_none(token: Any) -> None:
     assert token_expiry(token) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tokens.py:41-44: _claims() catches only ValueError; claims that are deeply "
-    "nested JSON make json.loads raise RecursionError out of token_expiry()",
-)
 def test_deeply_nested_claims_give_none() -> None:
     nested = b"[" * 100_000
     assert token_expiry(base64.b64encode(nested).decode()) is None
@@ -200,11 +193,25 @@ def test_refresh_at_short_lived_token_refreshes_half_way() -> None:
         assert refresh_at(now + 60, 60.0, now) == now + 30
 
 
-def test_refresh_at_expired_token_is_now_never_earlier() -> None:
+def test_min_refresh_interval_is_one_second() -> None:
+    assert MIN_REFRESH_INTERVAL == 1.0
+
+
+def test_refresh_at_expired_token_waits_the_minimum_interval() -> None:
     with freeze_time(NOW):
         now = time.time()
-        assert refresh_at(now - 100, 60.0, now) == now
-        assert refresh_at(now, 0.0, now) == now
+        # Already expired: no tight loop of rotations, the floor applies.
+        assert refresh_at(now - 100, 60.0, now) == now + MIN_REFRESH_INTERVAL
+        assert refresh_at(now, 0.0, now) == now + MIN_REFRESH_INTERVAL
+
+
+def test_refresh_at_half_way_is_floored_at_the_minimum_interval() -> None:
+    with freeze_time(NOW):
+        now = time.time()
+        # 1.5 s left: half-way would be 0.75 s from now, below the 1 s floor.
+        assert refresh_at(now + 1.5, 60.0, now) == now + MIN_REFRESH_INTERVAL
+        # 3 s left: half-way (1.5 s) is above the floor and wins.
+        assert refresh_at(now + 3.0, 60.0, now) == now + 1.5
 
 
 def test_refresh_at_moves_with_frozen_time() -> None:
@@ -216,7 +223,9 @@ def test_refresh_at_moves_with_frozen_time() -> None:
         assert now == NOW_S + 95
         assert refresh_at(exp, 10.0, now) == now + 2.5
         frozen.tick(10)
-        assert refresh_at(exp, 10.0, time.time()) == time.time()
+        now = time.time()
+        assert now > exp
+        assert refresh_at(exp, 10.0, now) == now + MIN_REFRESH_INTERVAL
 
 
 def test_refresh_at_with_zero_refresh_before_is_the_expiry() -> None:

@@ -36,7 +36,7 @@ def mint_token(sub: str = "demo-user", ttl: float = 300.0, now: Optional[float] 
         reference server's ``mock-auth`` produces.
     """
     issued = time.time() if now is None else now
-    claims = {"sub": sub, "exp": int(round((issued + ttl) * 1000.0))}
+    claims = {"sub": sub, "exp": round((issued + ttl) * 1000.0)}
     raw = json.dumps(claims, separators=(",", ":")).encode("utf-8")
     return base64.b64encode(raw).decode("ascii")
 
@@ -77,7 +77,8 @@ def decode_token(token: object) -> Optional[Dict[str, Any]]:
         return None
     try:
         claims = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+    except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError too
+        # RecursionError: deeply nested JSON, which a hostile token can be.
         return None
     if not isinstance(claims, dict) or not isinstance(claims.get("sub"), str):
         return None

@@ -33,7 +33,7 @@ class NoDebugLogger(_AdapterBase):
     the server hands websockets this adapter instead of a plain logger.
     """
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's own name
+    def isEnabledFor(self, level: int) -> bool:
         """Report DEBUG (and below) as disabled, defer to the logger otherwise."""
         return level > logging.DEBUG and self.logger.isEnabledFor(level)
 
@@ -41,10 +41,10 @@ class NoDebugLogger(_AdapterBase):
 class TransportHub(Protocol):
     """What a :class:`GatedConnection` tells its server about its TCP life."""
 
-    def transport_made(self, conn: GatedConnection) -> None:
+    def _transport_made(self, conn: GatedConnection) -> None:
         """Called once the TCP connection is accepted, before the handshake is read."""
 
-    def transport_lost(self, conn: GatedConnection) -> None:
+    def _transport_lost(self, conn: GatedConnection) -> None:
         """Called once the TCP connection is gone, however it ended."""
 
 
@@ -67,6 +67,8 @@ class GatedConnection(ServerConnection):
         self._library_paused = False
         # Whether the asyncio transport is actually paused right now.
         self._transport_paused = False
+        # Enforces websockets' close deadline on the receive path (see data_received).
+        self._close_timer: Optional[asyncio.TimerHandle] = None
 
     # asyncio.Protocol callbacks
 
@@ -79,15 +81,48 @@ class GatedConnection(ServerConnection):
         if self.hub is not None:
             # The hub may apply a fault now, before a single byte (even the HTTP
             # request) is read: that is what makes a blackholed handshake hang.
-            self.hub.transport_made(self)
+            self.hub._transport_made(self)
+        # Before Python 3.10 the transport starts reading in a callback queued
+        # *before* connection_made, which ignores a pause requested meanwhile;
+        # re-assert the pause once that callback has run (same loop iteration,
+        # so still before any read).
+        self.loop.call_soon(self._reassert_pause)
+
+    def _reassert_pause(self) -> None:
+        transport = getattr(self, "transport", None)
+        if self._transport_paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+            transport.pause_reading()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         """Tell the hub, after websockets has marked the connection closed."""
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         try:
             super().connection_lost(exc)
         finally:
             if self.hub is not None:
-                self.hub.transport_lost(self)
+                self.hub._transport_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed websockets, then make sure a failed connection cannot linger.
+
+        When incoming data makes websockets fail the connection (a message over
+        ``max_size``, invalid UTF-8...) or answer a close frame, it sets a close
+        deadline but only enforces it on the send path; a peer that then never
+        closes its socket would keep the connection (and its handler) forever.
+        """
+        super().data_received(data)
+        deadline: Optional[float] = getattr(self, "close_deadline", None)
+        if deadline is not None and self._close_timer is None:
+            self._close_timer = self.loop.call_at(deadline, self._close_deadline_passed)
+
+    def _close_deadline_passed(self) -> None:
+        self._close_timer = None
+        transport = getattr(self, "transport", None)
+        if transport is not None and not transport.is_closing():
+            transport.abort()
 
     # Gate
 

@@ -1,0 +1,443 @@
+"""The machinery under ``TetherServer``: the loop thread, lifecycle and connection bookkeeping.
+
+The server runs a private asyncio loop in a daemon thread so that plain,
+blocking code (tests, the demo panel, scripts) can start it, drive faults and
+inspect what it received without touching asyncio. State that other threads
+read (records, connections) is guarded by one :class:`threading.Condition`,
+notified on every change, which is what lets tests wait for a condition
+instead of sleeping. The public API on top of this lives in :mod:`.core`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import (
+    Any,
+    Callable,
+    Coroutine,
+    Dict,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.protocol import State
+
+from .protocol import Session, encode, send_text
+from .state import OutgoingData, Received, TetherConnection
+from .transport import GatedConnection, NoDebugLogger, connection_class
+
+__all__ = ["ServerBase", "is_data", "to_frame"]
+
+log = logging.getLogger("tether_sync.server")
+_T = TypeVar("_T")
+_S = TypeVar("_S", bound="ServerBase")
+
+
+class ServerBase:
+    """Lifecycle and loop-thread internals of :class:`~tether_sync.server.TetherServer`."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        require_auth: bool = False,
+        max_size: int = 2**20,
+        close_timeout: float = 1.0,
+    ) -> None:
+        """Configure the server; nothing listens until :meth:`start`."""
+        self.host = host
+        self._port = port
+        self.require_auth = require_auth
+        self.max_size = max_size
+        self.close_timeout = close_timeout
+        # One RLock-backed condition guards everything other threads read, so a
+        # wait_for() predicate may call back into the server's accessors.
+        self._cond = threading.Condition(threading.RLock())
+        self._records: List[Received] = []
+        # Running counts of accepted data envelopes (total, per channel), so that
+        # wait_for_data() predicates stay O(1) however much was received.
+        self._data_total = 0
+        self._data_by_channel: Dict[Any, int] = {}
+        self._open: Dict[int, TetherConnection] = {}
+        self._history: List[TetherConnection] = []
+        self._transports: Set[GatedConnection] = set()
+        self._next_id = 0
+        self._broadcasts = 0
+        # Fault modes: they also apply to connections accepted while they are on.
+        self._blackhole = False
+        self._paused = False
+        self._default_latency = 0.0
+        # Lifecycle, serialised by _lifecycle so stop() never races a call into the loop.
+        self._lifecycle = threading.RLock()
+        self._thread: Optional[threading.Thread] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_thread_id: Optional[int] = None
+        # Resolved with (abrupt, timeout) by stop().
+        self._stop_request: Optional[asyncio.Future[Tuple[bool, float]]] = None
+        self._start_error: Optional[BaseException] = None
+        self._tasks: Set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.url} {state}, {len(self._open)} open>"
+
+    # Lifecycle
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Start listening in a background thread; returns once the socket is bound.
+
+        Raises:
+            RuntimeError: If the server is already running.
+            OSError: If the port cannot be bound.
+            TimeoutError: If the loop did not come up within ``timeout`` seconds.
+        """
+        with self._lifecycle:
+            if self._thread is not None:
+                raise RuntimeError("TetherServer is already running")
+            ready = threading.Event()
+            self._start_error = None
+            thread = threading.Thread(
+                target=self._run, args=(ready,), name="tether-server", daemon=True
+            )
+            self._thread = thread
+            thread.start()
+            if not ready.wait(timeout):
+                raise TimeoutError("TetherServer did not start in time")
+            error = self._start_error
+            if error is not None:
+                thread.join(timeout)
+                self._thread = None
+                self._loop = None
+                raise error
+            log.info("listening on %s", self.url)
+
+    def stop(self, timeout: float = 5.0, *, abrupt: bool = False) -> None:
+        """Stop listening and end every connection, then join the loop thread.
+
+        New connection attempts are refused from the moment this is called.
+
+        Args:
+            timeout: Seconds allowed for connections to close before they are reset.
+            abrupt: Reset every connection (RST, no close frame) instead of a clean
+                close with 1001 (going away).
+
+        Fault modes (blackhole, pause-reading) and the default latency are lifted:
+        a restarted server is healthy. Records and connection history are kept.
+        Stopping a stopped server does nothing.
+        """
+        if self._on_loop_thread():
+            raise RuntimeError("stop() cannot be called from the server's own thread")
+        with self._lifecycle:
+            thread, loop, request = self._thread, self._loop, self._stop_request
+            if thread is None:
+                return
+            if loop is not None and request is not None:
+                try:
+                    loop.call_soon_threadsafe(_resolve, request, (abrupt, timeout))
+                except RuntimeError:  # the loop already ended on its own
+                    pass
+            # _shutdown resets whatever has not closed within ``timeout``.
+            thread.join(timeout + 2.0)
+            alive = thread.is_alive()
+            self._thread = None
+            self._loop = None
+            self._loop_thread_id = None
+            self._stop_request = None
+            with self._cond:
+                self._blackhole = False
+                self._paused = False
+                self._default_latency = 0.0
+                self._cond.notify_all()
+            if alive:
+                raise TimeoutError("TetherServer thread did not stop in time")
+            log.info("stopped")
+
+    def restart(self, timeout: float = 5.0, *, abrupt: bool = False) -> None:
+        """:meth:`stop` then :meth:`start` again on the same port."""
+        self.stop(timeout, abrupt=abrupt)
+        self.start(timeout)
+
+    def __enter__(self: _S) -> _S:
+        """Start the server (if not running) and return it."""
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        """Stop the server."""
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is listening."""
+        return self._thread is not None
+
+    @property
+    def port(self) -> int:
+        """The TCP port (the real one once started, even if 0 was asked for)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``ws://HOST:PORT/``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self._port}/"
+
+    # TetherConnection's owner interface
+
+    def _send_to(self, conn: TetherConnection, data: OutgoingData) -> bool:
+        payload = to_frame(data)
+
+        def run() -> bool:
+            if not conn.open or conn._ws.blackholed:
+                return False
+            self._spawn(send_text(conn._ws, payload))
+            return True
+
+        return self._on_loop(run, False)
+
+    def _close_conn(self, conn: TetherConnection, code: int, reason: str) -> bool:
+        def run() -> bool:
+            if not conn.open:
+                return False
+            self._spawn(conn._ws.close(code, reason))
+            return True
+
+        return self._on_loop(run, False)
+
+    def _drop_conn(self, conn: TetherConnection) -> bool:
+        def run() -> bool:
+            if conn._ws not in self._transports:
+                return False
+            conn._ws.abort_with_reset()
+            return True
+
+        return self._on_loop(run, False)
+
+    # Session host and transport hub interfaces (event-loop thread)
+
+    def _record(self, record: Received) -> None:
+        with self._cond:
+            self._records.append(record)
+            if is_data(record) and not record.refused:
+                self._data_total += 1
+                channel = record.channel
+                if isinstance(channel, str):
+                    self._data_by_channel[channel] = self._data_by_channel.get(channel, 0) + 1
+            self._cond.notify_all()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        # asyncio keeps only weak references to tasks: hold them until done.
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background send failed", exc_info=task.exception())
+
+    def _local_fault(self, ws: GatedConnection, action: str, seconds: float) -> None:
+        blackhole = action == "blackhole"
+        if blackhole:
+            ws.set_faults(blackholed=True)
+        else:
+            ws.set_faults(reading_paused=True)
+
+        def lift() -> None:
+            # A server-wide fault that is on keeps holding the connection.
+            if blackhole:
+                ws.set_faults(blackholed=self._blackhole)
+            else:
+                ws.set_faults(reading_paused=self._paused)
+
+        asyncio.get_running_loop().call_later(seconds, lift)
+
+    def _transport_made(self, conn: GatedConnection) -> None:
+        """Track a new TCP connection and put it under the current fault modes."""
+        with self._cond:
+            self._transports.add(conn)
+            blackhole, paused = self._blackhole, self._paused
+            self._cond.notify_all()
+        if blackhole or paused:
+            conn.set_faults(blackholed=blackhole, reading_paused=paused)
+
+    def _transport_lost(self, conn: GatedConnection) -> None:
+        """Forget a TCP connection that ended."""
+        with self._cond:
+            self._transports.discard(conn)
+            self._cond.notify_all()
+
+    # Loop thread
+
+    def _run(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._loop_thread_id = threading.get_ident()
+        try:
+            loop.run_until_complete(self._main(ready))
+        except BaseException as exc:  # never let the thread die silently
+            log.exception("server loop crashed")
+            if not ready.is_set():
+                self._start_error = exc
+        finally:
+            ready.set()
+            try:
+                _cancel_all_tasks(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    async def _main(self, ready: threading.Event) -> None:
+        loop = asyncio.get_running_loop()
+        request: asyncio.Future[Tuple[bool, float]] = loop.create_future()
+        self._stop_request = request
+        try:
+            ws_server = await serve(
+                self._handler,
+                self.host,
+                self._port,
+                create_connection=connection_class(self),
+                # The reference server offers no compression and never pings.
+                compression=None,
+                ping_interval=None,
+                # No handshake deadline: a blackholed handshake must hang, not reset.
+                open_timeout=None,
+                close_timeout=self.close_timeout,
+                max_size=self.max_size,
+                logger=NoDebugLogger(logging.getLogger("tether_sync.server.websockets"), {}),
+                reuse_address=True,
+            )
+        except OSError as exc:
+            self._start_error = exc
+            ready.set()
+            return
+        self._port = int(ws_server.sockets[0].getsockname()[1])
+        ready.set()
+        abrupt, timeout = await request
+        await self._shutdown(ws_server, abrupt, timeout)
+
+    async def _shutdown(self, ws_server: Server, abrupt: bool, timeout: float) -> None:
+        # Close the listening socket first and synchronously, so a connect
+        # attempt made after stop() returns (or even during it) is refused.
+        ws_server.server.close()
+        for ws in list(self._transports):
+            # A blackholed peer can't take part in a close handshake, and a
+            # connection still in its opening handshake (which, with no
+            # open_timeout, may wait forever for a request) has nothing to close.
+            if abrupt or ws.blackholed or ws.protocol.state is State.CONNECTING:
+                ws.abort_with_reset()
+            else:
+                ws.set_faults(reading_paused=False)
+        ws_server.close(close_connections=not abrupt)
+        try:
+            await asyncio.wait_for(ws_server.wait_closed(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("connections did not close in time; resetting them")
+            for ws in list(self._transports):
+                ws.abort_with_reset()
+            try:
+                await asyncio.wait_for(ws_server.wait_closed(), 1.0)
+            except asyncio.TimeoutError:
+                log.warning("server did not close cleanly")
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, GatedConnection)
+        with self._cond:
+            self._next_id += 1
+            conn = TetherConnection(
+                self._next_id, ws, self, self._cond, latency=self._default_latency
+            )
+            self._open[conn.id] = conn
+            self._history.append(conn)
+            self._cond.notify_all()
+        log.info("connection %d opened from %s, path %r", conn.id, conn.remote_address, conn.path)
+        try:
+            await Session(self, conn, ws).run()
+        finally:
+            # The sans-I/O protocol's view works with every websockets >= 13.
+            code = ws.protocol.close_code
+            conn._set(
+                _open=False,
+                _closed_at=time.monotonic(),
+                _close_code=1006 if code is None else int(code),
+                _close_reason=ws.protocol.close_reason or "",
+            )
+            with self._cond:
+                self._open.pop(conn.id, None)
+                self._cond.notify_all()
+            log.info("connection %d closed (%s)", conn.id, conn.close_code)
+
+    def _on_loop_thread(self) -> bool:
+        return self._loop_thread_id == threading.get_ident()
+
+    def _on_loop(self, func: Callable[[], _T], default: _T, timeout: float = 5.0) -> _T:
+        """Run ``func`` on the loop thread and return its result; ``default`` if stopped."""
+        if self._on_loop_thread():
+            return func()
+        with self._lifecycle:
+            loop = self._loop
+            if loop is None or self._thread is None:
+                return default
+            future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+            def runner() -> None:
+                if not future.set_running_or_notify_cancel():
+                    return
+                try:
+                    future.set_result(func())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+            try:
+                loop.call_soon_threadsafe(runner)
+            except RuntimeError:  # loop closed under us
+                return default
+            return future.result(timeout)
+
+
+def to_frame(data: OutgoingData) -> Union[str, bytes]:
+    """Turn what a caller wants sent into a frame body: str/bytes as is, else JSON text.
+
+    Called in the caller's thread, so a payload JSON can't encode fails there.
+    """
+    return data if isinstance(data, (str, bytes)) else encode(data)
+
+
+def is_data(record: Received) -> bool:
+    """Tell whether a record is a data envelope: type ``"data"`` and a ``channel`` key."""
+    return record.type == "data" and "channel" in record.message
+
+
+def _resolve(future: asyncio.Future[Tuple[bool, float]], value: Tuple[bool, float]) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    # What asyncio.run() does on exit: cancel leftovers (delayed replies, sends)
+    # and let them finish so nothing warns about a destroyed pending task.
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
