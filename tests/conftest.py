@@ -6,12 +6,57 @@ so tests that use no server do not need the ``server`` extra.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Set
 
 import pytest
 
 if TYPE_CHECKING:
     from tether_sync.server import TetherServer
+
+
+class _LogText(logging.Handler):
+    """Keeps every formatted tether_sync log line of the session."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+_PRESENTED_TOKENS: Set[str] = set()
+
+
+def _remember_tokens(server: TetherServer) -> None:
+    for conn in server.all_connections:
+        # Only real tokens: the few-letter stand-ins of some raw-protocol tests
+        # would match unrelated text.
+        _PRESENTED_TOKENS.update(t for t in conn.tokens if len(t) >= 16)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_token_in_any_log_line() -> Iterator[None]:
+    """Log tether_sync at DEBUG for the whole run; no token may appear in it.
+
+    Every token any bundled server was presented during the session is checked
+    against every log line (client and server) at the end of the run.
+    """
+    logger = logging.getLogger("tether_sync")
+    handler = _LogText()
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    text = "\n".join(handler.lines)
+    leaked = sorted(t for t in _PRESENTED_TOKENS if t in text)
+    assert not leaked, f"{len(leaked)} token(s) appeared in tether_sync log lines"
 
 
 @pytest.fixture
@@ -25,6 +70,7 @@ def tether_server() -> Iterator[TetherServer]:
         yield server
     finally:
         server.stop()
+        _remember_tokens(server)
 
 
 @pytest.fixture
@@ -48,3 +94,4 @@ def make_server() -> Iterator[Callable[..., TetherServer]]:
     finally:
         for server in servers:
             server.stop()
+            _remember_tokens(server)

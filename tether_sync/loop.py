@@ -181,6 +181,7 @@ class IoLoop(InboundMixin, SessionMixin):
         self._flush_waiters: List[threading.Event] = []
         self._outbound_paused = False  # draining stopped at the high-water mark
         self._pressure_reported = False  # a backpressure event for this episode went out
+        self._close_event: Optional[CloseEvent] = None  # emitted with the next state change
         self._stalled_wakeups = 0  # writability wake-ups that found us still paused
         self._lowat = False  # TCP_NOTSENT_LOWAT is set on the socket
         self._last_rx = 0.0
@@ -364,6 +365,9 @@ class IoLoop(InboundMixin, SessionMixin):
             self._on_state(new)
         if self._wants("state_change"):
             self._emit(StateChangeEvent(old.value, new.value))
+        close, self._close_event = self._close_event, None
+        if close is not None and self._wants("close"):
+            self._emit(close)
 
     def _error(self, exc: BaseException) -> None:
         if self._wants("error"):
@@ -795,8 +799,9 @@ class IoLoop(InboundMixin, SessionMixin):
         if sock is None:
             return
         self._release_socket()
-        if self._wants("close"):
-            self._emit(CloseEvent(code, reason, was_clean))
+        # Announced once the state has left "open" (in _set_state), so a close
+        # handler that looks at client.state sees where the client is going.
+        self._close_event = CloseEvent(code, reason, was_clean)
         log.info("connection closed: %d %s (clean=%s)", code, reason, was_clean)
         terminal = (
             self.config.reconnect is not None and code in self.config.reconnect.terminal_codes

@@ -102,9 +102,7 @@ def test_raw_in_band_rotation_message(
     client.connect(wait=True, timeout=5)
     client.refresh_auth(timeout=5)
     client.refresh_auth(timeout=5)
-    assert tether_server.wait_for(
-        lambda: len(tether_server.received(type="tether:auth")) == 2, 5
-    )
+    assert tether_server.wait_for(lambda: len(tether_server.received(type="tether:auth")) == 2, 5)
     assert tether_server.all_connections[0].auth_sub == "second"
     assert refreshed.wait_count(2)
 

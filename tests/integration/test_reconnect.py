@@ -132,7 +132,9 @@ def test_loss_reconnects_resubscribes_and_replays(
 def test_terminal_close_code_stops_retrying(
     tether_server: TetherServer, make_client: Callable[..., TetherClient]
 ) -> None:
-    client = make_client(tether_server.url, reconnect={"base_delay": 0.01, "terminal_codes": {1000}})
+    client = make_client(
+        tether_server.url, reconnect={"base_delay": 0.01, "terminal_codes": {1000}}
+    )
     states = Recorder()
     client.on("state_change", lambda e: states(e.current))
     client.connect(wait=True, timeout=5)
@@ -290,8 +292,6 @@ def test_subscription_queue_iteration_ends_on_unsubscribe(
         if len(seen) == 3:
             sub.unsubscribe()
     assert seen == [0, 1, 2]
-    assert tether_server.wait_for(
-        lambda: "it" not in tether_server.connections[0].subscriptions, 5
-    )
+    assert tether_server.wait_for(lambda: "it" not in tether_server.connections[0].subscriptions, 5)
     with pytest.raises(TimeoutError):
         client.subscribe("other").get(timeout=0.05)
