@@ -9,7 +9,7 @@ from typing import Any, Callable, List
 import pytest
 from support.recorder import Recorder, eventually
 
-from tether_sync import Auth, AuthError, TetherClient
+from tether_sync import Auth, AuthError, ClientClosed, TetherClient
 from tether_sync.server import TetherServer, mint_token
 
 
@@ -178,7 +178,7 @@ def test_server_refusing_every_token_ends_in_closed_with_auth_error(
     assert tokens.calls == 2  # the first token, then one fresh one: no storm
     assert client.state == "closed"
     assert errors.wait_for(lambda items: any(isinstance(e.error, AuthError) for e in items))
-    with pytest.raises(Exception):
+    with pytest.raises(ClientClosed):
         client.refresh_auth(timeout=1)
 
 
