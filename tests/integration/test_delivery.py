@@ -9,11 +9,10 @@ import threading
 from typing import Any, Callable, Dict, List
 
 import pytest
+from support.recorder import Recorder
 
 from tether_sync import ClientClosed, QueueFull, TetherClient
 from tether_sync.server import TetherServer
-
-from support.recorder import Recorder
 
 
 def _wait_echo(sub: Any, value: Any, timeout: float = 10.0) -> None:

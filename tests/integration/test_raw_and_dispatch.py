@@ -111,7 +111,7 @@ def test_raw_in_band_rotation_message(
 def test_user_dispatcher_runs_every_callback_on_its_thread(
     tether_server: TetherServer, make_client: Callable[..., TetherClient]
 ) -> None:
-    tasks: "queue.SimpleQueue[Callable[[], None] | None]" = queue.SimpleQueue()
+    tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
     ran_on: List[str] = []
 
     def ui_loop() -> None:  # stands in for a GUI's main loop

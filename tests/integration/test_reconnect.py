@@ -115,7 +115,7 @@ def test_loss_reconnects_resubscribes_and_replays(
     assert tether_server.wait_for_data(20, timeout=10, channel="news")
     assert tether_server.data_payloads("news") == list(range(20))
     # The subscription was announced again on the new connection, before the replay.
-    second = [c for c in tether_server.connections if c.id != first.id][0]
+    second = next(c for c in tether_server.connections if c.id != first.id)
     kinds = [r.type for r in tether_server.received(second)]
     assert kinds.index("subscribe") < kinds.index("data")
     assert "news" in second.subscriptions
@@ -206,11 +206,11 @@ def test_bad_url_and_options_fail_at_construction() -> None:
         TetherClient("http://example.com/")
     with pytest.raises(TypeError, match="url"):
         TetherClient(1234)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="reconnect.base_delay"):
+    with pytest.raises(ValueError, match=r"reconnect\.base_delay"):
         TetherClient("ws://127.0.0.1:1/", reconnect={"base_delay": -1})
     with pytest.raises(TypeError, match="queue: unknown option"):
         TetherClient("ws://127.0.0.1:1/", queue={"maxsize": 3})
-    with pytest.raises(ValueError, match="backpressure.inbound_overflow"):
+    with pytest.raises(ValueError, match=r"backpressure\.inbound_overflow"):
         TetherClient("ws://127.0.0.1:1/", backpressure={"inbound_overflow": "spill"})
     with pytest.raises(ValueError, match="protocol"):
         TetherClient("ws://127.0.0.1:1/", protocol="mqtt")
@@ -240,7 +240,7 @@ def test_unknown_inbound_frames_become_message_events(
     # the client knows, so it is surfaced unchanged.
     client.send({"type": "tether:control", "action": "set-latency", "ms": 0}, channel="ctl")
     assert messages.wait_for(lambda items: any(m.channel is None for m in items))
-    ack = [m for m in messages.snapshot() if m.channel is None][0]
+    ack = next(m for m in messages.snapshot() if m.channel is None)
     assert '"tether:control-ack"' in ack.payload
     assert tether_server.send_raw_all("this is not json") >= 1
     assert tether_server.send_raw_all(b"\x00\x01binary") >= 1
