@@ -153,3 +153,42 @@ def test_json_payloads_keep_their_shape(
     assert [inbox.get(timeout=5) for _ in payloads] == payloads
     assert tether_server.data_payloads("shape") == payloads
     assert json.loads(tether_server.received(type="data")[0].raw)["channel"] == "shape"
+
+
+@pytest.mark.timeout(30)
+def test_http_error_on_handshake_goes_through_the_reconnect_path(
+    make_client: Callable[..., TetherClient],
+) -> None:
+    """A 403 (or 503) on the upgrade is retried with backoff like any failure."""
+    from websockets.http11 import Response
+    from websockets.sync.server import Request
+
+    answers = Recorder()
+
+    def refuse_twice(conn: ServerConnection, request: Request) -> Response | None:
+        answers(request.path)
+        if len(answers.snapshot()) <= 2:
+            return conn.respond(403 if len(answers.snapshot()) == 1 else 503, "go away\n")
+        return None  # the third handshake is accepted
+
+    def handler(conn: ServerConnection) -> None:
+        for message in conn:
+            conn.send(message)
+
+    with serve(handler, "127.0.0.1", 0, process_request=refuse_twice) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
+        client = make_client(url, protocol="raw")
+        attempts = Recorder()
+        errors = Recorder()
+        client.on("reconnecting", attempts)
+        client.on("error", errors)
+        client.connect(wait=True, timeout=10)
+        assert [e.attempt for e in attempts.snapshot()] == [1, 2]
+        inbox = client.subscribe("default")
+        client.send("through")
+        assert inbox.get(timeout=5) == "through"
+        client.close()
+        server.shutdown()
+        thread.join(5)

@@ -295,3 +295,21 @@ def test_subscription_queue_iteration_ends_on_unsubscribe(
     assert tether_server.wait_for(lambda: "it" not in tether_server.connections[0].subscriptions, 5)
     with pytest.raises(TimeoutError):
         client.subscribe("other").get(timeout=0.05)
+
+
+@pytest.mark.timeout(30)
+def test_dns_failure_goes_through_the_reconnect_path(
+    make_client: Callable[..., TetherClient],
+) -> None:
+    # .invalid never resolves (RFC 2606): getaddrinfo fails at once.
+    client = make_client(
+        "ws://tether-sync-test.invalid:8765/",
+        reconnect={"base_delay": 0.01, "max_delay": 0.02, "max_attempts": 2},
+    )
+    attempts = Recorder()
+    errors = Recorder()
+    client.on("reconnecting", attempts)
+    client.on("error", errors)
+    with pytest.raises(TetherError, match="2 reconnection attempt"):
+        client.connect(wait=True, timeout=20)
+    assert [e.attempt for e in attempts.snapshot()] == [1, 2]
