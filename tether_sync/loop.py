@@ -556,7 +556,6 @@ class IoLoop(InboundMixin, SessionMixin):
 
     def _on_message(self, opcode: int, payload: Any) -> None:
         if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
-            self.counters.received += 1
             if self.config.protocol == "raw":
                 self._deliver("default", payload, payload)
             else:

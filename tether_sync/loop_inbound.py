@@ -43,6 +43,7 @@ class InboundMixin:
 
     def _deliver(self, channel: Optional[str], payload: Any, raw: Any) -> None:
         """Route one inbound payload to its channel's buffers and the message stream."""
+        self.counters.received += 1
         targets: List[Tuple[InboundBuffer, Any]] = []
         if channel is not None:
             for buf in self._routes.get(channel, ()):

@@ -47,7 +47,8 @@ class Stats:
         inbound_depth: Channel -> payloads waiting in its subscriptions' buffers
             (the ``message`` event stream is listed under ``"*"``).
         sent: Data messages handed to the socket.
-        received: Inbound messages (data frames) read.
+        received: Inbound messages handed to the application (data envelopes, and
+            frames that are no Tether protocol message); pongs and auth answers excluded.
         queued: Messages that had to wait in the queue because the client was not open.
         flushed: Messages handed to the socket (``flushed`` events).
         dropped_inbound: Inbound payloads dropped by an overflow policy (once per buffer).
