@@ -68,6 +68,10 @@ class Ring(Generic[T]):
         items.append(item)
         return dropped
 
+    def extend(self, items: List[T]) -> None:
+        """Append ``items`` that the caller made sure fit (no overflow policy)."""
+        self._items.extend(items)
+
     def push_front(self, items: List[T]) -> None:
         """Put ``items`` back at the head, in order, ignoring the bound.
 

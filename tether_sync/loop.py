@@ -168,7 +168,10 @@ class IoLoop(InboundMixin, SessionMixin):
         self._wbuf = WriteBuffer(frames.MaskKeys())
         self._want_write = False
         self._reading = True
-        self._pending_in: Deque[Tuple[InboundBuffer, Any]] = deque()  # refused by "block"
+        # (buffer, channel, item) refused by a full "block" buffer, in arrival order.
+        self._pending_in: Deque[Tuple[InboundBuffer, Optional[str], Any]] = deque()
+        # Payloads of the read being parsed, per buffer (see _flush_inbound).
+        self._inbound_batch: Dict[InboundBuffer, Tuple[Optional[str], List[Any]]] = {}
         self._routes: Dict[str, List[InboundBuffer]] = {}
         self.message_buffer: Optional[InboundBuffer] = None  # set by the client
         self._close_requested = False
@@ -181,6 +184,7 @@ class IoLoop(InboundMixin, SessionMixin):
         self._flush_waiters: List[threading.Event] = []
         self._outbound_paused = False  # draining stopped at the high-water mark
         self._pressure_reported = False  # a backpressure event for this episode went out
+        self._kernel_bound = 0  # upper bound of the kernel's unsent bytes (see _above_mark)
         self._close_event: Optional[CloseEvent] = None  # emitted with the next state change
         self._stalled_wakeups = 0  # writability wake-ups that found us still paused
         self._lowat = False  # TCP_NOTSENT_LOWAT is set on the socket
@@ -330,12 +334,10 @@ class IoLoop(InboundMixin, SessionMixin):
         self._update_interest()
 
     def _on_wake(self) -> None:
+        # One recv is enough: thanks to _wake_pending, at most a few bytes wait.
         try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-        except OSError:  # pragma: no cover - the pair is closed only after the loop
+            self._wake_r.recv(4096)
+        except OSError:  # BlockingIOError: a spurious wake-up
             pass
 
     def _drain_commands(self) -> None:
@@ -433,7 +435,7 @@ class IoLoop(InboundMixin, SessionMixin):
         self._parser = frames.FrameParser(self.config.max_message_size)
         self._wbuf.reset()
         self._close_sent = False
-        self._reading = True
+        self._reading = not self._pending_in
         self._last_rx = self._clock.monotonic()
         self._selector.register(sock, selectors.EVENT_READ, "sock")
         self._registered = True
@@ -547,8 +549,9 @@ class IoLoop(InboundMixin, SessionMixin):
             error, messages = exc, exc.messages
         for opcode, payload in messages:
             if self._sock is None:
-                return  # a close frame (or error) ended the link mid-chunk
+                break  # a close frame (or error) ended the link mid-chunk
             self._on_message(opcode, payload)
+        self._flush_inbound()  # what arrived before a close is still delivered
         if error is not None and self._sock is not None:
             log.warning("protocol error from %s: %s", self.config.url, error)
             self._error(error)
@@ -609,7 +612,7 @@ class IoLoop(InboundMixin, SessionMixin):
             # buffer hovering around the mark reports one episode, not many.
             self._pressure_reported = False
         while queue:
-            if self.buffered_amount >= hwm:
+            if self._above_mark(hwm):
                 self._pause_outbound()
                 break
             if self._outbound_paused:
@@ -626,6 +629,19 @@ class IoLoop(InboundMixin, SessionMixin):
             self._flush_out()
             if self._sock is None:
                 return
+
+    def _above_mark(self, hwm: int) -> bool:
+        """Whether ``buffered_amount`` is at or above the high-water mark.
+
+        The kernel's part costs an ioctl; skip it while an upper bound (what it
+        held at the last look plus everything written since) is under the mark.
+        """
+        wbuf_size = self._wbuf.size
+        if wbuf_size + self._kernel_bound < hwm:
+            return False
+        sock = self._sock
+        self._kernel_bound = transport.kernel_unsent(sock) if sock is not None else 0
+        return wbuf_size + self._kernel_bound >= hwm
 
     def _pause_outbound(self) -> None:
         """Stop draining the queue until ``buffered_amount`` falls under the mark."""
@@ -665,6 +681,7 @@ class IoLoop(InboundMixin, SessionMixin):
             except OSError as exc:
                 self._lost(1006, f"write failed: {exc}", False)
                 return
+            self._kernel_bound += n
             done = wbuf.advance(n)
             if done:
                 self._on_written(done)
@@ -845,6 +862,7 @@ class IoLoop(InboundMixin, SessionMixin):
     def _reset_connection_state(self) -> None:
         self._phase = _NONE
         self._outbound_paused = self._pressure_reported = False
+        self._kernel_bound = 0
         self._timers.cancel("connect_timeout")
         self._timers.cancel("ping")
         self._timers.cancel("pong_deadline")
@@ -854,8 +872,9 @@ class IoLoop(InboundMixin, SessionMixin):
         self._auth_busy = False
         self._ping_ts = None
         self._release_socket()
-        self._pending_in.clear()
-        self._reading = True
+        # Payloads held for a full "block" consumer were received: they stay, and
+        # the next connection is read only once the consumer has caught up.
+        self._reading = not self._pending_in
 
     def _finish(self, cause: Optional[BaseException]) -> None:
         """Enter ``closed`` for good: fail what is left, wake every waiter."""
@@ -883,6 +902,7 @@ class IoLoop(InboundMixin, SessionMixin):
             event.set()  # flush() re-checks and reports False
         self._flush_waiters.clear()
         self._timers.cancel_all()
+        self._pending_in.clear()  # their buffers are closed: nobody will read them
         if self.state is not State.CLOSED:
             self._set_state(State.CLOSED)
         self.unsent = len(left)

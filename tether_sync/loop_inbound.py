@@ -31,7 +31,8 @@ class InboundMixin:
         counters: Counters
         message_buffer: Optional[InboundBuffer]
         _routes: Dict[str, List[InboundBuffer]]
-        _pending_in: Deque[Tuple[InboundBuffer, Any]]
+        _pending_in: Deque[Tuple[InboundBuffer, Optional[str], Any]]
+        _inbound_batch: Dict[InboundBuffer, Tuple[Optional[str], List[Any]]]
         _reading: bool
         _phase: int
 
@@ -42,42 +43,73 @@ class InboundMixin:
         def _send_control_text(self, text: str) -> None: ...
 
     def _deliver(self, channel: Optional[str], payload: Any, raw: Any) -> None:
-        """Route one inbound payload to its channel's buffers and the message stream."""
+        """Route one inbound payload to its channel's buffers and the message stream.
+
+        Payloads are collected per buffer while one read is parsed and handed over
+        by :meth:`_flush_inbound`: one lock and one wake-up per buffer per read,
+        not per message.
+        """
         self.counters.received += 1
-        targets: List[Tuple[InboundBuffer, Any]] = []
+        batch = self._inbound_batch
         if channel is not None:
             for buf in self._routes.get(channel, ()):
-                targets.append((buf, payload))
+                entry = batch.get(buf)
+                if entry is None:
+                    batch[buf] = (channel, [payload])
+                else:
+                    entry[1].append(payload)
         stream = self.message_buffer
         if stream is not None:
-            targets.append((stream, MessageEvent(channel, raw if channel is None else payload)))
-        if self._pending_in:
-            self._pending_in.extend(targets)  # keep order behind what is held back
-            return
-        for i, (buf, item) in enumerate(targets):
-            if not self._offer(buf, item, channel):
-                self._pending_in.extend(targets[i:])
-                self._reading = False
-                return
+            event = MessageEvent(channel, raw if channel is None else payload)
+            entry = batch.get(stream)
+            if entry is None:
+                batch[stream] = (None, [event])
+            else:
+                entry[1].append(event)
 
-    def _offer(self, buf: InboundBuffer, item: Any, channel: Optional[str]) -> bool:
-        dropped, accepted = buf.offer(item)
+    def _flush_inbound(self) -> None:
+        """Hand the payloads of the last read to their buffers."""
+        batch = self._inbound_batch
+        if not batch:
+            return
+        self._inbound_batch = {}
+        pending = self._pending_in
+        for buf, (channel, items) in batch.items():
+            if pending:
+                # Something is held back already: queue behind it, in order.
+                pending.extend((buf, channel, item) for item in items)
+                continue
+            dropped, accepted = buf.offer_many(items)
+            self._count_overflow(buf, channel, dropped, accepted < len(items))
+            if accepted < len(items):
+                pending.extend((buf, channel, item) for item in items[accepted:])
+        if pending:
+            self._reading = False  # a "block" consumer is full: TCP pushes back
+
+    def _count_overflow(
+        self, buf: InboundBuffer, channel: Optional[str], dropped: int, refused: bool
+    ) -> None:
         if dropped:
             self.counters.dropped_inbound += dropped
-            if self._wants("backpressure"):
-                self._emit(BackpressureEvent("inbound", len(buf), channel, dropped))
-        elif not accepted and self._wants("backpressure"):
-            self._emit(BackpressureEvent("inbound", len(buf), channel, 0))
-        return accepted
+        if (dropped or refused) and self._wants("backpressure"):
+            self._emit(BackpressureEvent("inbound", len(buf), channel, dropped))
 
     def _cmd_resume_inbound(self, _: Any) -> None:
         pending = self._pending_in
         while pending:
-            buf, item = pending[0]
-            channel = item.channel if isinstance(item, MessageEvent) else None
-            if not self._offer(buf, item, channel):
-                return
-            pending.popleft()
+            # Hand over the run of items at the head that share one buffer at once.
+            buf, channel, _ = pending[0]
+            run = []
+            for entry in pending:
+                if entry[0] is not buf:
+                    break
+                run.append(entry[2])
+            dropped, accepted = buf.offer_many(run)
+            self._count_overflow(buf, channel, dropped, accepted < len(run))
+            for _ in range(accepted):
+                pending.popleft()
+            if accepted < len(run):
+                return  # still full: wait for the next resume
         self._reading = True
 
     def wake_inbound(self) -> None:
@@ -103,6 +135,7 @@ class InboundMixin:
             return
         bufs.remove(buf)
         self._pending_in = deque(p for p in self._pending_in if p[0] is not buf)
+        self._inbound_batch.pop(buf, None)
         if not bufs:
             del self._routes[channel]
             if self._phase == OPEN and self.config.protocol == "tether":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from .buffers import Ring
 from .clock import Deadline
@@ -66,6 +66,42 @@ class InboundBuffer:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def offer_many(self, items: List[Any]) -> Tuple[int, int]:
+        """Add ``items`` in order (I/O thread): one lock and one wake-up for all.
+
+        Returns:
+            ``(dropped, accepted)``: how many items the overflow policy dropped, and
+            how many of ``items`` were taken; a full ``block`` buffer takes only
+            what fits, and the caller keeps the rest, in order.
+        """
+        schedule = False
+        with self._cond:
+            if self._closed:
+                return 0, len(items)
+            ring = self._ring
+            dropped = 0
+            if ring.overflow == "block":
+                room = ring.capacity - len(ring)
+                if room < len(items):
+                    items = items[:room]
+                    self._refused = True
+                ring.extend(items)
+            elif len(ring) + len(items) <= ring.capacity:
+                ring.extend(items)
+            else:
+                for item in items:
+                    dropped += len(ring.push(item))
+            if items:
+                if self._callback is not None:
+                    if not self._scheduled:
+                        self._scheduled = schedule = True
+                else:
+                    self._cond.notify(len(items))
+        if schedule:
+            assert self._dispatch is not None
+            self._dispatch(self._drain)
+        return dropped, len(items)
 
     def offer(self, item: Any) -> Tuple[int, bool]:
         """Add ``item`` (I/O thread).
@@ -142,20 +178,27 @@ class InboundBuffer:
             TimeoutError: nothing arrived in time.
             ClientClosed: the buffer was closed and is empty.
         """
-        deadline = Deadline(timeout)
         with self._cond:
-            while not self._ring:
-                if self._closed:
-                    raise ClientClosed("subscription closed")
-                remaining = deadline.remaining()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"no message within {timeout}s")
-                self._cond.wait(remaining)
-            item = self._ring.pop()
-            resume = self._took()
+            if self._ring:  # the common case under load: no deadline to set up
+                item = self._ring.pop()
+                resume = self._took()
+            else:
+                item, resume = self._wait_and_pop(timeout)
         if resume is not None:
             resume()
         return item
+
+    def _wait_and_pop(self, timeout: Optional[float]) -> Tuple[Any, Optional[Callable[[], None]]]:
+        # With _cond held: wait for an item, then take it.
+        deadline = Deadline(timeout)
+        while not self._ring:
+            if self._closed:
+                raise ClientClosed("subscription closed")
+            remaining = deadline.remaining()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"no message within {timeout}s")
+            self._cond.wait(remaining)
+        return self._ring.pop(), self._took()
 
     def close(self) -> None:
         """Wake every waiter; later offers are ignored. Idempotent."""

@@ -92,8 +92,9 @@ def test_flood_drop_oldest_keeps_the_newest(
     assert pressure.wait_for(lambda _: _dropped(pressure) >= 400)
     assert _drain(sub, 100) == list(range(400, 500))
     assert client.stats().dropped_inbound == 400 == _dropped(pressure)
+    # One event per overflow (per read handed over), carrying how many it dropped.
     events = [e for e in pressure.snapshot() if e.direction == "inbound"]
-    assert len(events) == 400 and all(e.channel == "flood" and e.dropped == 1 for e in events)
+    assert events and all(e.channel == "flood" and e.dropped >= 1 for e in events)
 
 
 @pytest.mark.timeout(60)
@@ -106,7 +107,7 @@ def test_flood_sample_oldest_drops_two_at_a_time(
     assert kept == sorted(kept) and kept[-1] == 499
     assert client.stats().dropped_inbound == 400
     events = [e for e in pressure.snapshot() if e.direction == "inbound"]
-    assert len(events) == 200 and all(e.dropped == 2 for e in events)
+    assert events and all(e.dropped >= 2 and e.dropped % 2 == 0 for e in events)
 
 
 @pytest.mark.timeout(60)
