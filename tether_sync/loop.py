@@ -180,6 +180,8 @@ class IoLoop(InboundMixin, SessionMixin):
         self._closing_code: Tuple[int, str] = (1000, "")  # the close frame we sent
         self._opened_once = False
         self._registered = False  # whether the socket is in the selector
+        self._mask = 0  # the events it is registered for
+        self._tls = False  # the socket is an SSLSocket (its buffer needs pending())
         self.unsent = 0  # messages failed by the final close
         self._flush_waiters: List[threading.Event] = []
         self._outbound_paused = False  # draining stopped at the high-water mark
@@ -312,10 +314,8 @@ class IoLoop(InboundMixin, SessionMixin):
             self._teardown_loop()
 
     def _select_once(self) -> None:
-        now = self._clock.monotonic()
-        timeout = self._timers.timeout(now)
-        sock = self._sock
-        if isinstance(sock, ssl.SSLSocket) and self._reading and sock.pending():
+        timeout = self._timers.timeout(self._clock.monotonic())
+        if self._tls and self._reading and self._tls_pending():
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
         for key, mask in self._selector.select(timeout):
             if key.data is None:
@@ -325,7 +325,7 @@ class IoLoop(InboundMixin, SessionMixin):
                     self._on_readable()
                 if mask & selectors.EVENT_WRITE and self._sock is not None:
                     self._flush_out()
-        if isinstance(self._sock, ssl.SSLSocket) and self._reading and self._sock.pending():
+        if self._tls and self._reading and self._tls_pending():
             self._on_readable()
         self._on_timers()
         self._drain_commands()
@@ -340,7 +340,15 @@ class IoLoop(InboundMixin, SessionMixin):
         except OSError:  # BlockingIOError: a spurious wake-up
             pass
 
+    def _tls_pending(self) -> bool:
+        sock = self._sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
     def _drain_commands(self) -> None:
+        # Unlocked peek: posters set _wake_pending under the lock before writing
+        # the wake byte, so a command missed here wakes the selector again.
+        if not self._wake_pending:
+            return
         with self._lock:
             # Clear the flag before taking the commands: a command posted after
             # this point writes a new wake byte, so nothing is left unseen.
@@ -439,6 +447,8 @@ class IoLoop(InboundMixin, SessionMixin):
         self._last_rx = self._clock.monotonic()
         self._selector.register(sock, selectors.EVENT_READ, "sock")
         self._registered = True
+        self._mask = selectors.EVENT_READ
+        self._tls = isinstance(sock, ssl.SSLSocket)
         self._want_write = False
         log.info("connected to %s", self.config.url)
         if self._auth is not None and self.config.protocol == "tether":
@@ -719,8 +729,10 @@ class IoLoop(InboundMixin, SessionMixin):
         elif not self._registered:
             self._selector.register(sock, mask, "sock")
             self._registered = True
-        elif self._selector.get_key(sock).events != mask:
+            self._mask = mask
+        elif self._mask != mask:
             self._selector.modify(sock, mask, "sock")
+            self._mask = mask
 
     def _timer_kernel_poll(self) -> None:
         pass  # the wake-up alone re-runs _pump and _check_flush_waiters
