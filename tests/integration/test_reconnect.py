@@ -313,3 +313,37 @@ def test_dns_failure_goes_through_the_reconnect_path(
     with pytest.raises(TetherError, match="2 reconnection attempt"):
         client.connect(wait=True, timeout=20)
     assert [e.attempt for e in attempts.snapshot()] == [1, 2]
+
+
+@pytest.mark.timeout(30)
+def test_server_pings_are_answered_with_the_same_ts(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url)
+    client.connect(wait=True, timeout=5)
+    assert tether_server.wait_for_connections(1)
+    assert tether_server.send_raw_all({"type": "tether:ping", "ts": 777}) == 1
+    assert tether_server.wait_for(lambda: bool(tether_server.received(type="tether:pong")), 5)
+    assert tether_server.received(type="tether:pong")[0].message == {
+        "type": "tether:pong",
+        "ts": 777,
+    }
+
+
+@pytest.mark.timeout(30)
+def test_tether_error_from_the_server_becomes_an_error_event(
+    make_server: Callable[..., TetherServer], make_client: Callable[..., TetherClient]
+) -> None:
+    from tether_sync import ServerError
+
+    server = make_server(require_auth=True)
+    client = make_client(server.url)  # no auth: the server refuses our data
+    errors = Recorder()
+    client.on("error", errors)
+    client.connect(wait=True, timeout=5)
+    delivery = client.send("refused", channel="c")
+    assert errors.wait_count(1)
+    error = errors.snapshot()[0].error
+    assert isinstance(error, ServerError)
+    assert error.message_id == delivery.id and "auth" in error.reason
+    assert client.state == "open"
