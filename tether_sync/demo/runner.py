@@ -1,0 +1,111 @@
+"""``tether-sync demo``: the bundled server, one client and the panel, in one process."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any, Dict, Optional
+
+from .backend import DemoBackend, DemoConfig
+
+__all__ = ["demo_main"]
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("tether_sync").setLevel(logging.INFO if verbose else logging.WARNING)
+    # werkzeug logs every request at INFO (and installs its own handler when the
+    # level is unset): only with --verbose.
+    logging.getLogger("werkzeug").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def demo_main(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    server_port: int = 0,
+    verbose: bool = False,
+    config: Optional[DemoConfig] = None,
+) -> int:
+    """Run the control panel in the foreground until SIGINT or SIGTERM.
+
+    Prints ``tether-sync demo: control panel on http://HOST:PORT/`` (flushed) once
+    both servers listen, so a parent process can wait for that line.
+
+    Args:
+        host: Interface for the panel and the bundled WebSocket server.
+        port: The panel's HTTP port (0 picks a free one).
+        server_port: The WebSocket server's port (0 picks a free one).
+        verbose: Log connections and HTTP requests to stderr.
+        config: The demo client's settings.
+
+    Returns:
+        0 after a clean stop; 1 if a port could not be bound.
+    """
+    # Imported here so that a missing ``demo`` extra fails only this command.
+    from werkzeug.serving import BaseWSGIServer, make_server
+
+    from .app import create_app
+
+    _configure_logging(verbose)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+        stop.set()
+
+    previous: Dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, on_signal)
+    backend = DemoBackend(host, server_port, config)
+    http: Optional[BaseWSGIServer] = None
+    http_thread: Optional[threading.Thread] = None
+    try:
+        try:
+            backend.start()
+        except OSError as exc:
+            print(f"tether-sync demo: cannot start the server: {exc}", file=sys.stderr)
+            return 1
+        try:
+            http = make_server(host, port, create_app(backend), threaded=True)
+        except OSError as exc:
+            print(f"tether-sync demo: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+            return 1
+        except SystemExit:  # werkzeug prints why (e.g. the port is busy), then exits
+            print(f"tether-sync demo: cannot listen on {host}:{port}", file=sys.stderr)
+            return 1
+        http_thread = threading.Thread(
+            target=http.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="tether-demo-http",
+            daemon=True,
+        )
+        http_thread.start()
+        shown = f"[{host}]" if ":" in host else host
+        print(
+            f"tether-sync demo: control panel on http://{shown}:{http.server_port}/ "
+            f"(bundled server {backend.server.url}); Ctrl-C stops it",
+            flush=True,
+        )
+        # A timed wait keeps the main thread responsive to signals everywhere.
+        while not stop.wait(1.0):
+            pass
+        print("tether-sync demo: stopping", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        # Streams first, so no request thread is left waiting for news.
+        backend.begin_shutdown()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
+        if http_thread is not None:
+            http_thread.join(2.0)
+        backend.close()
+        for restored, handler in previous.items():
+            signal.signal(restored, handler)
