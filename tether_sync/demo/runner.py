@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
 import threading
-from types import FrameType
-from typing import Any, Dict, Optional
+from typing import Optional
 
+from ..server.foreground import configure_logging, stop_on_signals, wait_for_stop
 from .backend import DemoBackend, DemoConfig
 
 __all__ = ["demo_main"]
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("tether_sync").setLevel(logging.INFO if verbose else logging.WARNING)
-    # werkzeug logs every request at INFO (and installs its own handler when the
-    # level is unset): only with --verbose.
-    logging.getLogger("werkzeug").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def demo_main(
@@ -48,21 +34,19 @@ def demo_main(
     Returns:
         0 after a clean stop; 1 if a port could not be bound.
     """
+    configure_logging(verbose, quiet_unless_verbose=("werkzeug",))
+    with stop_on_signals() as stop:
+        return _run(host, port, server_port, config, stop)
+
+
+def _run(
+    host: str, port: int, server_port: int, config: Optional[DemoConfig], stop: threading.Event
+) -> int:
     # Imported here so that a missing ``demo`` extra fails only this command.
     from werkzeug.serving import BaseWSGIServer, make_server
 
     from .app import create_app
 
-    _configure_logging(verbose)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
-        stop.set()
-
-    previous: Dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, on_signal)
     backend = DemoBackend(host, server_port, config)
     http: Optional[BaseWSGIServer] = None
     http_thread: Optional[threading.Thread] = None
@@ -93,9 +77,7 @@ def demo_main(
             f"(bundled server {backend.server.url}); Ctrl-C stops it",
             flush=True,
         )
-        # A timed wait keeps the main thread responsive to signals everywhere.
-        while not stop.wait(1.0):
-            pass
+        wait_for_stop(stop)
         print("tether-sync demo: stopping", file=sys.stderr, flush=True)
         return 0
     finally:
@@ -107,5 +89,3 @@ def demo_main(
         if http_thread is not None:
             http_thread.join(2.0)
         backend.close()
-        for restored, handler in previous.items():
-            signal.signal(restored, handler)
