@@ -95,3 +95,14 @@ def make_server() -> Iterator[Callable[..., TetherServer]]:
         for server in servers:
             server.stop()
             _remember_tokens(server)
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A ws:// URL where nothing listens (the port was free a moment ago)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"ws://127.0.0.1:{port}/"

@@ -177,14 +177,3 @@ def browser() -> Iterator[Any]:
             yield instance
         finally:
             instance.close()
-
-
-@pytest.fixture
-def dead_url() -> str:
-    """A ws:// URL where nothing listens (the port was free a moment ago)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"ws://127.0.0.1:{port}/"

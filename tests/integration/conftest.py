@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any, Callable, Iterator, List
 
 import pytest
@@ -25,12 +24,3 @@ def make_client() -> Iterator[Callable[..., TetherClient]]:
     yield factory
     for client in made:
         client.close(timeout=3)
-
-
-@pytest.fixture
-def dead_url() -> str:
-    """A ws:// URL where nothing listens (the port was free a moment ago)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"ws://127.0.0.1:{port}/"

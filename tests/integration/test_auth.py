@@ -7,7 +7,7 @@ import threading
 from typing import Any, Callable, List
 
 import pytest
-from support.recorder import Recorder, eventually
+from support.recorder import Recorder, eventually, wait_subscribed
 
 from tether_sync import Auth, AuthError, ClientClosed, TetherClient
 from tether_sync.server import TetherServer, mint_token
@@ -141,9 +141,7 @@ def test_slow_get_token_does_not_delay_pings_or_dispatch(
     got = Recorder()
     client.subscribe("live", got)
     client.connect(wait=True, timeout=5)
-    assert auth_server.wait_for(
-        lambda: any("live" in c.subscriptions for c in auth_server.connections), 5
-    )
+    assert wait_subscribed(auth_server, "live")
     tokens.gate.clear()  # get_token() now takes as long as the test says (≤ 10 s)
     tokens.entered.clear()
     refresher = threading.Thread(target=lambda: client.refresh_auth(timeout=10))

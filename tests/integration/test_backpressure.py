@@ -6,7 +6,7 @@ import threading
 from typing import Any, Callable, List
 
 import pytest
-from support.recorder import Recorder, eventually
+from support.recorder import Recorder, eventually, wait_subscribed
 
 from tether_sync import QueueFull, TetherClient
 from tether_sync.server import TetherServer
@@ -189,9 +189,7 @@ def test_block_pushes_back_on_the_server_through_tcp(
     )
     sub = client.subscribe("big")
     client.connect(wait=True, timeout=5)
-    assert tether_server.wait_for(
-        lambda: any("big" in c.subscriptions for c in tether_server.connections), 5
-    )
+    assert wait_subscribed(tether_server, "big")
     blob = "x" * 200_000
     for i in range(100):  # 20 MB: far more than the socket buffers on both sides
         assert tether_server.broadcast("big", {"i": i, "blob": blob}) == 1

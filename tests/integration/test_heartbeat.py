@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 import pytest
-from support.recorder import Recorder
+from support.recorder import Recorder, wait_subscribed
 
 from tether_sync import CloseEvent, TetherClient
 from tether_sync.server import TetherServer
@@ -70,9 +70,7 @@ def test_inbound_traffic_counts_as_liveness(
     client.on("close", closes)
     client.subscribe("live", got)
     client.connect(wait=True, timeout=5)
-    assert tether_server.wait_for(
-        lambda: any("live" in c.subscriptions for c in tether_server.connections), 5
-    )
+    assert wait_subscribed(tether_server, "live")
     tether_server.set_latency(0.5)  # pongs (and echoes) come late...
     pings = len(tether_server.received(type="tether:ping"))
     for i in range(10):  # ten heartbeats, each answered late, each with traffic

@@ -6,7 +6,7 @@ import random
 from typing import Any, Callable, List
 
 import pytest
-from support.recorder import Recorder, client_threads
+from support.recorder import Recorder, client_threads, wait_subscribed
 
 from tether_sync import (
     ClientClosed,
@@ -93,9 +93,7 @@ def test_loss_reconnects_resubscribes_and_replays(
     client.on("close", closes)
     client.on("reconnecting", attempts)
     client.connect(wait=True, timeout=5)
-    assert tether_server.wait_for(
-        lambda: any("news" in c.subscriptions for c in tether_server.connections), 5
-    )
+    assert wait_subscribed(tether_server, "news")
     first = tether_server.connections[0]
     # Hold the server's replies so sends made now are queued on our side while
     # the link goes down, then count on the replay.

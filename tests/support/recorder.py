@@ -51,3 +51,12 @@ def eventually(
             return True
         tick.wait(interval)
     return predicate()
+
+
+def wait_subscribed(server: Any, channel: str, timeout: float = 5.0) -> bool:
+    """Wait until some open connection of the bundled ``server`` subscribed to ``channel``."""
+    return bool(
+        server.wait_for(
+            lambda: any(channel in c.subscriptions for c in server.connections), timeout
+        )
+    )
