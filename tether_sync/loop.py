@@ -38,10 +38,8 @@ from .buffers import Ring
 from .clock import Clock, Deadline
 from .delivery import Delivery
 from .events import (
-    BackpressureEvent,
     CloseEvent,
     ErrorEvent,
-    FlushedEvent,
     OpenEvent,
     ReconnectingEvent,
     StateChangeEvent,
@@ -55,6 +53,8 @@ from .exceptions import (
     TetherError,
 )
 from .loop_inbound import InboundMixin
+from .loop_outbound import KERNEL_POLL as _KERNEL_POLL
+from .loop_outbound import OutboundMixin
 from .loop_session import AUTH as _AUTH
 from .loop_session import CLOSING as _CLOSING
 from .loop_session import HANDSHAKE as _HANDSHAKE
@@ -71,10 +71,7 @@ from .writebuf import WriteBuffer
 log = logging.getLogger("tether_sync")
 
 _READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at once
-_BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
-_BATCH_BYTES = 256 * 1024
 _CLOSE_GRACE = 1.0  # seconds to wait for the peer's close frame after ours
-_KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks while someone flushes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +92,7 @@ class LoopConfig:
     ws_options: Dict[str, Any]
 
 
-class IoLoop(InboundMixin, SessionMixin):
+class IoLoop(OutboundMixin, InboundMixin, SessionMixin):
     """The connection engine behind :class:`~tether_sync.TetherClient`.
 
     Args:
@@ -599,85 +596,6 @@ class IoLoop(InboundMixin, SessionMixin):
             # Not ours to interpret: the message stream gets the frame unchanged.
             self._deliver(None, None, payload)
 
-    # ------------------------------------------------------------ writing
-
-    def _send_control(self, opcode: int, payload: bytes) -> None:
-        """Frame a control frame (or protocol text) ahead of the queue."""
-        if self._sock is None:
-            return
-        self._wbuf.add_control(opcode, payload)
-        self._flush_out()
-
-    def _send_control_text(self, text: str) -> None:
-        self._send_control(frames.OP_TEXT, text.encode())
-
-    def _pump(self) -> None:
-        """Move queued messages into the write buffer while under the high-water mark."""
-        if self._phase != _OPEN or self._sock is None:
-            return
-        hwm = self.config.backpressure.high_water_mark
-        queue = self._queue
-        if self._pressure_reported and self.buffered_amount < hwm // 2:
-            # The episode ends at the low-water mark (half the high one), so a
-            # buffer hovering around the mark reports one episode, not many.
-            self._pressure_reported = False
-        while queue:
-            if self._above_mark(hwm):
-                self._pause_outbound()
-                break
-            if self._outbound_paused:
-                self._outbound_paused = False
-                log.debug("outbound resumed at %d bytes", self.buffered_amount)
-            with self._lock:
-                batch: List[Delivery] = []
-                size = 0
-                while queue and len(batch) < _BATCH_MESSAGES and size < _BATCH_BYTES:
-                    d = queue.pop()
-                    batch.append(d)
-                    size += len(d._data)
-            self._wbuf.add_messages(batch)
-            self._flush_out()
-            if self._sock is None:
-                return
-
-    def _above_mark(self, hwm: int) -> bool:
-        """Whether ``buffered_amount`` is at or above the high-water mark.
-
-        The kernel's part costs an ioctl; skip it while an upper bound (what it
-        held at the last look plus everything written since) is under the mark.
-        """
-        wbuf_size = self._wbuf.size
-        if wbuf_size + self._kernel_bound < hwm:
-            return False
-        sock = self._sock
-        self._kernel_bound = transport.kernel_unsent(sock) if sock is not None else 0
-        return wbuf_size + self._kernel_bound >= hwm
-
-    def _pause_outbound(self) -> None:
-        """Stop draining the queue until ``buffered_amount`` falls under the mark."""
-        if not self._outbound_paused:
-            self._outbound_paused = True
-            self._stalled_wakeups = 0
-            depth = self.buffered_amount
-            log.debug("outbound paused at %d bytes", depth)
-            if not self._pressure_reported:
-                self._pressure_reported = True
-                if self._wants("backpressure"):
-                    self._emit(BackpressureEvent("outbound", depth))
-        if self._wbuf:
-            return  # our own bytes wait: the socket's writability resumes us
-        # Only the kernel holds bytes. With TCP_NOTSENT_LOWAT (set on connect) the
-        # socket turns writable when the kernel's unsent bytes drop under the
-        # low-water mark, which is the signal to resume on. SIOCOUTQ also counts
-        # bytes sent but not yet acknowledged, which no event reports: if a
-        # writability wake-up finds us still above the mark a few times in a row,
-        # re-check on a short timer instead of spinning on an always-writable socket.
-        if self._lowat and self._stalled_wakeups < 3:
-            self._stalled_wakeups += 1
-            self._want_write = True
-        else:
-            self._timers.schedule(self._clock.monotonic() + 4 * _KERNEL_POLL, "kernel_poll")
-
     def _flush_out(self) -> None:
         """Write as much of the write buffer as the kernel takes, without blocking."""
         sock = self._sock
@@ -698,17 +616,6 @@ class IoLoop(InboundMixin, SessionMixin):
             if n < len(data):
                 break  # the kernel is full: wait for writability
         self._want_write = bool(wbuf)
-
-    def _on_written(self, done: List[Delivery]) -> None:
-        """Messages whose frames the kernel accepted: resolve them, in order."""
-        counters = self.counters
-        counters.sent += len(done)
-        counters.flushed += len(done)
-        flushed = self._wants("flushed")
-        for d in done:
-            d.set_result()
-            if flushed:
-                self._emit(FlushedEvent(d.id, d.channel, d.payload))
 
     def _update_interest(self) -> None:
         """Ask the selector for exactly what we can act on (STYLE §3.4).
