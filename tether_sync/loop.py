@@ -327,6 +327,8 @@ class IoLoop(OutboundMixin, InboundMixin, SessionMixin):
         self._on_timers()
         self._drain_commands()
         self._pump()
+        if self._close_requested:
+            self._maybe_close()  # close() waits for the drain: done yet?
         self._check_flush_waiters()
         self._update_interest()
 

@@ -158,3 +158,23 @@ def test_script_that_exits_without_close_delivers_everything(tether_server: Teth
     assert proc.returncode == 0, proc.stderr
     assert tether_server.wait_for_data(100, timeout=10, channel="exit")
     assert tether_server.data_payloads("exit") == [{"i": i} for i in range(100)]
+
+
+@pytest.mark.timeout(30)
+def test_close_drains_then_returns_without_waiting_out_its_timeout(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    import time
+
+    client = make_client(tether_server.url)
+    for i in range(200):
+        client.send(i, channel="drain")  # queued before connecting
+    client.connect()
+    started = time.monotonic()
+    assert client.close(timeout=20) is True
+    assert time.monotonic() - started < 10, "close() sat out its timeout after draining"
+    assert tether_server.wait_for_data(200, timeout=10, channel="drain")
+    assert tether_server.data_payloads("drain") == list(range(200))
+    conn = tether_server.all_connections[0]
+    assert tether_server.wait_for(lambda: conn.close_code is not None, 5)
+    assert conn.close_code == 1000

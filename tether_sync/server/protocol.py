@@ -125,7 +125,10 @@ class Session:
             try:
                 await self.handle(data)
             except ConnectionClosed:
-                return
+                # A reply found the connection closed. Messages that arrived
+                # before the peer's close frame still wait in websockets' buffer:
+                # keep reading (and recording) them until recv() says there are none.
+                continue
             except Exception:
                 # One bad message must never end the connection, let alone the server.
                 log.exception("connection %d: error while handling a message", self.conn.id)
