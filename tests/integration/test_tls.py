@@ -1,0 +1,80 @@
+"""wss://: the handshake through websocket-client's TLS, then non-blocking TLS I/O."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from typing import Any, Callable, Iterator
+
+import pytest
+from websockets.sync.server import ServerConnection, serve
+
+from tether_sync import TetherClient
+
+trustme = pytest.importorskip("trustme")
+
+
+@pytest.fixture
+def tls_echo(tmp_path: Any) -> Iterator[dict[str, str]]:
+    """A websockets echo server on wss://localhost with a certificate from a test CA."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    def handler(conn: ServerConnection) -> None:
+        for message in conn:
+            conn.send(message)
+
+    with serve(handler, "localhost", 0, ssl=server_ctx, max_size=None) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        port = server.socket.getsockname()[1]
+        yield {"url": f"wss://localhost:{port}/", "ca": str(ca_file)}
+        server.shutdown()
+        thread.join(5)
+
+
+@pytest.mark.timeout(60)
+def test_wss_echo_small_and_large_messages_in_order(
+    tls_echo: dict[str, str], make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(
+        tls_echo["url"],
+        protocol="raw",
+        sslopt={"ca_certs": tls_echo["ca"]},
+        queue={"max_size": 10_000},
+        backpressure={"inbound_overflow": "block"},  # nothing dropped: hold the reads
+    )
+    inbox = client.subscribe("default")
+    client.connect(wait=True, timeout=10)
+    # Small frames coalesced into TLS records, and frames far larger than a
+    # TLS record (16 KiB) and than the socket buffers: partial writes, and
+    # decrypted bytes waiting inside the SSL object (SSLSocket.pending()).
+    big = "B" * (2 * 2**20)
+    sent = [f"small-{i}" for i in range(2000)] + [big, "after-big", big, "end"]
+    for message in sent:
+        client.send(message)
+    received = [inbox.get(timeout=20) for _ in sent]
+    assert received == sent
+    assert client.flush(timeout=10)
+
+
+@pytest.mark.timeout(30)
+def test_wss_with_an_unknown_ca_fails_through_the_reconnect_path(
+    tls_echo: dict[str, str], make_client: Callable[..., TetherClient]
+) -> None:
+    from support.recorder import Recorder
+
+    from tether_sync import TetherError
+
+    client = make_client(
+        tls_echo["url"], protocol="raw", reconnect={"base_delay": 0.01, "max_attempts": 1}
+    )
+    errors = Recorder()
+    client.on("error", errors)
+    with pytest.raises(TetherError):
+        client.connect(wait=True, timeout=10)
+    assert errors.wait_count(1)
+    assert "CERTIFICATE_VERIFY_FAILED" in repr(errors.snapshot()[0].error.__cause__)
