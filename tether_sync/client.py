@@ -342,7 +342,7 @@ class TetherClient:
             data, op = bytes(payload), frames.OP_BINARY
         else:
             data, op = _json_encode(payload).encode(), frames.OP_TEXT
-        delivery = Delivery(msg_id, channel, payload, op, data)
+        delivery = Delivery(msg_id, channel, payload, op, data, self._dispatch_fn)
         loop = self._loop
         offline = loop.state is not State.OPEN
         for dropped in loop.enqueue(delivery):

@@ -3,8 +3,8 @@
 It has the :class:`concurrent.futures.Future` interface but is cheap: a
 ``Delivery`` is a slot object, and the condition variable that waiters block on
 is made only when someone actually waits (DESIGN §2). It is resolved on the I/O
-thread; done-callbacks run there too, outside any lock, and their exceptions
-are logged, exactly as with ``concurrent.futures``.
+thread, but done-callbacks are user code, so they run on the client's dispatcher
+(never on the I/O thread), outside any lock; their exceptions are logged.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Delivery:
         "_callbacks",
         "_cond",
         "_data",
+        "_dispatch",
         "_exc",
         "_op",
         "_state",
@@ -46,8 +47,15 @@ class Delivery:
     )
 
     def __init__(
-        self, msg_id: str, channel: str, payload: Any, op: int = 1, data: bytes = b""
+        self,
+        msg_id: str,
+        channel: str,
+        payload: Any,
+        op: int = 1,
+        data: bytes = b"",
+        dispatch: Optional[Callable[[Callable[[], None]], Any]] = None,
     ) -> None:
+        self._dispatch = dispatch  # where done-callbacks run; None: where resolved
         self._op = op
         self._data = data
         self.id = msg_id
@@ -79,8 +87,10 @@ class Delivery:
             with cond:
                 cond.notify_all()
         if callbacks:
-            for fn in callbacks:
-                self._run_callback(fn)
+            if self._dispatch is not None:
+                self._dispatch(lambda: self._run_callbacks(callbacks))
+            else:
+                self._run_callbacks(callbacks)
         return True
 
     def set_result(self, result: None = None) -> bool:
@@ -90,6 +100,10 @@ class Delivery:
     def set_exception(self, exc: BaseException) -> bool:
         """Mark the message failed with ``exc``; returns False if already resolved."""
         return self._finish(_FAILED, exc)
+
+    def _run_callbacks(self, callbacks: List[Callable[[Delivery], Any]]) -> None:
+        for fn in callbacks:
+            self._run_callback(fn)
 
     def _run_callback(self, fn: Callable[[Delivery], Any]) -> None:
         try:
@@ -145,9 +159,10 @@ class Delivery:
         return self._exc
 
     def add_done_callback(self, fn: Callable[[Delivery], Any]) -> None:
-        """Call ``fn(delivery)`` when resolved (at once if it already is).
+        """Call ``fn(delivery)`` when resolved (at once, in this thread, if it already is).
 
-        The callback runs on the thread that resolves it (the I/O thread): keep it short.
+        The callback runs on the client's dispatcher, like every callback: never on
+        the I/O thread.
         """
         with _create_lock:
             if self._state == _PENDING:

@@ -178,3 +178,17 @@ def test_close_drains_then_returns_without_waiting_out_its_timeout(
     conn = tether_server.all_connections[0]
     assert tether_server.wait_for(lambda: conn.close_code is not None, 5)
     assert conn.close_code == 1000
+
+
+@pytest.mark.timeout(30)
+def test_done_callbacks_run_on_the_dispatcher_not_the_io_thread(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url)
+    ran_on = Recorder()
+    deliveries = [client.send(i, channel="cb") for i in range(20)]
+    for d in deliveries:
+        d.add_done_callback(lambda d: ran_on(threading.current_thread().name))
+    client.connect()
+    assert ran_on.wait_count(20)
+    assert set(ran_on.snapshot()) == {"tether-dispatch"}
