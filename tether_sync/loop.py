@@ -392,15 +392,15 @@ class IoLoop(OutboundMixin, InboundMixin, SessionMixin):
         self._phase = _HANDSHAKE
         ws = self._handshaker = transport.new_handshaker()
         cfg = self.config
-        headers = cfg.headers() if callable(cfg.headers) else cfg.headers
         auth = self._auth
         header_auth = auth is not None and cfg.protocol == "raw" and auth.options.header
 
         def connector() -> None:
-            # Runs on the connector thread: blocking is allowed here, and this is
-            # where protocol "raw" fetches the token for its handshake header.
-            nonlocal headers
+            # Runs on the connector thread: blocking is allowed here, and user code
+            # (a headers callable) may run here, never on the I/O thread. This is
+            # also where protocol "raw" fetches the token for its handshake header.
             try:
+                headers = cfg.headers() if callable(cfg.headers) else cfg.headers
                 if header_auth:
                     assert auth is not None and auth.options.header
                     token, exp = auth.get_blocking(auth.options.timeout)

@@ -149,13 +149,27 @@ class SessionMixin:
         timeout = auth.options.timeout * 2
         self._timers.schedule(self._clock.monotonic() + timeout, "auth_timeout")
 
+        build = auth.options.message if self.config.protocol == "raw" else None
+
         def reply(token: Optional[str], exp: Optional[float], err: Optional[BaseException]) -> None:
-            self.post("token", (round_id, token, exp, err))
+            # Runs on the token helper thread (a forced fetch always does: raw
+            # rotations are forced), so the user's Auth.message builder runs here,
+            # not on the I/O thread.
+            frame: Optional[Tuple[int, bytes]] = None
+            if build is not None and token is not None and err is None:
+                try:
+                    frame = _rotation_frame(build(token))
+                except Exception as exc:
+                    err = AuthError(f"Auth.message failed with {type(exc).__name__}")
+                    err.__cause__ = exc
+            self.post("token", (round_id, token, exp, err, frame))
 
         auth.request(force, reply)
 
-    def _cmd_token(self, arg: Tuple[int, Optional[str], Optional[float], Any]) -> None:
-        round_id, token, exp, err = arg
+    def _cmd_token(
+        self, arg: Tuple[int, Optional[str], Optional[float], Any, Optional[Tuple[int, bytes]]]
+    ) -> None:
+        round_id, token, exp, err, frame = arg
         if round_id != self._auth_round or self._sock is None or not self._auth_busy:
             return
         if err is not None:
@@ -168,15 +182,8 @@ class SessionMixin:
             log.debug("sent tether:auth")
         else:
             # raw: an in-band rotation message; no confirmation can come back.
-            build = self._auth.options.message if self._auth else None
-            if build is not None:
-                msg = build(token)
-                if isinstance(msg, str):
-                    self._send_control_text(msg)
-                elif isinstance(msg, (bytes, bytearray)):
-                    self._send_control(frames.OP_BINARY, bytes(msg))
-                else:
-                    self._send_control_text(json.dumps(msg))
+            if frame is not None:
+                self._send_control(*frame)
             self._on_auth_ok(True)
 
     def _on_auth_ok(self, ok: bool) -> None:
@@ -278,3 +285,12 @@ class SessionMixin:
         return self.config.protocol == "tether" or (
             auth is not None and auth.options.message is not None
         )
+
+
+def _rotation_frame(message: Any) -> Tuple[int, bytes]:
+    """The frame for what ``Auth.message`` built: str/bytes as-is, else JSON text."""
+    if isinstance(message, str):
+        return frames.OP_TEXT, message.encode()
+    if isinstance(message, (bytes, bytearray)):
+        return frames.OP_BINARY, bytes(message)
+    return frames.OP_TEXT, json.dumps(message, separators=(",", ":")).encode()

@@ -192,3 +192,40 @@ def test_http_error_on_handshake_goes_through_the_reconnect_path(
         client.close()
         server.shutdown()
         thread.join(5)
+
+
+@pytest.mark.timeout(30)
+def test_user_callables_never_run_on_the_io_thread(
+    header_echo_server: Dict[str, Any],
+    tether_server: TetherServer,
+    make_client: Callable[..., TetherClient],
+) -> None:
+    seen = Recorder()
+
+    def headers() -> Dict[str, str]:
+        seen(("headers", threading.current_thread().name))
+        return {"X-Trace": "1"}
+
+    client = make_client(header_echo_server["url"], protocol="raw", headers=headers)
+    client.connect(wait=True, timeout=5)
+    assert header_echo_server["headers"].wait_count(1)
+    assert header_echo_server["headers"].snapshot()[0]["x-trace"] == "1"
+
+    def rotation(token: str) -> Dict[str, str]:
+        seen(("message", threading.current_thread().name))
+        return {"type": "tether:auth", "token": token}
+
+    def get_token() -> str:
+        seen(("get_token", threading.current_thread().name))
+        return mint_token(ttl=300)
+
+    rotating = make_client(
+        tether_server.url, protocol="raw", auth=Auth(get_token, header=None, message=rotation)
+    )
+    rotating.connect(wait=True, timeout=5)
+    rotating.refresh_auth(timeout=5)
+    assert dict(seen.snapshot()) == {
+        "headers": "tether-connect",
+        "get_token": "tether-auth",
+        "message": "tether-auth",
+    }
