@@ -306,8 +306,12 @@ class IoLoop(OutboundMixin, InboundMixin, SessionMixin):
                 self._select_once()
         except BaseException as exc:  # a bug: never leave the user hanging
             log.exception("tether_sync I/O loop crashed")
-            self._finish(TetherError(f"I/O loop crashed: {exc!r}"))
+            try:
+                self._finish(TetherError(f"I/O loop crashed: {exc!r}"))
+            except BaseException:
+                log.exception("cleaning up after the crash failed too")
         finally:
+            self.stopped.set()  # whatever happened, close() and waiters must not hang
             self._teardown_loop()
 
     def _select_once(self) -> None:
