@@ -12,6 +12,7 @@ from tether_sync import (
     ClientClosed,
     CloseEvent,
     ConnectTimeout,
+    ProtocolError,
     ReconnectingEvent,
     TetherClient,
     TetherError,
@@ -345,3 +346,67 @@ def test_tether_error_from_the_server_becomes_an_error_event(
     assert isinstance(error, ServerError)
     assert error.message_id == delivery.id and "auth" in error.reason
     assert client.state == "open"
+
+
+@pytest.mark.timeout(30)
+def test_oversized_message_closes_with_1009_and_reconnects(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url, max_message_size=1024)
+    errors = Recorder()
+    opens = Recorder()
+    closes = Recorder()
+    client.on("error", errors)
+    client.on("open", opens)
+    client.on("close", closes)
+    client.connect(wait=True, timeout=5)
+    assert tether_server.wait_for_connections(1)
+    first = tether_server.connections[0]
+    assert tether_server.send_raw_all("x" * 5000) == 1
+    assert tether_server.wait_for(lambda: first.close_code is not None, 5)
+    assert first.close_code == 1009  # we told the server why
+    assert errors.wait_count(1)
+    error = errors.snapshot()[0].error
+    assert isinstance(error, ProtocolError) and error.close_code == 1009
+    assert "max_message_size" in str(error)
+    assert opens.wait_count(2)  # and came back
+    inbox = client.subscribe("after")
+    client.send("small again", channel="after")
+    assert inbox.get(timeout=5) == "small again"
+
+
+@pytest.mark.timeout(30)
+def test_websocket_pings_from_the_server_are_answered(
+    make_client: Callable[..., TetherClient],
+) -> None:
+    import asyncio
+
+    from websockets.asyncio.server import ServerConnection as AsyncConnection
+    from websockets.asyncio.server import serve as aserve
+
+    answered = Recorder()
+    ready = Recorder()
+
+    async def main() -> None:
+        done = asyncio.Event()
+
+        async def handler(conn: AsyncConnection) -> None:
+            for i in range(3):
+                pong = await conn.ping(f"probe-{i}".encode())
+                answered(await asyncio.wait_for(pong, 5))  # latency in seconds
+            done.set()
+            await conn.wait_closed()
+
+        async with aserve(handler, "127.0.0.1", 0) as server:
+            ready(server.sockets[0].getsockname()[1])
+            await asyncio.wait_for(done.wait(), 20)
+
+    import threading
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    assert ready.wait_count(1)
+    client = make_client(f"ws://127.0.0.1:{ready.snapshot()[0]}/", protocol="raw")
+    client.connect(wait=True, timeout=5)
+    assert answered.wait_count(3, timeout=10)
+    thread.join(5)
