@@ -51,3 +51,27 @@ def test_violation_fails_the_link_with_its_code_then_reconnects(
     # The link was failed, not the client: it connects again.
     assert peer.wait_replies(2)
     assert peer.handshakes >= 2
+
+
+@pytest.mark.timeout(30)
+def test_fragmented_message_with_a_ping_in_between(
+    make_client: Callable[..., TetherClient],
+) -> None:
+    from tether_sync.frames import OP_CONT, OP_PING, OP_PONG
+
+    script = (
+        server_frame(OP_TEXT, "héllo ".encode()[:2], fin=False)  # splits the é
+        + server_frame(OP_PING, b"mid")
+        + server_frame(OP_CONT, "héllo ".encode()[2:], fin=False)
+        + server_frame(OP_CONT, b"world")
+    )
+    peer = ScriptedPeer(script)
+    try:
+        client = make_client(peer.url, protocol="raw")
+        inbox = client.subscribe("default")
+        client.connect()
+        assert inbox.get(timeout=10) == "héllo world"
+        assert peer.wait_replies(1)
+        assert peer.replies[0] == (OP_PONG, b"mid")  # answered at once, mid-message
+    finally:
+        peer.close()

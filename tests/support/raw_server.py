@@ -112,9 +112,11 @@ def _read_frame(conn: socket.socket) -> Optional[Tuple[int, bytes]]:
     return b0 & 0x0F, mask_payload(_recv_exact(conn, length), key)
 
 
-def server_frame(opcode: int, payload: bytes, *, masked: bool = False, rsv1: bool = False) -> bytes:
+def server_frame(
+    opcode: int, payload: bytes, *, masked: bool = False, rsv1: bool = False, fin: bool = True
+) -> bytes:
     """A frame as a server would send it (unmasked unless asked to break the rules)."""
-    head = bytes([0x80 | (0x40 if rsv1 else 0) | opcode])
+    head = bytes([(0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode])
     mask_bit = 0x80 if masked else 0
     n = len(payload)
     if n < 126:
