@@ -12,7 +12,7 @@ L1     options, backoff, state, envelope,         stdlib + L0. Pure: no threads,
 L2     auth, dispatch, subscription, delivery     L0-L1, threading, queue, concurrent; no socket
 L3     helpers of the loop, lowest first:         no threads of their own; only transport may
        transport, writebuf, loop_session,         use socket/ssl/websocket
-       loop_inbound, loop_outbound
+       loop_inbound, loop_outbound, loop_closing
 L3     loop                                       everything below; the only selectors user
 L4     client                                     everything below
 L5     __init__                                   re-exports only, no logic
@@ -78,6 +78,7 @@ RANK: Dict[str, float] = {
     "loop_session": 3.1,
     "loop_inbound": 3.2,
     "loop_outbound": 3.2,
+    "loop_closing": 3.3,
     "loop": 3.5,
     # L4
     "client": 4,

@@ -47,16 +47,14 @@ from .events import (
 from .exceptions import (
     ClientClosed,
     ConnectTimeout,
-    ProtocolError,
     QueueFull,
     ServerError,
     TetherError,
 )
+from .loop_closing import ClosingMixin, Settable
 from .loop_inbound import InboundMixin
-from .loop_outbound import KERNEL_POLL as _KERNEL_POLL
 from .loop_outbound import OutboundMixin
 from .loop_session import AUTH as _AUTH
-from .loop_session import CLOSING as _CLOSING
 from .loop_session import HANDSHAKE as _HANDSHAKE
 from .loop_session import NONE as _NONE
 from .loop_session import OPEN as _OPEN
@@ -71,7 +69,6 @@ from .writebuf import WriteBuffer
 log = logging.getLogger("tether_sync")
 
 _READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at once
-_CLOSE_GRACE = 1.0  # seconds to wait for the peer's close frame after ours
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +89,7 @@ class LoopConfig:
     ws_options: Dict[str, Any]
 
 
-class IoLoop(OutboundMixin, InboundMixin, SessionMixin):
+class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
     """The connection engine behind :class:`~tether_sync.TetherClient`.
 
     Args:
@@ -180,7 +177,7 @@ class IoLoop(OutboundMixin, InboundMixin, SessionMixin):
         self._mask = 0  # the events it is registered for
         self._tls = False  # the socket is an SSLSocket (its buffer needs pending())
         self.unsent = 0  # messages failed by the final close
-        self._flush_waiters: List[threading.Event] = []
+        self._flush_waiters: List[Settable] = []  # flush() callers, set when drained
         self._outbound_paused = False  # draining stopped at the high-water mark
         self._pressure_reported = False  # a backpressure event for this episode went out
         self._kernel_bound = 0  # upper bound of the kernel's unsent bytes (see _above_mark)
@@ -649,91 +646,6 @@ class IoLoop(OutboundMixin, InboundMixin, SessionMixin):
 
     def _timer_kernel_poll(self) -> None:
         pass  # the wake-up alone re-runs _pump and _check_flush_waiters
-
-    # ------------------------------------------------------------ flush & close
-
-    def _cmd_flush(self, event: threading.Event) -> None:
-        self._flush_waiters.append(event)
-
-    def _check_flush_waiters(self) -> None:
-        if not self._flush_waiters:
-            return
-        if self._queue or self._wbuf:
-            return
-        sock = self._sock
-        if sock is not None and transport.kernel_unsent(sock) > 0:
-            self._timers.schedule(self._clock.monotonic() + _KERNEL_POLL, "kernel_poll")
-            return
-        for event in self._flush_waiters:
-            event.set()
-        self._flush_waiters.clear()
-
-    def _cmd_close(self, deadline: Optional[float]) -> None:
-        """close(): drain until ``deadline`` (monotonic), then close with 1000."""
-        self._close_requested = True
-        self._close_deadline = deadline
-        if deadline is not None:
-            self._timers.schedule(deadline, "close_deadline")
-        self._maybe_close()
-
-    def _maybe_close(self) -> None:
-        if not self._close_requested or self.stopped.is_set():
-            return
-        if self._queue or self._wbuf:
-            if self._phase == _OPEN or self.state in (State.CONNECTING, State.RECONNECTING):
-                return  # still draining; _timer_close_deadline forces it
-        self._close_now()
-
-    def _timer_close_deadline(self) -> None:
-        if not self.stopped.is_set():
-            self._close_now()
-
-    def _close_now(self) -> None:
-        if self._phase in (_OPEN, _AUTH) and not self._close_sent:
-            # A link exists (open, or still waiting for auth-ok): close it cleanly.
-            self._close_link(1000, "Client disconnect", final=True)
-        elif self._phase == _CLOSING:
-            return  # our close frame is out; _timer_close_grace ends it
-        else:
-            if self._handshaker is not None:
-                transport.abort(self._handshaker)
-                self._attempt_id += 1
-            self._reset_connection_state()
-            self._finish(None)
-
-    def _close_link(self, code: int, reason: str, final: bool) -> None:
-        """Send a close frame and give the peer a short grace to answer."""
-        if self._sock is None or self._close_sent:
-            return  # no link, or our close frame is already out
-        self._send_control(frames.OP_CLOSE, frames.encode_close_payload(code, reason))
-        self._close_sent = True
-        self._phase = _CLOSING
-        self._closing_code = (code, reason)
-        grace = _CLOSE_GRACE
-        if final and self._close_deadline is not None:
-            grace = max(0.0, min(grace, self._close_deadline - self._clock.monotonic()))
-        self._timers.schedule(self._clock.monotonic() + grace, "close_grace")
-
-    def _timer_close_grace(self) -> None:
-        if self._phase == _CLOSING:
-            code, reason = self._closing_code
-            self._lost(code, reason, False)
-
-    def _on_close_frame(self, payload: bytes) -> None:
-        try:
-            code, reason = frames.parse_close(payload)
-        except ProtocolError as exc:
-            code, reason = exc.close_code, str(exc)
-        if self._phase == _CLOSING:
-            # The answer to our close frame: the closing handshake is complete.
-            mine = self._closing_code
-            self._lost(mine[0], mine[1], True)
-            return
-        # The server closes: echo its code (RFC 6455 §5.5.1), then end the link.
-        echo = code if code not in (1005, 1006, 1015) else 1000
-        self._send_control(frames.OP_CLOSE, frames.encode_close_payload(echo, ""))
-        log.info("server closed the connection: %d %s", code, reason)
-        self._lost(code, reason, True)
 
     def _lost(self, code: int, reason: str, was_clean: bool) -> None:
         """The link ended, for whatever reason: report it, then retry or finish."""
