@@ -41,3 +41,13 @@ def test_readme_example_runs(index: int, tether_server: TetherServer) -> None:
         assert "{'text': 'hello'}" in out.getvalue()
     if index == 1:
         assert out.getvalue().strip().splitlines()[-1] == "3"
+
+
+def test_readme_renders_without_errors() -> None:
+    """A malformed table or directive would show as raw text on the package page."""
+    docutils_core = pytest.importorskip("docutils.core")
+    docutils_core.publish_string(
+        README.read_text(),
+        writer_name="null",
+        settings_overrides={"report_level": 2, "halt_level": 2},  # warnings fail
+    )
