@@ -110,24 +110,8 @@ class InboundBuffer:
             ``(dropped, accepted)``: how many items the overflow policy dropped, and
             False when a ``block`` buffer is full (the caller keeps the item).
         """
-        schedule = False
-        with self._cond:
-            if self._closed:
-                return 0, True
-            ring = self._ring
-            if ring.overflow == "block" and ring.full:
-                self._refused = True
-                return 0, False
-            dropped = len(ring.push(item))
-            if self._callback is not None:
-                if not self._scheduled:
-                    self._scheduled = schedule = True
-            else:
-                self._cond.notify()
-        if schedule:
-            assert self._dispatch is not None
-            self._dispatch(self._drain)
-        return dropped, True
+        dropped, accepted = self.offer_many([item])
+        return dropped, accepted == 1
 
     def _took(self) -> Optional[Callable[[], None]]:
         # With _cond held: after a pop, the resume hook to call (outside the lock)
