@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import json
 import logging
 import random
 import threading
@@ -23,7 +22,7 @@ from .auth import TokenRefresher
 from .clock import Clock, Deadline, SystemClock
 from .delivery import Delivery
 from .dispatch import ThreadDispatcher, run_task
-from .envelope import encode_data
+from .envelope import encode_data, encode_json
 from .events import EVENT_NAMES, ErrorEvent, MessageEvent, QueuedEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, QueueFull, TetherError
 from .loop import IoLoop, LoopConfig
@@ -36,7 +35,6 @@ from .transport import validate_url
 log = logging.getLogger("tether_sync")
 
 Handler = Callable[[Any], None]
-_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 # Clients not closed by their owner; flushed and closed at interpreter exit.
 _live_clients: weakref.WeakSet[TetherClient] = weakref.WeakSet()
@@ -341,7 +339,7 @@ class TetherClient:
         elif isinstance(payload, (bytes, bytearray, memoryview)):
             data, op = bytes(payload), frames.OP_BINARY
         else:
-            data, op = _json_encode(payload).encode(), frames.OP_TEXT
+            data, op = encode_json(payload).encode(), frames.OP_TEXT
         delivery = Delivery(msg_id, channel, payload, op, data, self._dispatch_fn)
         loop = self._loop
         offline = loop.state is not State.OPEN

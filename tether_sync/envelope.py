@@ -13,6 +13,15 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 _decode = json.loads
 
 
+def encode_json(value: Any) -> str:
+    """Compact JSON text for any payload, as every encoding here makes it.
+
+    Raises:
+        TypeError, ValueError: not JSON-serialisable (NaN and infinities included).
+    """
+    return _encode(value)
+
+
 def encode_data(channel: str, payload: Any, msg_id: str) -> str:
     """A data envelope, keys in the reference order channel, type, payload, id.
 

@@ -17,7 +17,6 @@ before expiry goes over the open socket. ``get_token()`` runs on the
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
@@ -293,4 +292,4 @@ def _rotation_frame(message: Any) -> Tuple[int, bytes]:
         return frames.OP_TEXT, message.encode()
     if isinstance(message, (bytes, bytearray)):
         return frames.OP_BINARY, bytes(message)
-    return frames.OP_TEXT, json.dumps(message, separators=(",", ":")).encode()
+    return frames.OP_TEXT, envelope.encode_json(message).encode()
