@@ -25,7 +25,12 @@ from typing import Any, Optional
 _MS_THRESHOLD = 1e11
 
 
-def _b64decode(text: str) -> Optional[bytes]:
+def b64decode_lenient(text: str) -> Optional[bytes]:
+    """Base64 as Node's ``Buffer.from(s, "base64")`` reads it, or None.
+
+    Both alphabets (standard and URL-safe), with or without padding, whitespace
+    ignored: the reference server accepts all of these, and so do we.
+    """
     text = "".join(text.split()).replace("-", "+").replace("_", "/").rstrip("=")
     if not text or len(text) % 4 == 1:
         return None
@@ -51,10 +56,10 @@ def token_expiry(token: str) -> Optional[float]:
         return None
     parts = token.split(".")
     if len(parts) == 3:
-        claims = _claims(_b64decode(parts[1]))
+        claims = _claims(b64decode_lenient(parts[1]))
         in_ms = False
     else:
-        claims = _claims(_b64decode(token))
+        claims = _claims(b64decode_lenient(token))
         in_ms = True
     if claims is None:
         return None

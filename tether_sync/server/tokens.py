@@ -9,11 +9,12 @@ so tests can move it with freezegun.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 import time
 from typing import Any, Dict, Optional
+
+from ..tokens import b64decode_lenient
 
 __all__ = ["decode_token", "is_token_valid", "mint_token", "now_ms", "token_expiry_ms"]
 
@@ -41,19 +42,6 @@ def mint_token(sub: str = "demo-user", ttl: float = 300.0, now: Optional[float] 
     return base64.b64encode(raw).decode("ascii")
 
 
-def _b64decode_lenient(token: str) -> Optional[bytes]:
-    # Normalise URL-safe to standard alphabet and restore padding: Node accepts
-    # both alphabets, with or without padding, and so must we.
-    text = "".join(token.split()).replace("-", "+").replace("_", "/").rstrip("=")
-    if len(text) % 4 == 1:
-        return None  # can never be valid base64, whatever the padding
-    text += "=" * (-len(text) % 4)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
 def _reject_constant(name: str) -> Any:
     # JSON.parse refuses NaN/Infinity; accepting them would let a token live forever.
     raise ValueError(f"non-standard JSON constant {name}")
@@ -72,7 +60,7 @@ def decode_token(token: object) -> Optional[Dict[str, Any]]:
     """
     if not isinstance(token, str) or not token:
         return None
-    raw = _b64decode_lenient(token)
+    raw = b64decode_lenient(token)
     if raw is None:
         return None
     try:
