@@ -7,12 +7,11 @@ walking the ``ast`` (imports inside functions included), only go downwards:
 =====  =========================================  ===========================================
 L0     events, clock, exceptions, version         stdlib only
 L1     options, backoff, state, envelope,         stdlib + L0. Pure: no threads, no I/O, no
-       buffers, tokens, timers, stats, frames     clock (not threading, socket, selectors,
-       (and the planned heartbeat, router)        time, websocket, nor their relatives below)
-L2     auth, dispatch, subscription, delivery     L0-L1, threading, queue, concurrent; no socket
-L3     helpers of the loop, lowest first:         no threads of their own; only transport may
-       transport, writebuf, loop_session,         use socket/ssl/websocket
-       loop_inbound, loop_outbound, loop_closing
+       buffers, tokens, timers, stats, frames,    clock (not threading, socket, selectors,
+       writebuf, session (sans-I/O protocol)      time, websocket, nor their relatives below)
+L2     auth, subscription, delivery, outbox,      L0-L1, threading, queue, concurrent; no socket
+       dispatch, commands, routing, handoff
+L3     transport                                  only transport may use socket/ssl/websocket
 L3     loop                                       everything below; the only selectors user
 L4     client                                     everything below
 L5     __init__                                   re-exports only, no logic
@@ -67,18 +66,19 @@ RANK: Dict[str, float] = {
     "frames": 1,
     "heartbeat": 1,  # planned in STYLE §5
     "router": 1,  # planned in STYLE §5
+    "writebuf": 1.2,  # framed bytes waiting for the socket, pure bookkeeping
+    "session": 1.5,  # one connection's protocol, sans I/O (DESIGN §4)
     # L2
     "auth": 2,
-    "dispatch": 2,
     "subscription": 2,
     "delivery": 2,
-    # L3: the loop's helpers, then the loop
+    "outbox": 2,
+    "dispatch": 2.1,
+    "commands": 2.5,
+    "routing": 2.6,
+    "handoff": 2.7,
+    # L3: the socket adapter, then the loop
     "transport": 3.0,
-    "writebuf": 3.0,
-    "loop_session": 3.1,
-    "loop_inbound": 3.2,
-    "loop_outbound": 3.2,
-    "loop_closing": 3.3,
     "loop": 3.5,
     # L4
     "client": 4,

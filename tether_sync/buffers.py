@@ -68,6 +68,36 @@ class Ring(Generic[T]):
         items.append(item)
         return dropped
 
+    def overflow_batch(self, items: List[T]) -> int:
+        """Append one batch that does not fit; return how many items were dropped.
+
+        A batch is one arrival (one socket read): it never overflows because of
+        its own size, only because of items still waiting from before, so the
+        bound measures how far the consumer lags. ``drop-oldest`` evicts waiting
+        items (as many as the batch needs, at most all of them); ``sample-oldest``
+        does the same two at a time; ``drop-newest`` refuses the whole batch when
+        the waiting items alone fill the ring, and takes all of it otherwise.
+        """
+        held = self._items
+        if self.overflow == "drop-newest":
+            if len(held) >= self.capacity:
+                return len(items)
+            held.extend(items)
+            return 0
+        excess = min(len(held), len(held) + len(items) - max(self.capacity, len(items)))
+        if self.overflow == "sample-oldest" and excess % 2:
+            excess += 1
+        dropped = 0
+        while excess > 0 and held:
+            held.popleft()
+            excess -= 1
+            dropped += 1
+        if excess > 0:  # sample-oldest: the pair's second item is the batch's oldest
+            items = items[excess:]
+            dropped += excess
+        held.extend(items)
+        return dropped
+
     def extend(self, items: List[T]) -> None:
         """Append ``items`` that the caller made sure fit (no overflow policy)."""
         self._items.extend(items)

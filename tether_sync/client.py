@@ -17,6 +17,7 @@ import uuid
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from . import commands as cmd
 from . import frames
 from .auth import TokenRefresher
 from .clock import Clock, Deadline, SystemClock
@@ -26,7 +27,16 @@ from .envelope import encode_data, encode_json
 from .events import EVENT_NAMES, ErrorEvent, MessageEvent, QueuedEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, QueueFull, TetherError
 from .loop import IoLoop, LoopConfig
-from .options import Backpressure, Heartbeat, Queue, Reconnect, coerce, coerce_auth
+from .options import (
+    INBOUND_OVERFLOW,
+    Backpressure,
+    Heartbeat,
+    Queue,
+    Reconnect,
+    coerce,
+    coerce_auth,
+    number,
+)
 from .state import State
 from .stats import Stats
 from .subscription import InboundBuffer, Subscription
@@ -102,14 +112,12 @@ class TetherClient:
             raise TypeError("dispatcher must be callable")
         if headers is not None and not (callable(headers) or isinstance(headers, dict)):
             raise TypeError("headers must be a dict or a callable returning one")
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("exit_flush_timeout", exit_flush_timeout),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number of seconds")
-            if value < 0 or (name == "connect_timeout" and value == 0):
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+        # Finite and positive: inf or 1e300 would overflow the timer arithmetic,
+        # and NaN would make every comparison false.
+        number("connect_timeout", connect_timeout)
+        if connect_timeout > 86400:
+            raise ValueError(f"connect_timeout must be <= 86400 seconds, got {connect_timeout!r}")
+        number("exit_flush_timeout", exit_flush_timeout, strict=False)
         if isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
             raise TypeError("max_message_size must be an int")
         if max_message_size < 1:
@@ -151,12 +159,17 @@ class TetherClient:
         # share it (single flight), so they cause one get_token() call between them.
         self._refresh_lock = threading.Lock()
         self._refresh_round: Optional[_RefreshRound] = None
+        self._failures_seen = 0  # handoff.failures at the last flush()/close()
+        self._drop_episode = False  # a drop was logged since the last flush/open
+        self._drops = 0  # messages dropped by the queue's policy (in send())
+        self._fallback: Optional[ThreadDispatcher] = None
+        self._fallback_lock = threading.Lock()  # guards the lazy creation of _fallback
         if dispatcher is None:
             self._own_dispatcher = ThreadDispatcher(self._report_error, "tether-dispatch")
             self._dispatch_fn: Callable[[Callable[[], None]], Any] = self._own_dispatcher
         else:
-            user = dispatcher
-            self._dispatch_fn = lambda fn: user(lambda: run_task(fn, self._report_error))
+            self._user_dispatcher = dispatcher
+            self._dispatch_fn = self._dispatch_user
         self._loop = IoLoop(
             self._config,
             self._emit,
@@ -166,6 +179,38 @@ class TetherClient:
             auth=self._make_authenticator(),
             on_state=self._on_state,
         )
+
+    def _dispatch_user(self, fn: Callable[[], None]) -> None:
+        # Hand ``fn`` to the user's dispatcher. One that raises (a Tk ``after`` on a
+        # destroyed window, a closed asyncio loop) must not break the I/O thread:
+        # it is reported once, and this task and every later one run on a
+        # fallback thread of our own, in order, so no callback is lost.
+        task = lambda: run_task(fn, self._report_error)  # noqa: E731
+        fallback = self._fallback
+        if fallback is not None:
+            fallback(task)
+            return
+        try:
+            self._user_dispatcher(task)
+            return
+        except Exception as exc:
+            error = exc
+        with self._fallback_lock:
+            if self._fallback is None:
+                log.error(
+                    "dispatcher %r raised %s: running callbacks on a fallback thread from now on",
+                    self._user_dispatcher,
+                    type(error).__name__,
+                )
+                fb = ThreadDispatcher(self._report_error, "tether-dispatch-fallback")
+                fb.start()
+                self._fallback = fb
+                report = True
+            else:
+                report = False
+        self._fallback(task)
+        if report:
+            self._fallback(lambda: self._report_error(error))
 
     def _make_authenticator(self) -> Optional[TokenRefresher]:
         if self._auth_options is None:
@@ -204,8 +249,9 @@ class TetherClient:
             raise TypeError("handler must be callable")
         with self._lock:
             self._handlers[name] = (*self._handlers.get(name, ()), handler)
-            if name == "message" and self._loop.message_buffer is None:
-                self._loop.message_buffer = self._new_buffer(self._fan_out_message)
+            router = self._loop.router
+            if name == "message" and router.message_buffer is None:
+                router.message_buffer = self._new_buffer(self._fan_out_message)
 
         def off() -> None:
             with self._lock:
@@ -213,9 +259,10 @@ class TetherClient:
                 if handler in handlers:
                     handlers.remove(handler)
                 self._handlers[name] = tuple(handlers)
-                if name == "message" and not handlers and self._loop.message_buffer:
-                    self._loop.message_buffer.close()
-                    self._loop.message_buffer = None
+                router = self._loop.router
+                if name == "message" and not handlers and router.message_buffer:
+                    router.message_buffer.close()
+                    router.message_buffer = None
 
         return off
 
@@ -295,7 +342,9 @@ class TetherClient:
                     raise ClientClosed("the client closed before it was open") from fatal
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
-                    raise ConnectTimeout(f"not open within {timeout}s")
+                    last = self._loop.handoff.last_failure
+                    why = f": last attempt failed: {type(last).__name__}: {last}" if last else ""
+                    raise ConnectTimeout(f"not open within {timeout}s{why}") from last
                 self._state_cond.wait(remaining)
 
     def __enter__(self) -> TetherClient:
@@ -307,25 +356,35 @@ class TetherClient:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, payload: Any, channel: str = "default") -> Delivery:
-        """Send ``payload`` (thread-safe; never blocks on the network).
+    def send(
+        self, payload: Any, channel: str = "default", *, timeout: Optional[float] = None
+    ) -> Delivery:
+        """Send ``payload`` (thread-safe).
 
         While the client is not open the message waits in the queue and is sent,
-        in order, after the next (re)connect.
+        in order, after the next (re)connect; ``send()`` never blocks because the
+        link is down. While open, a full queue makes ``send()`` wait for room
+        (flow control: a loop of a million sends runs at link speed and loses
+        nothing). A send from a callback never waits (see ``Queue``).
 
         Args:
             payload: With protocol ``tether`` any JSON-serialisable value. With
                 ``raw``: ``str`` (text frame), ``bytes`` (binary frame), or any
                 JSON-serialisable value (text frame).
             channel: The Tether channel (ignored by ``raw``).
+            timeout: Seconds to wait for room in a full queue; ``None`` waits as
+                long as it takes.
 
         Returns:
             A :class:`~tether_sync.delivery.Delivery` (a future): done once the
-            frame was handed to the socket; failed if it was dropped.
+            server acknowledged it (DESIGN §5) or, with a server without acks, once
+            the frame was handed to the kernel; failed if it was dropped.
 
         Raises:
-            TypeError, ValueError: the payload cannot be encoded.
-            QueueFull: the queue is full and its policy is ``"reject"``.
+            TypeError, ValueError: the payload cannot be encoded, or is larger than
+                ``max_message_size``.
+            QueueFull: the queue is full and its policy is ``"reject"`` (while not
+                open), or no room came within ``timeout``.
             ClientClosed: the client was closed.
         """
         if not isinstance(channel, str):
@@ -340,30 +399,67 @@ class TetherClient:
             data, op = bytes(payload), frames.OP_BINARY
         else:
             data, op = encode_json(payload).encode(), frames.OP_TEXT
+        limit = self._config.max_message_size
+        if len(data) > limit:
+            raise ValueError(
+                f"message of {len(data)} bytes is larger than max_message_size ({limit})"
+            )
         delivery = Delivery(msg_id, channel, payload, op, data, self._dispatch_fn)
         loop = self._loop
         offline = loop.state is not State.OPEN
-        for dropped in loop.enqueue(delivery):
-            dropped.set_exception(QueueFull(f"dropped by queue overflow {loop._queue.overflow!r}"))
-        if offline and self._handlers.get("queued"):
-            self._emit(QueuedEvent(msg_id, channel, payload))
+        dropped = loop.outbox.put(delivery, timeout)
+        if dropped:
+            self._dropped(dropped)
+        if offline:
+            loop.counters.queued += 1
+            if self._handlers.get("queued"):
+                self._emit(QueuedEvent(msg_id, channel, payload))
         return delivery
+
+    def _dropped(self, dropped: List[Delivery]) -> None:
+        # Dropped by the overflow policy while not open: fail each, count them,
+        # and say so once per episode (until the link opens again).
+        loop = self._loop
+        with self._lock:
+            loop.counters.dropped_outbound += len(dropped)
+            self._drops += len(dropped)
+            first = not self._drop_episode
+            self._drop_episode = True
+        if first:
+            log.warning(
+                "outbound queue full (%d) while %s: dropping messages (overflow=%r)",
+                loop.outbox.capacity,
+                loop.state.value,
+                loop.outbox.overflow,
+            )
+        for d in dropped:
+            d.set_exception(QueueFull(f"dropped by queue overflow {loop.outbox.overflow!r}"))
 
     # ------------------------------------------------------------------ channels
 
-    def _new_buffer(self, callback: Optional[Callable[[Any], None]]) -> InboundBuffer:
+    def _new_buffer(
+        self,
+        callback: Optional[Callable[[Any], None]],
+        overflow: Optional[str] = None,
+        size: Optional[int] = None,
+    ) -> InboundBuffer:
         bp = self._config.backpressure
         return InboundBuffer(
-            bp.inbound_buffer_size,
-            bp.inbound_overflow,
+            size if size is not None else bp.inbound_buffer_size,
+            overflow if overflow is not None else bp.inbound_overflow,
             callback=callback,
             dispatch=self._dispatch_fn,
             on_error=self._report_error,
-            on_resume=self._loop.wake_inbound,
+            on_resume=lambda: self._loop.post(cmd.ResumeInbound()),
         )
 
     def subscribe(
-        self, channel: str, callback: Optional[Callable[[Any], None]] = None
+        self,
+        channel: str,
+        callback: Optional[Callable[[Any], None]] = None,
+        *,
+        overflow: Optional[str] = None,
+        buffer_size: Optional[int] = None,
     ) -> Subscription:
         """Receive the payloads sent on ``channel``.
 
@@ -374,22 +470,36 @@ class TetherClient:
             channel: The channel name.
             callback: Called with each payload on the dispatcher. Without one, the
                 returned :class:`~tether_sync.Subscription` is a blocking queue.
+            overflow: This subscription's inbound policy (default: the client's
+                ``Backpressure.inbound_overflow``, ``"block"``).
+            buffer_size: This subscription's bound (default: the client's).
+
+        Raises:
+            TypeError, ValueError: a bad channel, callback, overflow or buffer_size.
+            ClientClosed: the client is closed.
         """
         if not isinstance(channel, str):
             raise TypeError(f"channel must be a str, not {type(channel).__name__}")
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable")
+        if overflow is not None and overflow not in INBOUND_OVERFLOW:
+            choices = ", ".join(map(repr, INBOUND_OVERFLOW))
+            raise ValueError(f"overflow must be one of {choices}, got {overflow!r}")
+        if buffer_size is not None and (
+            isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1
+        ):
+            raise ValueError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
         if self._loop.state is State.CLOSED:
             raise ClientClosed("the client is closed")
-        buf = self._new_buffer(callback)
+        buf = self._new_buffer(callback, overflow, buffer_size)
         sub = Subscription(channel, buf, self._unsubscribe, callback)
-        self._loop.post("subscribe", (channel, buf))
+        self._loop.post(cmd.Subscribe(channel, buf))
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         buf = sub._buffer
         buf.close()
-        self._loop.post("unsubscribe", (sub.channel, buf))
+        self._loop.post(cmd.Unsubscribe(sub.channel, buf))
 
     # ------------------------------------------------------------------ auth
 
@@ -421,7 +531,7 @@ class TetherClient:
             assert rnd is not None
             rnd.waiters += 1
         if start:
-            self._loop.post("refresh", rnd.resolve)
+            self._loop.post(cmd.Refresh(rnd.resolve))
         if not rnd.done.wait(timeout):
             raise TimeoutError(f"the server did not confirm a new token within {timeout}s")
         if rnd.error is not None:
@@ -432,19 +542,32 @@ class TetherClient:
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Block until the queue, the write buffer and the kernel's send buffer are empty.
 
+        With a server that acknowledges (DESIGN §5), it also waits for every ack.
+
         Returns:
-            True when everything was handed over; False on timeout or if the client
-            closed with messages left.
+            True when everything was handed over (acknowledged); False on timeout,
+            if the client closed with messages left, or if any message was dropped
+            or failed since the last ``flush()``.
         """
         loop = self._loop
         if not self._started or loop.stopped.is_set():
-            return loop.queue_depth == 0 and loop.in_flight == 0
+            return self._no_failures() and loop.queue_depth == 0 and loop.in_flight == 0
         if threading.current_thread() is loop.thread:
             raise RuntimeError("flush() cannot be called on the I/O thread")
         event = threading.Event()
-        loop.post("flush", event)
+        loop.post(cmd.Flush(event.set))
         done = event.wait(timeout)
-        return done and loop.unsent == 0 and loop.queue_depth == 0 and loop.in_flight == 0
+        clean = self._no_failures()
+        return done and clean and loop.unsent == 0 and loop.queue_depth == 0 and loop.in_flight == 0
+
+    def _no_failures(self) -> bool:
+        # Whether no message was dropped or failed since the last flush()/close().
+        with self._lock:
+            failures = self._loop.handoff.failures + self._drops
+            clean = failures == self._failures_seen
+            self._failures_seen = failures
+            self._drop_episode = False
+        return clean
 
     def close(self, timeout: float = 5.0) -> bool:
         """Drain the queue, close with 1000 and join every thread the client started.
@@ -470,12 +593,12 @@ class TetherClient:
         if not started:
             if not already:
                 loop.finish_unstarted()
-            return loop.unsent == 0
-        loop.stop_accepting()
+            return loop.unsent == 0 and self._no_failures()
+        loop.outbox.stop()
         # Keep a slice of the time for the closing handshake and the joins.
         remaining = deadline.remaining() or 0.0
         reserve = min(1.0, remaining * 0.2)
-        loop.post("close", self._clock.monotonic() + remaining - reserve)
+        loop.post(cmd.Close(self._clock.monotonic() + remaining - reserve))
         here = threading.current_thread()
         dispatcher = self._own_dispatcher
         if here is loop.thread or (dispatcher is not None and here is dispatcher.thread):
@@ -492,7 +615,7 @@ class TetherClient:
             log.warning("close(): threads still running after %.3fs", timeout)
         if loop.unsent:
             log.warning("close(): %d queued message(s) were not sent", loop.unsent)
-        return ok and loop.unsent == 0 and loop.stopped.is_set()
+        return ok and loop.unsent == 0 and loop.stopped.is_set() and self._no_failures()
 
     # ------------------------------------------------------------------ telemetry
 
@@ -524,6 +647,7 @@ class TetherClient:
         """A frozen snapshot of state and counters (DESIGN §2)."""
         loop = self._loop
         c = loop.counters
+        session = loop.session
         return Stats(
             state=loop.state.value,
             attempt=loop.attempt,
@@ -532,7 +656,7 @@ class TetherClient:
             in_flight=loop.in_flight,
             buffered_amount=loop.buffered_amount,
             high_water_mark=self._config.backpressure.high_water_mark,
-            inbound_depth=loop.inbound_depth(),
+            inbound_depth=loop.router.depth(),
             sent=c.sent,
             received=c.received,
             queued=c.queued,
@@ -543,6 +667,11 @@ class TetherClient:
             auth_refreshes=c.auth_refreshes,
             last_rtt=loop.last_rtt,
             auth_expires_at=loop.auth_expires_at,
+            unacked=session.unacked if session is not None else len(loop.carried),
+            acked=c.acked,
+            resent=c.resent,
+            session_id=loop.session_id,
+            extensions=session.features if session is not None else (),
         )
 
     # ------------------------------------------------------------------ exit

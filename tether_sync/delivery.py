@@ -40,6 +40,7 @@ class Delivery:
         "_dispatch",
         "_exc",
         "_op",
+        "_seq",
         "_state",
         "channel",
         "id",
@@ -58,6 +59,7 @@ class Delivery:
         self._dispatch = dispatch  # where done-callbacks run; None: where resolved
         self._op = op
         self._data = data
+        self._seq = 0  # DESIGN §5: assigned when first written on an "ack" link
         self.id = msg_id
         self.channel = channel
         self.payload = payload

@@ -13,6 +13,8 @@ import queue
 import threading
 from typing import Callable, Optional
 
+from .outbox import in_callback
+
 log = logging.getLogger("tether_sync")
 
 Task = Callable[[], None]
@@ -72,7 +74,14 @@ class ThreadDispatcher:
 
 
 def run_task(task: Task, on_error: Callable[[BaseException], None]) -> None:
-    """Run one task; log and report its exception instead of propagating it."""
+    """Run one task; log and report its exception instead of propagating it.
+
+    While it runs, :data:`tether_sync.outbox.in_callback` is set on this thread:
+    a ``send()`` from a callback never waits for room (see ``outbox.py``).
+    """
+    flag = in_callback
+    was = getattr(flag, "active", False)
+    flag.active = True
     try:
         task()
     except Exception as exc:
@@ -81,3 +90,5 @@ def run_task(task: Task, on_error: Callable[[BaseException], None]) -> None:
             on_error(exc)
         except Exception:  # an error handler that raises must not stop dispatch
             log.exception("exception reporting a callback error")
+    finally:
+        flag.active = was

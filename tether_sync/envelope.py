@@ -55,12 +55,16 @@ def encode_pong(ts: Any) -> str:
 class Data:
     """An inbound data envelope."""
 
-    __slots__ = ("channel", "id", "payload")
+    __slots__ = ("channel", "epoch", "id", "offset", "payload")
 
-    def __init__(self, channel: Any, payload: Any, msg_id: Any) -> None:
+    def __init__(
+        self, channel: Any, payload: Any, msg_id: Any, offset: Any = None, epoch: Any = None
+    ) -> None:
         self.channel = channel
         self.payload = payload
         self.id = msg_id
+        self.offset = offset  # DESIGN §5 resume: position in the channel's history
+        self.epoch = epoch
 
 
 class AuthOk:
@@ -123,7 +127,9 @@ def decode(text: Union[str, bytes]) -> Inbound:
         return Unknown(msg)
     kind = msg.get("type")
     if kind == "data" and "channel" in msg:
-        return Data(msg["channel"], msg.get("payload"), msg.get("id"))
+        return Data(
+            msg["channel"], msg.get("payload"), msg.get("id"), msg.get("offset"), msg.get("epoch")
+        )
     if kind == "tether:pong":
         return Pong(msg.get("ts"))
     if kind == "tether:ping":

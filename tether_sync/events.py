@@ -19,6 +19,7 @@ EVENT_NAMES = (
     "backpressure",
     "state_change",
     "auth_refreshed",
+    "recovery",
     "error",
 )
 """Names accepted by ``TetherClient.on()``."""
@@ -65,6 +66,8 @@ class ReconnectingEvent:
     """Counted from 1 in each run of failures."""
     delay: float
     """Seconds until the attempt."""
+    cause: Optional[BaseException] = None
+    """Why the previous connection or attempt ended (refused, timed out, closed...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +121,23 @@ class AuthRefreshedEvent:
     type: ClassVar[str] = "auth_refreshed"
     expires_at: Optional[float]
     """Wall-clock seconds since the epoch when the token expires, if known."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryEvent:
+    """A resubscribe could not recover what was missed on a channel (DESIGN §5).
+
+    The application should resynchronise that channel from another source.
+    """
+
+    type: ClassVar[str] = "recovery"
+    channel: str
+    recovered: bool
+    """Always False when raised: the server's history did not reach back far enough."""
+    epoch: Optional[str]
+    """The channel's current history epoch."""
+    offset: int
+    """The channel's newest offset: the next envelope carries ``offset + 1``."""
 
 
 @dataclasses.dataclass(frozen=True)

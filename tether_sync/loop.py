@@ -1,26 +1,31 @@
 """The I/O loop: the only owner of the socket and the only I/O thread.
 
 One thread runs :meth:`IoLoop._run`: a selector over the socket and a wake-up
-socketpair, with a timer heap for backoff, heartbeat, close and auth deadlines.
-User threads never touch the socket. They append to the outbound queue or the
-command list under ``_lock`` and write one byte to the wake pair; the loop reads
-the byte, takes the commands, and does the work (PA ``_packet_queue``, KP
-``sender.wakeup()``).
+socketpair, with a timer heap for backoff and connection deadlines. Everything
+a connection means on the wire lives in its sans-I/O
+:class:`~tether_sync.session.Session`; the loop moves bytes between it and the
+socket (``data_to_send()`` is written once per iteration, never from inside a
+handler), hands its events on, and keeps what outlives a connection: the
+:class:`~tether_sync.outbox.Outbox`, backoff, the public :class:`State`,
+subscriptions (:class:`~tether_sync.routing.Router`) and waiters.
 
-The opening handshake is blocking in websocket-client, so each attempt runs it
-on a short-lived connector thread that hands the finished socket to the loop
-(with a command). The connector owns the socket until then and never after, so
-at any moment exactly one thread touches it. The loop itself blocks only in
-``select()``: no ``sendall``, no user callback, no ``get_token()``.
+User threads never touch the socket: they put messages in the outbox or post a
+typed command under ``_lock`` and write one byte to the wake pair (PA
+``_packet_queue``, KP ``sender.wakeup()``). The opening handshake is blocking in
+websocket-client, so each attempt runs it on a short-lived connector thread
+that hands the finished socket over with a command; the connector owns the
+socket until then and never after.
 
-Wire order on every (re)connect (DESIGN §1 Ordering): auth, then the
-subscriptions, then the queue in FIFO order, then new sends, because all of them
-go through this one writer and the queue drains only once the link is ``open``.
+Fault containment (DESIGN §4): every step of an iteration runs under
+:meth:`IoLoop._guard`. An exception while handling one message, timer or
+command fails that connection (an ``error`` event, then a reconnect), never the
+loop. If the loop itself ends, every waiter is released with ``ClientClosed``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import random
 import selectors
@@ -29,46 +34,40 @@ import ssl
 import threading
 import uuid
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional
 
+from . import commands as cmd
 from . import envelope, frames, transport
 from .auth import TokenRefresher
 from .backoff import Backoff
-from .buffers import Ring
 from .clock import Clock, Deadline
 from .delivery import Delivery
-from .events import (
-    CloseEvent,
-    ErrorEvent,
-    OpenEvent,
-    ReconnectingEvent,
-    StateChangeEvent,
-)
-from .exceptions import (
-    ClientClosed,
-    ConnectTimeout,
-    QueueFull,
-    ServerError,
-    TetherError,
-)
-from .loop_closing import ClosingMixin, Settable
-from .loop_inbound import InboundMixin
-from .loop_outbound import OutboundMixin
-from .loop_session import AUTH as _AUTH
-from .loop_session import HANDSHAKE as _HANDSHAKE
-from .loop_session import NONE as _NONE
-from .loop_session import OPEN as _OPEN
-from .loop_session import SessionMixin
+from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
+from .exceptions import AuthError, ClientClosed, ConnectTimeout, TetherError
+from .handoff import Handoff, _deliveries
 from .options import Backpressure, Heartbeat, Queue, Reconnect
+from .outbox import Outbox
+from .routing import Router
+from .session import Closed, Continuity, Phase, Session, SessionConfig
 from .state import State, check
 from .stats import Counters
-from .subscription import InboundBuffer
 from .timers import TimerHeap
-from .writebuf import WriteBuffer
 
 log = logging.getLogger("tether_sync")
 
 _READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at once
+BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
+BATCH_BYTES = 256 * 1024
+KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
+
+
+class Timer(str, enum.Enum):
+    """The loop's own timers (a session's deadlines come from the session)."""
+
+    CONNECT_TIMEOUT = "connect_timeout"
+    RECONNECT = "reconnect"
+    CLOSE_DEADLINE = "close_deadline"
+    KERNEL_POLL = "kernel_poll"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +86,10 @@ class LoopConfig:
     connect_timeout: float
     max_message_size: int
     ws_options: Dict[str, Any]
+    extensions: tuple[str, ...] = ("ack", "resume")
 
 
-class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
+class IoLoop:
     """The connection engine behind :class:`~tether_sync.TetherClient`.
 
     Args:
@@ -99,6 +99,7 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
         clock: Monotonic and wall time.
         rng: Draws backoff delays.
         auth: The token source, or None.
+        on_state: Called on the I/O thread after every state change.
     """
 
     def __init__(
@@ -112,29 +113,28 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
         on_state: Optional[Callable[[State], None]] = None,
     ) -> None:
         self.config = config
-        self._on_state = on_state
         self._emit = emit
         self._wants = wants
         self._clock = clock
         self._rng = rng
         self._auth = auth
-
-        # _lock guards what user threads and the loop share: the outbound queue,
-        # the command list, _wake_pending and _accepting. It is held only for
-        # list/deque operations, never while doing I/O or calling out.
+        self._on_state = on_state
+        # _lock guards _commands, _wake_pending and _refusing: what user threads
+        # post. Held only for deque operations, never while doing I/O or calling out.
         self._lock = threading.Lock()
-        queue_opt = config.queue
-        self._queue: Ring[Delivery] = Ring(
-            queue_opt.max_size if queue_opt else 2**62,
-            queue_opt.overflow if queue_opt else "reject",
-        )
-        self._commands: Deque[Tuple[str, Any]] = deque()
+        self._commands: Deque[cmd.Command] = deque()
         self._wake_pending = False
-        self._accepting = True  # False once close() began: send() raises ClientClosed
-
+        self._refusing = False  # the loop ended: commands are answered at once
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        queue = config.queue
+        self.outbox: Outbox[Delivery] = Outbox(
+            queue.max_size if queue else 1000,
+            queue.overflow if queue else "reject",
+            offline_ok=queue is not None,
+            wake=self._wake,
+        )
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread: Optional[threading.Thread] = None
@@ -144,59 +144,46 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
         self._connectors: Dict[threading.Thread, Any] = {}
         self.stopped = threading.Event()  # set when the loop has ended for good
 
-        # Everything below is touched by the loop thread only.
+        # Everything below is touched by the I/O thread only (ints read anywhere).
         self.state = State.IDLE
         self.counters = Counters()
+        self.router = Router(self.counters, emit, wants)
+        self.handoff = Handoff(self.counters, self.outbox, emit, wants)
         self._timers = TimerHeap()
+        rc = config.reconnect
         self._backoff = Backoff(
-            config.reconnect.base_delay if config.reconnect else 1.0,
-            config.reconnect.max_delay if config.reconnect else 1.0,
-            config.reconnect.max_attempts if config.reconnect else 0,
+            rc.base_delay if rc else 1.0, rc.max_delay if rc else 1.0, rc.max_attempts if rc else 0
         )
         self.next_delay: Optional[float] = None
-        self._phase = _NONE
+        self._continuity = Continuity(session_id=uuid.uuid4().hex)
+        self._carried: List[Delivery] = []  # unacked messages waiting for the next link
+        self.session: Optional[Session] = None
         self._sock: Optional[socket.socket] = None
         self._handshaker: Any = None
         self._attempt_id = 0
-        self._parser = frames.FrameParser(config.max_message_size)
-        self._wbuf = WriteBuffer(frames.MaskKeys())
+        self._auth_round = 0
+        self._force_token = False
+        self._opened_at: Optional[float] = None
+        self._opened_once = False
+        self._registered = False
+        self._mask = 0
+        self._tls = False
         self._want_write = False
-        self._reading = True
-        # (buffer, channel, item) refused by a full "block" buffer, in arrival order.
-        self._pending_in: Deque[Tuple[InboundBuffer, Optional[str], Any]] = deque()
-        # Payloads of the read being parsed, per buffer (see _flush_inbound).
-        self._inbound_batch: Dict[InboundBuffer, Tuple[Optional[str], List[Any]]] = {}
-        self._routes: Dict[str, List[InboundBuffer]] = {}
-        self.message_buffer: Optional[InboundBuffer] = None  # set by the client
         self._close_requested = False
         self._close_deadline: Optional[float] = None
-        self._close_sent = False
-        self._closing_code: Tuple[int, str] = (1000, "")  # the close frame we sent
-        self._opened_once = False
-        self._registered = False  # whether the socket is in the selector
-        self._mask = 0  # the events it is registered for
-        self._tls = False  # the socket is an SSLSocket (its buffer needs pending())
-        self.unsent = 0  # messages failed by the final close
-        self._flush_waiters: List[Settable] = []  # flush() callers, set when drained
-        self._outbound_paused = False  # draining stopped at the high-water mark
-        self._pressure_reported = False  # a backpressure event for this episode went out
-        self._kernel_bound = 0  # upper bound of the kernel's unsent bytes (see _above_mark)
-        self._close_event: Optional[CloseEvent] = None  # emitted with the next state change
-        self._stalled_wakeups = 0  # writability wake-ups that found us still paused
-        self._lowat = False  # TCP_NOTSENT_LOWAT is set on the socket
-        self._last_rx = 0.0
-        self._ping_ts: Optional[int] = None
-        self._ping_sent = 0.0
-        self.last_rtt: Optional[float] = None
-        self._auth_refused = 0  # refusals in a row; the second one is final
-        self._auth_round = 0  # numbers token requests, so stale answers are dropped
-        self._auth_busy = False  # a token is being fetched or its auth-ok awaited
-        self._auth_pending_exp: Optional[float] = None
-        self._auth_force = False  # the next auth must fetch a new token
-        self._refresh_failures = 0
+        self._outbound_paused = False
+        self._pressure_reported = False
+        self._kernel_bound = 0  # upper bound of the kernel's unsent bytes
+        self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
+        self._stalled_wakeups = 0
+        self._lowat = False
+        self._flush_waiters: List[Callable[[], None]] = []
         self._refresh_waiters: List[Callable[[Optional[BaseException]], None]] = []
+        self.last_rtt: Optional[float] = None
         self.auth_expires_at: Optional[float] = None
         self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
+        self.unsent = 0  # messages failed by the final close
+        self._refusals = 0  # handshake auth refusals (HTTP 401/403) in a row
 
     # ------------------------------------------------------------------ user side
 
@@ -212,13 +199,17 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
     def thread(self) -> Optional[threading.Thread]:
         return self._thread
 
-    def post(self, name: str, arg: Any = None) -> None:
+    def post(self, command: cmd.Command) -> None:
         """Queue a command for the loop and wake it (any thread)."""
         with self._lock:
-            self._commands.append((name, arg))
-            wake = not self._wake_pending
-            self._wake_pending = True
-        if wake:
+            refused = self._refusing
+            if not refused:
+                self._commands.append(command)
+                wake = not self._wake_pending
+                self._wake_pending = True
+        if refused:
+            cmd.refuse(command, ClientClosed("the client is closed"))
+        elif wake:
             self._wake()
 
     def _wake(self) -> None:
@@ -227,54 +218,32 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
         except OSError:  # full (the loop is already due to wake) or closed
             pass
 
-    def enqueue(self, delivery: Delivery) -> List[Delivery]:
-        """Add a message to the outbound queue (the caller's thread).
-
-        Returns:
-            The messages the overflow policy dropped (possibly ``delivery`` itself
-            with ``drop-newest``); the caller fails them outside the lock.
-
-        Raises:
-            ClientClosed: ``close()`` was called.
-            QueueFull: the policy is ``reject`` and the queue is full, or the queue
-                is disabled and the client is not open.
-        """
-        with self._lock:
-            if not self._accepting:
-                raise ClientClosed("the client is closed")
-            if self.config.queue is None and self.state is not State.OPEN:
-                raise QueueFull("queue=False and the client is not open")
-            dropped = self._queue.push(delivery)
-            if dropped:
-                if dropped[0] is delivery and self._queue.overflow == "reject":
-                    raise QueueFull(f"outbound queue full ({self._queue.capacity} messages)")
-                self.counters.dropped_outbound += len(dropped)
-            if self.state is not State.OPEN:
-                self.counters.queued += 1
-            wake = not self._wake_pending
-            self._wake_pending = True
-        if wake:
-            self._wake()
-        return dropped
+    @property
+    def in_flight(self) -> int:
+        return self.outbox.taken
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return len(self.outbox)
 
     @property
-    def in_flight(self) -> int:
-        return self._wbuf.in_flight
+    def carried(self) -> List[Delivery]:
+        """Unacked messages waiting for the next link (read-only view for stats)."""
+        return self._carried
+
+    @property
+    def session_id(self) -> str:
+        return self._continuity.session_id
 
     @property
     def buffered_amount(self) -> int:
-        """User-space bytes not yet written plus the kernel's unsent bytes."""
-        sock = self._sock
-        kernel = transport.kernel_unsent(sock) if sock is not None else 0
-        return self._wbuf.size + kernel
+        """User-space bytes not yet written plus the kernel's unsent bytes (as last read)."""
+        session = self.session
+        return (session.buffered if session is not None else 0) + self.kernel_unsent
 
-    def stop_accepting(self) -> None:
-        with self._lock:
-            self._accepting = False
+    @property
+    def attempt(self) -> int:
+        return 0 if self.state is State.OPEN else self._backoff.attempt
 
     def join(self, timeout: Optional[float]) -> bool:
         """Wait for the loop and connector threads; True if all ended in time."""
@@ -298,40 +267,65 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
 
     def _run(self) -> None:
         try:
-            self._connect()
+            self._guard(self._connect)
             while not self.stopped.is_set():
                 self._select_once()
         except BaseException as exc:  # a bug: never leave the user hanging
             log.exception("tether_sync I/O loop crashed")
             try:
-                self._finish(TetherError(f"I/O loop crashed: {exc!r}"))
+                self._finish(TetherError(f"I/O loop crashed: {exc!r}"), cause=exc)
             except BaseException:
                 log.exception("cleaning up after the crash failed too")
         finally:
-            self.stopped.set()  # whatever happened, close() and waiters must not hang
-            self._teardown_loop()
+            self._stop_for_good()
+            self.teardown()
 
     def _select_once(self) -> None:
-        timeout = self._timers.timeout(self._clock.monotonic())
-        if self._tls and self._reading and self._tls_pending():
+        now = self._clock.monotonic()
+        timeout = self._timers.timeout(now)
+        session = self.session
+        if session is not None:
+            when = session.next_deadline()
+            if when is not None:
+                wait = max(0.0, when - now)
+                timeout = wait if timeout is None else min(timeout, wait)
+        reading = self._reading()
+        if self._tls and reading and self._tls_pending():
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
         for key, mask in self._selector.select(timeout):
             if key.data is None:
                 self._on_wake()
-            else:
-                if mask & selectors.EVENT_READ:
-                    self._on_readable()
-                if mask & selectors.EVENT_WRITE and self._sock is not None:
-                    self._flush_out()
-        if self._tls and self._reading and self._tls_pending():
-            self._on_readable()
-        self._on_timers()
-        self._drain_commands()
-        self._pump()
+            elif mask & selectors.EVENT_READ:
+                self._guard(self._on_readable)
+        if self._tls and self._reading() and self._tls_pending():
+            self._guard(self._on_readable)
+        self._guard(self._on_timers)
+        self._guard(self._drain_commands)
+        self._guard(self._process_events)  # what commands made the session do
+        self._guard(self._pump)
+        self._guard(self._write)
         if self._close_requested:
-            self._maybe_close()  # close() waits for the drain: done yet?
-        self._check_flush_waiters()
-        self._update_interest()
+            self._guard(self._maybe_close)
+        self._guard(self._check_flush_waiters)
+        self._guard(self._update_interest)
+
+    def _guard(self, step: Callable[[], None]) -> None:
+        """Run one step; an exception costs at most this connection, never the loop."""
+        try:
+            step()
+        except Exception as exc:
+            if self.stopped.is_set():
+                raise
+            log.exception("tether_sync: %s failed; failing the connection", step.__name__)
+            err = TetherError(f"internal error in {step.__name__}: {exc!r}")
+            err.__cause__ = exc
+            self._error(err)
+            session = self.session
+            if session is not None and session.phase is not Phase.CLOSED:
+                session.abort(1011, "internal error")
+                self._process_events()
+            elif self.state is State.CONNECTING and self.session is None:
+                self._retry_or_finish(err)
 
     def _on_wake(self) -> None:
         # One recv is enough: thanks to _wake_pending, at most a few bytes wait.
@@ -355,12 +349,47 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
             self._wake_pending = False
             commands = list(self._commands)
             self._commands.clear()
-        for name, arg in commands:
-            getattr(self, "_cmd_" + name)(arg)
+        handlers: Dict[type, Callable[[Any], None]] = {
+            cmd.Connected: self.on_connected,
+            cmd.ConnectFailed: self.on_connect_failed,
+            cmd.Token: self.on_token,
+            cmd.Flush: self.on_flush,
+            cmd.Close: self.on_close,
+            cmd.Subscribe: self.on_subscribe,
+            cmd.Unsubscribe: self.on_unsubscribe,
+            cmd.ResumeInbound: self.on_resume_inbound,
+            cmd.Refresh: self.on_refresh,
+        }
+        for i, command in enumerate(commands):
+            try:
+                handlers[type(command)](command)
+            except Exception as exc:
+                # This command failed (the connection pays); answer the rest later.
+                cmd.refuse(command, exc)
+                with self._lock:
+                    self._commands.extendleft(reversed(commands[i + 1 :]))
+                    self._wake_pending = True
+                raise
 
     def _on_timers(self) -> None:
-        for name in self._timers.pop_due(self._clock.monotonic()):
-            getattr(self, "_timer_" + name)()
+        now = self._clock.monotonic()
+        for name in self._timers.pop_due(now):
+            timer = Timer(name)
+            if timer is Timer.CONNECT_TIMEOUT:
+                self._on_connect_timeout()
+            elif timer is Timer.RECONNECT:
+                if self.state is State.RECONNECTING:
+                    self._connect()
+            elif timer is Timer.CLOSE_DEADLINE:
+                if not self.stopped.is_set():
+                    self._close_now()
+            # KERNEL_POLL: the wake-up alone re-runs _pump and the flush check.
+        session = self.session
+        if session is not None:
+            when = session.next_deadline()
+            if when is not None and when <= now:
+                session.on_deadline(now)
+                self._process_events()
 
     # ------------------------------------------------------------ state changes
 
@@ -370,12 +399,13 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
             return
         check(old, new)
         self.state = new
+        self.outbox.set_open(new is State.OPEN)
         log.debug("state %s -> %s", old.value, new.value)
         if self._on_state is not None:
             self._on_state(new)
         if self._wants("state_change"):
             self._emit(StateChangeEvent(old.value, new.value))
-        close, self._close_event = self._close_event, None
+        close, self.handoff.pending_close = self.handoff.pending_close, None
         if close is not None and self._wants("close"):
             self._emit(close)
 
@@ -390,7 +420,6 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
         self._set_state(State.CONNECTING)
         self._attempt_id += 1
         attempt = self._attempt_id
-        self._phase = _HANDSHAKE
         ws = self._handshaker = transport.new_handshaker()
         cfg = self.config
         auth = self._auth
@@ -400,6 +429,7 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
             # Runs on the connector thread: blocking is allowed here, and user code
             # (a headers callable) may run here, never on the I/O thread. This is
             # also where protocol "raw" fetches the token for its handshake header.
+            exp: Optional[float] = None
             try:
                 headers = cfg.headers() if callable(cfg.headers) else cfg.headers
                 if header_auth:
@@ -408,7 +438,6 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
                     name = auth.options.header
                     value = f"Bearer {token}" if name.lower() == "authorization" else token
                     headers = {**(headers or {}), name: value}
-                    self.post("header_token", (attempt, exp))
                 sock = transport.handshake(
                     ws,
                     cfg.url,
@@ -419,217 +448,211 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
                     extra=cfg.ws_options,
                 )
             except BaseException as exc:
-                self.post("connect_failed", (attempt, exc))
+                self.post(cmd.ConnectFailed(attempt, exc))
             else:
-                self.post("connected", (attempt, sock))
+                self.post(cmd.Connected(attempt, sock, exp))
             finally:
                 self._connectors.pop(threading.current_thread(), None)
 
         thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
         self._connectors[thread] = ws
         thread.start()
-        self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, "connect_timeout")
+        self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, Timer.CONNECT_TIMEOUT)
 
-    def _cmd_connected(self, arg: Tuple[int, socket.socket]) -> None:
-        attempt, sock = arg
-        if attempt != self._attempt_id or self._phase != _HANDSHAKE:
-            sock.close()  # a stale attempt, abandoned after a timeout or close()
+    def on_connected(self, c: cmd.Connected) -> None:
+        if c.attempt != self._attempt_id or self._handshaker is None:
+            c.sock.close()  # a stale attempt, abandoned after a timeout or close()
             return
-        self._timers.cancel("connect_timeout")
+        self._timers.cancel(Timer.CONNECT_TIMEOUT)
         self._handshaker = None
+        sock = c.sock
         sock.setblocking(False)
         self._sock = sock
-        self._lowat = _set_notsent_lowat(sock, self.config.backpressure.high_water_mark)
-        self._parser = frames.FrameParser(self.config.max_message_size)
-        self._wbuf.reset()
-        self._close_sent = False
-        self._reading = not self._pending_in
-        self._last_rx = self._clock.monotonic()
+        self._lowat = transport.set_notsent_lowat(sock, self.config.backpressure.high_water_mark)
         self._selector.register(sock, selectors.EVENT_READ, "sock")
         self._registered = True
         self._mask = selectors.EVENT_READ
         self._tls = isinstance(sock, ssl.SSLSocket)
         self._want_write = False
         log.info("connected to %s", self.config.url)
-        if self._auth is not None and self.config.protocol == "tether":
-            self._phase = _AUTH
-            self._begin_auth(force=self._auth_refused > 0)
-        else:
-            self._opened()
-            if self._auth is not None and self._auth_pending_exp is not None:
-                # protocol "raw": the handshake header carried the token.
-                self._auth_busy = True
-                self._on_auth_ok(True)
+        now = self._clock.monotonic()
+        cfg = self.config
+        auth = self._auth
+        rotate = auth is not None and (cfg.protocol == "tether" or auth.options.message is not None)
+        hb = cfg.heartbeat
+        session = self.session = Session(
+            SessionConfig(
+                protocol=cfg.protocol,
+                heartbeat=(hb.interval, hb.timeout) if hb else None,
+                max_message_size=cfg.max_message_size,
+                auth=rotate,
+                auth_timeout=auth.options.timeout * 2 if auth else 20.0,
+                refresh_before=auth.options.refresh_before if auth else 60.0,
+                extensions=cfg.extensions if cfg.protocol == "tether" else (),
+            ),
+            self._continuity,
+            now,
+            wall_offset=self._clock.time() - now,
+            rng=self._rng,
+        )
+        carried, self._carried = self._carried, []
+        force, self._force_token = self._force_token, False
+        session.start(now, resend=carried, force_token=force, header_expiry=c.header_expiry)
+        self._process_events()
 
-    def _cmd_connect_failed(self, arg: Tuple[int, BaseException]) -> None:
-        attempt, exc = arg
-        if attempt != self._attempt_id or self._phase != _HANDSHAKE:
+    def on_connect_failed(self, c: cmd.ConnectFailed) -> None:
+        if c.attempt != self._attempt_id or self._handshaker is None:
             return
-        self._timers.cancel("connect_timeout")
+        self._timers.cancel(Timer.CONNECT_TIMEOUT)
         self._handshaker = None
-        self._phase = _NONE
-        log.info("connection to %s failed: %s", self.config.url, exc)
-        self._retry_or_finish(exc)
+        log.info("connection to %s failed: %s", self.config.url, c.error)
+        self._attempt_failed(c.error)
 
-    def _timer_connect_timeout(self) -> None:
-        if self._phase == _HANDSHAKE:
-            transport.abort(self._handshaker)
-            self._attempt_id += 1  # the connector's late answer is now stale
-            self._handshaker = None
-            self._phase = _NONE
-            exc = ConnectTimeout(f"no handshake within {self.config.connect_timeout}s")
-            log.info("connection to %s timed out", self.config.url)
-            self._retry_or_finish(exc)
+    def _on_connect_timeout(self) -> None:
+        if self._handshaker is None:
+            return
+        transport.abort(self._handshaker)
+        self._attempt_id += 1  # the connector's late answer is now stale
+        self._handshaker = None
+        log.info("connection to %s timed out", self.config.url)
+        self._attempt_failed(ConnectTimeout(f"no handshake within {self.config.connect_timeout}s"))
 
-    def _opened(self) -> None:
-        """The link is usable: announce subscriptions, then drain the queue."""
+    def _attempt_failed(self, cause: BaseException) -> None:
+        self.handoff.attempt_failed(cause)
+        status = transport.http_status(cause)
+        if status in (401, 403) and self._auth is not None:
+            # The same rule as a Tether auth refusal: one fresh token, then final.
+            self._refusals += 1
+            if self._refusals >= 2:
+                err = AuthError(f"the server refused the handshake with HTTP {status}, twice")
+                self._finish(err, cause=cause)
+                return
+            self._auth.forget()
+            self._force_token = True
+        self._retry_or_finish(cause)
+
+    def opened(self) -> None:
+        """The session says the link is usable: subscriptions, then the queue drains."""
         if self._opened_once:
             self.counters.reconnects += 1
         self._opened_once = True
-        self._phase = _OPEN
-        self._backoff = self._backoff.reset()
+        self._opened_at = self._clock.monotonic()
         self.next_delay = None
+        self._refusals = 0
         self._set_state(State.OPEN)
         if self._wants("open"):
             self._emit(OpenEvent(self.config.url))
-        if self.config.protocol == "tether":
-            for channel in self._routes:
-                self._send_control_text(
-                    envelope.encode_subscription(channel, "subscribe", str(uuid.uuid4()))
-                )
-        self._start_heartbeat()
+        session = self.session
+        assert session is not None
+        for channel in self.router.routes:
+            session.subscribe(channel, str(uuid.uuid4()))
 
     def _retry_or_finish(self, cause: BaseException, terminal: bool = False) -> None:
         """After a failed attempt or a lost link: back off and retry, or give up."""
-        self._reset_connection_state()
-        if self._close_requested:
+        self._release_socket()
+        if self._close_requested and (not self._has_work() or self._past_close_deadline()):
             self._finish(None)
             return
         if terminal or self.config.reconnect is None:
-            self._finish(cause)
+            self._finish(cause, cause=cause)
             return
         if self._backoff.exhausted:
-            err = TetherError(
-                f"gave up after {self._backoff.attempt} reconnection attempt(s): {cause}"
-            )
-            err.__cause__ = cause
-            self._finish(err)
+            tried = self._backoff.attempt
+            err = TetherError(f"gave up after {tried} reconnection attempt(s): {cause}")
+            self._finish(err, cause=cause)
             return
         delay, self._backoff = self._backoff.next(self._rng)
+        if self._close_requested and self._close_deadline is not None:
+            # close() is still draining: retry within its deadline.
+            delay = min(delay, max(0.0, self._close_deadline - self._clock.monotonic()) / 2)
         self.next_delay = delay
         self._set_state(State.RECONNECTING)
         log.info(
-            "reconnecting to %s: attempt %d in %.3fs", self.config.url, self._backoff.attempt, delay
+            "reconnecting to %s: attempt %d in %.3fs (%s)",
+            self.config.url,
+            self._backoff.attempt,
+            delay,
+            cause,
         )
         if self._wants("reconnecting"):
-            self._emit(ReconnectingEvent(self._backoff.attempt, delay))
-        self._timers.schedule(self._clock.monotonic() + delay, "reconnect")
+            self._emit(ReconnectingEvent(self._backoff.attempt, delay, cause))
+        self._timers.schedule(self._clock.monotonic() + delay, Timer.RECONNECT)
 
-    def _timer_reconnect(self) -> None:
-        if self.state is State.RECONNECTING:
-            self._connect()
+    # ------------------------------------------------------------ reading and writing
 
-    @property
-    def attempt(self) -> int:
-        return self._backoff.attempt
-
-    # ------------------------------------------------------------ reading
+    def _reading(self) -> bool:
+        return not self.router.holding
 
     def _on_readable(self) -> None:
         sock = self._sock
-        if sock is None or not self._reading:
+        session = self.session
+        if sock is None or session is None or not self._reading():
             return
         try:
             data = sock.recv(_READ_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
-            self._lost(1006, f"read failed: {exc}", False)
+            session.abort(1006, f"read failed: {exc}")
+            self._process_events()
             return
-        if not data:
-            self._lost(1006, "connection closed without a close frame", False)
-            return
-        self._last_rx = self._clock.monotonic()
-        error: Optional[frames.FrameProtocolError] = None
-        try:
-            messages = self._parser.feed(data)
-        except frames.FrameProtocolError as exc:
-            # Deliver what arrived intact before the violation, then fail the link
-            # with the code the violation calls for (RFC 6455 §7.1.7).
-            error, messages = exc, exc.messages
-        for opcode, payload in messages:
-            if self._sock is None:
-                break  # a close frame (or error) ended the link mid-chunk
-            self._on_message(opcode, payload)
-        self._flush_inbound()  # what arrived before a close is still delivered
-        if error is not None and self._sock is not None:
-            log.warning("protocol error from %s: %s", self.config.url, error)
-            self._error(error)
-            self._close_link(error.close_code, str(error)[:100], final=False)
-
-    def _on_message(self, opcode: int, payload: Any) -> None:
-        if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
-            if self.config.protocol == "raw":
-                self._deliver("default", payload, payload)
-            else:
-                self._on_tether(payload)
-        elif opcode == frames.OP_PING:
-            self._send_control(frames.OP_PONG, payload)
-        elif opcode == frames.OP_PONG:
-            self._on_pong(payload)
-        elif opcode == frames.OP_CLOSE:
-            self._on_close_frame(payload)
-
-    def _on_tether(self, payload: Any) -> None:
-        msg = envelope.decode(payload)
-        if type(msg) is envelope.Data:
-            channel = msg.channel if isinstance(msg.channel, str) else str(msg.channel)
-            self._deliver(channel, msg.payload, msg.payload)
-        elif type(msg) is envelope.Pong:
-            self._on_pong(msg.ts)
-        elif type(msg) is envelope.Ping:
-            self._send_control_text(envelope.encode_pong(msg.ts))
-        elif type(msg) is envelope.AuthOk:
-            self._on_auth_ok(msg.ok)
-        elif type(msg) is envelope.ServerErrorMsg:
-            log.warning("server refused message %r: %s", msg.id, msg.error)
-            self._error(ServerError(msg.error, msg.id))
+        now = self._clock.monotonic()
+        if data:
+            session.receive_data(data, now)
         else:
-            assert type(msg) is envelope.Unknown
-            # Not ours to interpret: the message stream gets the frame unchanged.
-            self._deliver(None, None, payload)
+            session.receive_eof(now)
+        self._process_events()
+        self.router.flush()  # what arrived before a close is still delivered
+        session.reading_paused = self.router.holding
 
-    def _flush_out(self) -> None:
-        """Write as much of the write buffer as the kernel takes, without blocking."""
+    def _write(self) -> None:
+        """Write what the session has framed, as much as the kernel takes, without blocking."""
         sock = self._sock
-        wbuf = self._wbuf
-        while wbuf and sock is not None:
-            data = wbuf.pending()
+        session = self.session
+        if sock is None or session is None:
+            return
+        wrote = self._send_some(sock, session)
+        if wrote < 0:
+            session.abort(1006, "write failed")
+        if wrote:
+            self._process_events()
+        self._want_write = session.buffered > 0
+
+    def _send_some(self, sock: socket.socket, session: Session) -> int:
+        # Returns the bytes written, or -1 if the socket failed.
+        total = 0
+        while True:
+            data = session.data_to_send()
+            if not data:
+                break
             try:
                 n = sock.send(data)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 break
             except OSError as exc:
-                self._lost(1006, f"write failed: {exc}", False)
-                return
+                log.info("write to %s failed: %s", self.config.url, exc)
+                return -1
+            session.sent(n)
+            total += n
             self._kernel_bound += n
-            done = wbuf.advance(n)
-            if done:
-                self._on_written(done)
             if n < len(data):
                 break  # the kernel is full: wait for writability
-        self._want_write = bool(wbuf)
+        if total:
+            self.kernel_unsent = transport.kernel_unsent(sock)
+            if self.kernel_unsent:
+                self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
+        return total
 
     def _update_interest(self) -> None:
-        """Ask the selector for exactly what we can act on (STYLE §3.4).
-
-        Write interest only while bytes wait, read interest only while no
-        ``block`` consumer holds reading back.
-        """
+        """Ask the selector for exactly what we can act on (STYLE §3.4)."""
         sock = self._sock
         if sock is None:
             return
-        mask = (selectors.EVENT_READ if self._reading else 0) | (
+        if self.kernel_unsent and not self._timers.scheduled(Timer.KERNEL_POLL):
+            self.kernel_unsent = transport.kernel_unsent(sock)
+            if self.kernel_unsent:
+                self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
+        mask = (selectors.EVENT_READ if self._reading() else 0) | (
             selectors.EVENT_WRITE if self._want_write else 0
         )
         if not mask:
@@ -644,38 +667,123 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
             self._selector.modify(sock, mask, "sock")
             self._mask = mask
 
-    def _timer_kernel_poll(self) -> None:
-        pass  # the wake-up alone re-runs _pump and _check_flush_waiters
-
-    def _lost(self, code: int, reason: str, was_clean: bool) -> None:
-        """The link ended, for whatever reason: report it, then retry or finish."""
-        sock = self._sock
-        if sock is None:
+    def _pump(self) -> None:
+        """Move queued messages into the session while under the high-water mark."""
+        session = self.session
+        if session is None or not session.is_open or self.state is not State.OPEN:
             return
+        hwm = self.config.backpressure.high_water_mark
+        if self._pressure_reported and self.buffered_amount < hwm // 2:
+            # The episode ends at the low-water mark (half the high one), so a
+            # buffer hovering around the mark reports one episode, not many.
+            self._pressure_reported = False
+        outbox = self.outbox
+        while len(outbox):
+            if self._above_mark(hwm):
+                self._pause_outbound()
+                return
+            self._outbound_paused = False
+            batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size)
+            if not batch:
+                return
+            session.send(batch)
+            if self._send_some(self._sock, session) < 0:  # type: ignore[arg-type]
+                session.abort(1006, "write failed")
+            self._process_events()
+            if self.session is not session or not session.is_open:
+                return
+
+    def _above_mark(self, hwm: int) -> bool:
+        """Whether ``buffered_amount`` is at or above the high-water mark.
+
+        The kernel's part costs an ioctl; skip it while an upper bound (what it
+        held at the last look plus everything written since) is under the mark.
+        """
+        session = self.session
+        user = session.buffered if session is not None else 0
+        if user + self._kernel_bound < hwm:
+            return False
+        sock = self._sock
+        self.kernel_unsent = self._kernel_bound = (
+            transport.kernel_unsent(sock) if sock is not None else 0
+        )
+        return user + self._kernel_bound >= hwm
+
+    def _pause_outbound(self) -> None:
+        """Stop draining the queue until ``buffered_amount`` falls under the mark."""
+        if not self._outbound_paused:
+            self._outbound_paused = True
+            self._stalled_wakeups = 0
+            self.handoff.outbound_pressure(self.buffered_amount, not self._pressure_reported)
+            self._pressure_reported = True
+        session = self.session
+        if session is not None and session.buffered:
+            return  # our own bytes wait: the socket's writability resumes us
+        # Only the kernel holds bytes. With TCP_NOTSENT_LOWAT (set on connect) the
+        # socket turns writable when the kernel's unsent bytes drop under the
+        # low-water mark. SIOCOUTQ also counts bytes sent but not yet acknowledged,
+        # which no event reports: if writability finds us still above the mark a
+        # few times in a row, re-check on a short timer instead of spinning.
+        if self._lowat and self._stalled_wakeups < 3:
+            self._stalled_wakeups += 1
+            self._want_write = True
+        else:
+            self._timers.schedule(self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL)
+
+    # ------------------------------------------------------------ session events
+
+    def _process_events(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        for event in session.events():
+            if type(event) is Closed:
+                self._connection_closed(session, event)
+            else:
+                self.handoff.handle(self, session, event)
+
+    def _connection_closed(self, session: Session, event: Closed) -> None:
+        """The session is over: last-chance write (accounted), then retry or finish."""
+        sock = self._sock
+        if sock is not None and session.data_to_send():
+            self._send_some(sock, session)  # e.g. our close frame; what it took counts
+            for late in session.events():
+                self.handoff.handle(self, session, late)
+        self.session = None
         self._release_socket()
-        # Announced once the state has left "open" (in _set_state), so a close
-        # handler that looks at client.state sees where the client is going.
-        self._close_event = CloseEvent(code, reason, was_clean)
-        log.info("connection closed: %d %s (clean=%s)", code, reason, was_clean)
-        terminal = (
-            self.config.reconnect is not None and code in self.config.reconnect.terminal_codes
-        ) and not self._close_requested
-        cause: BaseException = ClientClosed(f"connection closed: {code} {reason}")
+        unfinished = _deliveries(session.take_unfinished())
+        numbered = [d for d in unfinished if d._seq > 0]
+        if numbered:
+            # Written but unacked (DESIGN §5): resent first on the next link.
+            self._carried = numbered
+        others = [d for d in unfinished if d._seq <= 0]
+        self.outbox.give_back(others)
+        now = self._clock.monotonic()
+        if self._opened_at is not None and (
+            session.delivered_something or now - self._opened_at >= _min_uptime(self.config)
+        ):
+            self._backoff = self._backoff.reset()
+        self._opened_at = None
+        self.handoff.connection_closed(event)
+        log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
+        rc = self.config.reconnect
+        terminal = rc is not None and event.code in rc.terminal_codes and not self._close_requested
+        cause: BaseException = ClientClosed(f"connection closed: {event.code} {event.reason}")
+        if event.error is not None:
+            self._retry_or_finish(event.error, terminal=True)
+            return
         if terminal:
-            cause = TetherError(f"server closed the connection with terminal code {code}")
+            cause = TetherError(f"server closed the connection with terminal code {event.code}")
         self._retry_or_finish(cause, terminal=terminal)
 
     def _release_socket(self) -> None:
         sock = self._sock
         if sock is None:
             return
-        # Best effort: push out whatever is already framed (e.g. our close frame).
-        if self._wbuf:
-            try:
-                sock.send(self._wbuf.pending())
-            except OSError:
-                pass
         self._sock = None
+        self.kernel_unsent = self._kernel_bound = 0
+        self._outbound_paused = self._pressure_reported = False
+        self._timers.cancel(Timer.KERNEL_POLL)
         if self._registered:
             self._registered = False
             try:
@@ -686,93 +794,221 @@ class IoLoop(ClosingMixin, OutboundMixin, InboundMixin, SessionMixin):
             sock.close()
         except OSError:
             pass
-        self._requeue_in_flight()
 
-    def _requeue_in_flight(self) -> None:
-        # Messages taken for sending whose frames the kernel did not fully accept
-        # go back to the head of the queue, in order: they are sent again after
-        # the reconnect, not lost.
-        unwritten = self._wbuf.reset()
-        if unwritten:
-            with self._lock:
-                self._queue.push_front(unwritten)
+    # ------------------------------------------------------------ commands
 
-    def _reset_connection_state(self) -> None:
-        self._phase = _NONE
-        self._outbound_paused = self._pressure_reported = False
-        self._kernel_bound = 0
-        self._timers.cancel("connect_timeout")
-        self._timers.cancel("ping")
-        self._timers.cancel("pong_deadline")
-        self._timers.cancel("close_grace")
-        self._timers.cancel("auth_timeout")
-        self._timers.cancel("refresh")
-        self._auth_busy = False
-        self._ping_ts = None
-        self._release_socket()
-        # Payloads held for a full "block" consumer were received: they stay, and
-        # the next connection is read only once the consumer has caught up.
-        self._reading = not self._pending_in
+    def on_flush(self, c: cmd.Flush) -> None:
+        self._flush_waiters.append(c.done)
 
-    def _finish(self, cause: Optional[BaseException]) -> None:
+    def on_close(self, c: cmd.Close) -> None:
+        self.request_close(c.deadline)
+
+    def on_subscribe(self, c: cmd.Subscribe) -> None:
+        if self.router.subscribe(c.channel, c.buffer) and self.session is not None:
+            self.session.subscribe(c.channel, str(uuid.uuid4()))
+
+    def on_unsubscribe(self, c: cmd.Unsubscribe) -> None:
+        if self.router.unsubscribe(c.channel, c.buffer) and self.session is not None:
+            self.session.unsubscribe(c.channel, str(uuid.uuid4()))
+
+    def on_resume_inbound(self, c: cmd.ResumeInbound) -> None:
+        self.router.resume()
+        if self.session is not None:
+            self.session.reading_paused = self.router.holding
+
+    def on_refresh(self, c: cmd.Refresh) -> None:
+        """refresh_auth(): rotate now; the waiter hears once the server answered."""
+        auth = self._auth
+        if auth is None:
+            c.waiter(AuthError("no auth configured"))
+            return
+        if self.config.protocol == "raw" and auth.options.message is None:
+            c.waiter(AuthError("protocol raw rotates tokens in-band only with Auth(message=...)"))
+            return
+        self._refresh_waiters.append(c.waiter)
+        session = self.session
+        if session is None or not session.refresh(self._clock.monotonic()):
+            self._force_token = True  # the next connection fetches a new token
+
+    # ------------------------------------------------------------ auth
+
+    def request_token(self, force: bool) -> None:
+        """The session needs a token: fetch it on the token thread, never here."""
+        auth = self._auth
+        assert auth is not None
+        self._auth_round += 1
+        round_id = self._auth_round
+        build = auth.options.message if self.config.protocol == "raw" else None
+
+        def reply(token: Optional[str], exp: Optional[float], err: Optional[BaseException]) -> None:
+            # Runs on the token helper thread (a forced fetch always does), so the
+            # user's Auth.message builder runs here, not on the I/O thread.
+            frame = None
+            if build is not None and token is not None and err is None:
+                try:
+                    frame = rotation_frame(build(token))
+                except Exception as exc:
+                    err = AuthError(f"Auth.message failed with {type(exc).__name__}")
+                    err.__cause__ = exc
+            self.post(cmd.Token(round_id, token, exp, err, frame))
+
+        if force:
+            auth.forget()
+        auth.request(force, reply)
+
+    def on_token(self, c: cmd.Token) -> None:
+        session = self.session
+        if c.round != self._auth_round or session is None:
+            return  # stale: a newer request, or the connection is gone
+        now = self._clock.monotonic()
+        if c.error is not None or c.token is None:
+            session.token_failed(c.error or AuthError("get_token() returned nothing"), now)
+        else:
+            session.token_ready(c.token, c.expires_at, now, c.frame)
+        self._process_events()
+
+    def auth_accepted(self, expires_at: Optional[float]) -> None:
+        self.auth_expires_at = expires_at
+        if expires_at is not None:
+            log.info("token accepted, expires in %.1fs", expires_at - self._clock.time())
+        self._resolve_refresh(None)
+
+    def auth_failed(self, error: BaseException, final: bool) -> None:
+        self._resolve_refresh(error)
+        if final:
+            self.fatal = error
+
+    # ------------------------------------------------------------ waiters, close
+
+    def _has_work(self) -> bool:
+        return bool(len(self.outbox) or self.outbox.taken)
+
+    def _past_close_deadline(self) -> bool:
+        d = self._close_deadline
+        return d is not None and self._clock.monotonic() >= d
+
+    def _check_flush_waiters(self) -> None:
+        if not self._flush_waiters or self._has_work():
+            return
+        sock = self._sock
+        if sock is not None:
+            self.kernel_unsent = transport.kernel_unsent(sock)
+            if self.kernel_unsent > 0:
+                self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
+                return
+        waiters, self._flush_waiters = self._flush_waiters, []
+        for done in waiters:
+            done()
+
+    def request_close(self, deadline: Optional[float]) -> None:
+        """close(): drain until ``deadline`` (monotonic), then close with 1000."""
+        self._close_requested = True
+        self._close_deadline = deadline
+        if deadline is not None:
+            self._timers.schedule(deadline, Timer.CLOSE_DEADLINE)
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self.stopped.is_set() or (self._has_work() and not self._past_close_deadline()):
+            return  # still draining (across reconnects); the deadline forces it
+        self._close_now()
+
+    def _close_now(self) -> None:
+        session = self.session
+        if session is not None and session.phase is not Phase.CLOSED:
+            if session.phase is not Phase.CLOSING:
+                grace = 1.0
+                if self._close_deadline is not None:
+                    grace = max(0.0, min(grace, self._close_deadline - self._clock.monotonic()))
+                session.close(1000, "Client disconnect", self._clock.monotonic(), grace=grace)
+            return  # the session's Closed event finishes
+        if self._handshaker is not None:
+            transport.abort(self._handshaker)
+            self._attempt_id += 1
+            self._handshaker = None
+        self._finish(None)
+
+    def _finish(
+        self, reason: Optional[BaseException], cause: Optional[BaseException] = None
+    ) -> None:
         """Enter ``closed`` for good: fail what is left, wake every waiter."""
         if self.stopped.is_set():
             return
-        self._reset_connection_state()
-        self.fatal = cause
-        if cause is not None:
-            log.warning("client closed: %s", cause)
-            self._error(cause)
-        with self._lock:
-            self._accepting = False
-            left = self._queue.drain()
-        reason = cause if cause is not None else ClientClosed("the client was closed")
-        for d in left:
-            exc = ClientClosed(f"message not sent: {reason}")
-            exc.__cause__ = cause
-            d.set_exception(exc)
-        self._fail_refresh_waiters(cause or ClientClosed("the client was closed"))
-        for buf in [b for bufs in self._routes.values() for b in bufs]:
-            buf.close()
-        if self.message_buffer is not None:
-            self.message_buffer.close()
-        for event in self._flush_waiters:
-            event.set()  # flush() re-checks and reports False
-        self._flush_waiters.clear()
+        if reason is not None and cause is not None and reason is not cause:
+            reason.__cause__ = cause
+        session, self.session = self.session, None
+        left: List[Delivery] = []
+        if session is not None:
+            session.abort(1006, "client closed")
+            left.extend(_deliveries(session.take_unfinished()))
+        self._release_socket()
+        self.fatal = reason
+        if reason is not None:
+            log.warning("client closed: %s", reason)
+            self._error(reason)
+        self.outbox.stop(reason)
+        left = [*self._carried, *left, *self.outbox.drain()]
+        self._carried = []
+        self.unsent = len(left)
+        why = reason if reason is not None else "the client was closed"
+        self.handoff.fail(left, ClientClosed(f"message not sent: {why}"), reason)
+        self._resolve_refresh(reason or ClientClosed("the client was closed"))
+        self.router.close_all()
         self._timers.cancel_all()
-        self._pending_in.clear()  # their buffers are closed: nobody will read them
         if self.state is not State.CLOSED:
             self._set_state(State.CLOSED)
-        self.unsent = len(left)
+        self._stop_for_good()
+
+    def _stop_for_good(self) -> None:
+        """Refuse later commands and answer the pending ones (idempotent)."""
         self.stopped.set()
+        with self._lock:
+            self._refusing = True
+            left = list(self._commands)
+            self._commands.clear()
+        closed = ClientClosed("the client is closed")
+        if self.fatal is not None:
+            closed.__cause__ = self.fatal
+        for command in left:
+            cmd.refuse(command, closed)
+        waiters, self._flush_waiters = self._flush_waiters, []
+        for done in waiters:
+            done()
+        self._resolve_refresh(closed)
+
+    def _resolve_refresh(self, error: Optional[BaseException]) -> None:
+        waiters, self._refresh_waiters = self._refresh_waiters, []
+        for waiter in waiters:
+            waiter(error)
 
     def finish_unstarted(self) -> None:
         """close() of a client whose loop never ran: the caller's thread does it."""
         assert self._thread is None
         self._finish(None)
-        self._teardown_loop()
+        self.teardown()
 
-    def _teardown_loop(self) -> None:
+    def teardown(self) -> None:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
 
 
-def _set_notsent_lowat(sock: socket.socket, high_water_mark: int) -> bool:
-    """Cap the kernel's unsent bytes near the high-water mark (Linux, macOS).
-
-    With TCP_NOTSENT_LOWAT the kernel stops taking writes, and reports the socket
-    writable again, around ``high_water_mark / 2`` unsent bytes: the outbound
-    backpressure then rests on a real signal from the kernel, not on polling.
-    """
-    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-    if option is None or high_water_mark >= 2**31:
-        return False
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, option, max(16384, high_water_mark // 2))
-    except OSError:
-        return False
-    return True
+def rotation_frame(message: Any) -> tuple[int, bytes]:
+    """The frame for what ``Auth.message`` built: str/bytes as-is, else JSON text."""
+    if isinstance(message, str):
+        return frames.OP_TEXT, message.encode()
+    if isinstance(message, (bytes, bytearray)):
+        return frames.OP_BINARY, bytes(message)
+    return frames.OP_TEXT, envelope.encode_json(message).encode()
 
 
-__all__ = ["IoLoop", "LoopConfig"]
+def _size(d: Delivery) -> int:
+    return len(d._data)
+
+
+def _min_uptime(config: LoopConfig) -> float:
+    rc = config.reconnect
+    return rc.min_uptime if rc is not None else 0.0
+
+
+__all__ = ["IoLoop", "LoopConfig", "Timer"]

@@ -12,8 +12,18 @@ import dataclasses
 import math
 from typing import Any, Callable, FrozenSet, Mapping, Optional, Type, TypeVar
 
-QUEUE_OVERFLOW = ("drop-oldest", "drop-newest", "reject")
+QUEUE_OVERFLOW = ("drop-oldest", "drop-newest", "reject", "block")
 INBOUND_OVERFLOW = ("drop-oldest", "sample-oldest", "drop-newest", "block")
+
+
+def number(name: str, value: Any, *, minimum: float = 0.0, strict: bool = True) -> float:
+    """Validate a float option: a finite number above ``minimum`` (seconds, usually).
+
+    Raises:
+        TypeError: not a number (``bool`` included).
+        ValueError: NaN, an infinity, or not above (``strict``) / at least ``minimum``.
+    """
+    return _number(name, value, minimum=minimum, strict=strict)
 
 
 def _number(name: str, value: Any, *, minimum: float = 0.0, strict: bool = True) -> float:
@@ -52,16 +62,21 @@ class Reconnect:
             ``error`` event); ``None`` retries forever.
         terminal_codes: Close codes from the server that end the client instead of
             reconnecting. 1008 (policy violation) by default.
+        min_uptime: Seconds a connection must stay open (unless the server confirmed
+            or sent something on it) before the attempt counter starts over, so a
+            server that accepts and then drops every connection is still backed off.
     """
 
     base_delay: float = 0.3
     max_delay: float = 30.0
     max_attempts: Optional[int] = None
     terminal_codes: FrozenSet[int] = frozenset({1008})
+    min_uptime: float = 2.0
 
     def __post_init__(self) -> None:
         _number("reconnect.base_delay", self.base_delay)
         _number("reconnect.max_delay", self.max_delay)
+        _number("reconnect.min_uptime", self.min_uptime, strict=False)
         if self.max_delay < self.base_delay:
             raise ValueError("reconnect.max_delay must be >= reconnect.base_delay")
         if self.max_attempts is not None:
@@ -97,11 +112,18 @@ class Heartbeat:
 class Queue:
     """The outbound queue: where ``send()`` puts messages until the socket takes them.
 
+    The bound counts queued messages plus those taken for the link and not done
+    yet (not fully written, or awaiting their ack). While the link is open a
+    full queue makes ``send()`` wait for room: nothing is dropped, a bulk sender
+    runs at link speed. The drop policies act only while the link is not open.
+
     Attributes:
-        max_size: Messages held at most (while offline, or while the socket is full).
-        overflow: ``"drop-oldest"``, ``"drop-newest"`` (the new message is refused;
-            its ``Delivery`` fails with :class:`~tether_sync.QueueFull`) or ``"reject"``
-            (``send()`` raises :class:`~tether_sync.QueueFull` in the caller's thread).
+        max_size: Messages held at most.
+        overflow: What a full queue does while the link is not open:
+            ``"drop-oldest"`` (the oldest queued message fails with
+            :class:`~tether_sync.QueueFull`), ``"drop-newest"`` (the new one does),
+            ``"reject"`` (``send()`` raises :class:`~tether_sync.QueueFull`) or
+            ``"block"`` (``send()`` waits for room in every state).
     """
 
     max_size: int = 1000
@@ -121,14 +143,17 @@ class Backpressure:
             ``buffered_amount`` is below it.
         inbound_buffer_size: Messages held per subscription (and for the ``message``
             event stream) before the overflow policy applies.
-        inbound_overflow: ``"drop-oldest"``, ``"sample-oldest"`` (drop the two oldest,
-            as tether-ws), ``"drop-newest"`` or ``"block"`` (stop reading the socket
-            until the consumer catches up).
+        inbound_overflow: ``"block"`` (the default: stop reading the socket until
+            the consumer catches up, so TCP pushes back and nothing is dropped), or,
+            opt-in for streams where only the newest value matters,
+            ``"drop-oldest"``, ``"sample-oldest"`` (drop the two oldest, as tether-ws)
+            or ``"drop-newest"``. The bound measures how far a consumer lags, never
+            how many messages one read carried.
     """
 
     high_water_mark: int = 1_000_000
     inbound_buffer_size: int = 100
-    inbound_overflow: str = "drop-oldest"
+    inbound_overflow: str = "block"
 
     def __post_init__(self) -> None:
         _integer("backpressure.high_water_mark", self.high_water_mark, minimum=1)

@@ -10,6 +10,7 @@ class Counters:
     """Running totals. Written by the I/O thread only; read anywhere (ints are atomic)."""
 
     __slots__ = (
+        "acked",
         "auth_refreshes",
         "dropped_inbound",
         "dropped_outbound",
@@ -17,6 +18,7 @@ class Counters:
         "queued",
         "received",
         "reconnects",
+        "resent",
         "sent",
     )
 
@@ -29,6 +31,8 @@ class Counters:
         self.dropped_outbound = 0
         self.reconnects = 0
         self.auth_refreshes = 0
+        self.acked = 0
+        self.resent = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,11 @@ class Stats:
         auth_refreshes: Tokens accepted by the server (the first included).
         last_rtt: Seconds of the last heartbeat round trip, or ``None``.
         auth_expires_at: Wall-clock expiry of the current token, if known.
+        unacked: Messages written and awaiting the server's ack (DESIGN §5).
+        acked: Messages the server acknowledged.
+        resent: Messages written again after a reconnect because no ack came.
+        session_id: The reliable-sessions id (DESIGN §5).
+        extensions: The §5 features the current (or last) server granted.
     """
 
     state: str
@@ -77,3 +86,8 @@ class Stats:
     auth_refreshes: int
     last_rtt: Optional[float]
     auth_expires_at: Optional[float] = None
+    unacked: int = 0
+    acked: int = 0
+    resent: int = 0
+    session_id: str = ""
+    extensions: tuple[str, ...] = ()

@@ -90,8 +90,10 @@ class InboundBuffer:
             elif len(ring) + len(items) <= ring.capacity:
                 ring.extend(items)
             else:
-                for item in items:
-                    dropped += len(ring.push(item))
+                # The bound measures how far the consumer lags, not how much one
+                # read carried: a batch never evicts its own items, only older ones
+                # that are still waiting (DESIGN §1 Backpressure).
+                dropped = ring.overflow_batch(items)
             if items:
                 if self._callback is not None:
                     if not self._scheduled:

@@ -60,6 +60,29 @@ def kernel_unsent(sock: socket.socket) -> int:
     return int.from_bytes(buf, sys.byteorder, signed=True)
 
 
+def set_notsent_lowat(sock: socket.socket, high_water_mark: int) -> bool:
+    """Cap the kernel's unsent bytes near the high-water mark (Linux, macOS).
+
+    With TCP_NOTSENT_LOWAT the kernel stops taking writes, and reports the socket
+    writable again, around ``high_water_mark / 2`` unsent bytes: the outbound
+    backpressure then rests on a real signal from the kernel, not on polling.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is None or high_water_mark >= 2**31:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(16384, high_water_mark // 2))
+    except OSError:
+        return False
+    return True
+
+
+def http_status(error: BaseException) -> Optional[int]:
+    """The HTTP status of a handshake the server answered with something but 101."""
+    status = getattr(error, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
 def new_handshaker() -> Any:
     """A websocket-client ``WebSocket`` used only for its handshake.
 

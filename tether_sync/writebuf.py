@@ -10,10 +10,21 @@ was framed but not fully written when the link drops comes back from
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, List, Tuple
+from typing import Deque, List, Protocol, Sequence, Set, Tuple
 
 from . import frames
-from .delivery import Delivery
+
+
+class Item(Protocol):
+    """What the write buffer and the session need of a message (a ``Delivery``)."""
+
+    id: str
+    _op: int
+    _data: bytes
+    _seq: int
+
+
+Delivery = Item
 
 COALESCE_BYTES = 256 * 1024  # at most this many bytes are joined for one send()
 
@@ -33,6 +44,7 @@ class WriteBuffer:
         self._framed = 0  # bytes ever appended on this connection
         self._written = 0  # bytes the kernel ever accepted on this connection
         self._in_flight: Deque[Tuple[int, Delivery]] = deque()  # (end offset, message)
+        self._forgotten: Set[int] = set()  # ids of messages no longer ours to report
 
     def __bool__(self) -> bool:
         return self.size > 0
@@ -49,7 +61,29 @@ class WriteBuffer:
         self.size += len(frame)
         self._framed += len(frame)
 
-    def add_messages(self, batch: List[Delivery]) -> None:
+    def add_framed(self, batch: Sequence[Tuple[Delivery, bytes]], track: bool = True) -> None:
+        """Frame ``(message, payload)`` pairs into one chunk; ``track``: report them written."""
+        encode = frames.encode_frame
+        next_key = self._keys.next
+        parts = []
+        end = self._framed
+        in_flight = self._in_flight
+        for d, data in batch:
+            frame = encode(d._op, data, next_key())
+            parts.append(frame)
+            end += len(frame)
+            if track:
+                in_flight.append((end, d))
+        chunk = b"".join(parts)
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+        self._framed = end
+
+    def forget(self, item: Delivery) -> None:
+        """Never report ``item`` written nor return it from :meth:`reset` (it was refused)."""
+        self._forgotten.add(id(item))
+
+    def add_messages(self, batch: Sequence[Delivery]) -> None:
         """Frame ``batch`` into one chunk, so one ``send()`` writes them all."""
         encode = frames.encode_frame
         next_key = self._keys.next
@@ -99,6 +133,8 @@ class WriteBuffer:
         done: List[Delivery] = []
         while in_flight and in_flight[0][0] <= written:
             done.append(in_flight.popleft()[1])
+        if self._forgotten and done:
+            done = [d for d in done if id(d) not in self._forgotten]
         return done
 
     def reset(self) -> List[Delivery]:
@@ -107,7 +143,9 @@ class WriteBuffer:
         A message whose frame the kernel took only in part was not delivered: it
         is returned too, to be sent again after the reconnect.
         """
-        unwritten = [d for _, d in self._in_flight]
+        forgotten = self._forgotten
+        unwritten = [d for _, d in self._in_flight if id(d) not in forgotten]
+        forgotten.clear()
         self._in_flight.clear()
         self._chunks.clear()
         self._offset = self.size = self._framed = self._written = 0

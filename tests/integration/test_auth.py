@@ -120,11 +120,12 @@ def test_queue_replay_waits_for_auth_ok(
     assert auth_server.wait_for_data(10, timeout=10, channel="q")
     records = auth_server.received(auth_server.all_connections[0])
     kinds = [r.type for r in records]
-    assert kinds[0] == "tether:auth"
+    # DESIGN §5: the hello opens every connection, then auth, subscriptions, queue.
+    assert kinds[:2] == ["tether:hello", "tether:auth"]
     first_data = kinds.index("data")
     assert kinds.index("subscribe") < first_data  # auth, subscriptions, queue
     # Nothing was sent before the server's (delayed) yes.
-    assert records[first_data].at - records[0].at >= 0.25
+    assert records[first_data].at - records[1].at >= 0.25
     assert not any(r.refused for r in records)
     assert auth_server.data_payloads("q") == list(range(10))
     assert news.active

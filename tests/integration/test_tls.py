@@ -77,4 +77,8 @@ def test_wss_with_an_unknown_ca_fails_through_the_reconnect_path(
     with pytest.raises(TetherError):
         client.connect(wait=True, timeout=10)
     assert errors.wait_count(1)
-    assert "CERTIFICATE_VERIFY_FAILED" in repr(errors.snapshot()[0].error.__cause__)
+    # Each failed attempt's cause is reported (once per distinct cause), with the
+    # reason; the final error chains it.
+    assert "CERTIFICATE_VERIFY_FAILED" in repr(errors.snapshot()[0].error)
+    assert errors.wait_count(2)
+    assert "CERTIFICATE_VERIFY_FAILED" in repr(errors.snapshot()[-1].error.__cause__)

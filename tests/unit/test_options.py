@@ -60,7 +60,9 @@ BAD: List[Any] = [
     (Queue, {"max_size": 10.0}, TypeError, "queue.max_size"),
     (Queue, {"max_size": True}, TypeError, "queue.max_size"),
     (Queue, {"max_size": None}, TypeError, "queue.max_size"),
-    (Queue, {"overflow": "block"}, ValueError, "queue.overflow"),
+    (Queue, {"overflow": "wait"}, ValueError, "queue.overflow"),
+    (Reconnect, {"min_uptime": -1.0}, ValueError, "reconnect.min_uptime"),
+    (Reconnect, {"min_uptime": float("nan")}, ValueError, "reconnect.min_uptime"),
     (Queue, {"overflow": "sample-oldest"}, ValueError, "queue.overflow"),
     (Queue, {"overflow": "DROP-OLDEST"}, ValueError, "queue.overflow"),
     (Queue, {"overflow": None}, ValueError, "queue.overflow"),
@@ -114,12 +116,16 @@ def test_bad_value_in_a_dict_raises_naming_the_option(
 
 def test_defaults() -> None:
     assert Reconnect() == Reconnect(
-        base_delay=0.3, max_delay=30.0, max_attempts=None, terminal_codes=frozenset({1008})
+        base_delay=0.3,
+        max_delay=30.0,
+        max_attempts=None,
+        terminal_codes=frozenset({1008}),
+        min_uptime=2.0,
     )
     assert Heartbeat() == Heartbeat(interval=15.0, timeout=5.0)
     assert Queue() == Queue(max_size=1000, overflow="drop-oldest")
     assert Backpressure() == Backpressure(
-        high_water_mark=1_000_000, inbound_buffer_size=100, inbound_overflow="drop-oldest"
+        high_water_mark=1_000_000, inbound_buffer_size=100, inbound_overflow="block"
     )
     auth = Auth(get_token=fetch)
     assert (auth.refresh_before, auth.token_ttl, auth.timeout) == (60.0, 300.0, 10.0)

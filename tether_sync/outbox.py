@@ -1,0 +1,213 @@
+"""The outbound queue: user threads put messages in, the I/O thread takes them out.
+
+It is also the flow control between a fast producer and the link (DESIGN §1):
+the bound counts the messages waiting here *plus* those the I/O thread took and
+that are not done yet (not fully written, or written and awaiting their ack).
+While the link is open a full outbox makes :meth:`Outbox.put` wait for room,
+woken when the I/O thread releases messages (never polled), like a blocking
+socket or kafka's ``max_block_ms``; nothing is evicted. The drop policies
+(``drop-oldest``, ``drop-newest``, ``reject``) act only while the link is not
+open; ``block`` waits in every state.
+
+A send made from a tether_sync callback (any dispatcher) never waits: waiting
+there could deadlock against inbound ``block`` backpressure (the callback that
+would free the inbound buffer is the one waiting). Such a message is accepted
+over the bound instead, never dropped, and one warning per episode says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Callable, Deque, Generic, List, Optional, TypeVar
+
+from .clock import Deadline
+from .exceptions import ClientClosed, QueueFull
+
+log = logging.getLogger("tether_sync")
+
+T = TypeVar("T")
+
+# Set on a thread while it runs a tether_sync callback (see dispatch.run_task).
+in_callback = threading.local()
+
+
+class Outbox(Generic[T]):
+    """A bounded FIFO shared by senders and the I/O thread.
+
+    Args:
+        capacity: Messages held at most (queued plus taken and not done).
+        overflow: ``block``, ``drop-oldest``, ``drop-newest`` or ``reject``; the
+            drop policies apply only while not open.
+        offline_ok: False for ``queue=False``: ``put()`` while not open raises
+            :class:`~tether_sync.QueueFull`.
+        wake: Called (outside the lock) when the I/O thread must look at the queue.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        overflow: str,
+        *,
+        offline_ok: bool = True,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.capacity = capacity
+        self.overflow = overflow
+        self._offline_ok = offline_ok
+        self._wake = wake
+        # _lock guards every attribute below; _room is notified when room appears,
+        # the link opens or closes, or the outbox stops accepting. Held only for
+        # deque operations and counter updates, never while calling out.
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._items: Deque[T] = deque()
+        self._taken = 0  # taken by the I/O thread and not released yet
+        self._waiting = 0  # senders blocked in put()
+        self._open = False
+        self._accepting = True
+        self._closed_reason: Optional[BaseException] = None
+        self.wake_pending = False  # the I/O thread was woken and has not taken since
+        self._over_warned = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def taken(self) -> int:
+        """Messages the I/O thread holds that are not done (for ``in_flight``)."""
+        return self._taken
+
+    # ------------------------------------------------------------ senders
+
+    def put(self, item: T, timeout: Optional[float] = None) -> List[T]:
+        """Add ``item`` at the tail (any thread).
+
+        Returns:
+            The messages dropped to make room (only while not open, by a drop
+            policy), or ``[item]`` itself with ``drop-newest``; the caller fails them.
+
+        Raises:
+            ClientClosed: the client is closed (or closed while waiting).
+            QueueFull: ``reject`` (or ``queue=False``) while not open and full
+                (or not open at all); or no room within ``timeout``.
+        """
+        dropped: List[T] = []
+        with self._lock:
+            if not self._accepting:
+                raise ClientClosed("the client is closed") from self._closed_reason
+            if not self._open and not self._offline_ok:
+                raise QueueFull("queue=False and the client is not open")
+            if len(self._items) + self._taken >= self.capacity:
+                dropped = self._full(item, timeout)
+                if dropped and dropped[0] is item:
+                    return dropped
+            self._items.append(item)
+            wake = not self.wake_pending
+            self.wake_pending = True
+        if wake:
+            self._wake()
+        return dropped
+
+    def _full(self, item: T, timeout: Optional[float]) -> List[T]:
+        # With _lock held: make room for ``item`` by the policy, or wait for it.
+        if getattr(in_callback, "active", False):
+            if not self._over_warned:
+                self._over_warned = True
+                log.warning(
+                    "outbound queue full (%d): a send from a callback is accepted over "
+                    "the bound rather than waiting (it could deadlock)",
+                    self.capacity,
+                )
+            return []
+        deadline: Optional[Deadline] = None
+        while True:
+            if not self._accepting:
+                raise ClientClosed("the client is closed") from self._closed_reason
+            if len(self._items) + self._taken < self.capacity:
+                return []
+            if not self._open and self.overflow != "block":
+                if not self._offline_ok:
+                    raise QueueFull("queue=False and the client is not open")
+                return self._drop(item)
+            if deadline is None:
+                deadline = Deadline(timeout)
+            remaining = deadline.remaining()
+            if remaining is not None and remaining <= 0:
+                raise QueueFull(f"no room in the outbound queue within {timeout}s")
+            self._waiting += 1
+            try:
+                self._room.wait(remaining)
+            finally:
+                self._waiting -= 1
+
+    def _drop(self, item: T) -> List[T]:
+        # With _lock held, not open, full: apply the drop policy.
+        policy = self.overflow
+        if policy == "reject":
+            raise QueueFull(f"outbound queue full ({self.capacity} messages)")
+        if policy == "drop-oldest" and self._items:
+            return [self._items.popleft()]
+        return [item]  # drop-newest (or nothing queued to evict: all in flight)
+
+    # ------------------------------------------------------------ the I/O thread
+
+    def take(self, limit: int, max_bytes: int, size: Callable[[T], int]) -> List[T]:
+        """Remove up to ``limit`` messages (about ``max_bytes``) from the head."""
+        out: List[T] = []
+        with self._lock:
+            self.wake_pending = False
+            items = self._items
+            total = 0
+            while items and len(out) < limit and total < max_bytes:
+                item = items.popleft()
+                out.append(item)
+                total += size(item)
+            self._taken += len(out)
+        return out
+
+    def release(self, n: int) -> None:
+        """``n`` taken messages are done (written, acked or failed): room for more."""
+        if n <= 0:
+            return
+        with self._lock:
+            self._taken = max(0, self._taken - n)
+            if self._waiting:
+                self._room.notify_all()
+            if not self._items and self._taken < self.capacity:
+                self._over_warned = False
+
+    def give_back(self, items: List[T]) -> None:
+        """Taken messages that were not done go back to the head, in order."""
+        with self._lock:
+            self._taken = max(0, self._taken - len(items))
+            self._items.extendleft(reversed(items))
+
+    def hold(self, items: List[T]) -> None:
+        """Count messages the I/O thread keeps outside the queue (unacked, carried over)."""
+        with self._lock:
+            self._taken += len(items)
+
+    def set_open(self, is_open: bool) -> None:
+        """The link opened or went down: waiting senders re-evaluate."""
+        with self._lock:
+            if self._open != is_open:
+                self._open = is_open
+                self._room.notify_all()
+
+    def stop(self, reason: Optional[BaseException] = None) -> None:
+        """Accept nothing more; senders waiting for room raise :class:`ClientClosed`."""
+        with self._lock:
+            self._accepting = False
+            self._closed_reason = reason
+            self._room.notify_all()
+
+    def drain(self) -> List[T]:
+        """Stop, and remove every queued message (they are failed by the caller)."""
+        with self._lock:
+            self._accepting = False
+            out = list(self._items)
+            self._items.clear()
+            self._room.notify_all()
+        return out

@@ -1,0 +1,149 @@
+"""Inbound routing: channel -> subscription buffers, and the ``message`` stream.
+
+Used by the I/O thread only. Each inbound payload goes to every buffer of its
+channel and to the ``message`` stream's buffer (while a ``message`` handler
+exists). Payloads of one read are collected per buffer and handed over in one
+batch (one lock, one wake-up per buffer per read). A full ``block`` buffer
+refuses what does not fit: it is held here, in order, and the loop stops
+reading the socket until the consumer makes room (:meth:`Router.resume`), so
+TCP pushes back on the server and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from .events import BackpressureEvent, MessageEvent
+from .stats import Counters
+from .subscription import InboundBuffer
+
+
+class Router:
+    """Where inbound payloads go (see the module docstring).
+
+    Args:
+        counters: Incremented for received and dropped messages.
+        emit: Hands an event to the application.
+        wants: Whether anyone listens to an event name.
+    """
+
+    def __init__(
+        self,
+        counters: Counters,
+        emit: Callable[[Any], None],
+        wants: Callable[[str], bool],
+    ) -> None:
+        self._counters = counters
+        self._emit = emit
+        self._wants = wants
+        self.routes: Dict[str, List[InboundBuffer]] = {}
+        self.message_buffer: Optional[InboundBuffer] = None  # set by the client
+        # (buffer, channel, item) refused by a full "block" buffer, in arrival order.
+        self._pending: Deque[Tuple[InboundBuffer, Optional[str], Any]] = deque()
+        self._batch: Dict[InboundBuffer, Tuple[Optional[str], List[Any]]] = {}
+
+    @property
+    def holding(self) -> bool:
+        """Whether payloads wait for a full ``block`` consumer (reading must stop)."""
+        return bool(self._pending)
+
+    def deliver(self, channel: Optional[str], payload: Any) -> None:
+        """Route one inbound payload (``channel`` None: no Tether message, stream only)."""
+        self._counters.received += 1
+        batch = self._batch
+        if channel is not None:
+            for buf in self.routes.get(channel, ()):
+                entry = batch.get(buf)
+                if entry is None:
+                    batch[buf] = (channel, [payload])
+                else:
+                    entry[1].append(payload)
+        stream = self.message_buffer
+        if stream is not None:
+            event = MessageEvent(channel, payload)
+            entry = batch.get(stream)
+            if entry is None:
+                batch[stream] = (None, [event])
+            else:
+                entry[1].append(event)
+
+    def flush(self) -> None:
+        """Hand the payloads of the last read to their buffers."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = {}
+        pending = self._pending
+        for buf, (channel, items) in batch.items():
+            if pending:
+                # Something is held back already: queue behind it, in order.
+                pending.extend((buf, channel, item) for item in items)
+                continue
+            dropped, accepted = buf.offer_many(items)
+            self._count(buf, channel, dropped, accepted < len(items))
+            if accepted < len(items):
+                pending.extend((buf, channel, item) for item in items[accepted:])
+
+    def _count(
+        self, buf: InboundBuffer, channel: Optional[str], dropped: int, refused: bool
+    ) -> None:
+        if dropped:
+            self._counters.dropped_inbound += dropped
+        if (dropped or refused) and self._wants("backpressure"):
+            self._emit(BackpressureEvent("inbound", len(buf), channel, dropped))
+
+    def resume(self) -> bool:
+        """A consumer made room: hand over what was held. True once nothing is held."""
+        pending = self._pending
+        while pending:
+            # Hand over the run of items at the head that share one buffer at once.
+            buf, channel, _ = pending[0]
+            run = []
+            for entry in pending:
+                if entry[0] is not buf:
+                    break
+                run.append(entry[2])
+            dropped, accepted = buf.offer_many(run)
+            self._count(buf, channel, dropped, accepted < len(run))
+            for _ in range(accepted):
+                pending.popleft()
+            if accepted < len(run):
+                return False  # still full: wait for the next resume
+        return True
+
+    def subscribe(self, channel: str, buf: InboundBuffer) -> bool:
+        """Add a buffer; True if it is the channel's first (announce it)."""
+        bufs = self.routes.setdefault(channel, [])
+        bufs.append(buf)
+        return len(bufs) == 1
+
+    def unsubscribe(self, channel: str, buf: InboundBuffer) -> bool:
+        """Remove a buffer; True if the channel has none left (announce it)."""
+        bufs = self.routes.get(channel)
+        if not bufs or buf not in bufs:
+            return False
+        bufs.remove(buf)
+        self._pending = deque(p for p in self._pending if p[0] is not buf)
+        self._batch.pop(buf, None)
+        if bufs:
+            return False
+        del self.routes[channel]
+        return True
+
+    def close_all(self) -> None:
+        """The client ended: wake every consumer; nothing will be read again."""
+        for buf in [b for bufs in self.routes.values() for b in bufs]:
+            buf.close()
+        if self.message_buffer is not None:
+            self.message_buffer.close()
+        self._pending.clear()
+
+    def depth(self) -> Dict[str, int]:
+        depth: Dict[str, int] = {}
+        for channel, bufs in list(self.routes.items()):
+            depth[channel] = sum(len(b) for b in bufs)
+        stream = self.message_buffer
+        if stream is not None:
+            depth["*"] = len(stream)
+        return depth
