@@ -222,7 +222,7 @@ class TetherConnection:
 
     @property
     def buffered_amount(self) -> int:
-        """Bytes the server wrote to this connection that the kernel has not taken yet."""
+        """Bytes the server sent to this connection that the kernel has not taken yet."""
         return self._ws.write_buffer_size
 
     @property

@@ -199,11 +199,15 @@ class GatedConnection(ServerConnection):
 
     @property
     def write_buffer_size(self) -> int:
-        """Bytes written by the server and not yet accepted by the kernel."""
+        """Bytes the server sent and the kernel has not accepted yet.
+
+        Both what sits in the transport's buffer and the frames waiting in the
+        :class:`OrderedSender` queue behind it.
+        """
         transport = getattr(self, "transport", None)
         if transport is None or transport.is_closing():
             return 0
-        return int(transport.get_write_buffer_size())
+        return int(transport.get_write_buffer_size()) + self.sender.queued_size
 
 
 async def send_text(ws: GatedConnection, data: Union[str, bytes]) -> bool:
@@ -238,6 +242,8 @@ class OrderedSender:
         self._ws = ws
         self._queue: Deque[Tuple[Union[str, bytes], Optional[asyncio.Future[bool]]]] = deque()
         self._task: Optional[asyncio.Task[None]] = None
+        # Size of what waits in the queue (characters for text: bytes for ASCII).
+        self.queued_size = 0
 
     async def send(self, data: Union[str, bytes]) -> bool:
         """Send ``data`` after every frame handed over before it; wait until it is written.
@@ -249,12 +255,14 @@ class OrderedSender:
             return await send_text(self._ws, data)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.append((data, future))
+        self.queued_size += len(data)
         self._ensure_task()
         return await future
 
     def post(self, data: Union[str, bytes]) -> None:
         """Hand ``data`` over without waiting: it goes out after every frame before it."""
         self._queue.append((data, None))
+        self.queued_size += len(data)
         self._ensure_task()
 
     def _ensure_task(self) -> None:
@@ -267,6 +275,7 @@ class OrderedSender:
                 # No await between popleft and the write inside send_text, so a
                 # frame sent directly meanwhile cannot overtake this one.
                 data, future = self._queue.popleft()
+                self.queued_size -= len(data)
                 try:
                     written = await send_text(self._ws, data)
                 except Exception:
@@ -277,6 +286,7 @@ class OrderedSender:
         finally:
             self._task = None
             # Cancelled (the server stops): release whoever waits.
+            self.queued_size = 0
             while self._queue:
                 _, future = self._queue.popleft()
                 if future is not None and not future.done():
