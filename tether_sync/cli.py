@@ -22,6 +22,50 @@ def _build_parser() -> argparse.ArgumentParser:
         "--require-auth", action="store_true", help="refuse data until a valid token was sent"
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    serve.add_argument(
+        "--broadcast",
+        action="store_true",
+        help="publish what a client sends on a channel to every subscriber of it "
+        "(default: echo it back to the sender)",
+    )
+    serve.add_argument(
+        "--no-extensions",
+        dest="extensions",
+        action="store_false",
+        help="speak only the reference protocol: ignore tether:hello, seq and resume",
+    )
+    serve.add_argument(
+        "--session-ttl",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="keep a session's highest seq this long after its last connection (default 600)",
+    )
+    serve.add_argument(
+        "--history-size",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="published messages kept per channel for resume (default 1000)",
+    )
+    serve.add_argument(
+        "--history-max-age",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a published message stays in the history (default 300)",
+    )
+    serve.add_argument(
+        "--record",
+        metavar="PATH",
+        help="append every accepted data message to PATH as a JSON line, written before its ack",
+    )
+    serve.add_argument(
+        "--compression",
+        choices=("none", "deflate"),
+        default="none",
+        help="permessage-deflate for clients that offer it (default none)",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -56,7 +100,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .server import serve_main
 
         return serve_main(
-            host=args.host, port=args.port, require_auth=args.require_auth, verbose=args.verbose
+            host=args.host,
+            port=args.port,
+            require_auth=args.require_auth,
+            verbose=args.verbose,
+            extensions=args.extensions,
+            broadcast=args.broadcast,
+            session_ttl=args.session_ttl,
+            history_size=args.history_size,
+            history_max_age=args.history_max_age,
+            record_path=args.record,
+            compression=None if args.compression == "none" else args.compression,
         )
     if args.command == "demo":
         try:

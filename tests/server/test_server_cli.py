@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -118,3 +119,129 @@ def test_serve_require_auth_and_busy_port():
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def test_serve_record_file_holds_every_acked_message_after_kill_9(tmp_path):
+    record = tmp_path / "accepted.jsonl"
+    proc = _start("--port", "0", "--record", str(record))
+    try:
+        match = LISTENING.match(_read_line(proc, timeout=20))
+        assert match, "no listening line"
+        ws = websocket.create_connection(match.group(1), timeout=10)
+        ws.send(json.dumps({"type": "tether:hello", "session": "chaos", "features": ["ack"]}))
+        assert json.loads(ws.recv())["type"] == "tether:hello-ok"
+        acked = [0]
+
+        def read() -> None:
+            # Echoes and acks until the kill ends the connection.
+            try:
+                while True:
+                    message = json.loads(ws.recv())
+                    if message.get("type") == "tether:ack":
+                        acked[0] = max(acked[0], message["seq"])
+            except Exception:
+                pass
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        sent = 0
+        # Full speed, then kill -9 while the server is still working through
+        # the burst (it reads slower than we write): nothing is quiesced.
+        for seq in range(1, 100_001):
+            ws.send(json.dumps({"channel": "n", "type": "data", "payload": seq, "seq": seq}))
+            sent = seq
+            if seq >= 1000 and acked[0] >= 200:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        reader.join(10)
+        ws.shutdown()
+        lines = [json.loads(line) for line in record.read_text().splitlines()]
+        seqs = [line["seq"] for line in lines]
+        assert acked[0] >= 200
+        assert seqs == list(range(1, len(seqs) + 1))  # in order, none twice
+        assert len(seqs) >= acked[0]  # everything acked is in the file
+        assert len(seqs) <= sent
+        assert lines[0] == {"session": "chaos", "seq": 1, "channel": "n", "payload": 1}
+    finally:
+        _stop(proc)
+
+
+def test_serve_extension_flags():
+    proc = _start(
+        "--port",
+        "0",
+        "--broadcast",
+        "--session-ttl",
+        "5",
+        "--history-size",
+        "10",
+        "--history-max-age",
+        "30",
+        "--compression",
+        "deflate",
+    )
+    plain = _start("--port", "0", "--no-extensions")
+    try:
+        url = LISTENING.match(_read_line(proc, timeout=20)).group(1)
+        alice = websocket.create_connection(url, timeout=5)
+        bob = websocket.create_connection(url, timeout=5)
+        for ws, sid in ((alice, "a"), (bob, "b")):
+            ws.send(json.dumps({"type": "tether:hello", "session": sid, "features": ["resume"]}))
+            assert json.loads(ws.recv())["features"] == ["resume"]
+            ws.send(json.dumps({"channel": "chat", "type": "subscribe", "id": sid}))
+            assert json.loads(ws.recv())["type"] == "tether:subscribed"
+        alice.send(json.dumps({"channel": "chat", "type": "data", "payload": "hi", "id": "1"}))
+        for ws in (alice, bob):
+            message = json.loads(ws.recv())
+            assert (message["payload"], message["offset"]) == ("hi", 1)
+        alice.close()
+        bob.close()
+
+        url = LISTENING.match(_read_line(plain, timeout=20)).group(1)
+        ws = websocket.create_connection(url, timeout=5)
+        ws.send(json.dumps({"type": "tether:hello", "session": "s", "features": ["ack"]}))
+        ws.send(json.dumps({"type": "tether:ping", "ts": 5}))
+        assert json.loads(ws.recv()) == {"type": "tether:pong", "ts": 5}  # hello ignored
+        ws.close()
+        for each in (proc, plain):
+            each.send_signal(signal.SIGTERM)
+            assert each.wait(timeout=10) == 0
+    finally:
+        _stop(proc)
+        _stop(plain)
+
+
+def test_serve_refuses_bad_option_values(tmp_path):
+    bad = subprocess.run(
+        [sys.executable, "-m", "tether_sync", "serve", "--port", "0", "--history-size", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert bad.returncode == 2 and "history_size" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tether_sync",
+            "serve",
+            "--port",
+            "0",
+            "--record",
+            str(tmp_path / "no" / "such" / "dir.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert missing.returncode == 1 and "cannot open" in missing.stderr

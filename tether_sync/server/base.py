@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
+import os
 import threading
 import time
 from types import TracebackType
@@ -33,7 +35,8 @@ from typing import (
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.protocol import State
 
-from .protocol import Session, encode, send_text
+from .protocol import Session, encode
+from .reliable import ChannelHistory, Resume, SessionTable
 from .state import OutgoingData, Received, TetherConnection
 from .transport import GatedConnection, NoDebugLogger, connection_class
 
@@ -55,13 +58,40 @@ class ServerBase:
         require_auth: bool = False,
         max_size: int = 2**20,
         close_timeout: float = 1.0,
+        extensions: bool = True,
+        broadcast: bool = False,
+        session_ttl: float = 600.0,
+        history_size: int = 1000,
+        history_max_age: float = 300.0,
+        record_path: Optional[str] = None,
+        compression: Optional[str] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Configure the server; nothing listens until :meth:`start`."""
+        if not math.isfinite(session_ttl) or session_ttl < 0:
+            raise ValueError(f"session_ttl must be a finite number >= 0, got {session_ttl!r}")
+        if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 0:
+            raise ValueError(f"history_size must be an int >= 0, got {history_size!r}")
+        if not history_max_age > 0:  # also refuses NaN
+            raise ValueError(f"history_max_age must be > 0, got {history_max_age!r}")
+        if compression not in (None, "deflate"):
+            raise ValueError(f"compression must be None or 'deflate', got {compression!r}")
         self.host = host
         self._port = port
         self.require_auth = require_auth
         self.max_size = max_size
         self.close_timeout = close_timeout
+        self.extensions = extensions
+        self.broadcast_mode = broadcast
+        self.record_path = record_path
+        self.compression = compression
+        self._clock = clock
+        # DESIGN §5 state, under _cond. Sessions survive stop()/start(); the
+        # channel history restarts (new epochs) at every start().
+        self._sessions = SessionTable(session_ttl)
+        self._channels = ChannelHistory(history_size, history_max_age)
+        self._duplicates = 0
+        self._record_fd: Optional[int] = None
         # One RLock-backed condition guards everything other threads read, so a
         # wait_for() predicate may call back into the server's accessors.
         self._cond = threading.Condition(threading.RLock())
@@ -106,6 +136,13 @@ class ServerBase:
         with self._lifecycle:
             if self._thread is not None:
                 raise RuntimeError("TetherServer is already running")
+            if self.record_path is not None and self._record_fd is None:
+                # Raises OSError (like a busy port) when the file can't be opened.
+                self._record_fd = os.open(
+                    self.record_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+                )
+            with self._cond:
+                self._channels.clear()
             ready = threading.Event()
             self._start_error = None
             thread = threading.Thread(
@@ -120,6 +157,7 @@ class ServerBase:
                 thread.join(timeout)
                 self._thread = None
                 self._loop = None
+                self._close_record()
                 raise error
             log.info("listening on %s", self.url)
 
@@ -160,6 +198,8 @@ class ServerBase:
                 self._paused = False
                 self._default_latency = 0.0
                 self._cond.notify_all()
+            if not alive:
+                self._close_record()
             if alive:
                 raise TimeoutError("TetherServer thread did not stop in time")
             log.info("stopped")
@@ -208,7 +248,7 @@ class ServerBase:
         def run() -> bool:
             if not conn.open or conn._ws.blackholed:
                 return False
-            self._spawn(send_text(conn._ws, payload))
+            conn._ws.sender.post(payload)
             return True
 
         return self._on_loop(run, False)
@@ -234,14 +274,89 @@ class ServerBase:
     # Session host and transport hub interfaces (event-loop thread)
 
     def _record(self, record: Received) -> None:
+        accepted = is_data(record) and not record.refused and not record.duplicate
         with self._cond:
             self._records.append(record)
-            if is_data(record) and not record.refused:
+            if accepted:
                 self._data_total += 1
                 channel = record.channel
                 if isinstance(channel, str):
                     self._data_by_channel[channel] = self._data_by_channel.get(channel, 0) + 1
+            elif record.duplicate:
+                self._duplicates += 1
             self._cond.notify_all()
+        fd = self._record_fd
+        if accepted and fd is not None:
+            # Written before anything else happens to the message, so before the
+            # ack that covers it: after a kill -9 the file holds every acked one.
+            line = encode(
+                {
+                    "session": record.session,
+                    "seq": record.seq,
+                    "channel": record.channel,
+                    "payload": record.payload,
+                }
+            )
+            _write_all(fd, (line + "\n").encode("utf-8"))
+
+    def _close_record(self) -> None:
+        fd, self._record_fd = self._record_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _hello(self, conn: TetherConnection, sid: str, features: Tuple[str, ...]) -> int:
+        with self._cond:
+            acked = self._sessions.attach(sid, self._clock())
+        conn._set(_session=sid, _features=frozenset(features))
+        return acked
+
+    def _goodbye(self, sid: str) -> None:
+        with self._cond:
+            self._sessions.detach(sid, self._clock())
+            self._cond.notify_all()
+
+    def _accept(self, sid: str, seq: int) -> bool:
+        with self._cond:
+            return self._sessions.accept(sid, seq)
+
+    def _highest(self, sid: str) -> int:
+        with self._cond:
+            return self._sessions.highest(sid)
+
+    def _publish(self, channel: str, envelope: Dict[str, Any]) -> int:
+        """Number, keep and fan out one envelope (event-loop thread).
+
+        Connections granted ``resume`` get the numbered copy (``offset``,
+        ``epoch``), every other subscriber the plain §3 envelope.
+
+        Returns:
+            How many subscribers it was handed to (blackholed ones are skipped).
+        """
+        numbered: Optional[str] = None
+        plain: Optional[str] = None
+        with self._cond:
+            if self.extensions:
+                copy = self._channels.publish(channel, envelope)
+                numbered = encode(copy)
+                self._channels.keep(channel, int(copy["offset"]), numbered, self._clock())
+            targets = [c for c in self._open.values() if channel in c._subscriptions]
+            self._cond.notify_all()
+        sent = 0
+        for conn in sorted(targets, key=lambda c: c.id):
+            if conn._ws.blackholed:
+                continue
+            if numbered is not None and "resume" in conn._features:
+                conn._ws.sender.post(numbered)
+            else:
+                if plain is None:
+                    plain = encode(envelope)
+                conn._ws.sender.post(plain)
+            sent += 1
+        return sent
+
+    def _resume(self, channel: str, epoch: Any, offset: Any) -> Resume:
+        with self._cond:
+            return self._channels.resume(channel, epoch, offset, self._clock())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -317,8 +432,9 @@ class ServerBase:
                 self.host,
                 self._port,
                 create_connection=connection_class(self),
-                # The reference server offers no compression and never pings.
-                compression=None,
+                # The reference server offers no compression (our default too)
+                # and never pings.
+                compression=self.compression,
                 ping_interval=None,
                 # No handshake deadline: a blackholed handshake must hang, not reset.
                 open_timeout=None,
@@ -421,6 +537,14 @@ def to_frame(data: OutgoingData) -> Union[str, bytes]:
     Called in the caller's thread, so a payload JSON can't encode fails there.
     """
     return data if isinstance(data, (str, bytes)) else encode(data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # os.write may write less than asked (a signal, a full disk): finish the line.
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def is_data(record: Received) -> bool:

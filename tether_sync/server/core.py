@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .base import ServerBase, is_data, to_frame
-from .protocol import FORCE_CLOSE_REASON, encode, send_text
+from .protocol import FORCE_CLOSE_REASON, encode
 from .state import OutgoingData, Received, TetherConnection
 from .transport import GatedConnection
 
@@ -53,6 +53,35 @@ class TetherServer(ServerBase):
             connection with 1009.
         close_timeout: Seconds the server waits for the peer's close frame after
             sending its own before dropping the TCP connection.
+        extensions: Serve the reliable-sessions extension (DESIGN §5: hello,
+            acks and dedupe, channel history and resume). False makes the server
+            behave like the reference one: ``tether:hello`` is ignored like any
+            unknown type (recorded, never answered), ``seq`` is ignored, and
+            published envelopes carry no ``offset``/``epoch``.
+        broadcast: Broadcast channels: a client's data on channel ``c`` is
+            published to every subscriber of ``c`` (rule 8: a subscribed sender
+            gets the published copy instead of its echo). False keeps the demo
+            echo.
+        session_ttl: Seconds a session (id -> highest accepted ``seq``) is kept
+            after the last connection of that session ended.
+        history_size: Published envelopes kept per channel for resume (0: none).
+        history_max_age: Seconds a published envelope stays in the history.
+        record_path: Append every accepted data envelope (as :meth:`data_payloads`
+            counts them: not refused, not a duplicate) as one JSON line
+            ``{"session", "seq", "channel", "payload"}`` to this file, with an
+            unbuffered ``os.write`` before the ack that covers it can go out, so
+            after a kill -9 the file holds every acked message. Opened at
+            :meth:`start` (``OSError`` if it can't be).
+        compression: ``"deflate"`` negotiates permessage-deflate (RFC 7692, by
+            websockets) with clients that offer it; None (the default, like the
+            reference server) offers none.
+        clock: Monotonic seconds for session expiry and history age; tests pass
+            a fake one. Ack timers use the event loop's own clock.
+
+    Sessions are kept across :meth:`stop`/:meth:`start` (like the records, as if
+    the table were durable; :meth:`reset_sessions` forgets it), while every
+    channel's history restarts at each :meth:`start` with a new epoch, as a
+    restarted process's would.
 
     Example::
 
@@ -125,13 +154,21 @@ class TetherServer(ServerBase):
             ]
 
     def data_payloads(
-        self, channel: Optional[str] = None, *, include_refused: bool = False
+        self,
+        channel: Optional[str] = None,
+        *,
+        include_refused: bool = False,
+        include_duplicates: bool = False,
     ) -> List[Any]:
         """Payloads of received data envelopes, in arrival order across all connections.
+
+        By default these are what the server's application accepted: neither
+        refused nor dropped as a duplicate ``seq``.
 
         Args:
             channel: Only envelopes for this channel.
             include_refused: Also count envelopes refused in ``require_auth`` mode.
+            include_duplicates: Also count duplicates (acked, not delivered).
         """
         with self._cond:
             return [
@@ -140,6 +177,7 @@ class TetherServer(ServerBase):
                 if is_data(record)
                 and (channel is None or record.channel == channel)
                 and (include_refused or not record.refused)
+                and (include_duplicates or not record.duplicate)
             ]
 
     @property
@@ -156,12 +194,45 @@ class TetherServer(ServerBase):
             return self._data_by_channel.get(channel, 0)
 
     def clear_records(self) -> None:
-        """Forget every received-message record."""
+        """Forget every received-message record (and the duplicate count)."""
         with self._cond:
             self._records.clear()
             self._data_total = 0
             self._data_by_channel.clear()
+            self._duplicates = 0
             self._cond.notify_all()
+
+    # Reliable sessions (DESIGN §5)
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """Data envelopes acked but not delivered because their ``seq`` was not new."""
+        with self._cond:
+            return self._duplicates
+
+    @property
+    def sessions(self) -> Dict[str, int]:
+        """Known sessions (live or within ``session_ttl``): ``{session id: highest seq}``."""
+        with self._cond:
+            return self._sessions.snapshot(self._clock())
+
+    def session_acked(self, sid: str) -> int:
+        """The highest ``seq`` accepted in session ``sid``: what ``hello-ok`` would say now.
+
+        0 for an unknown or expired session.
+        """
+        return self.sessions.get(sid, 0)
+
+    def reset_sessions(self) -> None:
+        """Forget every session's highest ``seq``, as a server that lost its table would."""
+        with self._cond:
+            self._sessions.clear()
+            self._cond.notify_all()
+
+    def channel_position(self, channel: str) -> Tuple[str, int]:
+        """The channel's history ``(epoch, newest offset)``, as ``tether:subscribed`` reports it."""
+        with self._cond:
+            return self._channels.position(channel)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Block until ``predicate()`` is true; it is re-checked on every server event.
@@ -189,31 +260,22 @@ class TetherServer(ServerBase):
     # Pushing and faults
 
     def broadcast(self, channel: str, payload: Any) -> int:
-        """Send a data envelope (id ``"bc-<n>"``) to every connection subscribed to ``channel``.
+        """Publish a data envelope (id ``"bc-<n>"``) to every connection subscribed to ``channel``.
 
-        Blackholed connections are skipped.
+        With the extension on it goes through the channel's history: it gets the
+        next ``offset`` and the ``epoch``, and a resubscribe can recover it.
+        Blackholed connections are skipped (a resume connection recovers it later).
 
         Returns:
-            How many connections it was handed to.
+            How many connections it was handed to (0, and nothing kept, when stopped).
         """
         with self._cond:
             self._broadcasts += 1
             number = self._broadcasts
         # Encode here so an unencodable payload fails in the caller's thread.
         envelope = {"channel": channel, "type": "data", "payload": payload, "id": f"bc-{number}"}
-        text = encode(envelope)
-
-        def run() -> int:
-            with self._cond:
-                targets = [c for c in self._open.values() if channel in c._subscriptions]
-            sent = 0
-            for conn in sorted(targets, key=lambda c: c.id):
-                if not conn._ws.blackholed:
-                    self._spawn(send_text(conn._ws, text))
-                    sent += 1
-            return sent
-
-        return self._on_loop(run, 0)
+        encode(envelope)
+        return self._on_loop(lambda: self._publish(channel, envelope), 0)
 
     def send_raw_all(self, data: OutgoingData) -> int:
         """Send one frame, unprompted, to every open, non-blackholed connection.
@@ -234,7 +296,7 @@ class TetherServer(ServerBase):
             sent = 0
             for conn in targets:
                 if not conn._ws.blackholed:
-                    self._spawn(send_text(conn._ws, payload))
+                    conn._ws.sender.post(payload)
                     sent += 1
             return sent
 

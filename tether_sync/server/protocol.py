@@ -4,6 +4,40 @@ Dispatch follows the reference server (``ws-handler.ts``) message by message;
 see ``TETHER-WIRE.md``. Two of its bugs are deliberately not copied: in
 ``require_auth`` mode auth is enforced (S1), and a non-numeric ``ms``/``count``
 counts as missing instead of leaking ``NaN``/``null`` (S5).
+
+The reliable-sessions extension (DESIGN §5, rules 1-11) is served here too,
+unless the server runs with ``extensions=False``, where ``tether:hello`` is an
+unknown type like any other: recorded, ignored, never answered.
+
+* ``tether:hello`` is answered only as a connection's first frame with a valid
+  session id (rule 2); ``hello-ok`` grants the intersection of the asked and
+  the offered features, in the client's order (rule 1).
+* ``ack``: a data envelope with an integer ``seq`` >= 1 is delivered only when
+  above the session's highest (rule 5) and is then acked, cumulatively, on the
+  connection it came on: at most ``ACK_DELAY`` after the first unacked one, at
+  once at the ``ACK_EVERY``-th. Acks are replies, so ``set_latency`` delays them
+  like an echo. Refused data (``tether:error``) raises nothing (rule 6).
+* ``resume``: a subscribe is answered with ``tether:subscribed`` (rule 9) and,
+  when recovered, the history replay. Every published envelope is numbered and
+  kept in the channel's history, whoever subscribes, but the decision is that
+  only connections granted ``resume`` see the extension: they get the copy with
+  ``offset``/``epoch``, ``tether:subscribed`` and replays; every other
+  subscriber gets the plain §3 envelope, byte for byte what the reference
+  server sends. A connection that did not negotiate ``resume`` (an old client,
+  or one that asked only for ``ack``) so never meets a field or message type
+  it did not ask for, and one encoded text per kind serves every subscriber.
+* Broadcast mode (rule 8): a client's data on channel ``c`` is published to
+  every subscriber of ``c``; a sender subscribed to ``c`` gets that copy instead
+  of the echo, one that is not gets the plain echo (no offset).
+
+Published envelopes and the ``tether:subscribed`` answer with its replay are
+never delayed by latency: they share one ordered path per connection with the
+other frames, so each subscriber sees a channel's offsets in order, and a
+replay before any live envelope.
+
+Numbers: Python's JSON keeps integers integral (``1`` echoes as ``1``), and a
+number too big for a float (``1e400``) is read as infinity, which goes out as
+``null``, as ``JSON.stringify`` writes it.
 """
 
 from __future__ import annotations
@@ -13,15 +47,25 @@ import json
 import logging
 import math
 import time
-from typing import Any, Callable, Coroutine, Dict, Optional, Protocol, Tuple, Union
+from typing import Any, Callable, Coroutine, Dict, List, Optional, Protocol, Tuple, Union
 
 from websockets.exceptions import ConnectionClosed
 
+from .reliable import FEATURES, Resume, seq_of, valid_session
 from .state import Received, TetherConnection
 from .tokens import decode_token, now_ms
-from .transport import GatedConnection
+from .transport import GatedConnection, send_text
 
-__all__ = ["FORCE_CLOSE_REASON", "Session", "SessionHost", "encode", "parse_json"]
+__all__ = [
+    "ACK_DELAY",
+    "ACK_EVERY",
+    "FORCE_CLOSE_REASON",
+    "Session",
+    "SessionHost",
+    "encode",
+    "parse_json",
+    "send_text",
+]
 
 log = logging.getLogger("tether_sync.server")
 
@@ -30,6 +74,11 @@ MAX_LATENCY_MS = 2000
 FLOOD_DEFAULT, FLOOD_MAX = 500, 1000
 # Per-connection fault controls (our extension): how long they last by default and at most.
 FAULT_DEFAULT_MS, FAULT_MAX_MS = 5000, 60000
+# Acks (rule 5): seconds after the first unacked message (well inside the 50 ms
+# the rule allows, so a busy loop's timer lag stays within it), and the count
+# that makes an ack go at once.
+ACK_DELAY = 0.02
+ACK_EVERY = 64
 
 
 class SessionHost(Protocol):
@@ -38,6 +87,32 @@ class SessionHost(Protocol):
     @property
     def require_auth(self) -> bool:
         """Whether data and subscribe need a valid token."""
+
+    @property
+    def extensions(self) -> bool:
+        """Whether the reliable-sessions extension (DESIGN §5) is served."""
+
+    @property
+    def broadcast_mode(self) -> bool:
+        """Whether a client's data is published to the channel's subscribers."""
+
+    def _hello(self, conn: TetherConnection, sid: str, features: Tuple[str, ...]) -> int:
+        """Attach ``conn`` to session ``sid``; return the session's highest ``seq``."""
+
+    def _goodbye(self, sid: str) -> None:
+        """A connection of session ``sid`` ended."""
+
+    def _accept(self, sid: str, seq: int) -> bool:
+        """Offer ``seq`` in ``sid``: True if new (now the highest), False if a duplicate."""
+
+    def _highest(self, sid: str) -> int:
+        """The session's highest accepted ``seq``."""
+
+    def _publish(self, channel: str, envelope: Dict[str, Any]) -> int:
+        """Publish ``envelope`` to the channel's subscribers (through history)."""
+
+    def _resume(self, channel: str, epoch: Any, offset: Any) -> Resume:
+        """Decide a resubscribe by rule 9."""
 
     def _record(self, record: Received) -> None:
         """Store a received message and wake waiters."""
@@ -70,14 +145,30 @@ def parse_json(data: Union[str, bytes]) -> Tuple[Any, bool]:
         return None, False
 
 
+def _finite(value: Any) -> Any:
+    # JSON.stringify writes Infinity (what 1e400 parses to) as null.
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def encode(message: Any) -> str:
     """Encode like ``JSON.stringify``: compact, key order kept, non-ASCII left as is.
 
     A lone surrogate (possible when a client sent ``"\\ud800"``) cannot be
     UTF-8 encoded for a text frame, so then it falls back to ``\\u`` escapes,
-    which is also what ``JSON.stringify`` does.
+    which is also what ``JSON.stringify`` does. An infinite number (a client's
+    ``1e400``) becomes ``null``, as there.
     """
-    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # an infinite float somewhere: rare, so checked only now
+        message = _finite(message)
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -109,9 +200,28 @@ class Session:
         self.host = host
         self.conn = conn
         self.ws = ws
+        # Frames handled so far: a hello is answered only as the first (rule 2).
+        self.frames = 0
+        # Set by an accepted hello: the session id and the granted features.
+        self.sid: Optional[str] = None
+        self.ack_on = False
+        self.resume_on = False
+        # Messages with a seq since the last ack went out, and the ack's timer.
+        self.unacked = 0
+        self.ack_timer: Optional[asyncio.TimerHandle] = None
 
     async def run(self) -> None:
         """Read and handle messages in arrival order until the connection ends."""
+        try:
+            await self._read_loop()
+        finally:
+            if self.ack_timer is not None:
+                self.ack_timer.cancel()
+                self.ack_timer = None
+            if self.sid is not None:
+                self.host._goodbye(self.sid)
+
+    async def _read_loop(self) -> None:
         while True:
             try:
                 data = await self.ws.recv()
@@ -142,7 +252,8 @@ class Session:
         Returns:
             ``"ping"``, ``"auth"``, ``"control"``, ``"tunnel"`` (a control inside a
             data envelope), ``"data"``, ``"subscribe"``, ``"unsubscribe"``, or None
-            for anything the server ignores.
+            for anything the server ignores. ``"tether:hello"`` is None here too:
+            :meth:`handle` picks it out only when the extension is on.
         """
         if not isinstance(message, dict) or "type" not in message:
             return None
@@ -167,10 +278,28 @@ class Session:
     async def handle(self, data: Union[str, bytes]) -> None:
         """Record one message, then answer it as the protocol says."""
         message, is_json = parse_json(data)
+        first = self.frames == 0
+        self.frames += 1
         kind = self.classify(message)
+        if (
+            kind is None
+            and self.host.extensions
+            and isinstance(message, dict)
+            and message.get("type") == "tether:hello"
+        ):
+            kind = "hello"
         refused = (
             self.host.require_auth and kind in ("data", "subscribe") and not self.conn.authenticated
         )
+        # Dedupe before the record, so the record (and the --record file, which
+        # must hold every message an ack covers) says whether it was delivered.
+        seq: Optional[int] = None
+        duplicate = False
+        if self.ack_on and kind in ("data", "tunnel") and not refused:
+            seq = seq_of(message)
+            if seq is not None:
+                assert self.sid is not None  # ack_on is set by an accepted hello
+                duplicate = not self.host._accept(self.sid, seq)
         # Record before replying: a client that got the echo may assert the record.
         self.host._record(
             Received(
@@ -181,6 +310,8 @@ class Session:
                 is_json=is_json,
                 at=time.monotonic(),
                 refused=refused,
+                session=self.sid,
+                duplicate=duplicate,
             )
         )
         if kind is None:
@@ -197,22 +328,113 @@ class Session:
             if "ts" in message:
                 pong["ts"] = message["ts"]
             await self.reply(pong)
+        elif kind == "hello":
+            await self.hello(message, first)
         elif kind == "auth":
             await self.auth(message.get("token"))
         elif kind == "control":
             await self.control(message)
         elif kind == "tunnel":
-            await self.control(message["payload"])
+            if not duplicate:  # rule 7: executed once, never delivered
+                await self.control(message["payload"])
         elif kind == "data":
-            echo: Dict[str, Any] = {"channel": message["channel"], "type": "data"}
-            for key in ("payload", "id"):  # JSON.stringify leaves undefined out
-                if key in message:
-                    echo[key] = message[key]
-            await self.reply(echo)
-        else:  # subscribe / unsubscribe: tracked, never answered
+            if not duplicate:
+                await self.deliver(message)
+        else:  # subscribe / unsubscribe: tracked, answered only on resume connections
             channel = message["channel"]
             if isinstance(channel, str):
-                self.conn._subscribe(channel, kind == "subscribe")
+                if kind == "subscribe" and self.resume_on:
+                    self.resubscribe(channel, message)
+                else:
+                    self.conn._subscribe(channel, kind == "subscribe")
+        if seq is not None:
+            await self.count_for_ack()
+
+    async def deliver(self, message: Dict[str, Any]) -> None:
+        """Echo accepted data, or publish it to the channel in broadcast mode (rule 8)."""
+        echo: Dict[str, Any] = {"channel": message["channel"], "type": "data"}
+        for key in ("payload", "id"):  # JSON.stringify leaves undefined out
+            if key in message:
+                echo[key] = message[key]
+        channel = message["channel"]
+        if self.host.broadcast_mode and isinstance(channel, str):
+            self.host._publish(channel, echo)
+            if channel in self.conn._subscriptions:
+                return  # the published copy replaces the echo
+        await self.reply(echo)
+
+    # The extension (DESIGN §5)
+
+    async def hello(self, message: Dict[str, Any], first: bool) -> None:
+        """Answer a ``tether:hello``: ``hello-ok`` by rules 1-2, else ``tether:error``."""
+        sid = message.get("session")
+        reason = None
+        if not first or self.sid is not None:
+            reason = "hello must be the first frame"
+        elif not valid_session(sid):
+            reason = "hello needs a session id of 1 to 64 characters"
+        if reason is not None:
+            error: Dict[str, Any] = {"type": "tether:error", "error": reason}
+            if "id" in message:
+                error["id"] = message["id"]
+            await self.reply(error)
+            return
+        assert isinstance(sid, str)
+        asked = message.get("features")
+        granted: List[str] = []
+        for feature in asked if isinstance(asked, list) else ():
+            if isinstance(feature, str) and feature in FEATURES and feature not in granted:
+                granted.append(feature)
+        acked = self.host._hello(self.conn, sid, tuple(granted))
+        self.sid = sid
+        self.ack_on = "ack" in granted
+        self.resume_on = "resume" in granted
+        log.info("connection %d: hello, features %s, acked %d", self.conn.id, granted, acked)
+        await self.reply(
+            {"type": "tether:hello-ok", "session": sid, "features": granted, "acked": acked}
+        )
+
+    async def count_for_ack(self) -> None:
+        """Note one more message with a seq; ack now at ``ACK_EVERY``, else arm the timer."""
+        self.unacked += 1
+        if self.unacked >= ACK_EVERY:
+            await self.send_ack()
+        elif self.ack_timer is None:
+            self.ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._ack_due)
+
+    def _ack_due(self) -> None:
+        self.ack_timer = None
+        if self.unacked:
+            self.host._spawn(self.send_ack())
+
+    async def send_ack(self) -> None:
+        """Send a cumulative ``tether:ack`` with the session's highest ``seq``."""
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+        self.unacked = 0
+        assert self.sid is not None
+        await self.reply({"type": "tether:ack", "seq": self.host._highest(self.sid)})
+
+    def resubscribe(self, channel: str, message: Dict[str, Any]) -> None:
+        """Subscribe a ``resume`` connection: ``tether:subscribed``, then any replay.
+
+        Runs without an ``await`` from the history lookup to the last frame
+        handed over, so no live envelope can slip in before or into the replay.
+        """
+        result = self.host._resume(channel, message.get("epoch"), message.get("offset"))
+        self.conn._subscribe(channel, True)
+        answer = {
+            "type": "tether:subscribed",
+            "channel": channel,
+            "recovered": result.recovered,
+            "epoch": result.epoch,
+            "offset": result.offset,
+        }
+        sender = self.ws.sender
+        sender.post(encode(answer))
+        for text in result.replay:
+            sender.post(text)
 
     async def auth(self, token: Any) -> None:
         """Check a presented token and answer ``tether:auth-ok``."""
@@ -288,20 +510,5 @@ class Session:
         asyncio.get_running_loop().call_later(delay, spawn)
 
     async def send(self, text: str) -> bool:
-        """Send a text frame now unless blackholed; False if it could not go out."""
-        return await send_text(self.ws, text)
-
-
-async def send_text(ws: GatedConnection, data: Union[str, bytes]) -> bool:
-    """Send one frame on ``ws``, dropped silently when blackholed or closed.
-
-    Returns:
-        Whether the frame was written.
-    """
-    if ws.blackholed:
-        return False
-    try:
-        await ws.send(data)
-    except ConnectionClosed:
-        return False
-    return True
+        """Send a text frame, in order, unless blackholed; False if it could not go out."""
+        return await self.ws.sender.send(text)

@@ -47,6 +47,9 @@ class Received:
         is_json: Whether ``raw`` parsed as JSON.
         at: ``time.monotonic()`` when the server read it.
         refused: True when the server refused it (``tether:error``, ``require_auth``).
+        session: The session id of the connection's accepted ``tether:hello``, or None.
+        duplicate: True for data whose ``seq`` was at or below the session's
+            highest: acked, not delivered (DESIGN §5 rule 5).
     """
 
     conn_id: int
@@ -56,6 +59,8 @@ class Received:
     is_json: bool
     at: float
     refused: bool = False
+    session: Optional[str] = None
+    duplicate: bool = False
 
     @property
     def type(self) -> Optional[str]:
@@ -75,6 +80,11 @@ class Received:
     def payload(self) -> Any:
         """The message's ``payload`` when it is a JSON object, else None."""
         return self.message.get("payload") if isinstance(self.message, dict) else None
+
+    @property
+    def seq(self) -> Any:
+        """The message's ``seq`` when it is a JSON object, else None."""
+        return self.message.get("seq") if isinstance(self.message, dict) else None
 
 
 class _Owner(Protocol):
@@ -136,6 +146,8 @@ class TetherConnection:
         self._closed_at: Optional[float] = None
         self._close_code: Optional[int] = None
         self._close_reason: Optional[str] = None
+        self._session: Optional[str] = None
+        self._features: FrozenSet[str] = frozenset()
 
     def __repr__(self) -> str:
         # Deliberately no token here: reprs end up in logs and test reports.
@@ -154,6 +166,16 @@ class TetherConnection:
         """Channels this connection subscribed to and did not unsubscribe from."""
         with self._lock:
             return frozenset(self._subscriptions)
+
+    @property
+    def session(self) -> Optional[str]:
+        """The session id of this connection's accepted ``tether:hello``, or None."""
+        return self._session
+
+    @property
+    def features(self) -> FrozenSet[str]:
+        """The extension features granted in ``hello-ok`` (empty without a hello)."""
+        return self._features
 
     @property
     def token(self) -> Optional[str]:
@@ -200,7 +222,7 @@ class TetherConnection:
 
     @property
     def buffered_amount(self) -> int:
-        """Bytes the server wrote to this connection that the kernel has not taken yet."""
+        """Bytes the server sent to this connection that the kernel has not taken yet."""
         return self._ws.write_buffer_size
 
     @property

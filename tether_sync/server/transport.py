@@ -5,6 +5,12 @@ connection from reading: its frame buffer calls ``transport.resume_reading()``
 whenever it drains, which would undo a fault that paused reading. So each
 connection routes those calls through a gate that also knows about the faults
 (blackhole, pause-reading) and only really resumes when nobody wants it paused.
+
+Every frame the server sends goes through the connection's :class:`OrderedSender`,
+so frames leave in the order the server decided to send them, even when they come
+from different places: the connection's own replies, fan-out from other
+connections and :meth:`~tether_sync.server.TetherServer.broadcast` (published
+envelopes must reach each subscriber in ``offset`` order, DESIGN §5).
 """
 
 from __future__ import annotations
@@ -13,16 +19,27 @@ import asyncio
 import logging
 import socket
 import struct
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol, Type
+from collections import deque
+from typing import TYPE_CHECKING, Any, ClassVar, Deque, Optional, Protocol, Tuple, Type, Union
 
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 if TYPE_CHECKING:
     _AdapterBase = logging.LoggerAdapter[logging.Logger]
 else:  # LoggerAdapter is not subscriptable at runtime before Python 3.11.
     _AdapterBase = logging.LoggerAdapter
 
-__all__ = ["GatedConnection", "NoDebugLogger", "TransportHub", "connection_class"]
+__all__ = [
+    "GatedConnection",
+    "NoDebugLogger",
+    "OrderedSender",
+    "TransportHub",
+    "connection_class",
+    "send_text",
+]
+
+log = logging.getLogger("tether_sync.server")
 
 
 class NoDebugLogger(_AdapterBase):
@@ -69,6 +86,7 @@ class GatedConnection(ServerConnection):
         self._transport_paused = False
         # Enforces websockets' close deadline on the receive path (see data_received).
         self._close_timer: Optional[asyncio.TimerHandle] = None
+        self.sender = OrderedSender(self)
 
     # asyncio.Protocol callbacks
 
@@ -181,11 +199,98 @@ class GatedConnection(ServerConnection):
 
     @property
     def write_buffer_size(self) -> int:
-        """Bytes written by the server and not yet accepted by the kernel."""
+        """Bytes the server sent and the kernel has not accepted yet.
+
+        Both what sits in the transport's buffer and the frames waiting in the
+        :class:`OrderedSender` queue behind it.
+        """
         transport = getattr(self, "transport", None)
         if transport is None or transport.is_closing():
             return 0
-        return int(transport.get_write_buffer_size())
+        return int(transport.get_write_buffer_size()) + self.sender.queued_size
+
+
+async def send_text(ws: GatedConnection, data: Union[str, bytes]) -> bool:
+    """Send one frame on ``ws`` now, dropped silently when blackholed or closed.
+
+    websockets writes an unfragmented frame synchronously, before its first
+    ``await`` (which waits for the buffer to drain): that is what lets
+    :class:`OrderedSender` keep frames in order.
+
+    Returns:
+        Whether the frame was written.
+    """
+    if ws.blackholed:
+        return False
+    try:
+        await ws.send(data)
+    except ConnectionClosed:
+        return False
+    return True
+
+
+class OrderedSender:
+    """Sends a connection's frames strictly in the order they were handed over.
+
+    Frames posted while others wait go to a FIFO drained by one task; a frame
+    sent when nothing waits is written at once by its caller (no task hop on the
+    common path). Every method runs on the event loop thread.
+    """
+
+    def __init__(self, ws: GatedConnection) -> None:
+        """Bind the sender to its connection."""
+        self._ws = ws
+        self._queue: Deque[Tuple[Union[str, bytes], Optional[asyncio.Future[bool]]]] = deque()
+        self._task: Optional[asyncio.Task[None]] = None
+        # Size of what waits in the queue (characters for text: bytes for ASCII).
+        self.queued_size = 0
+
+    async def send(self, data: Union[str, bytes]) -> bool:
+        """Send ``data`` after every frame handed over before it; wait until it is written.
+
+        Returns:
+            Whether the frame was written (False when blackholed or closed).
+        """
+        if not self._queue:
+            return await send_text(self._ws, data)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((data, future))
+        self.queued_size += len(data)
+        self._ensure_task()
+        return await future
+
+    def post(self, data: Union[str, bytes]) -> None:
+        """Hand ``data`` over without waiting: it goes out after every frame before it."""
+        self._queue.append((data, None))
+        self.queued_size += len(data)
+        self._ensure_task()
+
+    def _ensure_task(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                # No await between popleft and the write inside send_text, so a
+                # frame sent directly meanwhile cannot overtake this one.
+                data, future = self._queue.popleft()
+                self.queued_size -= len(data)
+                try:
+                    written = await send_text(self._ws, data)
+                except Exception:
+                    log.exception("sending a frame failed")
+                    written = False
+                if future is not None and not future.done():
+                    future.set_result(written)
+        finally:
+            self._task = None
+            # Cancelled (the server stops): release whoever waits.
+            self.queued_size = 0
+            while self._queue:
+                _, future = self._queue.popleft()
+                if future is not None and not future.done():
+                    future.set_result(False)
 
 
 def connection_class(hub: TransportHub) -> Type[GatedConnection]:
