@@ -65,6 +65,7 @@ RANK: Dict[str, float] = {
     "timers": 1,
     "stats": 1,
     "frames": 1,
+    "deflate": 1,  # permessage-deflate codec (zlib only)
     "heartbeat": 1,  # planned in STYLE §5
     "router": 1,  # planned in STYLE §5
     # L2
