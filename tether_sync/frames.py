@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Protocol, Tuple, Union
 
 from .exceptions import ProtocolError
 
@@ -90,8 +90,16 @@ BytesLike = Union[bytes, bytearray, memoryview]
 #: :class:`ProtocolError` (e.g. 1009 past ``max_size``). See ``deflate.PerMessageDeflate``.
 Inflate = Callable[[bytes, int], bytes]
 
-#: Compresses one outgoing message: ``payload -> (data, rsv1)``.
-Deflate = Callable[[BytesLike], Tuple[bytes, bool]]
+
+class Deflate(Protocol):
+    """What :func:`encode_frames` needs of a compressor (``deflate.PerMessageDeflate``)."""
+
+    #: Messages shorter than this are sent as they are, without calling ``encode``.
+    threshold: int
+
+    def encode(self, payload: BytesLike) -> Tuple[bytes, bool]:
+        """Compress one whole message: ``(data, rsv1)``."""
+
 
 _VALID_OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 
@@ -688,9 +696,11 @@ def encode_frames(
     Args:
         frames: ``(opcode, payload)`` pairs, each sent as a FIN frame.
         keys: Source of a fresh masking key per frame.
-        deflate: With permessage-deflate negotiated, the codec's ``encode``
-            (``payload -> (data, rsv1)``); applied to text and binary frames,
-            never to control frames. None: nothing is compressed.
+        deflate: With permessage-deflate negotiated, the connection's codec
+            (``deflate.PerMessageDeflate``): text and binary frames of at
+            least ``deflate.threshold`` bytes go through ``deflate.encode``;
+            smaller ones and control frames cost one comparison more than
+            without it. None: nothing is compressed.
 
     Returns:
         The frames concatenated in order.
@@ -701,11 +711,25 @@ def encode_frames(
     next_key = keys.next
     if deflate is None:
         return b"".join([encode_frame(op, payload, next_key()) for op, payload in frames])
-    out = []
-    for op, payload in frames:
-        if op == OP_TEXT or op == OP_BINARY:
-            data, rsv1 = deflate(payload)
-            out.append(encode_frame(op, data, next_key(), True, rsv1))
-        else:
-            out.append(encode_frame(op, payload, next_key()))
-    return b"".join(out)
+    threshold = deflate.threshold
+    compress = deflate.encode
+    # One comprehension, like the uncompressed path: a small message costs a
+    # len() and a comparison more, not a Python loop body.
+    return b"".join(
+        [
+            encode_frame(op, payload, next_key())
+            if len(payload) < threshold or not OP_CONT < op <= OP_BINARY
+            else _encode_compressed(op, payload, next_key(), compress)
+            for op, payload in frames
+        ]
+    )
+
+
+def _encode_compressed(
+    opcode: int,
+    payload: BytesLike,
+    mask_key: bytes,
+    compress: Callable[[BytesLike], Tuple[bytes, bool]],
+) -> bytes:
+    data, rsv1 = compress(payload)
+    return encode_frame(opcode, data, mask_key, True, rsv1)

@@ -429,7 +429,7 @@ def test_encode_frames_with_deflate_matches_websockets() -> None:
     wire = encode_frames(
         [(OP_TEXT, big), (OP_PING, b"x"), (OP_TEXT, b"small"), (OP_BINARY, big)],
         MaskKeys(),
-        deflate=codec.encode,
+        deflate=codec,
     )
     assert server.receive(wire) == [
         (OP_TEXT, big),

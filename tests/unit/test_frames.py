@@ -829,21 +829,26 @@ def test_encode_frame_rsv1() -> None:
 
 
 def test_encode_frames_with_deflate_compresses_data_frames_only() -> None:
-    seen: List[bytes] = []
+    class FakeDeflate:
+        threshold = 3
 
-    def fake_deflate(payload: Union[bytes, bytearray, memoryview]) -> Tuple[bytes, bool]:
-        seen.append(bytes(payload))
-        return (bytes(payload)[::-1], True) if len(payload) > 2 else (bytes(payload), False)
+        def __init__(self) -> None:
+            self.seen: List[bytes] = []
 
+        def encode(self, payload: Union[bytes, bytearray, memoryview]) -> Tuple[bytes, bool]:
+            self.seen.append(bytes(payload))
+            return bytes(payload)[::-1], True
+
+    fake = FakeDeflate()
     items = [(OP_TEXT, b"abc"), (OP_PING, b"ping"), (OP_BINARY, b"xy"), (OP_BINARY, b"123")]
-    data = encode_frames(items, MaskKeys(), deflate=fake_deflate)
+    data = encode_frames(items, MaskKeys(), deflate=fake)
     assert read_masked_frames(data) == [
         (OP_TEXT, 1, True, b"cba"),
         (OP_PING, 0, True, b"ping"),
         (OP_BINARY, 0, True, b"xy"),
         (OP_BINARY, 1, True, b"321"),
     ]
-    assert seen == [b"abc", b"xy", b"123"]
+    assert fake.seen == [b"abc", b"123"]
 
 
 # --------------------------------------------------------------------------- layering
