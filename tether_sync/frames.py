@@ -235,7 +235,8 @@ class FrameParser:
                 a bytearray or memoryview is copied to bytes first.
 
         Returns:
-            The completed messages in wire order: ``(OP_TEXT, str)``,
+            The completed messages in wire order (compressed ones already
+            inflated when the parser has ``inflate``): ``(OP_TEXT, str)``,
             ``(OP_BINARY, bytes)``, ``(OP_PING, bytes)``, ``(OP_PONG, bytes)``
             or ``(OP_CLOSE, bytes)`` (the raw close payload; see
             :func:`parse_close`). Fragmented messages are reassembled; control
@@ -246,7 +247,9 @@ class FrameParser:
             FrameProtocolError: The server broke RFC 6455. ``close_code`` is
                 1002 (framing), 1007 (invalid UTF-8 in a text message) or 1009
                 (message larger than ``max_message_size``). ``messages`` holds
-                what was completed before the violation.
+                what was completed before the violation. With ``inflate``,
+                also whatever it raised (from ``deflate``: 1009 for a message
+                inflating past ``max_message_size``, 1007 for corrupt data).
         """
         if self._error is not None:
             err = self._error
