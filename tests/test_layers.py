@@ -64,6 +64,7 @@ RANK: Dict[str, float] = {
     "timers": 1,
     "stats": 1,
     "frames": 1,
+    "deflate": 1,  # permessage-deflate codec (zlib only)
     "heartbeat": 1,  # planned in STYLE §5
     "router": 1,  # planned in STYLE §5
     "writebuf": 1.2,  # framed bytes waiting for the socket, pure bookkeeping

@@ -19,13 +19,21 @@ Typical use::
 
     keys = MaskKeys()
     sock.sendall(encode_frame(OP_TEXT, "hi".encode(), keys.next()))
+
+With permessage-deflate (RFC 7692) negotiated, give the parser the codec's
+inflate function and set RSV1 on the frames of compressed messages::
+
+    codec = deflate.PerMessageDeflate(params)
+    parser = FrameParser(max_message_size, inflate=codec.decode)
+    data, rsv1 = codec.encode(payload)
+    sock.sendall(encode_frame(OP_TEXT, data, keys.next(), rsv1=rsv1))
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import Callable, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Protocol, Tuple, Union
 
 from .exceptions import ProtocolError
 
@@ -38,8 +46,10 @@ __all__ = [
     "OP_PONG",
     "OP_TEXT",
     "BytesLike",
+    "Deflate",
     "FrameParser",
     "FrameProtocolError",
+    "Inflate",
     "MaskKeys",
     "Message",
     "encode_close_payload",
@@ -75,6 +85,21 @@ Message = Tuple[int, Union[str, bytes]]
 
 #: What the codec accepts as input bytes.
 BytesLike = Union[bytes, bytearray, memoryview]
+
+#: Inflates one compressed message: ``(payload, max_size) -> bytes``; raises
+#: :class:`ProtocolError` (e.g. 1009 past ``max_size``). See ``deflate.PerMessageDeflate``.
+Inflate = Callable[[bytes, int], bytes]
+
+
+class Deflate(Protocol):
+    """What :func:`encode_frames` needs of a compressor (``deflate.PerMessageDeflate``)."""
+
+    #: Messages shorter than this are sent as they are, without calling ``encode``.
+    threshold: int
+
+    def encode(self, payload: BytesLike) -> Tuple[bytes, bool]:
+        """Compress one whole message: ``(data, rsv1)``."""
+
 
 _VALID_OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 
@@ -140,7 +165,9 @@ class FrameParser:
         "_error",
         "_frag_len",
         "_frag_op",
+        "_frag_rsv1",
         "_frags",
+        "_inflate",
         "_max",
         "_need",
         "_rem",
@@ -149,13 +176,24 @@ class FrameParser:
         "_tail",
     )
 
-    def __init__(self, max_message_size: int = 16 * 2**20) -> None:
+    def __init__(
+        self, max_message_size: int = 16 * 2**20, inflate: Optional[Inflate] = None
+    ) -> None:
         """Create a parser.
 
         Args:
             max_message_size: Largest message (after reassembly of fragments)
                 accepted, in bytes; a larger one is a 1009 error (RFC 6455
-                §7.4.1), raised as soon as a frame header announces it.
+                §7.4.1), raised as soon as a frame header announces it. With
+                ``inflate`` it bounds both the compressed and the inflated size.
+            inflate: Set when permessage-deflate was negotiated (RFC 7692): RSV1
+                is then allowed on the first frame of a data message, and such
+                a message's reassembled payload goes through
+                ``inflate(payload, max_message_size)`` before text is
+                UTF-8-validated, so :meth:`feed` still returns plain
+                ``(opcode, payload)``. A :class:`ProtocolError` it raises
+                becomes a :class:`FrameProtocolError` with the same close code.
+                None (the default): any RSV bit is a 1002 error.
 
         Raises:
             ValueError: ``max_message_size`` is negative.
@@ -179,6 +217,9 @@ class FrameParser:
         # _frags (0 when none), and whether that frame has FIN set.
         self._rem = 0
         self._rem_fin = False
+        # Whether the message in _frags had RSV1 on its first frame.
+        self._frag_rsv1 = False
+        self._inflate = inflate
         self._error: Optional[FrameProtocolError] = None
 
     @property
@@ -194,7 +235,8 @@ class FrameParser:
                 a bytearray or memoryview is copied to bytes first.
 
         Returns:
-            The completed messages in wire order: ``(OP_TEXT, str)``,
+            The completed messages in wire order (compressed ones already
+            inflated when the parser has ``inflate``): ``(OP_TEXT, str)``,
             ``(OP_BINARY, bytes)``, ``(OP_PING, bytes)``, ``(OP_PONG, bytes)``
             or ``(OP_CLOSE, bytes)`` (the raw close payload; see
             :func:`parse_close`). Fragmented messages are reassembled; control
@@ -205,7 +247,9 @@ class FrameParser:
             FrameProtocolError: The server broke RFC 6455. ``close_code`` is
                 1002 (framing), 1007 (invalid UTF-8 in a text message) or 1009
                 (message larger than ``max_message_size``). ``messages`` holds
-                what was completed before the violation.
+                what was completed before the violation. With ``inflate``,
+                also whatever it raised (from ``deflate``: 1009 for a message
+                inflating past ``max_message_size``, 1007 for corrupt data).
         """
         if self._error is not None:
             err = self._error
@@ -249,6 +293,11 @@ class FrameParser:
             )
             self._error = err
             raise err from None
+        except ProtocolError as exc:
+            # From inflate(): e.g. 1009 for a message inflating past the limit.
+            err = FrameProtocolError(str(exc), exc.close_code, out)
+            self._error = err
+            raise err from None
         return out
 
     def _add(self, piece: bytes) -> None:
@@ -275,6 +324,10 @@ class FrameParser:
         self._frags = []
         self._frag_len = 0
         self._frag_op = 0
+        if self._frag_rsv1:
+            self._frag_rsv1 = False
+            assert self._inflate is not None
+            payload = self._inflate(payload, self._max)
         # RFC 6455 §5.6/§8.1: only the whole text message has to be valid
         # UTF-8; a code point may straddle fragments (or reads).
         out.append((OP_TEXT, payload.decode()) if op == OP_TEXT else (op, payload))
@@ -284,6 +337,7 @@ class FrameParser:
         append = out.append
         n = len(buf)
         small_max = self._small_max
+        inflate = self._inflate
         # Cached in a local for speed; written back by the finally clause.
         frag_op = self._frag_op
         try:
@@ -306,10 +360,19 @@ class FrameParser:
 
                 # General path. Header checks come first, so a bad header fails
                 # as soon as it is read, before its payload arrives.
+                compressed = False
                 if b0 & 0x70:
                     # RFC 6455 §5.2: RSV1-3 must be 0 unless an extension was
-                    # negotiated, and we never negotiate one.
-                    raise FrameProtocolError(f"RSV bits set in frame header (0x{b0:02x})")
+                    # negotiated; permessage-deflate (inflate set) defines RSV1.
+                    if b0 & 0x70 != 0x40 or inflate is None:
+                        raise FrameProtocolError(f"RSV bits set in frame header (0x{b0:02x})")
+                    # RFC 7692 §6.1: RSV1 marks the first frame of a compressed
+                    # data message; on a control or continuation frame it is an error.
+                    if b0 & 0x08:
+                        raise FrameProtocolError("RSV1 set on a control frame")
+                    if not b0 & 0x07:
+                        raise FrameProtocolError("RSV1 set on a continuation frame")
+                    compressed = True
                 if b1 & 0x80:
                     # RFC 6455 §5.1: a client must close the connection on a
                     # masked frame from the server.
@@ -382,11 +445,14 @@ class FrameParser:
                 elif fin and end <= n:
                     # Whole unfragmented message (not taken by the fast path).
                     payload = buf[start:end]
+                    if compressed and inflate is not None:
+                        payload = inflate(payload, self._max)
                     append((OP_TEXT, payload.decode()) if opcode == OP_TEXT else (opcode, payload))
                     pos = end
                     continue
                 else:
                     frag_op = opcode
+                    self._frag_rsv1 = compressed
 
                 # A fragment, or the start of a data frame still incomplete:
                 # collect its payload in _frags.
@@ -572,7 +638,9 @@ def _strided_mask(out: bytearray, at: int, payload: BytesLike, mask_key: bytes) 
     out[at + 3 :: 4] = data[3::4].translate(t[mask_key[3]])
 
 
-def encode_frame(opcode: int, payload: BytesLike, mask_key: bytes, fin: bool = True) -> bytes:
+def encode_frame(
+    opcode: int, payload: BytesLike, mask_key: bytes, fin: bool = True, rsv1: bool = False
+) -> bytes:
     """Encode one client frame, masked as RFC 6455 §5.1/§5.3 requires.
 
     Args:
@@ -580,13 +648,16 @@ def encode_frame(opcode: int, payload: BytesLike, mask_key: bytes, fin: bool = T
         payload: The (unmasked) payload; text must already be UTF-8 encoded.
         mask_key: The 4-byte masking key, e.g. from :meth:`MaskKeys.next`.
         fin: False for every fragment but the last one (RFC 6455 §5.4).
+        rsv1: Set RSV1: the first (or only) frame of a message compressed with
+            permessage-deflate (RFC 7692 §6); only for OP_TEXT / OP_BINARY.
 
     Returns:
         The whole frame: header, masking key, masked payload.
 
     Raises:
-        ValueError: Unknown opcode, a key that is not 4 bytes, or a control
-            frame that is fragmented or longer than 125 bytes (RFC 6455 §5.5).
+        ValueError: Unknown opcode, a key that is not 4 bytes, a control
+            frame that is fragmented or longer than 125 bytes (RFC 6455 §5.5),
+            or ``rsv1`` on a control or continuation frame.
     """
     n = len(payload)
     if opcode not in _VALID_OPCODES or len(mask_key) != 4:
@@ -594,6 +665,10 @@ def encode_frame(opcode: int, payload: BytesLike, mask_key: bytes, fin: bool = T
     if opcode & 0x8 and (n > MAX_CONTROL_PAYLOAD or not fin):
         raise ValueError("control frames must be final and carry at most 125 bytes")
     b0 = opcode | 0x80 if fin else opcode
+    if rsv1:
+        if opcode not in (OP_TEXT, OP_BINARY):
+            raise ValueError("RSV1 is only set on the first frame of a data message")
+        b0 |= 0x40
     # RFC 6455 §5.2: minimal length encoding; 0x80 is the MASK bit.
     if n < 126:
         header = bytes((b0, 0x80 | n))
@@ -616,12 +691,19 @@ def encode_frame(opcode: int, payload: BytesLike, mask_key: bytes, fin: bool = T
     return bytes(out)
 
 
-def encode_frames(frames: Iterable[Tuple[int, BytesLike]], keys: MaskKeys) -> bytes:
+def encode_frames(
+    frames: Iterable[Tuple[int, BytesLike]], keys: MaskKeys, deflate: Optional[Deflate] = None
+) -> bytes:
     """Encode several final frames into one buffer (write coalescing).
 
     Args:
         frames: ``(opcode, payload)`` pairs, each sent as a FIN frame.
         keys: Source of a fresh masking key per frame.
+        deflate: With permessage-deflate negotiated, the connection's codec
+            (``deflate.PerMessageDeflate``): text and binary frames of at
+            least ``deflate.threshold`` bytes go through ``deflate.encode``;
+            smaller ones and control frames cost one comparison more than
+            without it. None: nothing is compressed.
 
     Returns:
         The frames concatenated in order.
@@ -630,4 +712,27 @@ def encode_frames(frames: Iterable[Tuple[int, BytesLike]], keys: MaskKeys) -> by
         ValueError: As :func:`encode_frame`.
     """
     next_key = keys.next
-    return b"".join([encode_frame(op, payload, next_key()) for op, payload in frames])
+    if deflate is None:
+        return b"".join([encode_frame(op, payload, next_key()) for op, payload in frames])
+    threshold = deflate.threshold
+    compress = deflate.encode
+    # One comprehension, like the uncompressed path: a small message costs a
+    # len() and a comparison more, not a Python loop body.
+    return b"".join(
+        [
+            encode_frame(op, payload, next_key())
+            if len(payload) < threshold or not OP_CONT < op <= OP_BINARY
+            else _encode_compressed(op, payload, next_key(), compress)
+            for op, payload in frames
+        ]
+    )
+
+
+def _encode_compressed(
+    opcode: int,
+    payload: BytesLike,
+    mask_key: bytes,
+    compress: Callable[[BytesLike], Tuple[bytes, bool]],
+) -> bytes:
+    data, rsv1 = compress(payload)
+    return encode_frame(opcode, data, mask_key, True, rsv1)

@@ -7,7 +7,7 @@ import io
 import os
 import random
 from pathlib import Path
-from typing import Callable, List, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import pytest
 import websocket
@@ -646,6 +646,209 @@ def test_mask_keys_rejects_short_urandom_and_bad_batch() -> None:
         MaskKeys(urandom=lambda n: b"\0" * (n - 1)).next()
     with pytest.raises(ValueError):
         MaskKeys(batch=0)
+
+
+# --------------------------------------------------------------------------- permessage-deflate
+
+
+class FakeInflate:
+    """Stands in for PerMessageDeflate.decode: reverses the bytes, records calls."""
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[bytes, int]] = []
+
+    def __call__(self, payload: bytes, max_size: int) -> bytes:
+        self.calls.append((payload, max_size))
+        if payload == b"too big":
+            raise ProtocolError("inflates beyond max_message_size", 1009)
+        return payload[::-1]
+
+
+def feed_every_way(stream: bytes, max_message_size: int = 1 << 20) -> List[Message]:
+    """Feed ``stream`` whole, bytewise and in random pieces; all must agree."""
+    results = []
+    for mode in ("whole", "bytewise", 1, 2):
+        parser = FrameParser(max_message_size, inflate=FakeInflate())
+        if mode == "whole":
+            pieces = [stream]
+        elif mode == "bytewise":
+            pieces = [stream[i : i + 1] for i in range(len(stream))]
+        else:
+            pieces = random_splits(stream, random.Random(mode))
+        out: List[Message] = []
+        for piece in pieces:
+            out += parser.feed(piece)
+        assert parser.buffered == 0
+        results.append(out)
+    assert all(r == results[0] for r in results)
+    return results[0]
+
+
+def test_rsv1_message_is_inflated_then_utf8_decoded() -> None:
+    text = "héllo wörld €".encode()
+    stream = (
+        server_frame(OP_TEXT, text[::-1], rsv=(1, 0, 0))
+        + server_frame(OP_BINARY, b"\x00\x01\x02" * 100, rsv=(1, 0, 0))
+        + server_frame(OP_TEXT, b"plain")
+    )
+    assert feed_every_way(stream) == [
+        (OP_TEXT, "héllo wörld €"),
+        (OP_BINARY, (b"\x00\x01\x02" * 100)[::-1]),
+        (OP_TEXT, "plain"),
+    ]
+
+
+def test_compressed_bytes_need_not_be_utf8() -> None:
+    """UTF-8 is checked on the inflated text only (RFC 7692 §6, RFC 6455 §8.1)."""
+    stream = server_frame(OP_TEXT, "€".encode()[::-1], rsv=(1, 0, 0))
+    assert feed_every_way(stream) == [(OP_TEXT, "€")]
+
+
+def test_invalid_utf8_after_inflate_is_1007() -> None:
+    parser = FrameParser(inflate=FakeInflate())
+    with pytest.raises(FrameProtocolError) as info:
+        parser.feed(server_frame(OP_TEXT, b"\xff\xfe", rsv=(1, 0, 0)))
+    assert info.value.close_code == 1007
+
+
+def test_fragmented_compressed_message_with_control_frames() -> None:
+    body = b"0123456789" * 20000
+    wire = body[::-1]
+    stream = (
+        server_frame(OP_BINARY, wire[:7], fin=0, rsv=(1, 0, 0))
+        + server_frame(OP_PING, b"p")
+        + server_frame(OP_CONT, wire[7:150000], fin=0)
+        + server_frame(OP_CONT, wire[150000:], fin=1)
+        + server_frame(OP_TEXT, b"next", fin=0)
+        + server_frame(OP_CONT, b"!", fin=1)
+    )
+    assert feed_every_way(stream) == [(OP_PING, b"p"), (OP_BINARY, body), (OP_TEXT, "next!")]
+
+
+def test_inflate_gets_whole_message_and_limit() -> None:
+    inflate = FakeInflate()
+    parser = FrameParser(5000, inflate=inflate)
+    stream = (
+        server_frame(OP_TEXT, b"ab", fin=0, rsv=(1, 0, 0))
+        + server_frame(OP_CONT, b"cd", fin=1)
+        + server_frame(OP_TEXT, b"xy")
+    )
+    assert parser.feed(stream) == [(OP_TEXT, "dcba"), (OP_TEXT, "xy")]
+    assert inflate.calls == [(b"abcd", 5000)]
+
+
+@pytest.mark.parametrize("rsv", [(0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1)])
+def test_other_rsv_bits_still_fail_with_inflate(rsv: Tuple[int, int, int]) -> None:
+    with pytest.raises(FrameProtocolError) as info:
+        FrameParser(inflate=FakeInflate()).feed(server_frame(OP_TEXT, b"hi", rsv=rsv))
+    assert info.value.close_code == 1002
+
+
+@pytest.mark.parametrize("opcode", [OP_PING, OP_PONG, OP_CLOSE])
+def test_rsv1_on_control_frame_fails(opcode: int) -> None:
+    with pytest.raises(FrameProtocolError, match="control frame") as info:
+        FrameParser(inflate=FakeInflate()).feed(server_frame(opcode, b"", rsv=(1, 0, 0)))
+    assert info.value.close_code == 1002
+
+
+def test_rsv1_on_continuation_frame_fails() -> None:
+    for first_rsv in ((0, 0, 0), (1, 0, 0)):
+        stream = server_frame(OP_TEXT, b"a", fin=0, rsv=first_rsv) + server_frame(
+            OP_CONT, b"b", rsv=(1, 0, 0)
+        )
+        with pytest.raises(FrameProtocolError, match="continuation") as info:
+            FrameParser(inflate=FakeInflate()).feed(stream)
+        assert info.value.close_code == 1002
+
+
+def test_inflate_error_keeps_earlier_messages_and_poisons_parser() -> None:
+    parser = FrameParser(inflate=FakeInflate())
+    stream = server_frame(OP_TEXT, b"ok") + server_frame(OP_BINARY, b"too big", rsv=(1, 0, 0))
+    with pytest.raises(FrameProtocolError) as info:
+        parser.feed(stream)
+    assert info.value.close_code == 1009
+    assert info.value.messages == [(OP_TEXT, "ok")]
+    with pytest.raises(FrameProtocolError) as again:
+        parser.feed(server_frame(OP_TEXT, b"more"))
+    assert again.value.close_code == 1009
+
+
+def test_compressed_size_is_bounded_too() -> None:
+    with pytest.raises(FrameProtocolError) as info:
+        FrameParser(10, inflate=FakeInflate()).feed(server_frame(OP_TEXT, b"x" * 11, rsv=(1, 0, 0)))
+    assert info.value.close_code == 1009
+
+
+def read_masked_frames(data: bytes) -> List[Tuple[int, int, bool, bytes]]:
+    """``(opcode, rsv1, fin, payload)`` per frame, read by websockets' frame reader.
+
+    (websocket-client's reader refuses any RSV bit; websockets' accepts RSV1
+    when an extension takes it off, which this pass-through one does.)
+    """
+    import dataclasses
+
+    from websockets.frames import Frame
+    from websockets.streams import StreamReader
+
+    rsv1_seen: List[int] = []
+
+    class KeepRsv1:
+        name = "test-keep-rsv1"
+
+        def decode(self, frame: Frame, *, max_size: Optional[int] = None) -> Frame:
+            rsv1_seen.append(int(frame.rsv1))
+            return dataclasses.replace(frame, rsv1=False)
+
+    reader = StreamReader()
+    reader.feed_data(data)
+    out = []
+    while reader.buffer:
+        gen = Frame.parse(reader.read_exact, mask=True, extensions=[KeepRsv1()])  # type: ignore[list-item]
+        try:
+            next(gen)
+        except StopIteration as stop:
+            f = stop.value
+            out.append((int(f.opcode), rsv1_seen[-1], f.fin, bytes(f.data)))
+        else:  # pragma: no cover - the data is complete
+            raise AssertionError("incomplete frame")
+    return out
+
+
+def test_encode_frame_rsv1() -> None:
+    key = os.urandom(4)
+    for n in (3, 300, 70000):
+        payload = os.urandom(n)
+        plain = encode_frame(OP_BINARY, payload, key, fin=False)
+        flagged = encode_frame(OP_BINARY, payload, key, fin=False, rsv1=True)
+        assert flagged == bytes((plain[0] | 0x40,)) + plain[1:]
+        assert read_masked_frames(flagged) == [(OP_BINARY, 1, False, payload)]
+    assert encode_frame(OP_TEXT, b"a", key, rsv1=False) == encode_frame(OP_TEXT, b"a", key)
+    for opcode in (OP_CONT, OP_PING, OP_PONG, OP_CLOSE):
+        with pytest.raises(ValueError, match="RSV1"):
+            encode_frame(opcode, b"", key, rsv1=True)
+
+
+def test_encode_frames_with_deflate_compresses_data_frames_only() -> None:
+    class FakeDeflate:
+        threshold = 3
+
+        def __init__(self) -> None:
+            self.seen: List[bytes] = []
+
+        def encode(self, payload: Union[bytes, bytearray, memoryview]) -> Tuple[bytes, bool]:
+            self.seen.append(bytes(payload))
+            return bytes(payload)[::-1], True
+
+    fake = FakeDeflate()
+    items = [(OP_TEXT, b"abc"), (OP_PING, b"ping"), (OP_BINARY, b"xy"), (OP_BINARY, b"123")]
+    data = encode_frames(items, MaskKeys(), deflate=fake)
+    assert read_masked_frames(data) == [
+        (OP_TEXT, 1, True, b"cba"),
+        (OP_PING, 0, True, b"ping"),
+        (OP_BINARY, 0, True, b"xy"),
+        (OP_BINARY, 1, True, b"321"),
+    ]
+    assert fake.seen == [b"abc", b"123"]
 
 
 # --------------------------------------------------------------------------- layering
