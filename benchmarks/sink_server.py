@@ -122,6 +122,35 @@ class FrameReader:
         return b0 & 0x0F, payload
 
 
+def preamble(sock: socket.socket, initial: bytes) -> bytes:
+    """Answer a Tether client's opening frames; return the raw bytes from its first data frame.
+
+    tether_sync opens each connection with ``tether:hello`` and, without auth, a
+    ``tether:ping`` whose pong decides the extension (DESIGN §5): this server
+    speaks none of it, so it ignores the hello and answers the ping like any
+    Tether server. Byte counting then starts at the first real message.
+    """
+    reader = FrameReader(sock, initial)
+    while True:
+        before = bytes(reader.buf)
+        frame = reader._parse_one()
+        while frame is None:
+            data = sock.recv(65536)
+            if not data:
+                return b""
+            reader.buf += data
+            before = bytes(reader.buf)
+            frame = reader._parse_one()
+        opcode, payload = frame
+        if opcode == OP_TEXT and payload.startswith(b'{"type":"tether:hello"'):
+            continue
+        if opcode == OP_TEXT and payload.startswith(b'{"type":"tether:ping"'):
+            pong = payload.replace(b"tether:ping", b"tether:pong", 1)
+            sock.sendall(server_frame(OP_TEXT, pong))
+            continue
+        return before  # this frame and everything after it, unparsed
+
+
 def frame_loop(sock: socket.socket, reader: FrameReader, echo: bool) -> None:
     """Answer ping and close; echo data frames when ``echo``. Returns on close/EOF."""
     for opcode, payload in reader.frames():
@@ -221,6 +250,8 @@ def serve_connection(sock: socket.socket) -> None:
         parts = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         mode = parts.path.rstrip("/").rsplit("/", 1)[-1]
+        if mode in ("sink", "blast"):
+            rest = preamble(sock, rest)
         if mode == "sink":
             sink(sock, int(query["bytes"]), rest)
         elif mode == "blast":

@@ -60,7 +60,9 @@ class Handoff:
         kind = type(event)
         if kind is s.Received:
             assert isinstance(event, s.Received)
-            loop.router.deliver(event.channel, event.payload)
+            deliver = loop.router.deliver
+            for channel, payload in event.items:
+                deliver(channel, payload)
         elif kind is s.Written or kind is s.Acked:
             assert isinstance(event, (s.Written, s.Acked))
             self.done(_deliveries(event.items), acked=kind is s.Acked)

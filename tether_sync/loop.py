@@ -383,7 +383,11 @@ class IoLoop:
             elif timer is Timer.CLOSE_DEADLINE:
                 if not self.stopped.is_set():
                     self._close_now()
-            # KERNEL_POLL: the wake-up alone re-runs _pump and the flush check.
+            elif timer is Timer.KERNEL_POLL and self._sock is not None:
+                # Also re-runs _pump and the flush check (the wake-up alone does).
+                self.kernel_unsent = transport.kernel_unsent(self._sock)
+                if self.kernel_unsent:
+                    self._timers.schedule(now + KERNEL_POLL, Timer.KERNEL_POLL)
         session = self.session
         if session is not None:
             when = session.next_deadline()
@@ -637,10 +641,10 @@ class IoLoop:
             self._kernel_bound += n
             if n < len(data):
                 break  # the kernel is full: wait for writability
-        if total:
-            self.kernel_unsent = transport.kernel_unsent(sock)
-            if self.kernel_unsent:
-                self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
+        if total and not self._timers.scheduled(Timer.KERNEL_POLL):
+            # buffered_amount reads kernel_unsent (user threads may not ioctl the
+            # socket): refresh it shortly, not after every write.
+            self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
         return total
 
     def _update_interest(self) -> None:
@@ -648,10 +652,6 @@ class IoLoop:
         sock = self._sock
         if sock is None:
             return
-        if self.kernel_unsent and not self._timers.scheduled(Timer.KERNEL_POLL):
-            self.kernel_unsent = transport.kernel_unsent(sock)
-            if self.kernel_unsent:
-                self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
         mask = (selectors.EVENT_READ if self._reading() else 0) | (
             selectors.EVENT_WRITE if self._want_write else 0
         )

@@ -165,26 +165,41 @@ class AuthTrouble:
     final: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
 class Received:
-    """An inbound application message: ``channel`` None for frames that are no Tether message."""
+    """Inbound application messages, in order: ``(channel, payload)`` pairs.
 
-    channel: Optional[str]
-    payload: Any
+    ``channel`` is None for frames that are no Tether message. Consecutive
+    messages share one event (the hot path: one event per read, not per message).
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: List[Tuple[Optional[str], Any]]) -> None:
+        self.items = items
+
+    def __repr__(self) -> str:
+        return f"Received({len(self.items)} messages)"
 
 
-@dataclasses.dataclass(frozen=True)
 class Written:
-    """Messages whose frames the kernel took (done, where no ack is awaited)."""
+    """Messages whose frames the kernel took (done, where no ack is awaited).
 
-    items: List[Item]
+    Hot path: a plain slotted class, cheaper to make than a frozen dataclass.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: List[Item]) -> None:
+        self.items = items
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self.items)} messages)"
 
 
-@dataclasses.dataclass(frozen=True)
-class Acked:
+class Acked(Written):
     """Messages the server acknowledged (the ``ack`` extension, or a ping barrier)."""
 
-    items: List[Item]
+    __slots__ = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,7 +457,7 @@ class Session:
         if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
             if self.config.protocol == "raw":
                 self.delivered_something = True
-                self._events.append(Received("default", payload))
+                self._received("default", payload)
             else:
                 self._on_tether(payload, now)
         elif opcode == frames.OP_PING:
@@ -477,7 +492,7 @@ class Session:
             value = msg.value if isinstance(msg, envelope.Unknown) else payload
             if not self._on_extension(value, now):
                 # Not ours to interpret: the message stream gets the frame unchanged.
-                self._events.append(Received(None, payload))
+                self._received(None, payload)
 
     def _on_data(self, msg: envelope.Data, raw: Any) -> None:
         channel = msg.channel if isinstance(msg.channel, str) else str(msg.channel)
@@ -491,7 +506,14 @@ class Session:
                 log.debug("dropping %s offset %d: already seen", channel, offset)
                 return
             positions[channel] = Position(epoch, offset)
-        self._events.append(Received(channel, msg.payload))
+        self._received(channel, msg.payload)
+
+    def _received(self, channel: Optional[str], payload: Any) -> None:
+        events = self._events
+        if events and type(events[-1]) is Received:
+            events[-1].items.append((channel, payload))
+        else:
+            events.append(Received([(channel, payload)]))
 
     def _on_server_error(self, msg: envelope.ServerErrorMsg) -> None:
         log.warning("server refused message %r: %s", msg.id, msg.error)
