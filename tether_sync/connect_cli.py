@@ -398,11 +398,14 @@ class _Ledger:
 
 
 def _configure_logging(verbose: int, stream: IO[str]) -> None:
+    logger = logging.getLogger("tether_sync")
     if verbose <= 0:
+        # The status lines and the summary say what went wrong; without -v the
+        # library's warnings would repeat it in another format.
+        logger.addHandler(logging.NullHandler())
         return
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("tether_sync")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
 
