@@ -111,6 +111,7 @@ def test_phone_status_bar_sticks_log_is_readable_favicon_and_metrics_explained(
         response = page.request.get(href)
         assert response.status == 200
         assert response.headers["content-type"].startswith("image/svg+xml")
+        assert page.request.get(url + "favicon.ico").status == 200
         # Every metric explains itself in small text.
         unexplained = page.evaluate(
             """() => Array.from(document.querySelectorAll('.figures > div'))
