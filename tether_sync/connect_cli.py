@@ -29,7 +29,6 @@ import collections
 import json
 import logging
 import os
-import ssl
 import subprocess
 import sys
 import threading
@@ -44,6 +43,9 @@ __all__ = ["add_arguments", "connect_main", "token_command"]
 
 QUEUE = {"max_size": 1000, "overflow": "block"}
 """The outbound queue of ``connect``: lossless for piped input (``send()`` waits for room)."""
+
+CERT_NONE = 0
+"""``ssl.CERT_NONE`` (only loop.py and transport.py import ssl: tests/test_layers.py)."""
 
 QUIET = 0.25
 """Seconds without an inbound message that end the wait for replies after EOF."""
@@ -425,7 +427,7 @@ def _client_options(args: argparse.Namespace) -> Dict[str, Any]:
     if args.ca_file:
         sslopt["ca_certs"] = args.ca_file
     if args.insecure:
-        sslopt["cert_reqs"] = ssl.CERT_NONE
+        sslopt["cert_reqs"] = CERT_NONE
         sslopt["check_hostname"] = False
     if sslopt:
         options["sslopt"] = sslopt

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from tether_sync import cli
-from tether_sync.connect_cli import INSECURE_WARNING, _Printer, use_color
+from tether_sync.connect_cli import CERT_NONE, INSECURE_WARNING, _Printer, use_color
 
 from .conftest import REPO
 
@@ -127,6 +127,7 @@ def test_an_untrusted_certificate_is_refused_and_insecure_accepts_it_loudly(
     proc = _connect(tls_echo["url"], "--raw", "-k", "-q", stdin="anyway\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["[default] anyway"]
+    assert CERT_NONE == ssl.CERT_NONE
     # Loud: first on stderr, even with --quiet.
     assert proc.stderr.splitlines()[0] == f"* {INSECURE_WARNING}"
 
