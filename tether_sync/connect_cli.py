@@ -504,6 +504,7 @@ def connect_main(
 
     ledger = _Ledger()
     reader_done = threading.Event()  # EOF on stdin (or the reader stopped)
+    eof = threading.Event()  # the input was read to its end
     gave_up = threading.Event()  # the client reached state closed on its own
     stopping = threading.Event()  # we are closing: the reader stops
     blocked_since: List[Optional[float]] = [None]  # when the pending send() began
@@ -585,6 +586,7 @@ def connect_main(
                     ledger.add(delivery)
                 finally:
                     blocked_since[0] = None
+            eof.set()
         finally:
             reader_done.set()
 
@@ -596,7 +598,7 @@ def connect_main(
         ledger.settle()
         if ledger.failed:
             first = f" (first: {ledger.first_failure})" if ledger.first_failure else ""
-            unread = "" if reader_done.is_set() else "; the rest of the input was not read"
+            unread = "" if eof.is_set() else "; the rest of the input was not read"
             printer.news(
                 "unsent",
                 f"{ledger.failed} of {ledger.lines} lines not delivered{first}{unread}",
