@@ -8,12 +8,58 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
+
+DESCRIPTION = (
+    "tether_sync's command line: run the bundled server (serve), the control panel "
+    "demo (demo), or an interactive client (connect). 'tether-sync COMMAND --help' "
+    "shows each command's options."
+)
+
+EXTRAS = {"websockets": "server", "flask": "demo", "werkzeug": "demo"}
+"""Optional dependency (top-level module) → the extra that installs it."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help in plain text: every option shows its default, and no reST ````markup````."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = (action.help or "").replace("``", "")
+        default = action.default
+        if (
+            "%(default)" not in text
+            and "default" not in text
+            and action.option_strings
+            and not any(default is nothing for nothing in (None, False, True, argparse.SUPPRESS))
+            and default != []
+            and action.nargs != 0
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return super()._fill_text(text.replace("``", ""), width, indent)
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {text!r}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether-sync", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from .version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tether-sync", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"tether-sync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the bundled Tether-protocol server")
     serve.add_argument("--host", default="127.0.0.1")
@@ -74,9 +120,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "in one process; open the printed URL. Ctrl-C stops everything.",
     )
     demo.add_argument("--host", default="127.0.0.1", help="interface for both servers")
-    demo.add_argument("--port", type=int, default=8000, help="the panel's HTTP port (0: any)")
+    demo.add_argument("--port", type=port, default=8000, help="the panel's HTTP port (0: any)")
     demo.add_argument(
-        "--server-port", type=int, default=0, help="the WebSocket server's port (0: any)"
+        "--server-port", type=port, default=0, help="the WebSocket server's port (0: any)"
     )
     demo.add_argument("-v", "--verbose", action="store_true", help="log connections and requests")
 
@@ -87,15 +133,39 @@ def _build_parser() -> argparse.ArgumentParser:
         help="interactive client: send stdin lines, print what arrives",
         description="Connect to URL, send every line read from stdin (queued while "
         "offline), print inbound messages with their channel. Status goes to stderr. "
-        "EOF on stdin flushes and exits.",
+        "At EOF it waits (--wait) until every line was delivered; the exit status is 1 "
+        "if any line was not, and the summary says how many.",
     )
     add_arguments(connect)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
+        for action in command._actions:  # an option without help still shows its default
+            if action.help is None and action.option_strings and action.nargs != 0:
+                action.help = "(default: %(default)s)"
+            if action.dest.endswith("port") and action.type is int:
+                action.type = port  # a bad port is a usage error, not a traceback
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``tether-sync`` console script."""
     args = _build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        extra = EXTRAS.get(top)
+        if extra is None:
+            raise
+        print(
+            f"tether-sync {args.command} needs the {top} package, from the {extra} extra: "
+            f"pip install 'tether-sync[{extra}]'",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _run(args: Any) -> int:
     if args.command == "serve":
         from .server import serve_main
 

@@ -11,27 +11,120 @@ With protocol ``tether`` (the default) a line that parses as JSON is sent as
 that value and any other line as a string (``--text`` sends every line as a
 string). ``--raw`` speaks plain WebSocket: each line is one text frame.
 
-EOF on stdin flushes the queue (bounded by ``--flush-timeout``), optionally
-keeps printing for ``--wait`` seconds, closes, and exits 0; 1 if messages were
-left unsent or the client gave up; 130 on Ctrl-C.
+Piped input is never dropped: the outbound queue's policy is ``block``, so
+reading stdin waits while the queue is full, and every line's ``Delivery`` is
+followed to its end. EOF waits up to ``--wait`` seconds for every line to be
+delivered and for the replies to stop (0.25 s without an inbound message),
+optionally keeps printing for ``--linger`` seconds, closes, and exits
+0 when every line was delivered; 1 when any line was not (the summary on stderr
+says how many: ``N of M lines not delivered``), when the input stalled for
+``--wait`` seconds, or when the client gave up; 2 for a usage error; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import json
+import logging
+import os
 import subprocess
 import sys
 import threading
-from typing import IO, Any, Callable, Dict, Optional
+import time
+from typing import IO, TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
 
 __all__ = ["add_arguments", "connect_main", "token_command"]
 
+QUEUE = {"max_size": 1000, "overflow": "block"}
+"""The outbound queue of ``connect``: lossless for piped input (``send()`` waits for room)."""
+
+CERT_NONE = 0
+"""``ssl.CERT_NONE`` (only loop.py and transport.py import ssl: tests/test_layers.py)."""
+
+QUIET = 0.25
+"""Seconds without an inbound message that end the wait for replies after EOF."""
+
+INSECURE_WARNING = (
+    "WARNING: --insecure: the server's TLS certificate and host name are NOT checked. "
+    "Anyone on the network path can read and change this connection."
+)
+
+
+# ---------------------------------------------------------------------- argument types
+
+
+def ws_url(text: str) -> str:
+    """argparse type: a ``ws://`` or ``wss://`` URL with a host and a valid port."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid URL {text!r}: {exc}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise argparse.ArgumentTypeError(
+            f"invalid URL {text!r}: the scheme must be ws:// or wss://"
+        )
+    if not parts.hostname:
+        raise argparse.ArgumentTypeError(f"invalid URL {text!r}: no host")
+    if port == 0:
+        raise argparse.ArgumentTypeError(f"invalid URL {text!r}: port 0")
+    return text
+
+
+def header(text: str) -> Tuple[str, str]:
+    """argparse type: ``"Name: value"`` → ``(name, value)``."""
+    name, sep, value = text.partition(":")
+    name = name.strip()
+    if not sep or not name or any(c in name for c in " \t\r\n") or "\n" in value or "\r" in value:
+        raise argparse.ArgumentTypeError(f"invalid header {text!r}: expected 'Name: value'")
+    return name, value.strip()
+
+
+def seconds(text: str) -> float:
+    """argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def readable_file(text: str) -> str:
+    """argparse type: the path of a file that exists and can be read."""
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"no readable file {text!r}")
+    return text
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``connect`` options to ``parser``."""
-    parser.add_argument("url", help="ws:// or wss:// URL")
+    """Add the ``connect`` options to ``parser``.
+
+    Option names follow wscat and websocat where they have one: ``-H/--header``,
+    ``-s/--subprotocol``, ``--ca`` (wscat), ``-k/--insecure`` (websocat, curl),
+    ``-w/--wait``, ``--no-color``, ``-V/--version``, ``-v``, ``-q``.
+    """
+    from .version import __version__
+
+    parser.add_argument("url", type=ws_url, help="ws:// or wss:// URL")
     parser.add_argument(
         "-c", "--channel", default="default", help="channel to send on and subscribe to"
     )
@@ -50,28 +143,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--text", action="store_true", help="send every line as a string, even valid JSON"
     )
     parser.add_argument(
-        "-w",
-        "--wait",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="after EOF and the flush, keep printing inbound messages this long",
+        "-H",
+        "--header",
+        type=header,
+        action="append",
+        default=[],
+        dest="headers",
+        metavar="'NAME: VALUE'",
+        help="extra handshake header; repeat for more",
     )
     parser.add_argument(
-        "--flush-timeout",
-        type=float,
-        default=5.0,
+        "-s",
+        "--subprotocol",
+        action="append",
+        default=[],
+        dest="subprotocols",
+        metavar="NAME",
+        help="WebSocket subprotocol to offer; repeat for more",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("deflate", "none"),
+        default="none",
+        help="permessage-deflate (RFC 7692), if the server agrees",
+    )
+    parser.add_argument(
+        "--ca-file",
+        "--ca",
+        type=readable_file,
+        metavar="PEM",
+        help="trust the CA certificates in this PEM file (wss://)",
+    )
+    parser.add_argument(
+        "-k",
+        "--insecure",
+        action="store_true",
+        help="do not check the server's TLS certificate or host name (dangerous)",
+    )
+    parser.add_argument(
+        "-w",
+        "--wait",
+        type=seconds,
+        default=30.0,
         metavar="SECONDS",
-        help="after EOF, how long to wait for queued lines to go out (default 5)",
+        help="after EOF, how long to wait for every line to be delivered; also how long "
+        "input may stall on a full queue before giving up",
+    )
+    parser.add_argument(  # the old name of --wait
+        "--flush-timeout", type=seconds, dest="wait", help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--linger",
+        type=seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the lines were delivered, keep printing inbound messages this long",
     )
     parser.add_argument(
         "--max-attempts",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="give up after N reconnect attempts in a row (default: never)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log the client's INFO lines on stderr; twice (-vv) for DEBUG",
+    )
+    parser.add_argument(
+        "--no-color",
+        action="store_true",
+        help="no colours in status lines (they are off anyway when stderr is not a terminal "
+        "or NO_COLOR is set)",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"tether-sync {__version__}")
 
 
 def token_command(cmd: str, timeout: float = 10.0) -> Callable[[], str]:
@@ -100,6 +249,28 @@ def token_command(cmd: str, timeout: float = 10.0) -> Callable[[], str]:
     return get_token
 
 
+_COLORS = {
+    "open": "32",  # green
+    "auth": "32",
+    "delivered": "32",
+    "close": "33",  # yellow
+    "reconnecting": "33",
+    "error": "31",  # red
+    "unsent": "31;1",
+    "closed": "31;1",
+    "stalled": "31;1",
+    "warning": "31;1",
+}
+
+
+def use_color(stream: IO[str], disabled: bool) -> bool:
+    """Colour only on a terminal, unless ``--no-color`` or ``NO_COLOR`` (no-color.org)."""
+    if disabled or os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
 class _Printer:
     """Writes messages to stdout and news to stderr (and stdout with ``--json``).
 
@@ -107,11 +278,14 @@ class _Printer:
     lines whole. A closed pipe (``| head``) ends output instead of raising.
     """
 
-    def __init__(self, out: IO[str], err: IO[str], json_output: bool, quiet: bool) -> None:
+    def __init__(
+        self, out: IO[str], err: IO[str], json_output: bool, quiet: bool, color: bool
+    ) -> None:
         self._out = out
         self._err = err
         self._json = json_output
         self._quiet = quiet
+        self._color = color
         self._lock = threading.Lock()
         self.broken = threading.Event()
 
@@ -144,11 +318,20 @@ class _Printer:
             text = json.dumps(payload, ensure_ascii=False)
         self._write(self._out, text if channel is None else f"[{channel}] {text}")
 
-    def news(self, kind: str, text: str, **fields: Any) -> None:
+    def news(self, kind: str, text: str, *, always: bool = False, **fields: Any) -> None:
+        """A status line: ``* text`` on stderr (unless quiet), a record on stdout with --json.
+
+        ``always``: shown even with ``--quiet`` (failures the exit status reports).
+        """
         if self._json:
             self._write(self._out, json.dumps({"type": kind, **fields}, ensure_ascii=False))
-        if not self._quiet:
-            self._write(self._err, f"* {text}")
+        if self._quiet and not always:
+            return
+        line = f"* {text}"
+        code = _COLORS.get(kind)
+        if self._color and code:
+            line = f"\x1b[{code}m{line}\x1b[0m"
+        self._write(self._err, line)
 
 
 def _payload(line: str, as_text: bool) -> Any:
@@ -160,6 +343,99 @@ def _payload(line: str, as_text: bool) -> Any:
         return line
 
 
+class _Ledger:
+    """Follows every line's ``Delivery`` to its end (thread-safe).
+
+    Deliveries that are done are counted and forgotten from the front (they finish
+    in about the order they were sent), so memory stays bounded by what is pending.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: Deque[Delivery] = collections.deque()
+        self.lines = 0
+        self.delivered = 0
+        self.failed = 0
+        self.first_failure: Optional[str] = None
+
+    def add(self, delivery: Delivery) -> None:
+        with self._lock:
+            self.lines += 1
+            self._pending.append(delivery)
+
+    def refused(self, reason: BaseException) -> None:
+        """A line that ``send()`` did not take."""
+        with self._lock:
+            self.lines += 1
+            self._fail(reason)
+
+    def _fail(self, reason: BaseException) -> None:
+        self.failed += 1
+        if self.first_failure is None:
+            self.first_failure = f"{type(reason).__name__}: {reason}"
+
+    def _count(self, delivery: Delivery) -> None:
+        exc = delivery.exception(timeout=0)
+        if exc is None:
+            self.delivered += 1
+        else:
+            self._fail(exc)
+
+    def prune(self) -> None:
+        """Count the finished deliveries at the front."""
+        with self._lock:
+            pending = self._pending
+            while pending and pending[0].done():
+                self._count(pending.popleft())
+
+    def settle(self) -> None:
+        """Final count (after ``close()``): anything not done is not delivered."""
+        with self._lock:
+            for delivery in self._pending:
+                if delivery.done():
+                    self._count(delivery)
+                else:
+                    self._fail(TimeoutError("still pending when the client closed"))
+            self._pending.clear()
+
+
+def _configure_logging(verbose: int, stream: IO[str]) -> None:
+    logger = logging.getLogger("tether_sync")
+    if verbose <= 0:
+        # The status lines and the summary say what went wrong; without -v the
+        # library's warnings would repeat it in another format.
+        logger.addHandler(logging.NullHandler())
+        return
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+def _client_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """TetherClient keyword arguments from the command line."""
+    options: Dict[str, Any] = {}
+    if args.headers:
+        headers: Dict[str, str] = {}
+        for name, value in args.headers:
+            # A repeated header becomes one comma-separated field (RFC 9110 §5.3).
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        options["headers"] = headers
+    if args.subprotocols:
+        options["subprotocols"] = list(args.subprotocols)
+    sslopt: Dict[str, Any] = {}
+    if args.ca_file:
+        sslopt["ca_certs"] = args.ca_file
+    if args.insecure:
+        sslopt["cert_reqs"] = CERT_NONE
+        sslopt["check_hostname"] = False
+    if sslopt:
+        options["sslopt"] = sslopt
+    if args.compression != "none":
+        options["compression"] = args.compression
+    return options
+
+
 def connect_main(
     args: argparse.Namespace,
     stdin: Optional[IO[str]] = None,
@@ -169,9 +445,10 @@ def connect_main(
     """Run ``tether-sync connect`` with parsed ``args`` (see :func:`add_arguments`).
 
     Returns:
-        The exit code: 0 after EOF with everything sent, 1 if lines were left unsent
-        or the client gave up (auth refused, ``--max-attempts`` reached, bad
-        options), 130 on Ctrl-C.
+        The exit code: 0 after EOF with every line delivered; 1 if any line was
+        not delivered, the input stalled on a full queue for ``--wait`` seconds, or
+        the client gave up (auth refused, ``--max-attempts`` reached, bad options);
+        130 on Ctrl-C.
     """
     from .client import TetherClient
     from .events import (
@@ -186,31 +463,56 @@ def connect_main(
     from .exceptions import ClientClosed, TetherError
 
     stdin = sys.stdin if stdin is None else stdin
+    err = sys.stderr if stderr is None else stderr
     printer = _Printer(
         sys.stdout if stdout is None else stdout,
-        sys.stderr if stderr is None else stderr,
+        err,
         args.json_output,
         args.quiet,
+        use_color(err, args.no_color),
     )
+    _configure_logging(args.verbose, err)
+    if args.insecure:
+        printer.news("warning", INSECURE_WARNING, always=True)
+    options = _client_options(args)
     try:
         client = TetherClient(
             args.url,
             protocol="raw" if args.raw else "tether",
             auth=token_command(args.token_cmd) if args.token_cmd else None,
             reconnect={"max_attempts": args.max_attempts},
+            queue=dict(QUEUE),
             # An interactive client must not lose what it prints: a full buffer
             # stops reading, and TCP makes the server wait.
             backpressure={"inbound_buffer_size": 1000, "inbound_overflow": "block"},
             exit_flush_timeout=0,
+            **options,
         )
-    except (TypeError, ValueError) as exc:
-        print(f"tether-sync connect: {exc}", file=sys.stderr)
+    except TypeError as exc:
+        if "compression" in options and "compression" in str(exc):
+            print(
+                "tether-sync connect: --compression deflate is not supported by this "
+                "version of tether_sync",
+                file=err,
+            )
+        else:
+            print(f"tether-sync connect: {exc}", file=err)
+        return 1
+    except ValueError as exc:
+        print(f"tether-sync connect: {exc}", file=err)
         return 1
 
-    finished = threading.Event()  # EOF on stdin, or the client gave up
-    gave_up = threading.Event()
+    ledger = _Ledger()
+    reader_done = threading.Event()  # EOF on stdin (or the reader stopped)
+    eof = threading.Event()  # the input was read to its end
+    gave_up = threading.Event()  # the client reached state closed on its own
+    stopping = threading.Event()  # we are closing: the reader stops
+    blocked_since: List[Optional[float]] = [None]  # when the pending send() began
+
+    last_inbound = [time.monotonic()]
 
     def on_message(event: MessageEvent) -> None:
+        last_inbound[0] = time.monotonic()
         printer.message(event.channel, event.payload)
 
     def on_open(event: OpenEvent) -> None:
@@ -246,9 +548,8 @@ def connect_main(
         )
 
     def on_state(event: StateChangeEvent) -> None:
-        if event.current == "closed" and not finished.is_set():
+        if event.current == "closed" and not stopping.is_set():
             gave_up.set()
-            finished.set()
 
     client.on("message", on_message)
     client.on("open", on_open)
@@ -265,39 +566,88 @@ def connect_main(
     def read_stdin() -> None:
         try:
             for line in stdin:
+                if stopping.is_set() or gave_up.is_set():
+                    return
                 text = line.rstrip("\r\n")
-                if not text or finished.is_set():
+                if not text:
                     continue
                 payload = text if args.raw else _payload(text, args.text)
+                # With overflow "block", send() waits here while the queue is full.
+                blocked_since[0] = time.monotonic()
                 try:
-                    client.send(payload, channel=args.channel)
-                except ClientClosed:
+                    delivery = client.send(payload, channel=args.channel)
+                except ClientClosed as exc:
+                    ledger.refused(exc)
                     return
                 except (TetherError, TypeError, ValueError) as exc:
+                    ledger.refused(exc)
                     printer.news("error", f"not sent: {exc}", error=str(exc))
+                else:
+                    ledger.add(delivery)
+                finally:
+                    blocked_since[0] = None
+            eof.set()
         finally:
-            finished.set()
+            reader_done.set()
+
+    def finish(code: int, close_timeout: float) -> int:
+        stopping.set()
+        client.close(timeout=close_timeout)
+        # A send() that waited for room fails with ClientClosed now: count it too.
+        reader.join(0.5)
+        ledger.settle()
+        if ledger.failed:
+            first = f" (first: {ledger.first_failure})" if ledger.first_failure else ""
+            unread = "" if eof.is_set() else "; the rest of the input was not read"
+            printer.news(
+                "unsent",
+                f"{ledger.failed} of {ledger.lines} lines not delivered{first}{unread}",
+                always=True,
+                count=ledger.failed,
+                lines=ledger.lines,
+            )
+            return max(code, 1)
+        if ledger.lines:
+            printer.news("delivered", f"all {ledger.lines} lines delivered", count=ledger.lines)
+        return code
 
     client.connect()
     reader = threading.Thread(target=read_stdin, name="tether-connect-stdin", daemon=True)
     reader.start()
     try:
         # A timed wait keeps the main thread responsive to Ctrl-C everywhere.
-        while not finished.wait(0.5):
-            pass
+        while not reader_done.wait(0.2):
+            ledger.prune()
+            if gave_up.is_set():
+                break
+            since = blocked_since[0]
+            if since is not None and time.monotonic() - since > args.wait:
+                printer.news(
+                    "stalled",
+                    f"no room in the queue for {args.wait:g}s (the server is not taking "
+                    "messages): giving up",
+                    always=True,
+                    seconds=args.wait,
+                )
+                return finish(1, 1.0)
         if gave_up.is_set():
-            printer.news("closed", "the client gave up (see the errors above)")
-            client.close(timeout=1.0)
-            return 1
-        sent = client.flush(timeout=args.flush_timeout)
-        if args.wait > 0:
-            gave_up.wait(args.wait)
-        left = client.queue_depth
-        client.close(timeout=2.0)
-        if not sent:
-            printer.news("unsent", f"{left} line(s) could not be sent in time", count=left)
-            return 1
-        return 0
+            printer.news("closed", "the client gave up (see the errors above)", always=True)
+            return finish(1, 1.0)
+        deadline = time.monotonic() + args.wait
+        client.flush(timeout=args.wait)
+        if gave_up.is_set():
+            printer.news("closed", "the client gave up (see the errors above)", always=True)
+            return finish(1, 1.0)
+        # Replies to the last lines may still be on their way (an echo server answers
+        # each line): keep printing until inbound has been quiet for a moment.
+        while not gave_up.is_set():
+            quiet_for = time.monotonic() - last_inbound[0]
+            wait = min(QUIET - quiet_for, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            gave_up.wait(wait)
+        if args.linger > 0:
+            gave_up.wait(args.linger)
+        return finish(0, max(1.0, deadline - time.monotonic()))
     except KeyboardInterrupt:
-        client.close(timeout=1.0)
-        return 130
+        return finish(130, 1.0)

@@ -1,5 +1,9 @@
 """``tether-sync connect`` driven through pipes, as a script or another program would."""
 
+# NEEDS THE NEW CORE: every ``connect`` uses queue={"overflow": "block"} (issue 10); until
+# the core accepts it, connect exits 1 ("queue.overflow must be one of ...") and the tests
+# that run connect fail. The lead runs them after merging the core.
+
 from __future__ import annotations
 
 import json
@@ -86,13 +90,13 @@ def test_connect_raw_sends_frames_as_they_are(
 
 
 def test_connect_eof_with_lines_unsent_exits_1(dead_url: str, spawn: Callable[..., Any]) -> None:
-    proc = spawn(
-        "-m", "tether_sync", "connect", dead_url, "--flush-timeout", "0.5", "--json",
-    )  # fmt: skip
+    proc = spawn("-m", "tether_sync", "connect", dead_url, "--wait", "0.5", "--json")
     proc.send_line("nobody listens")
+    proc.send_line("nor here")
     proc.close_stdin()
     assert proc.wait(timeout=10) == 1
-    proc.out.expect(_is("unsent", count=1), timeout=2)
+    proc.out.expect(_is("unsent", count=2, lines=2), timeout=2)
+    proc.err.expect(lambda line: line.startswith("* 2 of 2 lines not delivered"), timeout=2)
 
 
 def test_connect_gives_up_after_max_attempts(dead_url: str, spawn: Callable[..., Any]) -> None:

@@ -55,6 +55,11 @@ def create_app(backend: DemoBackend) -> Flask:
         response.headers["Cache-Control"] = "no-store"
         return response
 
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        # Browsers ask for /favicon.ico before (or without) reading the page's <link rel=icon>.
+        return app.send_static_file("favicon.svg")
+
     @app.get("/events")
     def events() -> Response:
         return Response(

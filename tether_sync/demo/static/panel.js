@@ -215,19 +215,51 @@
 
   // ------------------------------------------------------------------ live updates
 
+  // The backend is gone (the demo stopped, or it cannot be reached): the badge says
+  // so, and the buttons are disabled until the event stream is live again.
+  function setOffline(kind, text) {
+    const badge = $("state");
+    badge.dataset.state = kind;
+    badge.textContent = text;
+    // What the page last heard is no longer news: don't present it as current.
+    setText("server-status", "server: unknown (no contact with the demo)");
+    last = null;
+    setText("token-expiry", "–");
+    $("token-bar").style.width = "0";
+    for (const el of document.querySelectorAll("form[data-action] button, form[data-action] input")) {
+      el.disabled = true;
+    }
+  }
+
+  function setLive() {
+    for (const el of document.querySelectorAll("form[data-action] button, form[data-action] input")) {
+      el.disabled = false;
+    }
+  }
+
   function connect() {
     const source = new EventSource("/events");
-    source.addEventListener("open", () => setText("panel-link", "panel: live"));
+    let stopped = false;
+    source.addEventListener("open", () => {
+      setText("panel-link", "panel: live");
+      setLive();
+    });
     source.addEventListener("update", (ev) => {
       const data = JSON.parse(ev.data);
       appendLog(data.log);
       render(data.snapshot);
     });
     source.addEventListener("bye", () => {
-      setText("panel-link", "panel: the demo stopped");
+      stopped = true;
       source.close();
+      setText("panel-link", "panel: the demo stopped");
+      setOffline("stopped", "demo stopped");
     });
-    source.addEventListener("error", () => setText("panel-link", "panel: reconnecting to the backend…"));
+    source.addEventListener("error", () => {
+      if (stopped) return;
+      setText("panel-link", "panel: backend unreachable, retrying…");
+      setOffline("unreachable", "demo unreachable");
+    });
   }
 
   // ------------------------------------------------------------------ buttons
