@@ -173,7 +173,7 @@ class TetherSync:
         if app is None:
             from flask import current_app
 
-            app = current_app._get_current_object()  # RuntimeError outside a context
+            app = current_app  # a proxy: RuntimeError outside an app context
         state = app.extensions.get(EXTENSION_KEY)
         if not isinstance(state, _AppState):
             raise RuntimeError("TetherSync: init_app() was not called for this app")
