@@ -29,6 +29,7 @@ import logging
 import queue
 import sys
 import threading
+import weakref
 from typing import Any, Callable, Optional
 
 log = logging.getLogger("tether_sync")
@@ -247,7 +248,8 @@ class TkDispatcher(_QueuedDispatcher):
     ``queue.empty()`` test.
 
     The target is gone when ``widget`` is destroyed (its own window or the whole
-    application) or the thread that created the dispatcher has ended.
+    application) or garbage-collected (the dispatcher holds it weakly), or the
+    thread that created the dispatcher has ended.
 
     Args:
         widget: A Tk widget; its ``after`` drives the polling.
@@ -260,7 +262,10 @@ class TkDispatcher(_QueuedDispatcher):
         if not isinstance(interval, (int, float)) or not 0 < interval <= 1:
             raise ValueError("interval must be a number of seconds in (0, 1]")
         super().__init__()
-        self._widget = widget
+        # Weak: the dispatcher (which the client, and so maybe a cycle collected on
+        # any thread, holds) must not keep the Tk application alive. tkinter aborts
+        # the process when a Tk object is freed off its own thread.
+        self._widget: Callable[[], Any] = weakref.ref(widget)
         self._interval_ms = max(1, round(interval * 1000))
         self._thread = threading.current_thread()
         self._after_id: Optional[str] = None
@@ -273,7 +278,11 @@ class TkDispatcher(_QueuedDispatcher):
         return self._thread
 
     def _schedule(self) -> None:
-        self._after_id = self._widget.after(self._interval_ms, self._poll)
+        widget = self._widget()
+        if widget is None:
+            self._gone("the widget was garbage-collected")
+            return
+        self._after_id = widget.after(self._interval_ms, self._poll)
 
     def _poll(self) -> None:
         if self._is_gone:
@@ -294,14 +303,14 @@ class TkDispatcher(_QueuedDispatcher):
     def _on_destroy(self, event: Any) -> None:
         # A <Destroy> binding on a toplevel also fires for each of its children.
         target: Any = getattr(event, "widget", None)
-        if target is not self._widget:
+        if target is not self._widget():
             return
         self._gone("the widget was destroyed")
         if self._after_id is not None:
             # This runs before tkinter deletes the widget's Tcl commands: a poll
             # left pending would end in "invalid command name" on stderr.
             try:
-                self._widget.after_cancel(self._after_id)
+                target.after_cancel(self._after_id)
             except Exception:  # pragma: no cover - the interpreter is going away
                 pass
             self._after_id = None

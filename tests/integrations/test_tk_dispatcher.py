@@ -3,10 +3,11 @@ window shows what arrived; a destroyed window falls back, once, and the client g
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -18,8 +19,12 @@ GONE = "the target is gone"
 
 
 @pytest.fixture
-def tk(xvfb: Xvfb) -> Any:
-    return require_module("tkinter", "the interpreter needs tkinter (apt-get install python3-tk)")
+def tk(xvfb: Xvfb) -> Iterator[Any]:
+    yield require_module("tkinter", "the interpreter needs tkinter (apt-get install python3-tk)")
+    # A test's Tk objects end up in reference cycles (callbacks that close over the
+    # root). Collect them here, on the Tk thread: tkinter aborts the process when
+    # a Tk interpreter is freed by a garbage collection on another thread.
+    gc.collect()
 
 
 def _mainloop(root: Any, seconds: float) -> None:
