@@ -70,6 +70,7 @@ def test_callbacks_run_on_the_tk_thread_and_the_window_shows_them(
 
     threading.Thread(target=produce, daemon=True).start()
     _mainloop(root, 20)
+    listbox.see("end")  # the screenshot shows the last messages
     root.update()  # paint the final state before the screenshot
     shot = screenshot("tk_dispatcher")
     try:
