@@ -43,7 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG_DIR = ROOT / "tether_sync"
 PKG = "tether_sync"
 
-NOT_CORE_FILES = frozenset({"cli.py", "__main__.py"})
+# Integrations (issue 12) sit on top of the public API, import their toolkit (tkinter,
+# Qt, asyncio, flask) lazily, and no core module imports them: see the test below.
+INTEGRATIONS = frozenset({"dispatchers.py", "flask.py"})
+NOT_CORE_FILES = frozenset({"cli.py", "__main__.py"}) | INTEGRATIONS
 EXTRA_SUBPACKAGES = frozenset({"server", "demo"})
 
 # The rank of each core module: a runtime import must go to a strictly lower rank.
@@ -423,3 +426,43 @@ def test_import_works_without_websockets_and_flask() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok ")
+
+
+def test_integrations_use_the_public_api_and_nothing_imports_them() -> None:
+    integrations = {name[: -len(".py")] for name in INTEGRATIONS}
+    _fail(
+        [
+            f"{imp} (the core must not import the integrations)"
+            for imp in ALL_IMPORTS
+            if imp.internal and imp.target in integrations
+        ]
+    )
+    problems = []
+    for name in sorted(integrations):
+        for imp in imports_of(name):
+            if imp.internal and imp.name != PKG:
+                problems.append(f"{imp} (integrations import the public API: from tether_sync)")
+    _fail(problems)
+
+
+def test_integrations_import_without_their_toolkits() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        for name in ("tkinter", "PySide6", "PyQt6", "PyQt5", "PySide2", "flask"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        import tether_sync.dispatchers
+        print("ok")
+        """
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=str(ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
