@@ -72,6 +72,7 @@ RANK: Dict[str, float] = {
     "router": 1,  # planned in STYLE §5
     "writebuf": 1.2,  # framed bytes waiting for the socket, pure bookkeeping
     "session": 1.5,  # one connection's protocol, sans I/O (DESIGN §4)
+    "flow": 1,  # outbound high-water-mark policy
     # L2
     "auth": 2,
     "subscription": 2,
@@ -81,6 +82,7 @@ RANK: Dict[str, float] = {
     "commands": 2.5,
     "routing": 2.6,
     "handoff": 2.7,
+    "authflow": 2.8,
     # L3: the socket adapter, then the loop
     "transport": 3.0,
     "loop": 3.5,

@@ -142,9 +142,9 @@ class Handoff:
     def connection_closed(self, event: s.Closed) -> None:
         self.pending_close = CloseEvent(event.code, event.reason, event.was_clean)
 
-    def outbound_pressure(self, depth: int, report: bool) -> None:
+    def outbound_pressure(self, depth: int) -> None:
         log.debug("outbound paused at %d bytes", depth)
-        if report and self._wants("backpressure"):
+        if self._wants("backpressure"):
             self._emit(BackpressureEvent("outbound", depth))
 
 

@@ -37,13 +37,15 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import commands as cmd
-from . import envelope, frames, transport
+from . import transport
 from .auth import TokenRefresher
+from .authflow import AuthFlow
 from .backoff import Backoff
 from .clock import Clock, Deadline
 from .delivery import Delivery
 from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, TetherError
+from .flow import OutboundFlow, Resume
 from .handoff import Handoff, _deliveries
 from .options import Backpressure, Heartbeat, Queue, Reconnect
 from .outbox import Outbox
@@ -161,8 +163,6 @@ class IoLoop:
         self._sock: Optional[socket.socket] = None
         self._handshaker: Any = None
         self._attempt_id = 0
-        self._auth_round = 0
-        self._force_token = False
         self._opened_at: Optional[float] = None
         self._opened_once = False
         self._registered = False
@@ -171,14 +171,10 @@ class IoLoop:
         self._want_write = False
         self._close_requested = False
         self._close_deadline: Optional[float] = None
-        self._outbound_paused = False
-        self._pressure_reported = False
-        self._kernel_bound = 0  # upper bound of the kernel's unsent bytes
+        self._flow = OutboundFlow(config.backpressure.high_water_mark)
         self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
-        self._stalled_wakeups = 0
-        self._lowat = False
         self._flush_waiters: List[Callable[[], None]] = []
-        self._refresh_waiters: List[Callable[[Optional[BaseException]], None]] = []
+        self._authflow = AuthFlow(auth, config.protocol, self.post) if auth is not None else None
         self.last_rtt: Optional[float] = None
         self.auth_expires_at: Optional[float] = None
         self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
@@ -472,7 +468,8 @@ class IoLoop:
         sock = c.sock
         sock.setblocking(False)
         self._sock = sock
-        self._lowat = transport.set_notsent_lowat(sock, self.config.backpressure.high_water_mark)
+        hwm = self.config.backpressure.high_water_mark
+        self._flow = OutboundFlow(hwm, transport.set_notsent_lowat(sock, hwm))
         self._selector.register(sock, selectors.EVENT_READ, "sock")
         self._registered = True
         self._mask = selectors.EVENT_READ
@@ -482,7 +479,7 @@ class IoLoop:
         now = self._clock.monotonic()
         cfg = self.config
         auth = self._auth
-        rotate = auth is not None and (cfg.protocol == "tether" or auth.options.message is not None)
+        rotate = self._authflow is not None and self._authflow.rotates_in_band
         hb = cfg.heartbeat
         session = self.session = Session(
             SessionConfig(
@@ -500,7 +497,9 @@ class IoLoop:
             rng=self._rng,
         )
         carried, self._carried = self._carried, []
-        force, self._force_token = self._force_token, False
+        force = False
+        if self._authflow is not None:
+            force, self._authflow.force_next = self._authflow.force_next, False
         session.start(now, resend=carried, force_token=force, header_expiry=c.header_expiry)
         self._process_events()
 
@@ -531,8 +530,8 @@ class IoLoop:
                 err = AuthError(f"the server refused the handshake with HTTP {status}, twice")
                 self._finish(err, cause=cause)
                 return
-            self._auth.forget()
-            self._force_token = True
+            assert self._authflow is not None
+            self._authflow.refused()
         self._retry_or_finish(cause)
 
     def opened(self) -> None:
@@ -638,7 +637,7 @@ class IoLoop:
                 return -1
             session.sent(n)
             total += n
-            self._kernel_bound += n
+            self._flow.wrote(n)
             if n < len(data):
                 break  # the kernel is full: wait for writability
         if total and not self._timers.scheduled(Timer.KERNEL_POLL):
@@ -670,65 +669,40 @@ class IoLoop:
     def _pump(self) -> None:
         """Move queued messages into the session while under the high-water mark."""
         session = self.session
-        if session is None or not session.is_open or self.state is not State.OPEN:
+        sock = self._sock
+        if session is None or sock is None or not session.is_open or self.state is not State.OPEN:
             return
-        hwm = self.config.backpressure.high_water_mark
-        if self._pressure_reported and self.buffered_amount < hwm // 2:
-            # The episode ends at the low-water mark (half the high one), so a
-            # buffer hovering around the mark reports one episode, not many.
-            self._pressure_reported = False
+        flow = self._flow
+        flow.episode_over(self.buffered_amount)
         outbox = self.outbox
         while len(outbox):
-            if self._above_mark(hwm):
-                self._pause_outbound()
+            if flow.above_mark(session.buffered, self._read_kernel):
+                report, resume = flow.pause(session.buffered)
+                if report:
+                    self.handoff.outbound_pressure(self.buffered_amount)
+                if resume is Resume.WRITABLE:
+                    self._want_write = True
+                else:
+                    self._timers.schedule(
+                        self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL
+                    )
                 return
-            self._outbound_paused = False
+            flow.resume()
             batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size)
             if not batch:
                 return
             session.send(batch)
-            if self._send_some(self._sock, session) < 0:  # type: ignore[arg-type]
+            if self._send_some(sock, session) < 0:
                 session.abort(1006, "write failed")
             self._process_events()
             if self.session is not session or not session.is_open:
                 return
 
-    def _above_mark(self, hwm: int) -> bool:
-        """Whether ``buffered_amount`` is at or above the high-water mark.
-
-        The kernel's part costs an ioctl; skip it while an upper bound (what it
-        held at the last look plus everything written since) is under the mark.
-        """
-        session = self.session
-        user = session.buffered if session is not None else 0
-        if user + self._kernel_bound < hwm:
-            return False
+    def _read_kernel(self) -> int:
+        # The kernel's unsent bytes (an ioctl: this thread only, like every socket call).
         sock = self._sock
-        self.kernel_unsent = self._kernel_bound = (
-            transport.kernel_unsent(sock) if sock is not None else 0
-        )
-        return user + self._kernel_bound >= hwm
-
-    def _pause_outbound(self) -> None:
-        """Stop draining the queue until ``buffered_amount`` falls under the mark."""
-        if not self._outbound_paused:
-            self._outbound_paused = True
-            self._stalled_wakeups = 0
-            self.handoff.outbound_pressure(self.buffered_amount, not self._pressure_reported)
-            self._pressure_reported = True
-        session = self.session
-        if session is not None and session.buffered:
-            return  # our own bytes wait: the socket's writability resumes us
-        # Only the kernel holds bytes. With TCP_NOTSENT_LOWAT (set on connect) the
-        # socket turns writable when the kernel's unsent bytes drop under the
-        # low-water mark. SIOCOUTQ also counts bytes sent but not yet acknowledged,
-        # which no event reports: if writability finds us still above the mark a
-        # few times in a row, re-check on a short timer instead of spinning.
-        if self._lowat and self._stalled_wakeups < 3:
-            self._stalled_wakeups += 1
-            self._want_write = True
-        else:
-            self._timers.schedule(self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL)
+        self.kernel_unsent = transport.kernel_unsent(sock) if sock is not None else 0
+        return self.kernel_unsent
 
     # ------------------------------------------------------------ session events
 
@@ -781,8 +755,8 @@ class IoLoop:
         if sock is None:
             return
         self._sock = None
-        self.kernel_unsent = self._kernel_bound = 0
-        self._outbound_paused = self._pressure_reported = False
+        self.kernel_unsent = 0
+        self._flow = OutboundFlow(self.config.backpressure.high_water_mark)
         self._timers.cancel(Timer.KERNEL_POLL)
         if self._registered:
             self._registered = False
@@ -818,54 +792,18 @@ class IoLoop:
 
     def on_refresh(self, c: cmd.Refresh) -> None:
         """refresh_auth(): rotate now; the waiter hears once the server answered."""
-        auth = self._auth
-        if auth is None:
+        if self._authflow is None:
             c.waiter(AuthError("no auth configured"))
             return
-        if self.config.protocol == "raw" and auth.options.message is None:
-            c.waiter(AuthError("protocol raw rotates tokens in-band only with Auth(message=...)"))
-            return
-        self._refresh_waiters.append(c.waiter)
-        session = self.session
-        if session is None or not session.refresh(self._clock.monotonic()):
-            self._force_token = True  # the next connection fetches a new token
-
-    # ------------------------------------------------------------ auth
-
-    def request_token(self, force: bool) -> None:
-        """The session needs a token: fetch it on the token thread, never here."""
-        auth = self._auth
-        assert auth is not None
-        self._auth_round += 1
-        round_id = self._auth_round
-        build = auth.options.message if self.config.protocol == "raw" else None
-
-        def reply(token: Optional[str], exp: Optional[float], err: Optional[BaseException]) -> None:
-            # Runs on the token helper thread (a forced fetch always does), so the
-            # user's Auth.message builder runs here, not on the I/O thread.
-            frame = None
-            if build is not None and token is not None and err is None:
-                try:
-                    frame = rotation_frame(build(token))
-                except Exception as exc:
-                    err = AuthError(f"Auth.message failed with {type(exc).__name__}")
-                    err.__cause__ = exc
-            self.post(cmd.Token(round_id, token, exp, err, frame))
-
-        if force:
-            auth.forget()
-        auth.request(force, reply)
+        self._authflow.refresh(c.waiter, self.session, self._clock.monotonic())
 
     def on_token(self, c: cmd.Token) -> None:
-        session = self.session
-        if c.round != self._auth_round or session is None:
-            return  # stale: a newer request, or the connection is gone
-        now = self._clock.monotonic()
-        if c.error is not None or c.token is None:
-            session.token_failed(c.error or AuthError("get_token() returned nothing"), now)
-        else:
-            session.token_ready(c.token, c.expires_at, now, c.frame)
-        self._process_events()
+        if self._authflow is not None:
+            self._authflow.answer(c, self.session, self._clock.monotonic())
+
+    def request_token(self, force: bool) -> None:
+        assert self._authflow is not None
+        self._authflow.request(force)
 
     def auth_accepted(self, expires_at: Optional[float]) -> None:
         self.auth_expires_at = expires_at
@@ -977,9 +915,8 @@ class IoLoop:
         self._resolve_refresh(closed)
 
     def _resolve_refresh(self, error: Optional[BaseException]) -> None:
-        waiters, self._refresh_waiters = self._refresh_waiters, []
-        for waiter in waiters:
-            waiter(error)
+        if self._authflow is not None:
+            self._authflow.resolve(error)
 
     def finish_unstarted(self) -> None:
         """close() of a client whose loop never ran: the caller's thread does it."""
@@ -991,15 +928,6 @@ class IoLoop:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
-
-
-def rotation_frame(message: Any) -> tuple[int, bytes]:
-    """The frame for what ``Auth.message`` built: str/bytes as-is, else JSON text."""
-    if isinstance(message, str):
-        return frames.OP_TEXT, message.encode()
-    if isinstance(message, (bytes, bytearray)):
-        return frames.OP_BINARY, bytes(message)
-    return frames.OP_TEXT, envelope.encode_json(message).encode()
 
 
 def _size(d: Delivery) -> int:
