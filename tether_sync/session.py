@@ -291,6 +291,7 @@ class Session:
         self._resume = False
         self._unacked: Deque[Item] = deque()  # written, awaiting ack (seq order)
         self._resend: List[Item] = []  # carried over from earlier connections
+        self._resend_due = False  # open, and the carried messages not framed yet
         self._barrier: Deque[Tuple[int, List[Item]]] = deque()  # (ping ts, large items)
         self._asked_resume: set[str] = set()
         self.messages_in = 0  # whole inbound messages (liveness)
@@ -400,7 +401,13 @@ class Session:
         if hb is not None:
             self._ping_due = now + hb[0]
         self._events.append(Opened(self.features))
-        if self._resend:
+        # Resends go out after the subscriptions the loop announces on Opened
+        # (DESIGN §5 order): framed by the next send() or data_to_send().
+        self._resend_due = bool(self._resend)
+
+    def _write_resends(self) -> None:
+        self._resend_due = False
+        if self._resend and self.phase is Phase.OPEN:
             items, self._resend = self._resend, []
             self.resent = len(items)
             self._write_items(items, resend=True)
@@ -697,6 +704,8 @@ class Session:
         """Frame application messages (only while open; the loop checks)."""
         if self.phase is not Phase.OPEN:
             raise RuntimeError("send() on a session that is not open")
+        if self._resend_due:
+            self._write_resends()
         self._write_items(items, resend=False)
 
     def _write_items(self, items: Sequence[Item], resend: bool) -> None:
@@ -752,6 +761,8 @@ class Session:
 
     def data_to_send(self) -> memoryview:
         """The bytes to write next (empty when nothing waits)."""
+        if self._resend_due:
+            self._write_resends()
         return self._out.pending()
 
     def sent(self, n: int) -> None:
