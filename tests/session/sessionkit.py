@@ -242,22 +242,22 @@ class Peer:
 
     # -- driving
 
-    def start(self, **kwargs: Any) -> "Peer":
+    def start(self, **kwargs: Any) -> Peer:
         self.session.start(self.clock.now, **kwargs)
         self.pump()
         return self
 
-    def feed(self, *chunks: bytes) -> "Peer":
+    def feed(self, *chunks: bytes) -> Peer:
         """The server sends these bytes (each chunk one read)."""
         for data in chunks:
             self.session.receive_data(data, self.clock.now)
             self.pump()
         return self
 
-    def send_json(self, obj: Any) -> "Peer":
+    def send_json(self, obj: Any) -> Peer:
         return self.feed(text(obj))
 
-    def eof(self) -> "Peer":
+    def eof(self) -> Peer:
         self.session.receive_eof(self.clock.now)
         self.pump()
         return self
@@ -290,7 +290,9 @@ class Peer:
                     batch, self.queue = self.queue, []
                     self.session.send(batch)
 
-    def advance(self, dt: float, answer: Optional[Callable[[Frame], Optional[bytes]]] = None) -> None:
+    def advance(
+        self, dt: float, answer: Optional[Callable[[Frame], Optional[bytes]]] = None
+    ) -> None:
         """Move time ``dt`` forward, stopping at every deadline on the way (as the loop's
         selector timeout does); ``answer`` may reply to each frame written meanwhile."""
         end = self.clock.now + dt
