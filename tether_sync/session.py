@@ -295,6 +295,7 @@ class Session:
         self._barrier: Deque[Tuple[int, List[Item]]] = deque()  # (ping ts, large items)
         self._asked_resume: set[str] = set()
         self.messages_in = 0  # whole inbound messages (liveness)
+        self._violated = False  # the peer broke RFC 6455 (reported once)
         self.resent = 0  # messages carried over from an earlier link and written again
         self.reading_paused = False  # set by the loop while a "block" consumer is full
         self.delivered_something = False  # the peer confirmed or sent application data
@@ -431,6 +432,9 @@ class Session:
                 return
             self._on_message(opcode, payload, now)
         if error is not None and not self.closed:
+            if self._violated:
+                return  # the parser is dead: later bytes repeat the first violation
+            self._violated = True
             log.warning("protocol error: %s", error)
             self._events.append(Problem(error))
             self.fail(error.close_code, str(error)[:100], now)
