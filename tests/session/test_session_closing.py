@@ -244,13 +244,18 @@ def test_messages_before_a_violation_in_the_same_read_are_delivered(clock: FakeC
     assert kinds.index(Received) < kinds.index(Problem)
 
 
-def test_the_peer_answering_our_violation_close_ends_the_link_at_once(clock: FakeClock) -> None:
+def test_after_a_violation_the_link_ends_after_the_close_grace(clock: FakeClock) -> None:
     peer = open_peer(clock)
+    t0 = clock.now
     peer.feed(server_frame(0x3, b""))
     assert not peer.session.closed
+    # The parser is dead: not even the peer's close frame can be read.
     peer.feed(close_frame(1002))
+    assert not peer.session.closed
+    peer.advance(CLOSE_GRACE)
     closed = peer.closed_event()
     assert (closed.code, closed.was_clean) == (1002, False)
+    assert peer.when(Closed) == pytest.approx(t0 + CLOSE_GRACE)
 
 
 def test_a_server_ping_is_answered_with_its_payload_and_a_pong_is_ignored(
