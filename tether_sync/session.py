@@ -969,10 +969,16 @@ class Session:
             self._closed(code, reason, False, error)
 
     def _on_close_frame(self, payload: bytes) -> None:
+        clean = True
         try:
             code, reason = frames.parse_close(payload)
         except ProtocolError as exc:
+            # A malformed close frame is a violation like any other: reported once,
+            # answered with its code, and the link fails (RFC 6455 §7.1.7).
             code, reason = exc.close_code, str(exc)
+            clean = False
+            log.warning("protocol error: %s", exc)
+            self._events.append(Problem(exc))
         if self.phase is Phase.CLOSING:
             # The answer to our close frame: the closing handshake is complete.
             mine = self._closing
@@ -984,7 +990,7 @@ class Session:
         log.info("server closed the connection: %d %s", code, reason)
         if code == 1009:
             self._refuse_oversized()
-        self._closed(code, reason, True)
+        self._closed(code, reason, clean)
 
     def _refuse_oversized(self) -> None:
         """The server closed with 1009: fail the largest unconfirmed message, never resend it."""

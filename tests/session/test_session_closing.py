@@ -286,3 +286,12 @@ def test_sending_on_a_closed_session_is_refused_loudly(clock: FakeClock) -> None
     peer.eof()
     with pytest.raises(RuntimeError):
         peer.session.send([data_msg()])
+
+
+def test_a_malformed_server_close_is_a_violation_answered_with_its_code(clock: FakeClock) -> None:
+    peer = open_peer(clock)
+    peer.feed(close_frame(999, "bad"))
+    assert [type(e) for e in peer.new_events()][-2:] == [Problem, Closed]
+    assert [f.close_code for f in peer.close_frames()] == [1002]
+    closed = peer.closed_event()
+    assert (closed.code, closed.was_clean) == (1002, False)
