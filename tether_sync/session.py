@@ -1042,7 +1042,8 @@ def _pong_text(ts: Any) -> str:
     except (ValueError, TypeError, UnicodeEncodeError, RecursionError):
         pass
     try:
-        return json.dumps({"type": "tether:pong", "ts": ts}, separators=(",", ":"))
+        # ensure_ascii escapes lone surrogates; NaN nested in ts is still no JSON.
+        return json.dumps({"type": "tether:pong", "ts": ts}, separators=(",", ":"), allow_nan=False)
     except (ValueError, TypeError, RecursionError):
         return '{"type":"tether:pong"}'
 
