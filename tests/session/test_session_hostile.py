@@ -132,7 +132,7 @@ def test_crash_values_in_every_field_never_raise(
             peer.feed(frame)
             # Also as binary (JSON-carrying binary frames are decoded too), and bytewise.
             peer.feed(server_frame(frames.OP_BINARY, build(kind, field, raw)))
-            if len(frame) < 2000:
+            if phase == "open" and len(frame) < 200:
                 peer.feed(*(frame[i : i + 1] for i in range(len(frame))))
             peer.advance(0.5, answer=None)
             check_alive_and_pongs(peer)
@@ -205,7 +205,7 @@ def test_random_garbage_json_never_raises(clock: FakeClock, phase: str) -> None:
     types = [*MESSAGES, "subscribe", "tether:hello", "tether:auth"]
     values = list(HOSTILE.values())
     values = [v for v in values if len(v) < 10_000]
-    for _ in range(300):
+    for _ in range(100):
         peer = setup(clock, phase)
         for _ in range(5):
             fields = {k: rnd.choice(values) for k in rnd.sample(keys, rnd.randint(0, 6))}
