@@ -59,7 +59,7 @@ class ServeProcess:
         for _ in range(20):  # a port still busy right after the kill: try again
             index = len(self.records)
             record = self.workdir / f"record-{index}.jsonl"
-            err = open(self.workdir / f"serve-{index}-{len(self._stderr)}.err", "w")  # noqa: SIM115
+            err = open(self.workdir / f"serve-{index}-{len(self._stderr)}.err", "w")
             self._stderr.append(err)
             proc = subprocess.Popen(
                 [

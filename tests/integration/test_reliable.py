@@ -120,7 +120,7 @@ def test_past_the_history_bound_recovered_is_false_and_recovery_fires(
     make_server: Callable[..., TetherServer], make_client: Callable[..., TetherClient]
 ) -> None:
     server = make_server(port=0, history_size=10)
-    client, inbox, recoveries, first = _cut_off_while_published(server, make_client, 100)
+    _client, inbox, recoveries, _first = _cut_off_while_published(server, make_client, 100)
     assert recoveries.wait_count(1)
     (event,) = recoveries.snapshot()
     epoch, newest = server.channel_position(CHANNEL)
