@@ -235,3 +235,15 @@ def test_without_the_extension_the_client_behaves_as_before(
     stats = client.stats()
     assert (stats.extensions, stats.acked, stats.unacked, stats.resent) == ((), 0, 0, 0)
     assert client.close(timeout=5) is True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: RecoveryEvent is not exported by tether_sync/__init__.py (every other "
+    "event class is)",
+)
+def test_recovery_event_is_exported_like_the_other_events() -> None:
+    import tether_sync
+
+    assert "RecoveryEvent" in tether_sync.__all__
+    assert tether_sync.RecoveryEvent is RecoveryEvent
