@@ -15,6 +15,7 @@ from .events import (
     OpenEvent,
     QueuedEvent,
     ReconnectingEvent,
+    RecoveryEvent,
     StateChangeEvent,
 )
 from .exceptions import (
@@ -53,6 +54,7 @@ __all__ = [
     "QueuedEvent",
     "Reconnect",
     "ReconnectingEvent",
+    "RecoveryEvent",
     "ServerError",
     "State",
     "StateChangeEvent",

@@ -669,7 +669,7 @@ class TetherClient:
             auth_expires_at=loop.auth_expires_at,
             unacked=session.unacked if session is not None else len(loop.carried),
             acked=c.acked,
-            resent=c.resent,
+            resent=loop.resent,
             session_id=loop.session_id,
             extensions=session.features if session is not None else (),
         )

@@ -69,7 +69,6 @@ class Handoff:
         elif kind is s.Opened:
             self._reported = None
             self.last_failure = None
-            self._counters.resent += session.resent
             loop.opened()
         elif kind is s.TokenNeeded:
             assert isinstance(event, s.TokenNeeded)

@@ -228,6 +228,10 @@ class IoLoop:
         return self._carried
 
     @property
+    def resent(self) -> int:
+        return self._continuity.resent
+
+    @property
     def session_id(self) -> str:
         return self._continuity.session_id
 

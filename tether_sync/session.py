@@ -131,6 +131,7 @@ class Continuity:
     session_id: str
     last_seq: int = 0
     positions: Dict[str, Position] = dataclasses.field(default_factory=dict)
+    resent: int = 0  # messages written again on a later link (for stats)
 
 
 # ---------------------------------------------------------------- events out
@@ -426,6 +427,7 @@ class Session:
         if self._resend and self.phase is Phase.OPEN:
             items, self._resend = self._resend, []
             self.resent = len(items)
+            self.continuity.resent += len(items)
             self._write_items(items, resend=True)
 
     # ------------------------------------------------------------ bytes in

@@ -237,11 +237,6 @@ def test_without_the_extension_the_client_behaves_as_before(
     assert client.close(timeout=5) is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: RecoveryEvent is not exported by tether_sync/__init__.py (every other "
-    "event class is)",
-)
 def test_recovery_event_is_exported_like_the_other_events() -> None:
     import tether_sync
 

@@ -278,7 +278,7 @@ def test_a_fragmented_message_with_a_ping_inside_is_reassembled(clock: FakeClock
         + server_frame(frames.OP_CONT, b'ta","payload":7,"id":"x"}')
     )
     assert [(f.opcode, f.payload) for f in peer.take()] == [(frames.OP_PONG, b"p")]
-    assert [(e.channel, e.payload) for e in peer.of(Received)] == [("c", 7)]
+    assert [item for e in peer.of(Received) for item in e.items] == [("c", 7)]
 
 
 def test_sending_on_a_closed_session_is_refused_loudly(clock: FakeClock) -> None:

@@ -348,7 +348,7 @@ def envelope_in(channel: str, offset: int, epoch: str = "e1", payload: Any = Non
 def received(peer: Peer) -> List[Any]:
     from tether_sync.session import Received
 
-    return [(e.channel, e.payload) for e in peer.of(Received)]
+    return [item for e in peer.of(Received) for item in e.items]
 
 
 def test_subscribe_resumes_from_the_last_position_seen(clock: FakeClock) -> None:
