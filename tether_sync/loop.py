@@ -76,7 +76,8 @@ class Timer(str, enum.Enum):
 class LoopConfig:
     """Everything the loop needs to know about the connection, already validated."""
 
-    url: str
+    url: str  # the first (primary) endpoint
+    urls: tuple[str, ...]  # every endpoint, in failover order (urls[0] == url)
     protocol: str
     reconnect: Optional[Reconnect]
     heartbeat: Optional[Heartbeat]
@@ -154,7 +155,10 @@ class IoLoop:
         self._timers = TimerHeap()
         rc = config.reconnect
         self._backoff = Backoff(
-            rc.base_delay if rc else 1.0, rc.max_delay if rc else 1.0, rc.max_attempts if rc else 0
+            rc.base_delay if rc else 1.0,
+            rc.max_delay if rc else 1.0,
+            rc.max_attempts if rc else 0,
+            endpoints=len(config.urls),
         )
         self.next_delay: Optional[float] = None
         self._continuity = Continuity(session_id=uuid.uuid4().hex)
@@ -240,6 +244,11 @@ class IoLoop:
     @property
     def attempt(self) -> int:
         return 0 if self.state is State.OPEN else self._backoff.attempt
+
+    @property
+    def endpoint(self) -> str:
+        """The URL connected to while open, else the one being tried or to be tried next."""
+        return self.config.urls[self._backoff.endpoint]
 
     def join(self, timeout: Optional[float]) -> bool:
         """Wait for the loop and connector threads; True if all ended in time."""
@@ -422,6 +431,7 @@ class IoLoop:
         attempt = self._attempt_id
         ws = self._handshaker = transport.new_handshaker()
         cfg = self.config
+        url = self.endpoint  # round robin: _retry_or_finish moved on to the next one
         auth = self._auth
         header_auth = auth is not None and cfg.protocol == "raw" and auth.options.header
 
@@ -440,7 +450,7 @@ class IoLoop:
                     headers = {**(headers or {}), name: value}
                 sock = transport.handshake(
                     ws,
-                    cfg.url,
+                    url,
                     timeout=cfg.connect_timeout,
                     headers=headers,
                     subprotocols=cfg.subprotocols,
@@ -544,7 +554,7 @@ class IoLoop:
         self._refusals = 0
         self._set_state(State.OPEN)
         if self._wants("open"):
-            self._emit(OpenEvent(self.config.url))
+            self._emit(OpenEvent(self.endpoint, self._backoff.endpoint))
         session = self.session
         assert session is not None
         for channel in self.router.routes:
@@ -564,7 +574,22 @@ class IoLoop:
             err = TetherError(f"gave up after {tried} reconnection attempt(s): {cause}")
             self._finish(err, cause=cause)
             return
-        delay, self._backoff = self._backoff.next(self._rng)
+        rc = self.config.reconnect
+        assert rc is not None
+        delay, backoff, problem = self._backoff.retry(
+            self._rng, self._clock.monotonic(), cause, rc.policy
+        )
+        if problem is not None:  # a misbehaving policy costs a log line, never the loop
+            log.warning("%s", problem, exc_info=problem.__cause__)
+            self._error(problem)
+        if delay is None:
+            tried = self._backoff.attempt
+            err = TetherError(
+                f"the reconnect policy stopped retrying after {tried} attempt(s): {cause}"
+            )
+            self._finish(err, cause=cause)
+            return
+        self._backoff = backoff
         if self._close_requested and self._close_deadline is not None:
             # close() is still draining: retry within its deadline.
             delay = min(delay, max(0.0, self._close_deadline - self._clock.monotonic()) / 2)
@@ -572,7 +597,7 @@ class IoLoop:
         self._set_state(State.RECONNECTING)
         log.info(
             "reconnecting to %s: attempt %d in %.3fs (%s)",
-            self.config.url,
+            self.endpoint,
             self._backoff.attempt,
             delay,
             cause,
