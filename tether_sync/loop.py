@@ -766,7 +766,14 @@ class IoLoop:
         self.handoff.connection_closed(event)
         log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
         rc = self.config.reconnect
-        terminal = rc is not None and event.code in rc.terminal_codes and not self._close_requested
+        # Terminal codes are the server's word: a clean close it sent. The client's own
+        # closes (4000 heartbeat, protocol failures) are unclean and always retried.
+        terminal = (
+            rc is not None
+            and event.was_clean
+            and event.code in rc.terminal_codes
+            and not self._close_requested
+        )
         cause: BaseException = ClientClosed(f"connection closed: {event.code} {event.reason}")
         if event.error is not None:
             self._retry_or_finish(event.error, terminal=True)

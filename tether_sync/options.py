@@ -81,6 +81,8 @@ class Reconnect:
             reconnecting: ints and ``range`` objects (``range(4000, 4100)`` for
             Pusher's 4000-4099 "don't reconnect"), all within 1000-4999. Stored as
             the frozenset of the codes they cover. 1008 (policy violation) by default.
+            Only a close the server sent counts: the client's own closes (4000 when
+            pongs stop, protocol failures) always reconnect.
         min_uptime: Seconds a connection must stay open before the attempt
             counter (and ``elapsed``) starts over, unless the server confirmed or
             sent something on it; so a server that accepts and at once drops

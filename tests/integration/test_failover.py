@@ -261,3 +261,28 @@ def test_a_code_outside_the_range_reconnects(
     assert tether_server.connections[0].close(4100, "come back")
     assert opens.wait_count(2, timeout=10)
     assert client.state == "open"
+
+
+@pytest.mark.timeout(30)
+def test_the_clients_own_heartbeat_close_is_never_terminal(
+    tether_server: TetherServer, make_client: Callable[..., TetherClient]
+) -> None:
+    # 4000 is in Pusher's "don't reconnect" range, and also the code of the
+    # client's own close when pongs stop: a dead link must still be reconnected.
+    client = make_client(
+        tether_server.url,
+        reconnect={**FAST, "terminal_codes": range(4000, 4100)},
+        heartbeat={"interval": 0.1, "timeout": 0.2},
+        connect_timeout=0.5,
+    )
+    closes = Recorder()
+    opens = Recorder()
+    client.on("close", closes)
+    client.on("open", opens)
+    client.connect(wait=True, timeout=5)
+    tether_server.blackhole(True)
+    assert closes.wait_count(1, timeout=10)
+    assert closes.snapshot()[0].code == 4000
+    assert client.state in ("reconnecting", "connecting")
+    tether_server.blackhole(False)
+    assert opens.wait_count(2, timeout=15)
