@@ -248,3 +248,49 @@ def test_bad_terminal_codes_fail_clearly(codes: Any, exc: type, message: str) ->
 def test_min_uptime_is_kept() -> None:
     assert Reconnect().min_uptime == 2.0
     assert Reconnect(min_uptime=0).min_uptime == 0
+
+
+# -- several endpoints: construction -------------------------------------------------
+
+
+def test_a_list_or_tuple_of_urls_is_the_endpoints_in_order() -> None:
+    from tether_sync import TetherClient
+
+    urls = ["ws://a.example/ws", "wss://b.example:8443/ws"]
+    for given in (urls, tuple(urls)):
+        client = TetherClient(given)
+        try:
+            assert client.url == urls[0]
+            assert client.urls == tuple(urls)
+            assert client.stats().endpoint == urls[0]  # the first is tried first
+        finally:
+            client.close(timeout=1)
+    single = TetherClient("ws://a.example/ws")
+    try:
+        assert single.urls == ("ws://a.example/ws",)
+        assert single.stats().endpoint == "ws://a.example/ws"
+    finally:
+        single.close(timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("url", "exc", "message"),
+    [
+        ([], ValueError, "url: the list of endpoints is empty"),
+        ((), ValueError, "url: the list of endpoints is empty"),
+        (["ws://a.example/", "http://b.example/"], ValueError, "url[1]: url must start with ws://"),
+        (["ws://a.example/", 42], TypeError, "url[1]: url must be a str"),
+        (["ws://:80/"], ValueError, "url[0]: url has no host"),
+        (["ws://a.example:99999/"], ValueError, "url[0]: url has an invalid port"),
+        ({"ws://a.example/"}, TypeError, "url must be a str or a non-empty list"),
+        (iter(["ws://a.example/"]), TypeError, "url must be a str or a non-empty list"),
+        (b"ws://a.example/", TypeError, "url must be a str or a non-empty list"),
+    ],
+    ids=repr,
+)
+def test_bad_endpoint_lists_fail_at_construction(url: Any, exc: type, message: str) -> None:
+    from tether_sync import TetherClient
+
+    with pytest.raises(exc) as info:
+        TetherClient(url)
+    assert message in str(info.value)
