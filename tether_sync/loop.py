@@ -518,7 +518,7 @@ class IoLoop:
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
         self._handshaker = None
-        log.info("connection to %s failed: %s", self.config.url, c.error)
+        log.info("connection to %s failed: %s", self.endpoint, c.error)
         self._attempt_failed(c.error)
 
     def _on_connect_timeout(self) -> None:
@@ -527,7 +527,7 @@ class IoLoop:
         transport.abort(self._handshaker)
         self._attempt_id += 1  # the connector's late answer is now stale
         self._handshaker = None
-        log.info("connection to %s timed out", self.config.url)
+        log.info("connection to %s timed out", self.endpoint)
         self._attempt_failed(ConnectTimeout(f"no handshake within {self.config.connect_timeout}s"))
 
     def _attempt_failed(self, cause: BaseException) -> None:
@@ -658,7 +658,7 @@ class IoLoop:
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 break
             except OSError as exc:
-                log.info("write to %s failed: %s", self.config.url, exc)
+                log.info("write to %s failed: %s", self.endpoint, exc)
                 return -1
             session.sent(n)
             total += n
