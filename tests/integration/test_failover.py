@@ -170,6 +170,7 @@ def test_a_policy_returning_none_stops_retrying(
     with pytest.raises(TetherError, match="policy stopped retrying after 2 attempt"):
         client.connect(wait=True, timeout=10)
     assert client.state == "closed"
+    assert attempts.wait_count(2)  # events reach handlers on the dispatcher, a bit later
     assert [e.attempt for e in attempts.snapshot()] == [1, 2]
     assert [e.delay for e in attempts.snapshot()] == [0.01, 0.01]
     seen = calls.snapshot()
@@ -215,6 +216,7 @@ def test_a_misbehaving_policy_falls_back_to_the_default_and_the_client_lives(
     assert "default delay" in str(error)
     if garbage == "raises":
         assert isinstance(error.__cause__, RuntimeError)
+    assert attempts.wait_count(1)
     event: ReconnectingEvent = attempts.snapshot()[0]
     assert rng.bounds[0] == (0.0, 0.02) and 0.0 <= event.delay <= 0.02
     assert client.send("alive").result(timeout=5) is None
