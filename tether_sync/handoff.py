@@ -133,7 +133,10 @@ class Handoff:
     def attempt_failed(self, cause: BaseException) -> None:
         """A connection attempt failed: report each distinct cause once per run."""
         self.last_failure = cause
-        key = f"{type(cause).__name__}: {cause}"
+        status = getattr(cause, "status_code", None)
+        # An HTTP refusal's text carries the response headers (a Date among them):
+        # the status alone tells one cause from another.
+        key = f"HTTP {status}" if isinstance(status, int) else f"{type(cause).__name__}: {cause}"
         if key != self._reported:
             self._reported = key
             log.warning("connection attempt failed: %s", key)

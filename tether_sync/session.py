@@ -306,9 +306,11 @@ class Session:
         self._resume = False
         self._unacked: Deque[Item] = deque()  # written, awaiting ack (seq order)
         self._resend: List[Item] = []  # carried over from earlier connections
+        self._resend_due = False  # open, and the carried messages not framed yet
         self._barrier: Deque[Tuple[int, List[Item]]] = deque()  # (ping ts, large items)
         self._asked_resume: set[str] = set()
         self.messages_in = 0  # whole inbound messages (liveness)
+        self._violated = False  # the peer broke RFC 6455 (reported once)
         self.resent = 0  # messages carried over from an earlier link and written again
         self.reading_paused = False  # set by the loop while a "block" consumer is full
         self.delivered_something = False  # the peer confirmed or sent application data
@@ -415,7 +417,13 @@ class Session:
         if hb is not None:
             self._ping_due = now + hb[0]
         self._events.append(Opened(self.features))
-        if self._resend:
+        # Resends go out after the subscriptions the loop announces on Opened
+        # (DESIGN §5 order): framed by the next send() or data_to_send().
+        self._resend_due = bool(self._resend)
+
+    def _write_resends(self) -> None:
+        self._resend_due = False
+        if self._resend and self.phase is Phase.OPEN:
             items, self._resend = self._resend, []
             self.resent = len(items)
             self._write_items(items, resend=True)
@@ -439,6 +447,9 @@ class Session:
                 return
             self._on_message(opcode, payload, now)
         if error is not None and not self.closed:
+            if self._violated:
+                return  # the parser is dead: later bytes repeat the first violation
+            self._violated = True
             log.warning("protocol error: %s", error)
             self._events.append(Problem(error))
             self.fail(error.close_code, str(error)[:100], now)
@@ -719,6 +730,8 @@ class Session:
         """Frame application messages (only while open; the loop checks)."""
         if self.phase is not Phase.OPEN:
             raise RuntimeError("send() on a session that is not open")
+        if self._resend_due:
+            self._write_resends()
         self._write_items(items, resend=False)
 
     def _write_items(self, items: Sequence[Item], resend: bool) -> None:
@@ -774,6 +787,8 @@ class Session:
 
     def data_to_send(self) -> memoryview:
         """The bytes to write next (empty when nothing waits)."""
+        if self._resend_due:
+            self._write_resends()
         return self._out.pending()
 
     def sent(self, n: int) -> None:
@@ -976,10 +991,16 @@ class Session:
             self._closed(code, reason, False, error)
 
     def _on_close_frame(self, payload: bytes) -> None:
+        clean = True
         try:
             code, reason = frames.parse_close(payload)
         except ProtocolError as exc:
+            # A malformed close frame is a violation like any other: reported once,
+            # answered with its code, and the link fails (RFC 6455 §7.1.7).
             code, reason = exc.close_code, str(exc)
+            clean = False
+            log.warning("protocol error: %s", exc)
+            self._events.append(Problem(exc))
         if self.phase is Phase.CLOSING:
             # The answer to our close frame: the closing handshake is complete.
             mine = self._closing
@@ -991,7 +1012,7 @@ class Session:
         log.info("server closed the connection: %d %s", code, reason)
         if code == 1009:
             self._refuse_oversized()
-        self._closed(code, reason, True)
+        self._closed(code, reason, clean)
 
     def _refuse_oversized(self) -> None:
         """The server closed with 1009: fail the largest unconfirmed message, never resend it."""
@@ -1043,7 +1064,8 @@ def _pong_text(ts: Any) -> str:
     except (ValueError, TypeError, UnicodeEncodeError, RecursionError):
         pass
     try:
-        return json.dumps({"type": "tether:pong", "ts": ts}, separators=(",", ":"))
+        # ensure_ascii escapes lone surrogates; NaN nested in ts is still no JSON.
+        return json.dumps({"type": "tether:pong", "ts": ts}, separators=(",", ":"), allow_nan=False)
     except (ValueError, TypeError, RecursionError):
         return '{"type":"tether:pong"}'
 

@@ -137,7 +137,7 @@ def test_when_the_demo_stops_the_badge_says_so_and_buttons_are_disabled(
         state = page.get_by_test_id("state")
         expect(state).to_have_text("open", timeout=10_000)
         buttons = page.locator("form[data-action] button")
-        assert buttons.count() == 9
+        assert buttons.count() == 10
         expect(page.locator("form[data-action] button:disabled")).to_have_count(0)
         if how == "stopped":  # Ctrl-C: the backend says goodbye on the event stream
             proc.popen.send_signal(signal.SIGINT)
@@ -145,7 +145,7 @@ def test_when_the_demo_stops_the_badge_says_so_and_buttons_are_disabled(
         else:  # gone without a word: the event stream breaks
             proc.popen.kill()
             expect(state).to_have_text("demo unreachable", timeout=10_000)
-        expect(page.locator("form[data-action] button:disabled")).to_have_count(9)
+        expect(page.locator("form[data-action] button:disabled")).to_have_count(10)
         expect(page.locator("form[data-action] input:enabled")).to_have_count(0)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"panel-{how}.png"))

@@ -4,7 +4,8 @@ One process runs the bundled Tether server, one real :class:`~tether_sync.Tether
 connected to it, and a Flask app (threaded werkzeug server) whose page follows the
 client through server-sent events and injects faults with its buttons: kill the
 connection, force a close, take the server offline, burst-send, flood, add latency,
-rotate the token, blackhole, stall reads.
+rotate the token, blackhole, stall reads, kill -9 the server mid-burst (and count
+what was lost: nothing).
 
 Needs the ``tether-sync[demo]`` extra (Flask, websockets). Nothing in
 ``tether_sync`` imports this package; ``tether-sync demo`` does, when it runs.

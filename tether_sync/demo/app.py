@@ -40,6 +40,7 @@ ACTIONS: Dict[str, Action] = {
     "refresh": lambda b, p: b.refresh_token(),
     "blackhole": lambda b, p: b.blackhole(p.get("seconds", 5)),
     "stall": lambda b, p: b.stall_reads(p.get("seconds", 5)),
+    "crash": lambda b, p: b.crash_burst(p.get("count", 2000)),
 }
 """Button name (the URL's last part) → what it does."""
 

@@ -39,7 +39,7 @@ from ..events import (
     StateChangeEvent,
 )
 from ..exceptions import ClientClosed
-from ..options import Auth, Backpressure, Heartbeat, Reconnect
+from ..options import Auth, Backpressure, Heartbeat, Queue, Reconnect
 from ..subscription import Subscription
 
 __all__ = ["ActionConflict", "DemoBackend", "DemoConfig"]
@@ -52,6 +52,8 @@ BURST_CHANNEL = "burst"
 """Bursts are sent here; the server echoes them back on the same channel."""
 CONTROL_CHANNEL = "control"
 """Data envelopes carrying ``tether:control`` requests go here."""
+CRASH_CHANNEL = "crash"
+"""The "kill -9 mid-burst" action sends its numbered burst here."""
 
 LOG_SIZE = 300
 """Log entries kept for pages that connect later."""
@@ -82,6 +84,10 @@ class DemoConfig:
         inbound_buffer_size: Messages held per subscription before drop-oldest applies.
         high_water_mark: Bytes of ``buffered_amount`` above which the queue stops draining.
         slow_consumer_delay: Seconds the flood subscriber spends on each message.
+        queue_size: The outbound queue's bound (queued plus unacked messages); big
+            enough that a "kill -9 mid-burst" burst never meets the drop policy.
+        crash_downtime: Seconds the server stays dead in "kill -9 mid-burst".
+        crash_timeout: Seconds "kill -9 mid-burst" waits for every message's ack.
     """
 
     token_ttl: float = 30.0
@@ -94,6 +100,9 @@ class DemoConfig:
     inbound_buffer_size: int = 100
     high_water_mark: int = 256 * 1024
     slow_consumer_delay: float = 0.02
+    queue_size: int = 5000
+    crash_downtime: float = 1.0
+    crash_timeout: float = 30.0
 
 
 @dataclasses.dataclass
@@ -171,6 +180,8 @@ class DemoBackend:
         self._workers: List[threading.Thread] = []
         self._flood_sub: Optional[Subscription] = None
         self._last_stats: Optional[Any] = None
+        self._crashes = itertools.count(1)
+        self._crash: Optional[Dict[str, Any]] = None  # the last "kill -9 mid-burst"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,6 +208,7 @@ class DemoBackend:
                 inbound_buffer_size=cfg.inbound_buffer_size,
                 inbound_overflow="drop-oldest",
             ),
+            queue=Queue(max_size=cfg.queue_size),
             connect_timeout=cfg.connect_timeout,
             exit_flush_timeout=0,
         )
@@ -462,6 +474,7 @@ class DemoBackend:
                 "flood_consumed": self._flood_consumed,
                 "channels": {name: dict(c) for name, c in sorted(self._channels.items())},
                 "outages": [outage.as_dict() for outage in self._outages],
+                "crash": None if self._crash is None else dict(self._crash),
                 "server": {
                     "url": self.server.url,
                     "running": self.server.running,
@@ -624,6 +637,147 @@ class DemoBackend:
 
         result = self._action("Force token refresh")
         self._spawn("tether-demo-refresh", run)
+        return result
+
+    def crash_burst(self, count: Any = 2000) -> Dict[str, Any]:
+        """Send ``count`` numbered messages and kill the server hard in the middle.
+
+        The bundled server runs in this process, so kill -9 is emulated as closely
+        as it can be: the listening socket and every connection are reset at once
+        (RST, no close frame), and the server forgets its session table (a killed
+        process loses it), then it starts again on the same port after
+        ``crash_downtime``. What its application accepted is kept, like the
+        ``--record`` file of ``tether-sync serve``: "lost" counts the burst's
+        numbers that never reached it, "duplicates" the ones that reached it twice
+        (accepted but not acked when it died, so resent to a server that had
+        forgotten them).
+        """
+        client = self._require_client()
+        n = int(_bounded("count", count, 10, 5000, integer=True))
+        with self._cond:
+            if self._crash is not None and self._crash["phase"] != "done":
+                raise ActionConflict("a kill -9 burst is already running")
+            if not self.server.running or "offline" in self._faults:
+                raise ActionConflict("the server is offline")
+            crash = next(self._crashes)
+            self._crash = {
+                "crash": crash,
+                "count": n,
+                "phase": "sending",
+                "sent": 0,
+                "acked_at_kill": None,
+                "unacked_at_kill": None,
+                "resolved": 0,
+                "failed": 0,
+                "lost": None,
+                "duplicates": None,
+                "resent": None,
+            }
+            self._changed()
+        kill_at = max(1, n // 3)  # acks of the burst seen when the server dies
+        acked = threading.Event()
+        all_done = threading.Event()
+        counts = {"resolved": 0, "failed": 0}
+        lock = threading.Lock()
+
+        def done(future: Any) -> None:
+            failed = future.exception() is not None
+            with lock:
+                counts["resolved"] += 1
+                counts["failed"] += failed
+                resolved = counts["resolved"]
+            if resolved >= kill_at:
+                acked.set()
+            if resolved >= n:
+                all_done.set()
+
+        def update(**changes: Any) -> None:
+            with self._cond:
+                if self._crash is not None and self._crash["crash"] == crash:
+                    self._crash.update(changes)
+                    self._changed()
+
+        def wait(event: threading.Event) -> bool:
+            # In slices, so that a shutdown is not held up.
+            deadline = time.monotonic() + self.config.crash_timeout
+            while not event.wait(0.2):
+                if self._stopping.is_set() or time.monotonic() > deadline:
+                    return False
+            return not self._stopping.is_set()
+
+        def sender() -> None:
+            try:
+                for index in range(n):
+                    delivery = client.send({"crash": crash, "index": index}, CRASH_CHANNEL)
+                    delivery.add_done_callback(done)
+                    if index % 100 == 99:
+                        update(sent=index + 1)
+                update(sent=n)
+            except ClientClosed:
+                pass  # the demo is stopping
+            except Exception as exc:
+                self._append("error", "error", f"kill -9 burst: send failed: {exc}")
+
+        def killer() -> None:
+            started = client.stats().resent
+            # Mid-burst: a third of it acked, the rest unacked, queued or not sent yet.
+            if not wait(acked):
+                update(phase="done")
+                return
+            with lock:
+                acked_now = counts["resolved"]
+            stats = client.stats()
+            update(phase="killed", acked_at_kill=acked_now, unacked_at_kill=stats.unacked)
+            self._append(
+                "warn",
+                "server",
+                f"kill -9: server killed mid-burst ({acked_now} of {n} acked, "
+                f"{stats.unacked} awaiting their ack, {stats.queue_depth} queued)",
+            )
+            try:
+                self.server.stop(timeout=0.5, abrupt=True)
+                self.server.reset_sessions()  # a killed process forgets its sessions
+            except Exception as exc:
+                self._append("error", "error", f"server kill failed: {exc}")
+            if self._stopping.wait(self.config.crash_downtime):
+                return
+            try:
+                self.server.start()
+                self._append("ok", "server", f"server restarted on {self.server.url}")
+            except Exception as exc:
+                self._append("error", "error", f"server restart failed: {exc}")
+            update(phase="recovering")
+            if not wait(all_done) and self._stopping.is_set():
+                return
+            numbers = [
+                p["index"]
+                for p in self.server.data_payloads(CRASH_CHANNEL)
+                if isinstance(p, dict) and p.get("crash") == crash
+            ]
+            unique = set(numbers)
+            lost = n - len(unique)
+            duplicates = len(numbers) - len(unique)
+            resent = client.stats().resent - started
+            with lock:
+                resolved, failed = counts["resolved"], counts["failed"]
+            update(
+                phase="done",
+                resolved=resolved,
+                failed=failed,
+                lost=lost,
+                duplicates=duplicates,
+                resent=resent,
+            )
+            self._append(
+                "ok" if lost == 0 else "error",
+                "crash",
+                f"kill -9 burst: lost {lost} of {n}; {duplicates} duplicate(s) (accepted but "
+                f"not acked when the server died); {resent} resent",
+            )
+
+        result = self._action(f"kill -9 the server mid-burst: {n} messages on {CRASH_CHANNEL!r}")
+        self._spawn("tether-demo-crash-send", sender)
+        self._spawn("tether-demo-crash-kill", killer)
         return result
 
     def blackhole(self, seconds: Any) -> Dict[str, Any]:

@@ -58,6 +58,13 @@
       setText("dropped-inbound", st.dropped_inbound);
       $("dropped-inbound").classList.toggle("alert", st.dropped_inbound > 0);
       setText("auth-refreshes", st.auth_refreshes);
+      setText("acked", fmtInt(st.acked));
+      setText("unacked", fmtInt(st.unacked));
+      setText("resent", fmtInt(st.resent));
+      setText("extensions", st.extensions.length ? st.extensions.join(", ") : "none (plain Tether)");
+      // The share of the queue's bound taken by messages awaiting their ack.
+      const bound = snap.config.queue_size || 1;
+      $("ack-bar").style.width = Math.min(100, (st.unacked / bound) * 100).toFixed(1) + "%";
       renderBuffered(st.buffered_amount, st.high_water_mark);
       queueSamples.push([Date.now() / 1000, st.queue_depth]);
       renderSpark();
@@ -78,7 +85,19 @@
     setText("auth-config", "Tokens live " + cfg.token_ttl + " s; the client rotates them " + cfg.refresh_before + " s before expiry.");
     renderChannels(snap.channels, st ? st.inbound_depth : {});
     renderTimeline(snap.outages, cfg.max_delay);
+    renderCrash(snap.crash);
     tick();
+  }
+
+  function renderCrash(crash) {
+    if (!crash) return;
+    const phases = { sending: "sending", killed: "server killed", recovering: "server back, resending", done: "done" };
+    setText("crash-phase", "#" + crash.crash + " " + (phases[crash.phase] || crash.phase) + " · " + fmtInt(crash.sent) + " / " + fmtInt(crash.count));
+    setText("crash-killed", crash.acked_at_kill === null ? "–" : fmtInt(crash.acked_at_kill) + " / " + fmtInt(crash.unacked_at_kill));
+    const lost = $("crash-lost");
+    setText("crash-lost", crash.lost === null ? "–" : "lost: " + fmtInt(crash.lost));
+    lost.classList.toggle("alert", crash.lost !== null && crash.lost > 0);
+    setText("crash-duplicates", crash.duplicates === null ? "–" : fmtInt(crash.duplicates) + " (" + fmtInt(crash.resent) + " resent)");
   }
 
   function renderBuffered(amount, hwm) {
