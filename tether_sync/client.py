@@ -54,7 +54,12 @@ class TetherClient:
     """A resilient WebSocket client for blocking code (DESIGN §2).
 
     Args:
-        url: ``ws://`` or ``wss://`` URL.
+        url: ``ws://`` or ``wss://`` URL, or a non-empty list (or tuple) of them:
+            endpoints that take turns, round robin, starting with the first. After
+            a failed attempt or a lost link the next attempt goes to the next
+            endpoint, and the delay grows with each full rotation (see
+            :class:`~tether_sync.Reconnect`). :attr:`url` stays the first one;
+            ``stats().endpoint`` and the ``open`` event's ``url`` name the current one.
         protocol: ``"tether"`` (JSON envelopes with channels) or ``"raw"`` (frames
             as-is: ``str`` → text, ``bytes`` → binary, anything else → JSON text;
             inbound arrives on channel ``"default"``).
@@ -86,7 +91,7 @@ class TetherClient:
 
     def __init__(
         self,
-        url: str,
+        url: Union[str, List[str], Tuple[str, ...]],
         *,
         protocol: str = "tether",
         auth: Any = None,
@@ -105,7 +110,7 @@ class TetherClient:
         clock: Optional[Clock] = None,
         rng: Optional[random.Random] = None,
     ) -> None:
-        url = validate_url(url)
+        urls = _endpoints(url)
         if protocol not in ("tether", "raw"):
             raise ValueError(f"protocol must be 'tether' or 'raw', got {protocol!r}")
         if dispatcher is not None and not callable(dispatcher):
@@ -126,7 +131,8 @@ class TetherClient:
         assert bp is not None
         self._auth_options = coerce_auth(auth)
         self._config = LoopConfig(
-            url=url,
+            url=urls[0],
+            urls=urls,
             protocol=protocol,
             reconnect=coerce("reconnect", reconnect, Reconnect),
             heartbeat=coerce("heartbeat", heartbeat, Heartbeat),
@@ -621,7 +627,13 @@ class TetherClient:
 
     @property
     def url(self) -> str:
+        """The first (primary) endpoint; the current one is ``stats().endpoint``."""
         return self._config.url
+
+    @property
+    def urls(self) -> Tuple[str, ...]:
+        """Every endpoint, in the order they are tried."""
+        return self._config.urls
 
     @property
     def state(self) -> State:
@@ -672,6 +684,7 @@ class TetherClient:
             resent=loop.resent,
             session_id=loop.session_id,
             extensions=session.features if session is not None else (),
+            endpoint=loop.endpoint,
         )
 
     # ------------------------------------------------------------------ exit
@@ -685,6 +698,23 @@ class TetherClient:
             )
             self.flush(self._exit_flush_timeout)
         self.close(timeout=1.0)
+
+
+def _endpoints(url: Any) -> Tuple[str, ...]:
+    """``url=``: one URL, or a non-empty list/tuple of them, each checked."""
+    if isinstance(url, str):
+        return (validate_url(url),)
+    if not isinstance(url, (list, tuple)):
+        raise TypeError(f"url must be a str or a non-empty list of str, not {type(url).__name__}")
+    if not url:
+        raise ValueError("url: the list of endpoints is empty")
+    urls = []
+    for i, each in enumerate(url):
+        try:
+            urls.append(validate_url(each))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"url[{i}]: {exc}") from None
+    return tuple(urls)
 
 
 @atexit.register

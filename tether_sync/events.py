@@ -31,7 +31,9 @@ class OpenEvent:
 
     type: ClassVar[str] = "open"
     url: str
-    """The URL connected to."""
+    """The URL actually connected to (with several endpoints, the one that answered)."""
+    index: int = 0
+    """Position of ``url`` in the client's list of endpoints (0: the first, primary)."""
 
 
 @dataclasses.dataclass(frozen=True)

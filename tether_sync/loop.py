@@ -76,7 +76,8 @@ class Timer(str, enum.Enum):
 class LoopConfig:
     """Everything the loop needs to know about the connection, already validated."""
 
-    url: str
+    url: str  # the first (primary) endpoint
+    urls: tuple[str, ...]  # every endpoint, in failover order (urls[0] == url)
     protocol: str
     reconnect: Optional[Reconnect]
     heartbeat: Optional[Heartbeat]
@@ -154,7 +155,10 @@ class IoLoop:
         self._timers = TimerHeap()
         rc = config.reconnect
         self._backoff = Backoff(
-            rc.base_delay if rc else 1.0, rc.max_delay if rc else 1.0, rc.max_attempts if rc else 0
+            rc.base_delay if rc else 1.0,
+            rc.max_delay if rc else 1.0,
+            rc.max_attempts if rc else 0,
+            endpoints=len(config.urls),
         )
         self.next_delay: Optional[float] = None
         self._continuity = Continuity(session_id=uuid.uuid4().hex)
@@ -244,6 +248,11 @@ class IoLoop:
     @property
     def attempt(self) -> int:
         return 0 if self.state is State.OPEN else self._backoff.attempt
+
+    @property
+    def endpoint(self) -> str:
+        """The URL connected to while open, else the one being tried or to be tried next."""
+        return self.config.urls[self._backoff.endpoint]
 
     def join(self, timeout: Optional[float]) -> bool:
         """Wait for the loop and connector threads; True if all ended in time."""
@@ -426,6 +435,7 @@ class IoLoop:
         attempt = self._attempt_id
         ws = self._handshaker = transport.new_handshaker()
         cfg = self.config
+        url = self.endpoint  # round robin: _retry_or_finish moved on to the next one
         auth = self._auth
         header_auth = auth is not None and cfg.protocol == "raw" and auth.options.header
 
@@ -444,7 +454,7 @@ class IoLoop:
                     headers = {**(headers or {}), name: value}
                 sock = transport.handshake(
                     ws,
-                    cfg.url,
+                    url,
                     timeout=cfg.connect_timeout,
                     headers=headers,
                     subprotocols=cfg.subprotocols,
@@ -512,7 +522,7 @@ class IoLoop:
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
         self._handshaker = None
-        log.info("connection to %s failed: %s", self.config.url, c.error)
+        log.info("connection to %s failed: %s", self.endpoint, c.error)
         self._attempt_failed(c.error)
 
     def _on_connect_timeout(self) -> None:
@@ -521,7 +531,7 @@ class IoLoop:
         transport.abort(self._handshaker)
         self._attempt_id += 1  # the connector's late answer is now stale
         self._handshaker = None
-        log.info("connection to %s timed out", self.config.url)
+        log.info("connection to %s timed out", self.endpoint)
         self._attempt_failed(ConnectTimeout(f"no handshake within {self.config.connect_timeout}s"))
 
     def _attempt_failed(self, cause: BaseException) -> None:
@@ -548,7 +558,7 @@ class IoLoop:
         self._refusals = 0
         self._set_state(State.OPEN)
         if self._wants("open"):
-            self._emit(OpenEvent(self.config.url))
+            self._emit(OpenEvent(self.endpoint, self._backoff.endpoint))
         session = self.session
         assert session is not None
         for channel in self.router.routes:
@@ -568,7 +578,22 @@ class IoLoop:
             err = TetherError(f"gave up after {tried} reconnection attempt(s): {cause}")
             self._finish(err, cause=cause)
             return
-        delay, self._backoff = self._backoff.next(self._rng)
+        rc = self.config.reconnect
+        assert rc is not None
+        delay, backoff, problem = self._backoff.retry(
+            self._rng, self._clock.monotonic(), cause, rc.policy
+        )
+        if problem is not None:  # a misbehaving policy costs a log line, never the loop
+            log.warning("%s", problem, exc_info=problem.__cause__)
+            self._error(problem)
+        if delay is None:
+            tried = self._backoff.attempt
+            err = TetherError(
+                f"the reconnect policy stopped retrying after {tried} attempt(s): {cause}"
+            )
+            self._finish(err, cause=cause)
+            return
+        self._backoff = backoff
         if self._close_requested and self._close_deadline is not None:
             # close() is still draining: retry within its deadline.
             delay = min(delay, max(0.0, self._close_deadline - self._clock.monotonic()) / 2)
@@ -576,7 +601,7 @@ class IoLoop:
         self._set_state(State.RECONNECTING)
         log.info(
             "reconnecting to %s: attempt %d in %.3fs (%s)",
-            self.config.url,
+            self.endpoint,
             self._backoff.attempt,
             delay,
             cause,
@@ -637,7 +662,7 @@ class IoLoop:
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 break
             except OSError as exc:
-                log.info("write to %s failed: %s", self.config.url, exc)
+                log.info("write to %s failed: %s", self.endpoint, exc)
                 return -1
             session.sent(n)
             total += n
@@ -745,7 +770,14 @@ class IoLoop:
         self.handoff.connection_closed(event)
         log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
         rc = self.config.reconnect
-        terminal = rc is not None and event.code in rc.terminal_codes and not self._close_requested
+        # Terminal codes are the server's word: a clean close it sent. The client's own
+        # closes (4000 heartbeat, protocol failures) are unclean and always retried.
+        terminal = (
+            rc is not None
+            and event.was_clean
+            and event.code in rc.terminal_codes
+            and not self._close_requested
+        )
         cause: BaseException = ClientClosed(f"connection closed: {event.code} {event.reason}")
         if event.error is not None:
             self._retry_or_finish(event.error, terminal=True)

@@ -9,6 +9,7 @@ same keys, and ``False`` to turn a feature off. A bad value raises
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable, FrozenSet, Mapping, Optional, Type, TypeVar
 
@@ -51,20 +52,50 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+RetryPolicy = Callable[[int, float, Optional[BaseException]], Optional[float]]
+"""``policy(attempt, elapsed, reason) -> delay | None``: see :class:`Reconnect`."""
+
+CLOSE_CODES = range(1000, 5000)  # RFC 6455 §7.4: the codes a close frame may carry
+
+
 @dataclasses.dataclass(frozen=True)
 class Reconnect:
-    """Reconnection with full-jitter exponential backoff.
+    """Reconnection: when to try again, and where (several endpoints take turns).
+
+    Attempts of one run of failures (it starts when a link is lost, or when the
+    first connection attempt fails) are counted from 1 and announced as
+    ``reconnecting`` events. With several URLs, each attempt goes to the next
+    endpoint, round robin, and the delay grows with every full rotation rather
+    than with every attempt: attempt ``n`` has the *round*
+    ``ceil(n / len(urls))`` (equal to ``n`` with one URL), so a dead primary costs
+    the healthy secondary one short delay, while a total outage backs off.
 
     Attributes:
-        base_delay: Seconds; attempt ``n`` waits ``uniform(0, min(max_delay, base_delay * 2**n))``.
-        max_delay: Seconds; the largest cap of a delay.
+        base_delay: Seconds; the default delay of round ``r`` is full jitter,
+            ``uniform(0, min(max_delay, base_delay * 2**r))``.
+        max_delay: Seconds; the largest cap of a default delay.
         max_attempts: Attempts after a loss before giving up (state ``closed`` and an
-            ``error`` event); ``None`` retries forever.
+            ``error`` event); ``None`` retries forever. Counts every attempt, on
+            any endpoint.
         terminal_codes: Close codes from the server that end the client instead of
-            reconnecting. 1008 (policy violation) by default.
-        min_uptime: Seconds a connection must stay open (unless the server confirmed
-            or sent something on it) before the attempt counter starts over, so a
-            server that accepts and then drops every connection is still backed off.
+            reconnecting: ints and ``range`` objects (``range(4000, 4100)`` for
+            Pusher's 4000-4099 "don't reconnect"), all within 1000-4999. Stored as
+            the frozenset of the codes they cover. 1008 (policy violation) by default.
+            Only a close the server sent counts: the client's own closes (4000 when
+            pongs stop, protocol failures) always reconnect.
+        min_uptime: Seconds a connection must stay open before the attempt
+            counter (and ``elapsed``) starts over, unless the server confirmed or
+            sent something on it; so a server that accepts and at once drops
+            every connection is still backed off. ``0`` starts over at every open.
+        policy: Replaces the default delay: ``policy(attempt, elapsed, reason)``
+            with ``attempt`` the round above (from 1), ``elapsed`` the seconds since
+            this run of failures began (0.0 on its first attempt) and ``reason``
+            the exception that ended the last connection or attempt. It returns
+            the delay in seconds (a finite number, 0 to 86400), or ``None`` to stop
+            retrying (state ``closed`` with an ``error`` event). It runs on the I/O
+            thread, so it must be quick. One that raises or returns anything else
+            is logged and reported as an ``error`` event, and that attempt uses the
+            default delay. ``max_attempts`` and ``terminal_codes`` still apply.
     """
 
     base_delay: float = 0.3
@@ -72,6 +103,7 @@ class Reconnect:
     max_attempts: Optional[int] = None
     terminal_codes: FrozenSet[int] = frozenset({1008})
     min_uptime: float = 2.0
+    policy: Optional[RetryPolicy] = None
 
     def __post_init__(self) -> None:
         _number("reconnect.base_delay", self.base_delay)
@@ -81,12 +113,73 @@ class Reconnect:
             raise ValueError("reconnect.max_delay must be >= reconnect.base_delay")
         if self.max_attempts is not None:
             _integer("reconnect.max_attempts", self.max_attempts, minimum=0)
-        codes = self.terminal_codes
-        if isinstance(codes, (str, bytes)) or not hasattr(codes, "__iter__"):
-            raise TypeError("reconnect.terminal_codes must be a collection of ints")
-        for code in codes:
-            _integer("reconnect.terminal_codes[]", code, minimum=1000)
-        object.__setattr__(self, "terminal_codes", frozenset(codes))
+        object.__setattr__(self, "terminal_codes", _close_codes(self.terminal_codes))
+        if self.policy is not None:
+            _check_policy(self.policy)
+
+    def __repr__(self) -> str:  # a range of 100 codes is shown as one range
+        return (
+            f"Reconnect(base_delay={self.base_delay!r}, max_delay={self.max_delay!r}, "
+            f"max_attempts={self.max_attempts!r}, "
+            f"terminal_codes={_describe_codes(self.terminal_codes)}, "
+            f"min_uptime={self.min_uptime!r}, policy={self.policy!r})"
+        )
+
+
+def _close_codes(codes: Any) -> FrozenSet[int]:
+    """``terminal_codes``: ints and ranges of close codes, as the frozenset they cover."""
+    name = "reconnect.terminal_codes"
+    if isinstance(codes, range):
+        codes = (codes,)  # one range is one entry, not an iterable of ints
+    if isinstance(codes, (str, bytes)) or not hasattr(codes, "__iter__"):
+        raise TypeError(f"{name} must be a collection of ints and ranges")
+    out: set[int] = set()
+    for item in codes:
+        if isinstance(item, range):
+            if not item:
+                raise ValueError(f"{name}: empty range {item!r}")
+            low, high = min(item), max(item)
+            if low not in CLOSE_CODES or high not in CLOSE_CODES:
+                raise ValueError(f"{name}: {item!r} goes outside the close codes 1000-4999")
+            out.update(item)
+        elif isinstance(item, bool) or not isinstance(item, int):
+            hint = ", e.g. range(4000, 4100) for 4000-4099" if isinstance(item, tuple) else ""
+            raise TypeError(f"{name}[] must be an int or a range{hint}, not {type(item).__name__}")
+        elif item not in CLOSE_CODES:
+            raise ValueError(f"{name}[] must be a close code in 1000-4999, got {item!r}")
+        else:
+            out.add(item)
+    return frozenset(out)
+
+
+def _describe_codes(codes: FrozenSet[int]) -> str:
+    """``{1008, 4000-4099}``: runs of consecutive codes shown as one span."""
+    spans: list[str] = []
+    ordered = sorted(codes)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        first, last = ordered[i], ordered[j]
+        spans.append(str(first) if j - i < 2 else f"{first}-{last}")
+        if j - i == 1:
+            spans.append(str(last))
+        i = j + 1
+    return "{" + ", ".join(spans) + "}"
+
+
+def _check_policy(policy: Any) -> None:
+    if not callable(policy):
+        raise TypeError(f"reconnect.policy must be callable or None, not {type(policy).__name__}")
+    try:
+        signature = inspect.signature(policy)
+    except (TypeError, ValueError):  # some builtins have none: trust them
+        return
+    try:
+        signature.bind(1, 0.0, None)
+    except TypeError as exc:
+        raise TypeError(f"reconnect.policy must accept (attempt, elapsed, reason): {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,6 +66,8 @@ class Stats:
         resent: Messages written again after a reconnect because no ack came.
         session_id: The reliable-sessions id (DESIGN §5).
         extensions: The §5 features the current (or last) server granted.
+        endpoint: The URL connected to while open; else the one being tried, or
+            tried next (with several endpoints they take turns, round robin).
     """
 
     state: str
@@ -91,3 +93,4 @@ class Stats:
     resent: int = 0
     session_id: str = ""
     extensions: tuple[str, ...] = ()
+    endpoint: str = ""
