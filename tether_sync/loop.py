@@ -489,7 +489,7 @@ class IoLoop:
         self._mask = selectors.EVENT_READ
         self._tls = isinstance(sock, ssl.SSLSocket)
         self._want_write = False
-        log.info("connected to %s", self.config.url)
+        log.info("connected to %s", self.endpoint)
         now = self._clock.monotonic()
         cfg = self.config
         auth = self._auth
