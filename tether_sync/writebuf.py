@@ -10,7 +10,7 @@ was framed but not fully written when the link drops comes back from
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, List, Protocol, Sequence, Set, Tuple
+from typing import Deque, List, Optional, Protocol, Sequence, Set, Tuple
 
 from . import frames
 
@@ -27,6 +27,13 @@ class Item(Protocol):
 Delivery = Item
 
 COALESCE_BYTES = 256 * 1024  # at most this many bytes are joined for one send()
+_DATA_OPS = (frames.OP_TEXT, frames.OP_BINARY)  # what permessage-deflate may compress
+
+
+def _encode(opcode: int, payload: bytes, key: bytes, codec: frames.Deflate) -> bytes:
+    """One frame of a data message through the codec (RSV1 set if it compressed)."""
+    data, rsv1 = codec.encode(payload)
+    return frames.encode_frame(opcode, data, key, True, rsv1)
 
 
 class WriteBuffer:
@@ -34,10 +41,15 @@ class WriteBuffer:
 
     Args:
         keys: Where mask keys come from (drawn in bulk).
+        deflate: With permessage-deflate negotiated (RFC 7692), the connection's
+            codec: text and binary frames of at least ``deflate.threshold`` bytes
+            are compressed as they are framed. Frames are framed in wire order,
+            so the compressor's context follows the order the peer inflates in.
     """
 
-    def __init__(self, keys: frames.MaskKeys) -> None:
+    def __init__(self, keys: frames.MaskKeys, deflate: Optional[frames.Deflate] = None) -> None:
         self._keys = keys
+        self._deflate = deflate
         self._chunks: Deque[bytes] = deque()  # whole frames, or batches of them
         self._offset = 0  # bytes of _chunks[0] already written
         self.size = 0  # unwritten bytes
@@ -56,7 +68,10 @@ class WriteBuffer:
 
     def add_control(self, opcode: int, payload: bytes) -> None:
         """Append one frame that carries no message (control frames, protocol text)."""
-        frame = frames.encode_frame(opcode, payload, self._keys.next())
+        if self._deflate is not None and opcode in _DATA_OPS:
+            frame = _encode(opcode, payload, self._keys.next(), self._deflate)
+        else:
+            frame = frames.encode_frame(opcode, payload, self._keys.next())
         self._chunks.append(frame)
         self.size += len(frame)
         self._framed += len(frame)
@@ -65,11 +80,15 @@ class WriteBuffer:
         """Frame ``(message, payload)`` pairs into one chunk; ``track``: report them written."""
         encode = frames.encode_frame
         next_key = self._keys.next
+        codec = self._deflate
         parts = []
         end = self._framed
         in_flight = self._in_flight
         for d, data in batch:
-            frame = encode(d._op, data, next_key())
+            if codec is not None and len(data) >= codec.threshold and d._op in _DATA_OPS:
+                frame = _encode(d._op, data, next_key(), codec)
+            else:
+                frame = encode(d._op, data, next_key())
             parts.append(frame)
             end += len(frame)
             if track:
@@ -85,6 +104,9 @@ class WriteBuffer:
 
     def add_messages(self, batch: Sequence[Delivery]) -> None:
         """Frame ``batch`` into one chunk, so one ``send()`` writes them all."""
+        if self._deflate is not None:
+            self.add_framed([(d, d._data) for d in batch])
+            return
         encode = frames.encode_frame
         next_key = self._keys.next
         parts = []
