@@ -10,12 +10,15 @@ cost within 5 % of compression off on the send path. Two measurements:
 * ``session``: the whole sans-I/O send path of one connection, without threads
   or sockets: ``Session.send(batch)`` (framing into the write buffer, through the
   codec when negotiated), ``data_to_send()`` and ``sent(n)`` until empty, as the
-  loop does it. Best of many interleaved repeats, microseconds per message.
+  loop does it. Many short runs, off and on back to back (alternating which goes
+  first); the overhead is the median of the paired ratios, and an A/A row (off
+  vs off) shows the noise floor. Best times in microseconds per message.
   ``--check`` exits 1 if a row is over 5 %.
 * ``client``: ``TetherClient(protocol="raw").send()`` N times of 64 bytes, end to end
   over 127.0.0.1, until the sink server has every byte (``benchmarks/sink_server.py``
   in a subprocess, its handshake answering permessage-deflate when offered).
-  Interleaved runs off, on, on, off...; the median rate of each. Information:
+  Rounds of one run off and one on (alternating which goes first); the median
+  rate of each and the median of the paired time ratios. Information:
   two cores shared with other work make this row noisy, the session rows are
   the precise ones.
 
@@ -79,10 +82,14 @@ def drain(session: Session) -> int:
 
 def bench_session(
     size: int, number: int, repeat: int, control: bool = False
-) -> Tuple[float, float]:
-    """Seconds per message, off and on, for ``size``-byte messages in batches of 512.
+) -> Tuple[float, float, float]:
+    """``size``-byte messages in batches of 512, off and on.
 
-    ``control``: both sessions off (an A/A run: the noise floor of the machine).
+    Returns:
+        The best seconds per message off and on, and the median of the paired
+        ratios on/off (each pair measured back to back, alternating which goes
+        first): on a shared machine the ratio is the steadier number.
+        ``control``: both sessions off (an A/A run: the noise floor).
     """
     body = json.dumps({"type": "publish", "channel": "prices", "payload": "x" * size})
     batch = [Item(body.encode()[:size]) for _ in range(512)]
@@ -96,16 +103,21 @@ def bench_session(
 
         return once
 
+    run_off, run_on = run(off), run(on)
     t_off: List[float] = []
     t_on: List[float] = []
-    for i in range(repeat):  # interleaved, alternating which goes first
+    for i in range(repeat):
         if i % 2:
-            t_on.append(timeit.timeit(run(on), number=number))
-        t_off.append(timeit.timeit(run(off), number=number))
-        if not i % 2:
-            t_on.append(timeit.timeit(run(on), number=number))
+            b = timeit.timeit(run_on, number=number)
+            a = timeit.timeit(run_off, number=number)
+        else:
+            a = timeit.timeit(run_off, number=number)
+            b = timeit.timeit(run_on, number=number)
+        t_off.append(a)
+        t_on.append(b)
     per = number * len(batch)
-    return min(t_off) / per, min(t_on) / per
+    ratio = statistics.median(b / a for a, b in zip(t_off, t_on))
+    return min(t_off) / per, min(t_on) / per, ratio
 
 
 # --------------------------------------------------------------------------- client
@@ -203,7 +215,7 @@ def send_client(base: str, n: int, compression: Optional[str], payload: str) -> 
     return n / (t1 - t0)
 
 
-def bench_client(n: int, rounds: int) -> Tuple[float, float]:
+def bench_client(n: int, rounds: int) -> Tuple[float, float, float]:
     sink = Sink()
     try:
         payload = "x" * 64
@@ -215,7 +227,9 @@ def bench_client(n: int, rounds: int) -> Tuple[float, float]:
             for compression in order:
                 rate = send_client(sink.base, n, compression, payload)
                 (on if compression else off).append(rate)
-        return statistics.median(off), statistics.median(on)
+        # Time ratio on/off per round (the rates' inverse), then the median.
+        ratio = statistics.median(a / b for a, b in zip(off, on))
+        return statistics.median(off), statistics.median(on), ratio
     finally:
         sink.stop()
 
@@ -247,18 +261,18 @@ def main() -> int:
     parser.add_argument("--only", default="session,client")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    number, repeat = (20, 5) if args.quick else (40, 80)
+    number, repeat = (4, 20) if args.quick else (8, 300)
     ok = True
     print(f"offer: {client_offer()}; threshold 1024 B; below it nothing is compressed")
     if "session" in only:
-        off, on = bench_session(64, number, repeat, control=True)
+        off, on, ratio = bench_session(64, number, repeat, control=True)
         print(
-            f"control: off vs off, 64 B    {off * 1e6:6.3f} vs {on * 1e6:6.3f} us/msg  "
-            f"{(on / off - 1) * 100:+5.1f} %  (noise floor)"
+            f"control: off vs off,   64 B   off {off * 1e6:6.3f} us/msg  "
+            f"off {on * 1e6:6.3f} us/msg  {(ratio - 1) * 100:+5.1f} %  (noise floor)"
         )
         for size in (20, 64, 200, 1000):
-            off, on = bench_session(size, number, repeat)
-            overhead = on / off - 1
+            off, on, ratio = bench_session(size, number, repeat)
+            overhead = ratio - 1
             good = overhead <= LIMIT
             ok &= good
             print(
@@ -267,12 +281,12 @@ def main() -> int:
                 f"{'ok' if good else 'OVER 5 %'}"
             )
     if "client" in only:
-        n, rounds = (20_000, 2) if args.quick else (200_000, 4)
-        off_rate, on_rate = bench_client(n, rounds)
+        n, rounds = (20_000, 2) if args.quick else (200_000, 6)
+        off_rate, on_rate, ratio = bench_client(n, rounds)
         print(
             f"client send 64 B raw, {n} msgs  off {off_rate:,.0f} msg/s  "
-            f"on {on_rate:,.0f} msg/s  {(off_rate / on_rate - 1) * 100:+5.1f} % time  "
-            f"(median of {rounds}, info)"
+            f"on {on_rate:,.0f} msg/s  {(ratio - 1) * 100:+5.1f} % time  "
+            f"(median of {rounds} paired rounds, info)"
         )
     bench_big()
     if args.check and not ok:
