@@ -438,3 +438,40 @@ def test_connect_cli_compression_deflate(
         assert server.extensions()[0] is not None
         up, down = proxy.counts()
         assert up < len(line) // 4 + 1024 and down < len(line) // 4 + 1024, (up, down)
+
+
+def _connections_reach(server: Any, n: int) -> Callable[[], bool]:
+    return lambda: bool(server.total_connections == n)
+
+
+def test_kills_mid_stream_lose_nothing_with_compression(
+    make_client: Callable[..., TetherClient],
+) -> None:
+    # Every reconnect starts a fresh codec on both sides; unacked messages are
+    # framed (and compressed) again on the new connection, and deduplicated.
+    from tether_sync.server import TetherServer
+
+    server = TetherServer(port=0, compression="deflate", max_size=64 * MiB)
+    server.start()
+    try:
+        client = make_client(server.url, compression="deflate", queue={"max_size": 1000})
+        client.connect(wait=True, timeout=10)
+        body = "quote " * 300  # 1.8 kB: compressed
+        deliveries = []
+        for i in range(300):
+            deliveries.append(client.send({"i": i, "body": body}, channel="c"))
+            if i in (100, 200):
+                # A kill while messages are in flight, on a connection that has
+                # carried some: its compression contexts are lost with it.
+                assert server.wait_for(_connections_reach(server, i // 100), 10)
+                assert server.wait_for_connections(1, timeout=10)
+                assert server.wait_for_data(i - 50, timeout=10)
+                assert server.drop_all() == 1
+        for d in deliveries:
+            d.result(timeout=20)
+        assert server.wait_for_data(300, timeout=10)
+        payloads = server.data_payloads("c")
+        assert sorted(p["i"] for p in payloads) == list(range(300))  # none lost, none twice
+        assert server.total_connections >= 3
+    finally:
+        server.stop()
