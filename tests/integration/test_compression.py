@@ -116,7 +116,7 @@ def _node_modules() -> Path:
             [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), "ws@8"],
             capture_output=True,
             text=True,
-            timeout=240,
+            timeout=50,  # inside the test's 60 s
         )
         if proc.returncode != 0:
             pytest.fail(f"npm install ws failed:\n{proc.stdout}\n{proc.stderr}")
