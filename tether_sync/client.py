@@ -82,6 +82,8 @@ class TetherClient:
             spends flushing its queue before it closes (``0`` disables it).
         ws_options: More keyword arguments for websocket-client's ``connect``
             (``http_proxy_host``, ``origin``, ``redirect_limit``...).
+        compression: ``"deflate"``: offer permessage-deflate (RFC 7692) and use it both
+            ways if the server agrees; None (the default): no compression.
         clock: Time source (tests inject a fake one).
         rng: Random source of backoff delays (tests inject a seeded one).
 
@@ -107,6 +109,7 @@ class TetherClient:
         max_message_size: int = 16 * 2**20,
         exit_flush_timeout: float = 5.0,
         ws_options: Optional[Dict[str, Any]] = None,
+        compression: Optional[str] = None,
         clock: Optional[Clock] = None,
         rng: Optional[random.Random] = None,
     ) -> None:
@@ -127,6 +130,8 @@ class TetherClient:
             raise TypeError("max_message_size must be an int")
         if max_message_size < 1:
             raise ValueError("max_message_size must be >= 1")
+        if compression not in (None, "deflate"):
+            raise ValueError(f"compression must be None or 'deflate', got {compression!r}")
         bp = coerce("backpressure", backpressure, Backpressure)
         assert bp is not None
         self._auth_options = coerce_auth(auth)
@@ -144,6 +149,7 @@ class TetherClient:
             connect_timeout=float(connect_timeout),
             max_message_size=max_message_size,
             ws_options=dict(ws_options or {}),
+            compression=compression,
         )
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._exit_flush_timeout = float(exit_flush_timeout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Tuple, Union
 
+from .deflate import DeflateParams
 from .subscription import InboundBuffer
 
 
@@ -20,6 +21,7 @@ class Connected:
     attempt: int
     sock: Any  # the connected socket.socket (only loop.py touches it)
     header_expiry: Optional[float] = None
+    deflate: Optional[DeflateParams] = None  # permessage-deflate agreed, or None
 
 
 @dataclasses.dataclass(frozen=True)

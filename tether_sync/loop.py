@@ -90,6 +90,7 @@ class LoopConfig:
     max_message_size: int
     ws_options: Dict[str, Any]
     extensions: tuple[str, ...] = ("ack", "resume")
+    compression: Optional[str] = None  # "deflate": offer permessage-deflate
 
 
 class IoLoop:
@@ -460,11 +461,14 @@ class IoLoop:
                     subprotocols=cfg.subprotocols,
                     sslopt=cfg.sslopt,
                     extra=cfg.ws_options,
+                    compression=cfg.compression,
                 )
+                # The server's answer to the offer, checked here: a bad one fails the attempt.
+                params = transport.accepted_deflate(ws, cfg.compression)
             except BaseException as exc:
                 self.post(cmd.ConnectFailed(attempt, exc))
             else:
-                self.post(cmd.Connected(attempt, sock, exp))
+                self.post(cmd.Connected(attempt, sock, exp, params))
             finally:
                 self._connectors.pop(threading.current_thread(), None)
 
@@ -504,6 +508,7 @@ class IoLoop:
                 auth_timeout=auth.options.timeout * 2 if auth else 20.0,
                 refresh_before=auth.options.refresh_before if auth else 60.0,
                 extensions=cfg.extensions if cfg.protocol == "tether" else (),
+                deflate=c.deflate,
             ),
             self._continuity,
             now,

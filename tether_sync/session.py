@@ -36,6 +36,7 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 from . import envelope, frames
+from .deflate import DeflateParams, PerMessageDeflate
 from .exceptions import AuthError, ProtocolError, ServerError, TetherError
 from .tokens import refresh_at
 from .writebuf import Item, WriteBuffer
@@ -96,6 +97,8 @@ class SessionConfig:
         auth_timeout: Seconds for one token fetch plus the server's answer.
         refresh_before: Seconds before expiry at which the token is rotated.
         extensions: The §5 features to ask for (protocol ``tether`` only).
+        deflate: The permessage-deflate parameters agreed in the handshake
+            (RFC 7692), or None: the connection runs uncompressed.
     """
 
     protocol: str = "tether"
@@ -105,6 +108,7 @@ class SessionConfig:
     auth_timeout: float = 20.0
     refresh_before: float = 60.0
     extensions: Tuple[str, ...] = FEATURES
+    deflate: Optional[DeflateParams] = None
 
 
 @dataclasses.dataclass
@@ -298,8 +302,13 @@ class Session:
         self.phase = Phase.HELLO
         self._wall_offset = wall_offset
         self._rng = rng
-        self._parser = frames.FrameParser(config.max_message_size)
-        self._out = WriteBuffer(keys if keys is not None else frames.MaskKeys())
+        # permessage-deflate: one codec per connection, its context kept both ways;
+        # inflating is bounded by max_message_size (a bomb fails with 1009).
+        codec = PerMessageDeflate(config.deflate) if config.deflate is not None else None
+        self._parser = frames.FrameParser(
+            config.max_message_size, inflate=codec.decode if codec is not None else None
+        )
+        self._out = WriteBuffer(keys if keys is not None else frames.MaskKeys(), codec)
         self._events: List[Event] = []
         self.features: Tuple[str, ...] = ()
         self._ext_pending = False  # hello sent, its reply not decided yet

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 import websocket
 
+from . import deflate
+from .exceptions import ProtocolError
+
 HeaderSpec = Union[Dict[str, str], List[str], None]
 
 if sys.platform.startswith("linux"):
@@ -100,6 +103,7 @@ def handshake(
     subprotocols: Optional[List[str]],
     sslopt: Optional[Dict[str, Any]],
     extra: Optional[Dict[str, Any]] = None,
+    compression: Optional[str] = None,
 ) -> socket.socket:
     """Open the connection and complete the opening handshake (blocking).
 
@@ -109,6 +113,9 @@ def handshake(
         timeout: Seconds for each socket operation of the handshake.
         extra: More keyword arguments for ``WebSocket.connect`` (proxy options,
             ``origin``, ``redirect_limit``...).
+        compression: ``"deflate"``: offer permessage-deflate (RFC 7692) in a
+            ``Sec-WebSocket-Extensions`` header; read the answer with
+            :func:`accepted_deflate`. None: offer nothing.
 
     Returns:
         The connected socket, ready for framing.
@@ -121,6 +128,8 @@ def handshake(
         ws.sock_opt.sslopt = dict(sslopt)
     options: Dict[str, Any] = dict(extra or {})
     options["timeout"] = timeout
+    if compression == "deflate":
+        headers = [*_header_lines(headers), f"Sec-WebSocket-Extensions: {deflate.client_offer()}"]
     if headers:
         options["header"] = headers
     if subprotocols:
@@ -128,6 +137,42 @@ def handshake(
     ws.connect(url, **options)
     sock: socket.socket = ws.sock
     return sock
+
+
+def _header_lines(headers: HeaderSpec) -> List[str]:
+    """Headers as websocket-client's ``"Name: value"`` lines (it does the same to a dict)."""
+    if isinstance(headers, dict):
+        return [f"{k}: {v}" for k, v in headers.items() if v is not None]
+    return list(headers or [])
+
+
+def accepted_deflate(ws: Any, compression: Optional[str]) -> Optional[deflate.DeflateParams]:
+    """What the server answered to our permessage-deflate offer (after :func:`handshake`).
+
+    Runs on the connector thread, so a bad answer fails the attempt there.
+
+    Args:
+        ws: The handshaker that completed the handshake.
+        compression: As given to :func:`handshake`.
+
+    Returns:
+        The agreed parameters, or None: nothing was offered, or the server
+        declined (no ``Sec-WebSocket-Extensions`` in its response), and the
+        connection runs uncompressed. Without an offer, the answer is not read.
+
+    Raises:
+        ProtocolError: 1002, the server answered something the offer does not
+            allow (an extension not offered, a bad or larger window...).
+    """
+    if compression != "deflate":
+        return None
+    # websocket-client lower-cases the response's header names.
+    answer = (ws.getheaders() or {}).get("sec-websocket-extensions")
+    try:
+        return deflate.accept_response(answer)
+    except ProtocolError:
+        ws.shutdown()  # fail the connection (RFC 6455 §9.1): nobody else will close it
+        raise
 
 
 def abort(ws: Any) -> None:
