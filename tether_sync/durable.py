@@ -317,34 +317,20 @@ class DurableStore:
         Raises:
             TimeoutError, TetherError, ClientClosed: see :meth:`AppendHandle.result`.
         """
-        return self.append_async(msg_id, channel, op, data).result(timeout)
+        return self._enqueue(((msg_id, channel, op, data),), lead=True)[0].result(timeout)
 
     def append_async(self, msg_id: str, channel: str, op: int, data: bytes) -> AppendHandle:
         """Like :meth:`append`, but return at once with a handle on the future ``seq``.
 
-        Messages are numbered in the order of the calls. If no commit is running,
-        the calling thread commits this message (and anything else waiting)
-        before it returns; otherwise the message joins the next batch.
+        Messages are numbered in the order of the calls. The background committer
+        commits them, grouping everything that arrives meanwhile, so a thread that
+        keeps many appends in flight gets large transactions.
 
         Raises:
             ClientClosed: The store is closed.
             TetherError: Used in a forked child, or the committer died.
         """
-        self._check_fork()
-        item = _Item(msg_id, channel, op, bytes(data))
-        with self._lock:
-            self._check_open()
-            batches = self._batches
-            if not batches or batches[-1].taken or len(batches[-1].items) >= MAX_BATCH:
-                batches.append(_Batch())
-            batch = batches[-1]
-            batch.items.append(item)
-            lead = not self._committing
-            if lead:
-                self._committing = True
-        if lead:
-            self._commit_as_leader()
-        return AppendHandle(self, batch, item)
+        return self._enqueue(((msg_id, channel, op, data),), lead=False)[0]
 
     def append_many(
         self,
@@ -353,12 +339,37 @@ class DurableStore:
     ) -> List[int]:
         """Append several ``(msg_id, channel, op, data)`` at once; return their seqs.
 
-        They are numbered consecutively in the given order and committed in as
-        few transactions as :data:`MAX_BATCH` allows. Same errors as :meth:`append`.
+        They are numbered consecutively in the given order (no other append comes
+        between them) and committed in as few transactions as :data:`MAX_BATCH`
+        allows. Same errors as :meth:`append`; ``timeout`` covers them all.
         """
-        handles = [self.append_async(*m) for m in messages]
+        handles = self._enqueue(messages, lead=True)
         deadline = Deadline(timeout)
         return [h.result(deadline.remaining()) for h in handles]
+
+    def _enqueue(
+        self, messages: Iterable[Tuple[str, str, int, bytes]], *, lead: bool
+    ) -> List[AppendHandle]:
+        """Queue messages for a transaction; with ``lead``, commit it here if nobody is."""
+        self._check_fork()
+        items = [_Item(m, c, o, bytes(d)) for m, c, o, d in messages]
+        handles = []
+        with self._lock:
+            self._check_open()
+            batches = self._batches
+            for item in items:
+                if not batches or batches[-1].taken or len(batches[-1].items) >= MAX_BATCH:
+                    batches.append(_Batch())
+                batches[-1].items.append(item)
+                handles.append(AppendHandle(self, batches[-1], item))
+            leading = lead and not self._committing
+            if leading:
+                self._committing = True
+            elif items:
+                self._kick_background()
+        if leading:
+            self._commit_as_leader()
+        return handles
 
     def discard(self, seqs: Iterable[int]) -> None:
         """Delete messages (acknowledged, or given up) in the next transaction; never waits.
