@@ -511,6 +511,20 @@ class DurableStore:
             write_seq = self._seq_dirty
             self._seq_dirty = False
             last_seq = self._last_seq
+        try:
+            self._transact(batch, discards, write_seq, last_seq)
+        finally:
+            # Whatever happened (KeyboardInterrupt on a leader's thread included),
+            # nobody may wait forever on this batch.
+            if batch is not None and not batch.finished:
+                with self._lock:
+                    if not batch.committed and batch.error is None:
+                        batch.error = TetherError(f"outbox {self.path}: commit interrupted")
+                batch.finish()
+
+    def _transact(
+        self, batch: Optional[_Batch], discards: List[int], write_seq: bool, last_seq: int
+    ) -> None:
         items = batch.items if batch is not None else []
         conn = self._conn
         try:
@@ -538,8 +552,6 @@ class DurableStore:
                 if batch is not None:
                     batch.error = TetherError(f"outbox {self.path}: commit failed: {exc}")
                     batch.error.__cause__ = exc
-            if batch is not None:
-                batch.finish()
             return
         with self._lock:
             self.transactions += 1
@@ -558,7 +570,6 @@ class DurableStore:
                 )
             except Exception:
                 log.exception("outbox %s: on_commit callback raised", self.path)
-        batch.finish()
 
     def _finish(self) -> bool:
         """Mark the file closed cleanly and checkpoint it (the background thread)."""

@@ -556,3 +556,29 @@ def test_kill_9_mid_append_loses_nothing_that_was_acknowledged(path: str) -> Non
             if m.seq in numbers:
                 assert m.data == str(numbers[m.seq]).encode()
                 assert m.msg_id == f"m{numbers[m.seq]}"
+
+
+def test_a_failed_commit_fails_its_appenders_and_the_store_goes_on(path: str) -> None:
+    store = DurableStore(path)
+    try:
+        store.append("a", "c", 1, b"d")
+        store.discard([1])
+        # Another writer holds the database (nothing does in real use: the flock
+        # refuses other stores); the commit gives up after busy_timeout (5 s).
+        intruder = sqlite3.connect(path, isolation_level=None)
+        intruder.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(TetherError, match="commit failed") as info:
+                store.append("lost", "c", 1, b"d")
+            assert path in str(info.value)
+        finally:
+            intruder.execute("ROLLBACK")
+            intruder.close()
+        assert store.append("b", "c", 1, b"d") == 3  # the failed one's seq stays unused
+    finally:
+        assert store.close()
+    again = DurableStore(path)
+    try:
+        assert [m.msg_id for m in again.pending()] == ["b"]  # the discard was retried
+    finally:
+        again.close()
