@@ -90,6 +90,8 @@ FORMAT_VERSION = 1
 FORMAT_NAME = "tether_sync.outbox"
 #: Numbers skipped after an unclean shutdown in ``fsync=False`` mode (see above).
 CRASH_SEQ_GAP = 1 << 20
+#: Transactions a leading appender commits at most before the background takes over.
+LEADER_ROUNDS = 4
 #: Messages committed in one transaction at most (bounds latency and the WAL).
 MAX_BATCH = 8192
 
@@ -460,9 +462,20 @@ class DurableStore:
         return bool(self._batches or self._discards or self._seq_dirty)
 
     def _commit_as_leader(self) -> None:
-        """One transaction on the calling thread, then hand any rest to the background."""
+        """Commit on the calling thread, then hand any rest to the background.
+
+        The leader also commits what arrived during its own transaction, up to
+        :data:`LEADER_ROUNDS` transactions: waking the background thread costs
+        more than a commit, but one sender must not commit for the others forever.
+        """
+        rounds = 0
         try:
-            self._commit_once()
+            while True:
+                self._commit_once()
+                rounds += 1
+                with self._lock:
+                    if self._closing or not self._has_work() or rounds >= LEADER_ROUNDS:
+                        break
         finally:
             with self._lock:
                 if self._has_work() or self._closing:
