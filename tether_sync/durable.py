@@ -34,14 +34,18 @@ can hold; the new counter is fsynced before anything is numbered. After a clean
 :meth:`DurableStore.raise_seq` (with the ``acked`` of each ``hello-ok``) covers
 the rest.
 
-Group commit. A sender that finds no commit running commits its own message at
-once, on its own thread (a single sender pays no thread hand-off, which costs
-more than the commit itself). Senders that arrive while a commit runs join the
-next batch and wait on that batch's event; one committer at a time (a leader
-thread, or the store's background committer thread) commits each batch in one
-transaction, so concurrent senders share it. :meth:`discard` and
+Group commit. A blocking :meth:`DurableStore.append` that finds no commit
+running commits at once, on its own thread: a lone sender pays no thread
+hand-off, which costs more than the commit itself. Appends that arrive while a
+commit runs join the next batch and wait on that batch's latch; the leading
+thread commits those too (up to :data:`LEADER_ROUNDS` transactions), then the
+store's background committer thread takes over. One committer at a time, one
+transaction per batch, so concurrent senders share a commit (and an fsync).
+:meth:`DurableStore.append_async` and :meth:`DurableStore.append_many` queue for
+the background committer and so get large transactions. :meth:`discard` and
 :meth:`raise_seq` never wait: the background committer (or the next batch)
-writes them.
+writes them. A single blocking sender gets ``1 / commit latency`` messages per
+second; the numbers for this machine are in ``benchmarks/bench_durable.py``.
 
 Safety at open: an exclusive ``fcntl.flock`` on a sidecar file ``path + ".lock"``
 (left in place on close: removing it would race with a new owner) refuses a second
