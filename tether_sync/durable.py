@@ -96,6 +96,8 @@ FORMAT_NAME = "tether_sync.outbox"
 CRASH_SEQ_GAP = 1 << 20
 #: Transactions a leading appender commits at most before the background takes over.
 LEADER_ROUNDS = 4
+#: WAL pages (estimated) after which the checkpointer thread checkpoints.
+CHECKPOINT_PAGES = 256
 #: Messages committed in one transaction at most (bounds latency and the WAL).
 MAX_BATCH = 8192
 
@@ -252,6 +254,18 @@ class DurableStore:
         except BaseException:
             os.close(self._lock_fd)
             raise
+        try:
+            # Checkpoints (they fsync, even with synchronous=NORMAL) run on a second
+            # connection on their own thread, so a sender never waits for one; the
+            # main connection's auto-checkpoint (1000 pages) stays as a backstop.
+            self._ckpt_conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            self._ckpt_conn.execute("PRAGMA synchronous = " + ("FULL" if fsync else "NORMAL"))
+        except sqlite3.Error as exc:
+            self._conn.close()
+            os.close(self._lock_fd)
+            raise TetherError(f"outbox {self.path}: cannot open it: {exc}") from exc
         # _lock guards every attribute below and the _Batch/_Item state; _wake
         # (on _lock) wakes the background committer. Never held during SQLite work
         # or a user callback. Only the thread that set _committing (a leader
@@ -266,6 +280,9 @@ class DurableStore:
         self._closing = False
         self._broken: Optional[BaseException] = None  # the committer died
         self._clean_close = False  # set by the background thread when it closed the file
+        self._wal_pages = 0  # pages written since the last checkpoint request (estimate)
+        self._ckpt_due = threading.Event()
+        self._ckpt_stop = False
         self.transactions = 0
         """Transactions committed so far (group commit makes it < appends)."""
         self.appended = 0
@@ -273,7 +290,11 @@ class DurableStore:
         self._thread = threading.Thread(
             target=self._run_background, name="tether_sync-outbox", daemon=True
         )
+        self._ckpt_thread = threading.Thread(
+            target=self._run_checkpointer, name="tether_sync-outbox-checkpoint", daemon=True
+        )
         _LIVE.add(self)
+        self._ckpt_thread.start()
         self._thread.start()
         log.info(
             "outbox %s opened: %d pending, last seq %d, fsync %s",
@@ -506,13 +527,29 @@ class DurableStore:
             log.exception("outbox %s: committer stopped", self.path)
             self._fail_all(TetherError(f"outbox {self.path}: committer stopped: {exc!r}"), exc)
         finally:
+            self._ckpt_stop = True
+            self._ckpt_due.set()
+            self._ckpt_thread.join()
             try:
+                self._ckpt_conn.close()
                 self._conn.close()
             except sqlite3.Error:
                 log.exception("outbox %s: closing the database failed", self.path)
             os.close(self._lock_fd)
             _LIVE.discard(self)
             log.info("outbox %s closed", self.path)
+
+    def _run_checkpointer(self) -> None:
+        """Checkpoint the WAL when asked, on the second connection (never blocks a commit)."""
+        while True:
+            self._ckpt_due.wait()
+            self._ckpt_due.clear()
+            if self._ckpt_stop:
+                return
+            try:
+                self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # the backstop auto-checkpoint still runs
+                log.warning("outbox %s: checkpoint failed: %s", self.path, exc)
 
     def _commit_once(self) -> None:
         """Take what is waiting and commit it in one transaction (the committer only)."""
@@ -570,6 +607,11 @@ class DurableStore:
                     batch.error = TetherError(f"outbox {self.path}: commit failed: {exc}")
                     batch.error.__cause__ = exc
             return
+        # Every transaction writes at least one page; rows of ~4 KB fill one each.
+        self._wal_pages += 1 + sum(len(i.data) for i in items) // 4000 + len(discards) // 100
+        if self._wal_pages >= CHECKPOINT_PAGES:
+            self._wal_pages = 0
+            self._ckpt_due.set()
         with self._lock:
             self.transactions += 1
             if batch is None:
@@ -590,6 +632,9 @@ class DurableStore:
 
     def _finish(self) -> bool:
         """Mark the file closed cleanly and checkpoint it (the background thread)."""
+        self._ckpt_stop = True
+        self._ckpt_due.set()
+        self._ckpt_thread.join()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(_SET_META, ("clean", 1))
@@ -810,7 +855,7 @@ _FORKED_LEFTOVERS: List[sqlite3.Connection] = []
 def _after_fork_in_child() -> None:
     for store in list(_LIVE):
         store._forked = True
-        _FORKED_LEFTOVERS.append(store._conn)
+        _FORKED_LEFTOVERS.extend((store._conn, store._ckpt_conn))
         try:
             # Our copy only: the lock stays with the parent's descriptor, and a
             # child that outlives the parent does not keep the file locked.
