@@ -78,6 +78,7 @@ RANK: Dict[str, float] = {
     "subscription": 2,
     "delivery": 2,
     "outbox": 2,
+    "durable": 2,  # the durable outbox store (sqlite3, fcntl; no socket)
     "dispatch": 2.1,
     "commands": 2.5,
     "routing": 2.6,
