@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import logging
+import os
 import random
 import threading
 import uuid
@@ -18,11 +20,13 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import commands as cmd
+from . import delivery as deliveries
 from . import frames
 from .auth import TokenRefresher
 from .clock import Clock, Deadline, SystemClock
 from .delivery import Delivery
 from .dispatch import ThreadDispatcher, run_task
+from .durable import DurableStore
 from .envelope import encode_data, encode_json
 from .events import EVENT_NAMES, ErrorEvent, MessageEvent, QueuedEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, QueueFull, TetherError
@@ -48,6 +52,8 @@ Handler = Callable[[Any], None]
 
 # Clients not closed by their owner; flushed and closed at interpreter exit.
 _live_clients: weakref.WeakSet[TetherClient] = weakref.WeakSet()
+# Every client made in this process, so a forked child can reset them all.
+_all_clients: weakref.WeakSet[TetherClient] = weakref.WeakSet()
 
 
 class TetherClient:
@@ -113,6 +119,13 @@ class TetherClient:
         clock: Optional[Clock] = None,
         rng: Optional[random.Random] = None,
     ) -> None:
+        self._ctor_args = (url,)
+        self._ctor_kwargs = {
+            k: v for k, v in locals().items() if k not in ("self", "url", "__class__")
+        }
+        self._pid = os.getpid()
+        self._autoconnect = False  # set in a forked child whose parent had connected
+        _all_clients.add(self)
         urls = _endpoints(url)
         if protocol not in ("tether", "raw"):
             raise ValueError(f"protocol must be 'tether' or 'raw', got {protocol!r}")
@@ -191,6 +204,21 @@ class TetherClient:
             auth=self._make_authenticator(),
             on_state=self._on_state,
         )
+        self._store: Optional[DurableStore] = None
+        # Deliveries of durable sends between append() and their commit hook.
+        self._committing: Dict[str, Delivery] = {}
+        queue_opt = self._config.queue
+        if queue_opt is not None and queue_opt.path is not None:
+            # Raises TetherError for a corrupt, foreign or locked file: at construction.
+            self._store = DurableStore(
+                queue_opt.path, fsync=queue_opt.fsync, on_commit=self._committed
+            )
+            restored = [self._restore(m) for m in self._store.pending()]
+            self._loop.attach_store(self._store, restored)
+            if restored:
+                log.info(
+                    "outbox %s: %d unacked message(s) to resend", queue_opt.path, len(restored)
+                )
 
     def _dispatch_user(self, fn: Callable[[], None]) -> None:
         # Hand ``fn`` to the user's dispatcher. One that raises (a Tk ``after`` on a
@@ -401,6 +429,8 @@ class TetherClient:
         """
         if not isinstance(channel, str):
             raise TypeError(f"channel must be a str, not {type(channel).__name__}")
+        if self._autoconnect:
+            self._connect_on_first_use()
         msg_id = f"{self._id_prefix}{next(self._ids):012x}"
         if self._config.protocol == "tether":
             data = encode_data(channel, payload, msg_id).encode()
@@ -419,6 +449,8 @@ class TetherClient:
         delivery = Delivery(msg_id, channel, payload, op, data, self._dispatch_fn)
         loop = self._loop
         offline = loop.state is not State.OPEN
+        if self._store is not None:
+            return self._send_durable(delivery, timeout, offline)
         dropped = loop.outbox.put(delivery, timeout)
         if dropped:
             self._dropped(dropped)
@@ -427,6 +459,66 @@ class TetherClient:
             if self._handlers.get("queued"):
                 self._emit(QueuedEvent(msg_id, channel, payload))
         return delivery
+
+    def _send_durable(self, d: Delivery, timeout: Optional[float], offline: bool) -> Delivery:
+        # DESIGN §5 rule 11: send() returns once the message is committed to the
+        # file (with its seq, rule 4). The store's commit hook queues it, in seq
+        # order, so the wire order is the seq order whatever thread committed it.
+        store = self._store
+        assert store is not None
+        if self._closing or self._loop.stopped.is_set():
+            raise ClientClosed("the client is closed")
+        self._committing[d.id] = d
+        try:
+            store.append(d.id, d.channel, d._op, d._data, timeout=timeout)
+        except BaseException:
+            self._committing.pop(d.id, None)
+            raise
+        exc = d._exc
+        if (
+            exc is not None
+            and isinstance(exc, (QueueFull, ClientClosed))
+            and (isinstance(exc, ClientClosed) or self._loop.outbox.overflow == "reject")
+        ):
+            raise exc
+        if offline:
+            self._loop.counters.queued += 1
+            if self._handlers.get("queued"):
+                self._emit(QueuedEvent(d.id, d.channel, d.payload))
+        return d
+
+    def _committed(self, messages: List[Any]) -> None:
+        # The store's commit hook: on the committing thread, in seq order.
+        store = self._store
+        assert store is not None
+        for m in messages:
+            d = self._committing.pop(m.msg_id, None)
+            if d is None:
+                continue
+            d._seq = m.seq
+            try:
+                dropped = self._loop.outbox.put(d)
+            except (QueueFull, ClientClosed) as exc:
+                store.discard([m.seq])
+                d.set_exception(exc)
+                continue
+            if dropped:
+                store.discard([x._seq for x in dropped if x._seq > 0])
+                self._dropped(dropped)
+
+    def _restore(self, m: Any) -> Delivery:
+        """A Delivery for a message the outbox file kept from an earlier process."""
+        payload: Any = m.data
+        if self._config.protocol == "tether":
+            try:
+                payload = json.loads(m.data).get("payload")
+            except (ValueError, AttributeError):
+                payload = None
+        elif m.op == frames.OP_TEXT:
+            payload = m.data.decode("utf-8", "replace")
+        d = Delivery(m.msg_id, m.channel, payload, m.op, m.data, self._dispatch_fn)
+        d._seq = m.seq
+        return d
 
     def _dropped(self, dropped: List[Delivery]) -> None:
         # Dropped by the overflow policy while not open: fail each, count them,
@@ -503,6 +595,8 @@ class TetherClient:
             raise ValueError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
         if self._loop.state is State.CLOSED:
             raise ClientClosed("the client is closed")
+        if self._autoconnect:
+            self._connect_on_first_use()
         buf = self._new_buffer(callback, overflow, buffer_size)
         sub = Subscription(channel, buf, self._unsubscribe, callback)
         self._loop.post(cmd.Subscribe(channel, buf))
@@ -568,7 +662,16 @@ class TetherClient:
             raise RuntimeError("flush() cannot be called on the I/O thread")
         event = threading.Event()
         loop.post(cmd.Flush(event.set))
-        done = event.wait(timeout)
+        try:
+            done = event.wait(timeout)
+        except KeyboardInterrupt:
+            deliveries.interrupted = True
+            log.warning(
+                "flush() interrupted: %d message(s) queued and %d in flight were not confirmed",
+                loop.queue_depth,
+                loop.in_flight,
+            )
+            raise
         clean = self._no_failures()
         return done and clean and loop.unsent == 0 and loop.queue_depth == 0 and loop.in_flight == 0
 
@@ -605,6 +708,8 @@ class TetherClient:
         if not started:
             if not already:
                 loop.finish_unstarted()
+                if self._store is not None:
+                    self._store.close(deadline.remaining() or 0.1)
             return loop.unsent == 0 and self._no_failures()
         loop.outbox.stop()
         # Keep a slice of the time for the closing handshake and the joins.
@@ -614,8 +719,21 @@ class TetherClient:
         here = threading.current_thread()
         dispatcher = self._own_dispatcher
         if here is loop.thread or (dispatcher is not None and here is dispatcher.thread):
+            # It cannot wait for itself: a short-lived closer thread finishes the
+            # job (joins the loop, stops the dispatcher once this callback returns).
             log.warning("close() called from a tether_sync thread: not waiting for it")
+            closer = threading.Thread(
+                target=self._finish_close, args=(deadline, timeout), name="tether-close"
+            )
+            closer.daemon = True
+            closer.start()
             return False
+        return self._finish_close(deadline, timeout)
+
+    def _finish_close(self, deadline: Deadline, timeout: float) -> bool:
+        # The waiting half of close(): on the caller's thread, or on a closer thread.
+        loop = self._loop
+        dispatcher = self._own_dispatcher
         loop.stopped.wait(deadline.remaining())
         ok = loop.join(deadline.remaining())
         if self._refresher is not None:
@@ -623,6 +741,11 @@ class TetherClient:
             ok = self._refresher.join(min(0.1, deadline.remaining() or 0.0)) and ok
         if dispatcher is not None:
             ok = dispatcher.stop(deadline.remaining()) and ok
+        fallback = self._fallback
+        if fallback is not None:
+            ok = fallback.stop(deadline.remaining()) and ok
+        if self._store is not None:
+            ok = self._store.close(deadline.remaining() or 0.1) and ok
         if not ok:
             log.warning("close(): threads still running after %.3fs", timeout)
         if loop.unsent:
@@ -696,14 +819,58 @@ class TetherClient:
     # ------------------------------------------------------------------ exit
 
     def _exit_flush(self) -> None:
-        if self._loop.stopped.is_set() or not self._started:
+        if self._loop.stopped.is_set() or not self._started or self._pid != os.getpid():
             return
-        if self._exit_flush_timeout > 0:
-            log.info(
-                "interpreter exit: flushing %s for up to %.1fs", self.url, self._exit_flush_timeout
+        # One deadline for the flush and the close: never more than
+        # exit_flush_timeout (+ a 0.1 s close when it is 0, or after Ctrl-C).
+        budget = self._exit_flush_timeout
+        if deliveries.interrupted:
+            log.warning(
+                "interrupted (Ctrl-C): not flushing at exit; %d queued, %d in flight left",
+                self._loop.queue_depth,
+                self._loop.in_flight,
             )
-            self.flush(self._exit_flush_timeout)
-        self.close(timeout=1.0)
+            budget = 0.0
+        deadline = Deadline(max(budget, 0.1), self._clock)
+        if budget > 0:
+            log.info("interpreter exit: flushing %s for up to %.1fs", self.url, budget)
+            self.flush(max(0.0, (deadline.remaining() or 0.0) - 0.05))
+        self.close(timeout=deadline.remaining() or 0.0)
+
+    # ------------------------------------------------------------------ fork
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: become a fresh, unconnected client (DESIGN, issue 12).
+
+        The child never touches the parent's socket or threads (they do not exist
+        here, and their locks may be held forever). What the parent queued stays
+        the parent's to send: the child's copies of those Deliveries fail at once.
+        Handlers registered with ``on()`` carry over; subscriptions do not (they
+        are closed: a ``get()`` raises ``ClientClosed``). A client the parent had
+        connected connects again on first use, with a new session.
+        """
+        old = self._loop
+        inherited = [*old.outbox._items, *old.carried]  # no lock: only this thread exists
+        handlers = self._handlers
+        subscriptions = [b for bufs in old.router.routes.values() for b in bufs]
+        was_started = self._started and not self._closing
+        self.__init__(*self._ctor_args, **self._ctor_kwargs)  # type: ignore[misc]
+        self._handlers = handlers
+        if handlers.get("message"):
+            self._loop.router.message_buffer = self._new_buffer(self._fan_out_message)
+        self._autoconnect = was_started
+        reason = ClientClosed("inherited by a forked child: the parent process sends it")
+        for d in inherited:
+            d._dispatch = None  # the parent's dispatcher thread does not exist here
+            d.set_exception(reason)
+        for buf in subscriptions:
+            buf.reset_after_fork()
+        log.debug("forked child: %s is a fresh, unconnected client", self._config.url)
+
+    def _connect_on_first_use(self) -> None:
+        if self._autoconnect and not self._started:
+            self._autoconnect = False
+            self.connect()
 
 
 def _endpoints(url: Any) -> Tuple[str, ...]:
@@ -721,6 +888,22 @@ def _endpoints(url: Any) -> Tuple[str, ...]:
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"url[{i}]: {exc}") from None
     return tuple(urls)
+
+
+def _reset_clients_in_child() -> None:
+    # After os.fork(), in the child: only the forking thread exists. Locks that
+    # other threads held stay held forever, so everything is made anew.
+    deliveries.reset_after_fork()
+    for client in list(_all_clients):
+        try:
+            client._after_fork_in_child()
+        except Exception:  # pragma: no cover - never break a fork
+            log.exception("resetting %r after fork failed", client)
+    _live_clients.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_clients_in_child)
 
 
 @atexit.register

@@ -22,6 +22,16 @@ _PENDING, _DONE, _FAILED = 0, 1, 2
 # waiting or while running callbacks.
 _create_lock = threading.Lock()
 
+# Set when a wait on a Delivery (or a flush) was interrupted with Ctrl-C: the
+# exit flush then does not make the user wait again (it only closes).
+interrupted = False
+
+
+def reset_after_fork() -> None:
+    """In a forked child: the lock may have been held by a thread that is gone."""
+    global _create_lock
+    _create_lock = threading.Lock()
+
 
 class Delivery:
     """The fate of one message.
@@ -137,11 +147,17 @@ class Delivery:
             if self._cond is None:
                 self._cond = threading.Condition(threading.Lock())
             cond = self._cond
-        with cond:
-            if self._state == _PENDING and not cond.wait_for(
-                lambda: self._state != _PENDING, timeout
-            ):
-                raise TimeoutError(f"message {self.id!r} not delivered within {timeout}s")
+        try:
+            with cond:
+                if self._state == _PENDING and not cond.wait_for(
+                    lambda: self._state != _PENDING, timeout
+                ):
+                    raise TimeoutError(f"message {self.id!r} not delivered within {timeout}s")
+        except KeyboardInterrupt:
+            global interrupted
+            interrupted = True
+            log.warning("waiting for message %r interrupted: it is not confirmed", self.id)
+            raise
 
     def result(self, timeout: Optional[float] = None) -> None:
         """Block until the message is written.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, cast
 
 from . import session as s
 from .delivery import Delivery
+from .durable import DurableStore
 from .events import (
     AuthRefreshedEvent,
     BackpressureEvent,
@@ -55,6 +56,7 @@ class Handoff:
         self.last_failure: Optional[BaseException] = None  # the last failed attempt's cause
         self._reported: Optional[str] = None  # the last cause reported as an error event
         self.failures = 0  # messages dropped or failed, ever
+        self.store: Optional[DurableStore] = None  # the durable outbox, if any
 
     def handle(self, loop: IoLoop, session: s.Session, event: s.Event) -> None:
         kind = type(event)
@@ -110,13 +112,33 @@ class Handoff:
             if flushed:
                 self._emit(FlushedEvent(d.id, d.channel, d.payload))
         self._outbox.release(len(items))
+        self._discard(items)
+
+    def _discard(self, items: List[Delivery]) -> None:
+        # The durable outbox forgets what is done (never blocks: the store's
+        # committer writes it).
+        store = self.store
+        if store is not None:
+            seqs = [d._seq for d in items if d._seq > 0]
+            if seqs:
+                store.discard(seqs)
 
     def fail(
-        self, items: List[Delivery], error: BaseException, cause: Optional[BaseException]
+        self,
+        items: List[Delivery],
+        error: BaseException,
+        cause: Optional[BaseException],
+        keep: bool = False,
     ) -> None:
-        """Messages that will never be sent: fail each with ``error``."""
+        """Messages that will never be sent here: fail each with ``error``.
+
+        ``keep``: they stay in the durable outbox (the client closed; the next
+        process with the same file sends them).
+        """
         if not items:
             return
+        if not keep:
+            self._discard(items)
         self.failures += len(items)
         for d in items:
             exc = type(error)(*error.args) if cause is not None else error

@@ -43,6 +43,7 @@ from .authflow import AuthFlow
 from .backoff import Backoff
 from .clock import Clock, Deadline
 from .delivery import Delivery
+from .durable import DurableStore
 from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, TetherError
 from .flow import OutboundFlow, Resume
@@ -231,6 +232,14 @@ class IoLoop:
     def carried(self) -> List[Delivery]:
         """Unacked messages waiting for the next link (read-only view for stats)."""
         return self._carried
+
+    def attach_store(self, store: DurableStore, restored: List[Delivery]) -> None:
+        """The durable outbox (before start): its session, its seq, its unacked messages."""
+        self.handoff.store = store
+        self._continuity.session_id = store.session_id
+        self._continuity.last_seq = store.last_seq
+        self._carried = restored  # resent first (or resolved by hello-ok's acked)
+        self.outbox.hold(restored)
 
     @property
     def resent(self) -> int:
@@ -561,6 +570,9 @@ class IoLoop:
         self._opened_at = self._clock.monotonic()
         self.next_delay = None
         self._refusals = 0
+        if self.handoff.store is not None:
+            # Rule 4: new numbers above the hello-ok's acked, across processes too.
+            self.handoff.store.raise_seq(self._continuity.last_seq)
         self._set_state(State.OPEN)
         if self._wants("open"):
             self._emit(OpenEvent(self.endpoint, self._backoff.endpoint))
@@ -930,7 +942,10 @@ class IoLoop:
         self._carried = []
         self.unsent = len(left)
         why = reason if reason is not None else "the client was closed"
-        self.handoff.fail(left, ClientClosed(f"message not sent: {why}"), reason)
+        store = self.handoff.store
+        if store is not None:
+            why = f"{why} (kept in the outbox file {store.path})"
+        self.handoff.fail(left, ClientClosed(f"message not sent: {why}"), reason, keep=True)
         self._resolve_refresh(reason or ClientClosed("the client was closed"))
         self.router.close_all()
         self._timers.cancel_all()

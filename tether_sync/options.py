@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 from typing import Any, Callable, FrozenSet, Mapping, Optional, Type, TypeVar
 
 QUEUE_OVERFLOW = ("drop-oldest", "drop-newest", "reject", "block")
@@ -217,14 +218,27 @@ class Queue:
             :class:`~tether_sync.QueueFull`), ``"drop-newest"`` (the new one does),
             ``"reject"`` (``send()`` raises :class:`~tether_sync.QueueFull`) or
             ``"block"`` (``send()`` waits for room in every state).
+        path: A SQLite file for a durable outbox (DESIGN §5): queued and unacked
+            messages and the session id survive the process; ``send()`` returns
+            once the message is committed to the file. ``None``: in memory.
+        fsync: With ``path``: fsync every commit (survives a power loss, slower);
+            by default a commit survives a crash of the process, not of the OS.
     """
 
     max_size: int = 1000
     overflow: str = "drop-oldest"
+    path: Optional[str] = None
+    fsync: bool = False
 
     def __post_init__(self) -> None:
         _integer("queue.max_size", self.max_size, minimum=1)
         _choice("queue.overflow", self.overflow, QUEUE_OVERFLOW)
+        if self.path is not None:
+            if not isinstance(self.path, (str, os.PathLike)):
+                raise TypeError("queue.path must be a str or os.PathLike, or None")
+            object.__setattr__(self, "path", os.fspath(self.path))
+        if not isinstance(self.fsync, bool):
+            raise TypeError("queue.fsync must be a bool")
 
 
 @dataclasses.dataclass(frozen=True)

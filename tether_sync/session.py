@@ -754,6 +754,8 @@ class Session:
                 if item._seq <= 0:
                     seq += 1
                     item._seq = seq
+                elif item._seq > seq:
+                    seq = item._seq  # numbered at send() time (the durable outbox)
                 framed.append((item, _with_seq(item._data, item._seq)))
             cont.last_seq = seq
             self._out.add_framed(framed, track=False)

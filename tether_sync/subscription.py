@@ -186,6 +186,11 @@ class InboundBuffer:
             self._cond.wait(remaining)
         return self._ring.pop(), self._took()
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock (the old one may be held), and closed."""
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = True
+
     def close(self) -> None:
         """Wake every waiter; later offers are ignored. Idempotent."""
         with self._cond:

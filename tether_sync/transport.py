@@ -8,6 +8,7 @@ on only the I/O thread touches the socket, framing with :mod:`tether_sync.frames
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - see below
 import socket
 import sys
 from typing import Any, Dict, List, Optional, Union
@@ -17,6 +18,13 @@ import websocket
 
 from . import deflate
 from .exceptions import ProtocolError
+
+# The handshake (connector thread) encodes host names with the "idna" codec,
+# which Python imports lazily on first use. If a process forks while that
+# thread holds the module's import lock (gunicorn --preload forking workers
+# while the master's client connects), the child's first idna use hangs for
+# ever. Importing it here, with tether_sync, on the importing thread, closes
+# that window.
 
 HeaderSpec = Union[Dict[str, str], List[str], None]
 

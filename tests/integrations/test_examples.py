@@ -111,14 +111,7 @@ def _gunicorn(
     "boot_message",
     [
         False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                reason="needs the core's fork safety (issue 12): a worker that inherited the"
-                " master's client waits ~6 s at exit for it",
-                strict=False,
-            ),
-        ),
+        True,  # fork safety: a worker that inherited the master's client exits promptly
     ],
     ids=["lazy", "master-used-a-client"],
 )
