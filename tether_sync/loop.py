@@ -10,9 +10,10 @@ handler), hands its events on, and keeps what outlives a connection: the
 subscriptions (:class:`~tether_sync.routing.Router`) and waiters.
 
 User threads never touch the socket: they put messages in the outbox or post a
-typed command under ``_lock`` and write one byte to the wake pair (PA
-``_packet_queue``, KP ``sender.wakeup()``). The opening handshake is blocking in
-websocket-client, so each attempt runs it on a short-lived connector thread
+typed command in the :class:`~tether_sync.mailbox.Mailbox`, which writes one
+byte to the wake pair (PA ``_packet_queue``, KP ``sender.wakeup()``). The
+opening handshake is blocking in websocket-client, so each attempt runs it
+(:func:`~tether_sync.connector.handshake`) on a short-lived connector thread
 that hands the finished socket over with a command; the connector owns the
 socket until then and never after.
 
