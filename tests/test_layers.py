@@ -73,6 +73,9 @@ RANK: Dict[str, float] = {
     "writebuf": 1.2,  # framed bytes waiting for the socket, pure bookkeeping
     "session": 1.5,  # one connection's protocol, sans I/O (DESIGN §4)
     "flow": 1,  # outbound high-water-mark policy
+    "shutdown": 1,  # close()/flush() policy: drain until the deadline, flush waiters
+    "interest": 1,  # the socket's selector registration, as bookkeeping
+    "loopconfig": 1.6,  # LoopConfig, the loop's Timer names, the SessionConfig built from it
     # L2
     "auth": 2,
     "subscription": 2,
@@ -84,8 +87,11 @@ RANK: Dict[str, float] = {
     "routing": 2.6,
     "handoff": 2.7,
     "authflow": 2.8,
+    "mailbox": 2.55,  # the loop's command inbox (lock, wake byte, refusal once ended)
+    "aftermath": 2.9,  # a lost link / failed attempt: carry, give back, retry or give up
     # L3: the socket adapter, then the loop
     "transport": 3.0,
+    "connector": 3.1,  # one attempt's handshake, as run on a connector thread
     "loop": 3.5,
     # L4
     "client": 4,

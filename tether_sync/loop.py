@@ -10,9 +10,10 @@ handler), hands its events on, and keeps what outlives a connection: the
 subscriptions (:class:`~tether_sync.routing.Router`) and waiters.
 
 User threads never touch the socket: they put messages in the outbox or post a
-typed command under ``_lock`` and write one byte to the wake pair (PA
-``_packet_queue``, KP ``sender.wakeup()``). The opening handshake is blocking in
-websocket-client, so each attempt runs it on a short-lived connector thread
+typed command in the :class:`~tether_sync.mailbox.Mailbox`, which writes one
+byte to the wake pair (PA ``_packet_queue``, KP ``sender.wakeup()``). The
+opening handshake is blocking in websocket-client, so each attempt runs it
+(:func:`~tether_sync.connector.handshake`) on a short-lived connector thread
 that hands the finished socket over with a command; the connector owns the
 socket until then and never after.
 
@@ -24,8 +25,6 @@ loop. If the loop itself ends, every waiter is released with ``ClientClosed``.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 import random
 import selectors
@@ -33,25 +32,29 @@ import socket
 import ssl
 import threading
 import uuid
-from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import commands as cmd
 from . import transport
+from .aftermath import GiveUp, after_close, plan_retry
 from .auth import TokenRefresher
 from .authflow import AuthFlow
 from .backoff import Backoff
 from .clock import Clock, Deadline
+from .connector import handshake
 from .delivery import Delivery
 from .durable import DurableStore
 from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, TetherError
 from .flow import OutboundFlow, Resume
 from .handoff import Handoff, _deliveries
-from .options import Backpressure, Heartbeat, Queue, Reconnect
+from .interest import Change, Interest
+from .loopconfig import LoopConfig, Timer, session_config
+from .mailbox import Mailbox
 from .outbox import Outbox
 from .routing import Router
-from .session import Closed, Continuity, Phase, Session, SessionConfig
+from .session import Closed, Continuity, Phase, Session
+from .shutdown import Shutdown
 from .state import State, check
 from .stats import Counters
 from .timers import TimerHeap
@@ -62,36 +65,6 @@ _READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at o
 BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
 BATCH_BYTES = 256 * 1024
 KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
-
-
-class Timer(str, enum.Enum):
-    """The loop's own timers (a session's deadlines come from the session)."""
-
-    CONNECT_TIMEOUT = "connect_timeout"
-    RECONNECT = "reconnect"
-    CLOSE_DEADLINE = "close_deadline"
-    KERNEL_POLL = "kernel_poll"
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-    """Everything the loop needs to know about the connection, already validated."""
-
-    url: str  # the first (primary) endpoint
-    urls: tuple[str, ...]  # every endpoint, in failover order (urls[0] == url)
-    protocol: str
-    reconnect: Optional[Reconnect]
-    heartbeat: Optional[Heartbeat]
-    queue: Optional[Queue]
-    backpressure: Backpressure
-    headers: Any
-    subprotocols: Optional[List[str]]
-    sslopt: Optional[Dict[str, Any]]
-    connect_timeout: float
-    max_message_size: int
-    ws_options: Dict[str, Any]
-    extensions: tuple[str, ...] = ("ack", "resume")
-    compression: Optional[str] = None  # "deflate": offer permessage-deflate
 
 
 class IoLoop:
@@ -124,15 +97,12 @@ class IoLoop:
         self._rng = rng
         self._auth = auth
         self._on_state = on_state
-        # _lock guards _commands, _wake_pending and _refusing: what user threads
-        # post. Held only for deque operations, never while doing I/O or calling out.
-        self._lock = threading.Lock()
-        self._commands: Deque[cmd.Command] = deque()
-        self._wake_pending = False
-        self._refusing = False  # the loop ended: commands are answered at once
+        self._lock = threading.Lock()  # guards starting the thread
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        self._mailbox = Mailbox(self._wake)  # what user threads post
+        self.post = self._mailbox.post
         queue = config.queue
         self.outbox: Outbox[Delivery] = Outbox(
             queue.max_size if queue else 1000,
@@ -171,15 +141,10 @@ class IoLoop:
         self._attempt_id = 0
         self._opened_at: Optional[float] = None
         self._opened_once = False
-        self._registered = False
-        self._mask = 0
-        self._tls = False
-        self._want_write = False
-        self._close_requested = False
-        self._close_deadline: Optional[float] = None
+        self._io = Interest()  # the socket's selector registration
+        self._shutdown = Shutdown()  # close() and flush() policy
         self._flow = OutboundFlow(config.backpressure.high_water_mark)
         self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
-        self._flush_waiters: List[Callable[[], None]] = []
         self._authflow = AuthFlow(auth, config.protocol, self.post) if auth is not None else None
         self.last_rtt: Optional[float] = None
         self.auth_expires_at: Optional[float] = None
@@ -200,19 +165,6 @@ class IoLoop:
     @property
     def thread(self) -> Optional[threading.Thread]:
         return self._thread
-
-    def post(self, command: cmd.Command) -> None:
-        """Queue a command for the loop and wake it (any thread)."""
-        with self._lock:
-            refused = self._refusing
-            if not refused:
-                self._commands.append(command)
-                wake = not self._wake_pending
-                self._wake_pending = True
-        if refused:
-            cmd.refuse(command, ClientClosed("the client is closed"))
-        elif wake:
-            self._wake()
 
     def _wake(self) -> None:
         try:
@@ -309,21 +261,21 @@ class IoLoop:
                 wait = max(0.0, when - now)
                 timeout = wait if timeout is None else min(timeout, wait)
         reading = self._reading()
-        if self._tls and reading and self._tls_pending():
+        if self._io.tls and reading and self._tls_pending():
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
         for key, mask in self._selector.select(timeout):
             if key.data is None:
                 self._on_wake()
             elif mask & selectors.EVENT_READ:
                 self._guard(self._on_readable)
-        if self._tls and self._reading() and self._tls_pending():
+        if self._io.tls and self._reading() and self._tls_pending():
             self._guard(self._on_readable)
         self._guard(self._on_timers)
         self._guard(self._drain_commands)
         self._guard(self._process_events)  # what commands made the session do
         self._guard(self._pump)
         self._guard(self._write)
-        if self._close_requested:
+        if self._shutdown.requested:
             self._guard(self._maybe_close)
         self._guard(self._check_flush_waiters)
         self._guard(self._update_interest)
@@ -358,16 +310,9 @@ class IoLoop:
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
     def _drain_commands(self) -> None:
-        # Unlocked peek: posters set _wake_pending under the lock before writing
-        # the wake byte, so a command missed here wakes the selector again.
-        if not self._wake_pending:
+        commands = self._mailbox.take()
+        if not commands:
             return
-        with self._lock:
-            # Clear the flag before taking the commands: a command posted after
-            # this point writes a new wake byte, so nothing is left unseen.
-            self._wake_pending = False
-            commands = list(self._commands)
-            self._commands.clear()
         handlers: Dict[type, Callable[[Any], None]] = {
             cmd.Connected: self.on_connected,
             cmd.ConnectFailed: self.on_connect_failed,
@@ -385,9 +330,7 @@ class IoLoop:
             except Exception as exc:
                 # This command failed (the connection pays); answer the rest later.
                 cmd.refuse(command, exc)
-                with self._lock:
-                    self._commands.extendleft(reversed(commands[i + 1 :]))
-                    self._wake_pending = True
+                self._mailbox.put_back(commands[i + 1 :])
                 raise
 
     def _on_timers(self) -> None:
@@ -447,37 +390,10 @@ class IoLoop:
         cfg = self.config
         url = self.endpoint  # round robin: _retry_or_finish moved on to the next one
         auth = self._auth
-        header_auth = auth is not None and cfg.protocol == "raw" and auth.options.header
 
         def connector() -> None:
-            # Runs on the connector thread: blocking is allowed here, and user code
-            # (a headers callable) may run here, never on the I/O thread. This is
-            # also where protocol "raw" fetches the token for its handshake header.
-            exp: Optional[float] = None
             try:
-                headers = cfg.headers() if callable(cfg.headers) else cfg.headers
-                if header_auth:
-                    assert auth is not None and auth.options.header
-                    token, exp = auth.get_blocking(auth.options.timeout)
-                    name = auth.options.header
-                    value = f"Bearer {token}" if name.lower() == "authorization" else token
-                    headers = {**(headers or {}), name: value}
-                sock = transport.handshake(
-                    ws,
-                    url,
-                    timeout=cfg.connect_timeout,
-                    headers=headers,
-                    subprotocols=cfg.subprotocols,
-                    sslopt=cfg.sslopt,
-                    extra=cfg.ws_options,
-                    compression=cfg.compression,
-                )
-                # The server's answer to the offer, checked here: a bad one fails the attempt.
-                params = transport.accepted_deflate(ws, cfg.compression)
-            except BaseException as exc:
-                self.post(cmd.ConnectFailed(attempt, exc))
-            else:
-                self.post(cmd.Connected(attempt, sock, exp, params))
+                self.post(handshake(attempt, ws, url, cfg, auth))
             finally:
                 self._connectors.pop(threading.current_thread(), None)
 
@@ -498,27 +414,13 @@ class IoLoop:
         hwm = self.config.backpressure.high_water_mark
         self._flow = OutboundFlow(hwm, transport.set_notsent_lowat(sock, hwm))
         self._selector.register(sock, selectors.EVENT_READ, "sock")
-        self._registered = True
-        self._mask = selectors.EVENT_READ
-        self._tls = isinstance(sock, ssl.SSLSocket)
-        self._want_write = False
+        self._io = Interest(selectors.EVENT_READ, True, isinstance(sock, ssl.SSLSocket))
         log.info("connected to %s", self.endpoint)
         now = self._clock.monotonic()
-        cfg = self.config
-        auth = self._auth
+        auth = self._auth.options if self._auth is not None else None
         rotate = self._authflow is not None and self._authflow.rotates_in_band
-        hb = cfg.heartbeat
         session = self.session = Session(
-            SessionConfig(
-                protocol=cfg.protocol,
-                heartbeat=(hb.interval, hb.timeout) if hb else None,
-                max_message_size=cfg.max_message_size,
-                auth=rotate,
-                auth_timeout=auth.options.timeout * 2 if auth else 20.0,
-                refresh_before=auth.options.refresh_before if auth else 60.0,
-                extensions=cfg.extensions if cfg.protocol == "tether" else (),
-                deflate=c.deflate,
-            ),
+            session_config(self.config, auth, rotate, c.deflate),
             self._continuity,
             now,
             wall_offset=self._clock.time() - now,
@@ -584,36 +486,24 @@ class IoLoop:
     def _retry_or_finish(self, cause: BaseException, terminal: bool = False) -> None:
         """After a failed attempt or a lost link: back off and retry, or give up."""
         self._release_socket()
-        if self._close_requested and (not self._has_work() or self._past_close_deadline()):
-            self._finish(None)
-            return
-        if terminal or self.config.reconnect is None:
-            self._finish(cause, cause=cause)
-            return
-        if self._backoff.exhausted:
-            tried = self._backoff.attempt
-            err = TetherError(f"gave up after {tried} reconnection attempt(s): {cause}")
-            self._finish(err, cause=cause)
-            return
-        rc = self.config.reconnect
-        assert rc is not None
-        delay, backoff, problem = self._backoff.retry(
-            self._rng, self._clock.monotonic(), cause, rc.policy
+        now = self._clock.monotonic()
+        plan = plan_retry(
+            cause,
+            terminal,
+            self._shutdown.due(self._has_work(), now),
+            self.config.reconnect,
+            self._backoff,
+            self._rng,
+            now,
         )
-        if problem is not None:  # a misbehaving policy costs a log line, never the loop
-            log.warning("%s", problem, exc_info=problem.__cause__)
-            self._error(problem)
-        if delay is None:
-            tried = self._backoff.attempt
-            err = TetherError(
-                f"the reconnect policy stopped retrying after {tried} attempt(s): {cause}"
-            )
-            self._finish(err, cause=cause)
+        if plan.problem is not None:  # a misbehaving policy costs a log line, never the loop
+            log.warning("%s", plan.problem, exc_info=plan.problem.__cause__)
+            self._error(plan.problem)
+        if isinstance(plan, GiveUp):
+            self._finish(plan.reason, cause=cause)
             return
-        self._backoff = backoff
-        if self._close_requested and self._close_deadline is not None:
-            # close() is still draining: retry within its deadline.
-            delay = min(delay, max(0.0, self._close_deadline - self._clock.monotonic()) / 2)
+        self._backoff = plan.backoff
+        delay = self._shutdown.retry_delay(plan.delay, self._clock.monotonic())
         self.next_delay = delay
         self._set_state(State.RECONNECTING)
         log.info(
@@ -665,7 +555,7 @@ class IoLoop:
             session.abort(1006, "write failed")
         if wrote:
             self._process_events()
-        self._want_write = session.buffered > 0
+        self._io.want_write = session.buffered > 0
 
     def _send_some(self, sock: socket.socket, session: Session) -> int:
         # Returns the bytes written, or -1 if the socket failed.
@@ -698,19 +588,15 @@ class IoLoop:
         if sock is None:
             return
         mask = (selectors.EVENT_READ if self._reading() else 0) | (
-            selectors.EVENT_WRITE if self._want_write else 0
+            selectors.EVENT_WRITE if self._io.want_write else 0
         )
-        if not mask:
-            if self._registered:
-                self._selector.unregister(sock)
-                self._registered = False
-        elif not self._registered:
+        change = self._io.change(mask)
+        if change is Change.UNREGISTER:
+            self._selector.unregister(sock)
+        elif change is Change.REGISTER:
             self._selector.register(sock, mask, "sock")
-            self._registered = True
-            self._mask = mask
-        elif self._mask != mask:
+        elif change is Change.MODIFY:
             self._selector.modify(sock, mask, "sock")
-            self._mask = mask
 
     def _pump(self) -> None:
         """Move queued messages into the session while under the high-water mark."""
@@ -727,7 +613,7 @@ class IoLoop:
                 if report:
                     self.handoff.outbound_pressure(self.buffered_amount)
                 if resume is Resume.WRITABLE:
-                    self._want_write = True
+                    self._io.want_write = True
                 else:
                     self._timers.schedule(
                         self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL
@@ -771,37 +657,24 @@ class IoLoop:
                 self.handoff.handle(self, session, late)
         self.session = None
         self._release_socket()
-        unfinished = _deliveries(session.take_unfinished())
-        numbered = [d for d in unfinished if d._seq > 0]
-        if numbered:
-            # Written but unacked (DESIGN §5): resent first on the next link.
-            self._carried = numbered
-        others = [d for d in unfinished if d._seq <= 0]
-        self.outbox.give_back(others)
-        now = self._clock.monotonic()
-        if self._opened_at is not None and (
-            session.delivered_something or now - self._opened_at >= _min_uptime(self.config)
-        ):
+        after = after_close(
+            event,
+            _deliveries(session.take_unfinished()),
+            self._opened_at,
+            session.delivered_something,
+            self._clock.monotonic(),
+            self.config.reconnect,
+            self._shutdown.requested,
+        )
+        if after.carried:
+            self._carried = after.carried
+        self.outbox.give_back(after.give_back)
+        if after.reset_backoff:
             self._backoff = self._backoff.reset()
         self._opened_at = None
         self.handoff.connection_closed(event)
         log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
-        rc = self.config.reconnect
-        # Terminal codes are the server's word: a clean close it sent. The client's own
-        # closes (4000 heartbeat, protocol failures) are unclean and always retried.
-        terminal = (
-            rc is not None
-            and event.was_clean
-            and event.code in rc.terminal_codes
-            and not self._close_requested
-        )
-        cause: BaseException = ClientClosed(f"connection closed: {event.code} {event.reason}")
-        if event.error is not None:
-            self._retry_or_finish(event.error, terminal=True)
-            return
-        if terminal:
-            cause = TetherError(f"server closed the connection with terminal code {event.code}")
-        self._retry_or_finish(cause, terminal=terminal)
+        self._retry_or_finish(after.cause, terminal=after.terminal)
 
     def _release_socket(self) -> None:
         sock = self._sock
@@ -811,8 +684,8 @@ class IoLoop:
         self.kernel_unsent = 0
         self._flow = OutboundFlow(self.config.backpressure.high_water_mark)
         self._timers.cancel(Timer.KERNEL_POLL)
-        if self._registered:
-            self._registered = False
+        if self._io.registered:
+            self._io.registered = False
             try:
                 self._selector.unregister(sock)
             except (KeyError, ValueError):
@@ -825,7 +698,7 @@ class IoLoop:
     # ------------------------------------------------------------ commands
 
     def on_flush(self, c: cmd.Flush) -> None:
-        self._flush_waiters.append(c.done)
+        self._shutdown.add_flush_waiter(c.done)
 
     def on_close(self, c: cmd.Close) -> None:
         self.request_close(c.deadline)
@@ -874,33 +747,25 @@ class IoLoop:
     def _has_work(self) -> bool:
         return bool(len(self.outbox) or self.outbox.taken)
 
-    def _past_close_deadline(self) -> bool:
-        d = self._close_deadline
-        return d is not None and self._clock.monotonic() >= d
-
     def _check_flush_waiters(self) -> None:
-        if not self._flush_waiters or self._has_work():
+        if not self._shutdown.flush_waiting or self._has_work():
             return
-        sock = self._sock
-        if sock is not None:
-            self.kernel_unsent = transport.kernel_unsent(sock)
-            if self.kernel_unsent > 0:
-                self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
-                return
-        waiters, self._flush_waiters = self._flush_waiters, []
-        for done in waiters:
-            done()
+        if self._sock is not None and self._read_kernel() > 0:
+            self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
+            return
+        self._shutdown.release_flush_waiters()
 
     def request_close(self, deadline: Optional[float]) -> None:
         """close(): drain until ``deadline`` (monotonic), then close with 1000."""
-        self._close_requested = True
-        self._close_deadline = deadline
+        self._shutdown.request(deadline)
         if deadline is not None:
             self._timers.schedule(deadline, Timer.CLOSE_DEADLINE)
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self.stopped.is_set() or (self._has_work() and not self._past_close_deadline()):
+        if self.stopped.is_set() or not self._shutdown.drained(
+            self._has_work(), self._clock.monotonic()
+        ):
             return  # still draining (across reconnects); the deadline forces it
         self._close_now()
 
@@ -908,9 +773,7 @@ class IoLoop:
         session = self.session
         if session is not None and session.phase is not Phase.CLOSED:
             if session.phase is not Phase.CLOSING:
-                grace = 1.0
-                if self._close_deadline is not None:
-                    grace = max(0.0, min(grace, self._close_deadline - self._clock.monotonic()))
+                grace = self._shutdown.grace(self._clock.monotonic())
                 session.close(1000, "Client disconnect", self._clock.monotonic(), grace=grace)
             return  # the session's Closed event finishes
         if self._handshaker is not None:
@@ -956,18 +819,11 @@ class IoLoop:
     def _stop_for_good(self) -> None:
         """Refuse later commands and answer the pending ones (idempotent)."""
         self.stopped.set()
-        with self._lock:
-            self._refusing = True
-            left = list(self._commands)
-            self._commands.clear()
         closed = ClientClosed("the client is closed")
         if self.fatal is not None:
             closed.__cause__ = self.fatal
-        for command in left:
-            cmd.refuse(command, closed)
-        waiters, self._flush_waiters = self._flush_waiters, []
-        for done in waiters:
-            done()
+        self._mailbox.close(closed)
+        self._shutdown.release_flush_waiters()
         self._resolve_refresh(closed)
 
     def _resolve_refresh(self, error: Optional[BaseException]) -> None:
@@ -988,11 +844,6 @@ class IoLoop:
 
 def _size(d: Delivery) -> int:
     return len(d._data)
-
-
-def _min_uptime(config: LoopConfig) -> float:
-    rc = config.reconnect
-    return rc.min_uptime if rc is not None else 0.0
 
 
 __all__ = ["IoLoop", "LoopConfig", "Timer"]

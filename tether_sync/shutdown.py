@@ -1,0 +1,69 @@
+"""close() and flush() as policy: when to stop draining, and who waits for empty.
+
+Pure (no threads, no I/O, no clock: ``now`` is passed in). ``close(timeout)``
+drains the queue, across reconnects, until it is empty or the deadline passes;
+then the link closes with 1000. ``flush()`` callers are answered once the
+queue, the session's buffer and the kernel are empty, or when the loop ends.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+Done = Callable[[], None]
+
+
+class Shutdown:
+    """The close request and the flush waiters; the loop asks it what to do."""
+
+    def __init__(self) -> None:
+        self.requested = False  # close() was called
+        self.deadline: Optional[float] = None  # monotonic; None: drain without limit
+        self._flush_waiters: List[Done] = []
+
+    def request(self, deadline: Optional[float]) -> None:
+        """close(): drain until ``deadline`` (monotonic), then close with 1000."""
+        self.requested = True
+        self.deadline = deadline
+
+    def past_deadline(self, now: float) -> bool:
+        d = self.deadline
+        return d is not None and now >= d
+
+    def drained(self, has_work: bool, now: float) -> bool:
+        """Nothing is left to drain, or the deadline forces the close."""
+        return not has_work or self.past_deadline(now)
+
+    def due(self, has_work: bool, now: float) -> bool:
+        """close() was called and draining is over: close (or finish) now."""
+        return self.requested and self.drained(has_work, now)
+
+    def grace(self, now: float, default: float = 1.0) -> float:
+        """Seconds the closing handshake may take: ``default``, within the deadline."""
+        if self.deadline is None:
+            return default
+        return max(0.0, min(default, self.deadline - now))
+
+    def retry_delay(self, delay: float, now: float) -> float:
+        """A reconnect delay; while close() is still draining, retry within its deadline."""
+        if self.requested and self.deadline is not None:
+            return min(delay, max(0.0, self.deadline - now) / 2)
+        return delay
+
+    # -- flush() ---------------------------------------------------------------------
+
+    def add_flush_waiter(self, done: Done) -> None:
+        self._flush_waiters.append(done)
+
+    @property
+    def flush_waiting(self) -> bool:
+        return bool(self._flush_waiters)
+
+    def release_flush_waiters(self) -> None:
+        """Answer every flush() caller (the loop found everything written, or ended)."""
+        waiters, self._flush_waiters = self._flush_waiters, []
+        for done in waiters:
+            done()
+
+
+__all__ = ["Shutdown"]
