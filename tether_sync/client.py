@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import uuid
 import weakref
@@ -824,7 +825,12 @@ class TetherClient:
         # One deadline for the flush and the close: never more than
         # exit_flush_timeout (+ a 0.1 s close when it is 0, or after Ctrl-C).
         budget = self._exit_flush_timeout
-        if deliveries.interrupted:
+        # Ctrl-C: either it interrupted one of our waits, or it ended the script
+        # elsewhere (the interpreter records an unhandled exception in
+        # sys.last_value before it runs the exit hooks).
+        if deliveries.interrupted or isinstance(
+            getattr(sys, "last_value", None), KeyboardInterrupt
+        ):
             log.warning(
                 "interrupted (Ctrl-C): not flushing at exit; %d queued, %d in flight left",
                 self._loop.queue_depth,
