@@ -62,9 +62,7 @@ class Handoff:
         kind = type(event)
         if kind is s.Received:
             assert isinstance(event, s.Received)
-            deliver = loop.router.deliver
-            for channel, payload in event.items:
-                deliver(channel, payload)
+            loop.router.deliver_many(event.items)
         elif kind is s.Written or kind is s.Acked:
             assert isinstance(event, (s.Written, s.Acked))
             self.done(_deliveries(event.items), acked=kind is s.Acked)

@@ -453,10 +453,10 @@ class Session:
             # with the code the violation calls for (RFC 6455 §7.1.7).
             error, messages = exc, exc.messages
         self.messages_in += len(messages)
-        for opcode, payload in messages:
-            if self.closed:
-                return
-            self._on_message(opcode, payload, now)
+        if self.config.protocol == "tether":
+            self._receive_tether(messages, now)
+        else:
+            self._receive_raw(messages, now)
         if error is not None and not self.closed:
             if self._violated:
                 return  # the parser is dead: later bytes repeat the first violation
@@ -464,6 +464,47 @@ class Session:
             log.warning("protocol error: %s", error)
             self._events.append(Problem(error))
             self.fail(error.close_code, str(error)[:100], now)
+
+    def _receive_tether(self, messages: List[Tuple[int, Any]], now: float) -> None:
+        # The hot path: plain data envelopes (no offset) are decoded and collected
+        # inline into one Received event; anything else takes the general path,
+        # in order (the batch so far is emitted before it).
+        decode = envelope.decode
+        data_type = envelope.Data
+        batch: Optional[List[Tuple[Optional[str], Any]]] = None
+        for opcode, payload in messages:
+            if opcode == frames.OP_TEXT:
+                msg = decode(payload)
+                if type(msg) is data_type and msg.offset is None:
+                    channel = msg.channel
+                    if type(channel) is not str:
+                        channel = str(channel)
+                    if batch is None:
+                        batch = []
+                        self._events.append(Received(batch))
+                        self.delivered_something = True
+                    batch.append((channel, msg.payload))
+                    continue
+            batch = None
+            if self.closed:
+                return
+            self._on_message(opcode, payload, now)
+
+    def _receive_raw(self, messages: List[Tuple[int, Any]], now: float) -> None:
+        # Protocol raw: every data frame goes to channel "default", one event per run.
+        batch: Optional[List[Tuple[Optional[str], Any]]] = None
+        for opcode, payload in messages:
+            if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
+                if batch is None:
+                    batch = []
+                    self._events.append(Received(batch))
+                    self.delivered_something = True
+                batch.append(("default", payload))
+                continue
+            batch = None
+            if self.closed:
+                return
+            self._on_message(opcode, payload, now)
 
     def receive_eof(self, now: float) -> None:
         """The peer closed the TCP connection (or it broke)."""
