@@ -22,13 +22,27 @@ def encode_json(value: Any) -> str:
     return _encode(value)
 
 
+_DATA_PREFIX: dict[str, str] = {}  # channel -> '{"channel":<json>,"type":"data","payload":'
+
+
 def encode_data(channel: str, payload: Any, msg_id: str) -> str:
     """A data envelope, keys in the reference order channel, type, payload, id.
+
+    The text is exactly what encoding the dict would give, built from pieces:
+    the encoder is several times faster on the bare payload than on the
+    four-key dict, and the channel's prefix is the same for every message.
 
     Raises:
         TypeError, ValueError: if the payload is not JSON-serialisable.
     """
-    return _encode({"channel": channel, "type": "data", "payload": payload, "id": msg_id})
+    prefix = _DATA_PREFIX.get(channel)
+    if prefix is None:
+        if len(_DATA_PREFIX) >= 4096:
+            _DATA_PREFIX.clear()  # bounded: many one-off channels must not grow it
+        prefix = _DATA_PREFIX[channel] = (
+            '{"channel":' + _encode(channel) + ',"type":"data","payload":'
+        )
+    return prefix + _encode(payload) + ',"id":' + _encode(msg_id) + "}"
 
 
 def encode_subscription(channel: str, action: str, msg_id: str) -> str:
