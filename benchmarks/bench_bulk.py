@@ -29,10 +29,10 @@ from typing import Any, List
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import websocket  # noqa: E402
-from bench_client import PAYLOAD, SinkServer, masked_frame_len  # noqa: E402
+import websocket
+from bench_client import PAYLOAD, SinkServer, masked_frame_len
 
-from tether_sync import TetherClient, envelope  # noqa: E402
+from tether_sync import TetherClient, envelope
 
 
 def _rss_kib() -> int:
@@ -63,7 +63,9 @@ def bulk_tether(base: str, n: int) -> dict:
     stats = client.stats()
     client.close(timeout=10)
     if done[0] != f"done:{expected}":
-        raise RuntimeError(f"sink got {done[0]!r}, expected done:{expected}: not everything arrived")
+        raise RuntimeError(
+            f"sink got {done[0]!r}, expected done:{expected}: not everything arrived"
+        )
     return {
         "rate": n / (t1 - t0),
         "rss_growth_mib": (_rss_kib() - rss0) / 1024,
@@ -103,8 +105,10 @@ def main() -> int:
         server.stop()
     ratio = tether["rate"] / wsc["rate"]
     print(f"bulk send of {args.n:,} x 64-byte payloads (tether envelopes), default options")
-    print(f"  tether_sync       {tether['rate'] / 1000:8.1f} k/s  (all {tether['sent']:,} "
-          f"delivered, {tether['dropped']} dropped)")
+    print(
+        f"  tether_sync       {tether['rate'] / 1000:8.1f} k/s  (all {tether['sent']:,} "
+        f"delivered, {tether['dropped']} dropped)"
+    )
     print(f"  websocket-client  {wsc['rate'] / 1000:8.1f} k/s  (same envelope text)")
     print(f"  ratio             {ratio:8.2f}x   (target >= 2.5x)")
     print(f"  peak RSS growth   {tether['rss_growth_mib']:8.1f} MiB (target < 50 MB)")

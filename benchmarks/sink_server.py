@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import json
 import os
 import socket
 import sys
@@ -151,6 +152,49 @@ def preamble(sock: socket.socket, initial: bytes) -> bytes:
         return before  # this frame and everything after it, unparsed
 
 
+def ack_sink(sock: socket.socket, n: int, initial: bytes) -> None:
+    """Speak just enough of DESIGN §5 to acknowledge: ``hello-ok`` with ``ack``, then a
+    cumulative ``tether:ack`` every 64 data frames; ``done:<n>`` after ``n`` of them.
+
+    Frames are parsed (and unmasked) here, so this is slower per message than
+    ``sink``, but it runs in its own process: the client pays only its own side.
+    """
+    reader = FrameReader(sock, initial)
+    frames = reader.frames()
+    opcode, payload = next(frames)
+    if not payload.startswith(b'{"type":"tether:hello"'):
+        raise ValueError("ack-sink: the first frame is not a hello")
+    session = json.loads(payload)["session"]
+    hello_ok = {"type": "tether:hello-ok", "session": session, "features": ["ack"], "acked": 0}
+    sock.sendall(server_frame(OP_TEXT, json.dumps(hello_ok).encode()))
+    count = 0
+    highest = 0
+    unacked = 0
+    for opcode, payload in frames:
+        if opcode == OP_CLOSE:
+            sock.sendall(server_frame(OP_CLOSE, payload[:2]))
+            return
+        if opcode == OP_PING:
+            sock.sendall(server_frame(OP_PONG, payload))
+            continue
+        if opcode != OP_TEXT:
+            continue
+        if payload.startswith(b'{"type":"tether:ping"'):
+            sock.sendall(server_frame(OP_TEXT, payload.replace(b"ping", b"pong", 1)))
+            continue
+        tail = payload.rfind(b'"seq":')
+        if tail < 0:
+            continue
+        highest = int(payload[tail + 6 : -1])
+        count += 1
+        unacked += 1
+        if unacked >= 64 or count == n:
+            sock.sendall(server_frame(OP_TEXT, b'{"type":"tether:ack","seq":%d}' % highest))
+            unacked = 0
+        if count == n:
+            sock.sendall(server_frame(OP_TEXT, f"done:{n}".encode()))
+
+
 def frame_loop(sock: socket.socket, reader: FrameReader, echo: bool) -> None:
     """Answer ping and close; echo data frames when ``echo``. Returns on close/EOF."""
     for opcode, payload in reader.frames():
@@ -252,7 +296,9 @@ def serve_connection(sock: socket.socket) -> None:
         mode = parts.path.rstrip("/").rsplit("/", 1)[-1]
         if mode in ("sink", "blast"):
             rest = preamble(sock, rest)
-        if mode == "sink":
+        if mode == "acksink":
+            ack_sink(sock, int(query["n"]), rest)
+        elif mode == "sink":
             sink(sock, int(query["bytes"]), rest)
         elif mode == "blast":
             blast(sock, int(query.get("n", "100000")), int(query.get("size", "64")), rest)

@@ -69,6 +69,7 @@ class Outbox(Generic[T]):
         self._accepting = True
         self._closed_reason: Optional[BaseException] = None
         self.wake_pending = False  # the I/O thread was woken and has not taken since
+        self._wake_room = max(1, capacity // 8)  # room that wakes waiting senders
         self._over_warned = False
 
     def __len__(self) -> int:
@@ -173,7 +174,10 @@ class Outbox(Generic[T]):
             return
         with self._lock:
             self._taken = max(0, self._taken - n)
-            if self._waiting:
+            # Wake waiting senders once a useful amount of room is free (an
+            # eighth of the bound), not for every ack: fewer thread hand-offs.
+            room = self.capacity - len(self._items) - self._taken
+            if self._waiting and room >= self._wake_room:
                 self._room.notify_all()
             if not self._items and self._taken < self.capacity:
                 self._over_warned = False

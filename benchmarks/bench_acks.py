@@ -1,0 +1,153 @@
+"""What acknowledged delivery costs (issue 11): the same send, extension on and off.
+
+Run from the repository root::
+
+    python benchmarks/bench_acks.py            # 100,000 messages per run
+    python benchmarks/bench_acks.py -n 50000 --repeat 5
+
+A ``tether-sync serve`` subprocess (the bundled server, its own process) with
+the reliable-sessions extension on, and one with ``--no-extensions``, in ABBA
+order. Each run: ``TetherClient(url)`` with default options sends N tether
+envelopes (64-byte payload) in a loop and ``close()``\\ s, which returns once
+everything was written (off) or acknowledged (on). The rate counts from the
+first ``send()`` until ``close()`` returned True. Also the durable outbox:
+``Queue(path=...)`` against the server with acks, fsync off.
+
+The bundled server (Python ``websockets``) is the bottleneck of those runs, and
+the extension costs *it* CPU per message. What acks cost the *client* is
+measured against ``sink_server.py`` (its own process, not the bottleneck): its
+``/acksink`` speaks just enough of DESIGN §5 to grant ``ack`` and acknowledge
+every 64 messages, its ``/sink`` ignores the hello (extension off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tether_sync import TetherClient
+
+PAYLOAD = "0123456789abcdef" * 4
+
+
+def serve(args: List[str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether_sync", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"ws://\S+", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"serve did not start: {line!r}")
+    return proc, match.group(0)
+
+
+def run(url: str, n: int, queue: Optional[Dict[str, object]] = None) -> Dict[str, float]:
+    client = TetherClient(url, **({"queue": queue} if queue else {}))
+    client.connect(wait=True, timeout=10)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.send(PAYLOAD, channel="bench")
+    ok = client.close(timeout=300)
+    t1 = time.perf_counter()
+    stats = client.stats()
+    if not ok:
+        raise RuntimeError("close() did not drain")
+    return {"rate": n / (t1 - t0), "acked": stats.acked}
+
+
+def sink_pair(n: int, repeat: int) -> tuple[float, float]:
+    """Client-side cost: the same default client to /sink (off) and /acksink (on)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import threading
+
+    from bench_client import SinkServer, masked_frame_len
+
+    from tether_sync import envelope
+
+    server = SinkServer()
+    frame = masked_frame_len(len(envelope.encode_data("bench", PAYLOAD, "x" * 36).encode()))
+
+    def one(path: str) -> float:
+        client = TetherClient(f"{server.base}/{path}")
+        got = threading.Event()
+        client.on("message", lambda e: got.set() if str(e.payload).startswith("done:") else None)
+        client.connect(wait=True, timeout=10)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            client.send(PAYLOAD, channel="bench")
+        if not got.wait(300):
+            raise TimeoutError(path)
+        ok = client.close(timeout=60)
+        t1 = time.perf_counter()
+        if not ok:
+            raise RuntimeError(f"close() False on {path}")
+        return n / (t1 - t0)
+
+    off: List[float] = []
+    on: List[float] = []
+    try:
+        for _ in range(repeat):
+            on.append(one(f"acksink?n={n}"))
+            off.append(one(f"sink?bytes={n * frame}"))
+            off.append(one(f"sink?bytes={n * frame}"))
+            on.append(one(f"acksink?n={n}"))
+    finally:
+        server.stop()
+    return statistics.median(off), statistics.median(on)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    on_proc, on_url = serve([])
+    off_proc, off_url = serve(["--no-extensions"])
+    on: List[float] = []
+    off: List[float] = []
+    durable: List[float] = []
+    try:
+        for _ in range(args.repeat):  # ABBA: drift cancels out
+            on.append(run(on_url, args.n)["rate"])
+            off.append(run(off_url, args.n)["rate"])
+            off.append(run(off_url, args.n)["rate"])
+            on.append(run(on_url, args.n)["rate"])
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.repeat):
+                path = os.path.join(tmp, f"outbox{i}.sqlite")
+                durable.append(run(on_url, args.n, {"path": path})["rate"])
+    finally:
+        on_proc.terminate()
+        off_proc.terminate()
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    print(f"send {args.n:,} tether envelopes then close(), bundled server, default options")
+    print(f"  extension off (written)      {m_off / 1000:7.1f} k/s")
+    print(f"  extension on  (acknowledged) {m_on / 1000:7.1f} k/s")
+    print(f"  cost of acks                 {100 * (1 - m_on / m_off):6.1f} %   (target <= 15 %)")
+    rate = statistics.median(durable) / 1000
+    print(f"  durable outbox (fsync off)   {rate:7.1f} k/s  (target >= 20 k/s)")
+    s_off, s_on = sink_pair(args.n, args.repeat)
+    print("same client against sink_server.py (the server is not the bottleneck):")
+    print(f"  extension off (written)      {s_off / 1000:7.1f} k/s")
+    print(f"  extension on  (acknowledged) {s_on / 1000:7.1f} k/s")
+    print(f"  cost of acks, client side    {100 * (1 - s_on / s_off):6.1f} %   (target <= 15 %)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
