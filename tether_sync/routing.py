@@ -50,23 +50,7 @@ class Router:
 
     def deliver(self, channel: Optional[str], payload: Any) -> None:
         """Route one inbound payload (``channel`` None: no Tether message, stream only)."""
-        self._counters.received += 1
-        batch = self._batch
-        if channel is not None:
-            for buf in self.routes.get(channel, ()):
-                entry = batch.get(buf)
-                if entry is None:
-                    batch[buf] = (channel, [payload])
-                else:
-                    entry[1].append(payload)
-        stream = self.message_buffer
-        if stream is not None:
-            event = MessageEvent(channel, payload)
-            entry = batch.get(stream)
-            if entry is None:
-                batch[stream] = (None, [event])
-            else:
-                entry[1].append(event)
+        self.deliver_many([(channel, payload)])
 
     def deliver_many(self, items: List[Tuple[Optional[str], Any]]) -> None:
         """:meth:`deliver` for each ``(channel, payload)``, in order (the hot path)."""

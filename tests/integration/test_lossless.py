@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
-from support.raw_server import _GUID, _read_frame, server_frame
+from support.raw_server import _read_frame, accept_handshake, server_frame
 from support.recorder import Recorder, eventually
 from support.serve_process import ServeProcess
 
@@ -318,9 +318,6 @@ class _HalfCloser:
         self._listener.close()
 
     def _serve(self) -> None:
-        import base64
-        import hashlib
-
         while True:
             try:
                 conn, _ = self._listener.accept()
@@ -330,19 +327,7 @@ class _HalfCloser:
             first = self.connections == 1
             with conn:
                 conn.settimeout(20)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += conn.recv(4096)
-                key = next(
-                    line.split(b":", 1)[1].strip()
-                    for line in request.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key:")
-                )
-                accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-                conn.sendall(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                )
+                accept_handshake(conn)
                 seen = 0
                 try:
                     while True:
