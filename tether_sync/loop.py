@@ -29,7 +29,6 @@ import logging
 import random
 import selectors
 import socket
-import ssl
 import threading
 import uuid
 from typing import Any, Callable, Dict, List, Optional
@@ -46,9 +45,9 @@ from .delivery import Delivery
 from .durable import DurableStore
 from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, TetherError
-from .flow import OutboundFlow, Resume
+from .flow import Resume
 from .handoff import Handoff, _deliveries
-from .interest import Change, Interest
+from .interest import Change
 from .loopconfig import LoopConfig, Timer, session_config
 from .mailbox import Mailbox
 from .outbox import Outbox
@@ -61,7 +60,6 @@ from .timers import TimerHeap
 
 log = logging.getLogger("tether_sync")
 
-_READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at once
 BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
 BATCH_BYTES = 256 * 1024
 KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
@@ -136,15 +134,12 @@ class IoLoop:
         self._continuity = Continuity(session_id=uuid.uuid4().hex)
         self._carried: List[Delivery] = []  # unacked messages waiting for the next link
         self.session: Optional[Session] = None
-        self._sock: Optional[socket.socket] = None
+        self._link: Optional[transport.Link] = None  # the open connection's socket
         self._handshaker: Any = None
         self._attempt_id = 0
         self._opened_at: Optional[float] = None
         self._opened_once = False
-        self._io = Interest()  # the socket's selector registration
         self._shutdown = Shutdown()  # close() and flush() policy
-        self._flow = OutboundFlow(config.backpressure.high_water_mark)
-        self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
         self._authflow = AuthFlow(auth, config.protocol, self.post) if auth is not None else None
         self.last_rtt: Optional[float] = None
         self.auth_expires_at: Optional[float] = None
@@ -204,8 +199,10 @@ class IoLoop:
     @property
     def buffered_amount(self) -> int:
         """User-space bytes not yet written plus the kernel's unsent bytes (as last read)."""
-        session = self.session
-        return (session.buffered if session is not None else 0) + self.kernel_unsent
+        session, link = self.session, self._link
+        return (session.buffered if session is not None else 0) + (
+            link.kernel_unsent if link is not None else 0
+        )
 
     @property
     def attempt(self) -> int:
@@ -260,15 +257,16 @@ class IoLoop:
             if when is not None:
                 wait = max(0.0, when - now)
                 timeout = wait if timeout is None else min(timeout, wait)
-        reading = self._reading()
-        if self._io.tls and reading and self._tls_pending():
+        link = self._link
+        if link is not None and link.io.tls and self._reading() and link.tls_pending():
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
         for key, mask in self._selector.select(timeout):
             if key.data is None:
                 self._on_wake()
             elif mask & selectors.EVENT_READ:
                 self._guard(self._on_readable)
-        if self._io.tls and self._reading() and self._tls_pending():
+        link = self._link
+        if link is not None and link.io.tls and self._reading() and link.tls_pending():
             self._guard(self._on_readable)
         self._guard(self._on_timers)
         self._guard(self._drain_commands)
@@ -304,10 +302,6 @@ class IoLoop:
             self._wake_r.recv(4096)
         except OSError:  # BlockingIOError: a spurious wake-up
             pass
-
-    def _tls_pending(self) -> bool:
-        sock = self._sock
-        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
     def _drain_commands(self) -> None:
         commands = self._mailbox.take()
@@ -345,10 +339,9 @@ class IoLoop:
             elif timer is Timer.CLOSE_DEADLINE:
                 if not self.stopped.is_set():
                     self._close_now()
-            elif timer is Timer.KERNEL_POLL and self._sock is not None:
+            elif timer is Timer.KERNEL_POLL and self._link is not None:
                 # Also re-runs _pump and the flush check (the wake-up alone does).
-                self.kernel_unsent = transport.kernel_unsent(self._sock)
-                if self.kernel_unsent:
+                if self._link.read_kernel():
                     self._timers.schedule(now + KERNEL_POLL, Timer.KERNEL_POLL)
         session = self.session
         if session is not None:
@@ -408,13 +401,10 @@ class IoLoop:
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
         self._handshaker = None
-        sock = c.sock
-        sock.setblocking(False)
-        self._sock = sock
-        hwm = self.config.backpressure.high_water_mark
-        self._flow = OutboundFlow(hwm, transport.set_notsent_lowat(sock, hwm))
-        self._selector.register(sock, selectors.EVENT_READ, "sock")
-        self._io = Interest(selectors.EVENT_READ, True, isinstance(sock, ssl.SSLSocket))
+        link = self._link = transport.Link(
+            c.sock, self.endpoint, self.config.backpressure.high_water_mark
+        )
+        self._apply(link, link.io.change(selectors.EVENT_READ), selectors.EVENT_READ)
         log.info("connected to %s", self.endpoint)
         now = self._clock.monotonic()
         auth = self._auth.options if self._auth is not None else None
@@ -523,17 +513,17 @@ class IoLoop:
         return not self.router.holding
 
     def _on_readable(self) -> None:
-        sock = self._sock
+        link = self._link
         session = self.session
-        if sock is None or session is None or not self._reading():
+        if link is None or session is None or not self._reading():
             return
         try:
-            data = sock.recv(_READ_SIZE)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
+            data = link.recv()
         except OSError as exc:
             session.abort(1006, f"read failed: {exc}")
             self._process_events()
+            return
+        if data is None:
             return
         now = self._clock.monotonic()
         if data:
@@ -546,37 +536,21 @@ class IoLoop:
 
     def _write(self) -> None:
         """Write what the session has framed, as much as the kernel takes, without blocking."""
-        sock = self._sock
+        link = self._link
         session = self.session
-        if sock is None or session is None:
+        if link is None or session is None:
             return
-        wrote = self._send_some(sock, session)
+        wrote = self._send_some(link, session)
         if wrote < 0:
             session.abort(1006, "write failed")
         if wrote:
             self._process_events()
-        self._io.want_write = session.buffered > 0
+        link.io.want_write = session.buffered > 0
 
-    def _send_some(self, sock: socket.socket, session: Session) -> int:
+    def _send_some(self, link: transport.Link, session: Session) -> int:
         # Returns the bytes written, or -1 if the socket failed.
-        total = 0
-        while True:
-            data = session.data_to_send()
-            if not data:
-                break
-            try:
-                n = sock.send(data)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                log.info("write to %s failed: %s", self.endpoint, exc)
-                return -1
-            session.sent(n)
-            total += n
-            self._flow.wrote(n)
-            if n < len(data):
-                break  # the kernel is full: wait for writability
-        if total and not self._timers.scheduled(Timer.KERNEL_POLL):
+        total = link.send_some(session)
+        if total > 0 and not self._timers.scheduled(Timer.KERNEL_POLL):
             # buffered_amount reads kernel_unsent (user threads may not ioctl the
             # socket): refresh it shortly, not after every write.
             self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
@@ -584,36 +558,38 @@ class IoLoop:
 
     def _update_interest(self) -> None:
         """Ask the selector for exactly what we can act on (STYLE §3.4)."""
-        sock = self._sock
-        if sock is None:
+        link = self._link
+        if link is None:
             return
         mask = (selectors.EVENT_READ if self._reading() else 0) | (
-            selectors.EVENT_WRITE if self._io.want_write else 0
+            selectors.EVENT_WRITE if link.io.want_write else 0
         )
-        change = self._io.change(mask)
+        self._apply(link, link.io.change(mask), mask)
+
+    def _apply(self, link: transport.Link, change: Optional[Change], mask: int) -> None:
         if change is Change.UNREGISTER:
-            self._selector.unregister(sock)
+            self._selector.unregister(link.sock)
         elif change is Change.REGISTER:
-            self._selector.register(sock, mask, "sock")
+            self._selector.register(link.sock, mask, "sock")
         elif change is Change.MODIFY:
-            self._selector.modify(sock, mask, "sock")
+            self._selector.modify(link.sock, mask, "sock")
 
     def _pump(self) -> None:
         """Move queued messages into the session while under the high-water mark."""
         session = self.session
-        sock = self._sock
-        if session is None or sock is None or not session.is_open or self.state is not State.OPEN:
+        link = self._link
+        if session is None or link is None or not session.is_open or self.state is not State.OPEN:
             return
-        flow = self._flow
+        flow = link.flow
         flow.episode_over(self.buffered_amount)
         outbox = self.outbox
         while len(outbox):
-            if flow.above_mark(session.buffered, self._read_kernel):
+            if flow.above_mark(session.buffered, link.read_kernel):
                 report, resume = flow.pause(session.buffered)
                 if report:
                     self.handoff.outbound_pressure(self.buffered_amount)
                 if resume is Resume.WRITABLE:
-                    self._io.want_write = True
+                    link.io.want_write = True
                 else:
                     self._timers.schedule(
                         self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL
@@ -624,17 +600,11 @@ class IoLoop:
             if not batch:
                 return
             session.send(batch)
-            if self._send_some(sock, session) < 0:
+            if self._send_some(link, session) < 0:
                 session.abort(1006, "write failed")
             self._process_events()
             if self.session is not session or not session.is_open:
                 return
-
-    def _read_kernel(self) -> int:
-        # The kernel's unsent bytes (an ioctl: this thread only, like every socket call).
-        sock = self._sock
-        self.kernel_unsent = transport.kernel_unsent(sock) if sock is not None else 0
-        return self.kernel_unsent
 
     # ------------------------------------------------------------ session events
 
@@ -650,9 +620,9 @@ class IoLoop:
 
     def _connection_closed(self, session: Session, event: Closed) -> None:
         """The session is over: last-chance write (accounted), then retry or finish."""
-        sock = self._sock
-        if sock is not None and session.data_to_send():
-            self._send_some(sock, session)  # e.g. our close frame; what it took counts
+        link = self._link
+        if link is not None and session.data_to_send():
+            self._send_some(link, session)  # e.g. our close frame; what it took counts
             for late in session.events():
                 self.handoff.handle(self, session, late)
         self.session = None
@@ -677,23 +647,17 @@ class IoLoop:
         self._retry_or_finish(after.cause, terminal=after.terminal)
 
     def _release_socket(self) -> None:
-        sock = self._sock
-        if sock is None:
+        link, self._link = self._link, None
+        if link is None:
             return
-        self._sock = None
-        self.kernel_unsent = 0
-        self._flow = OutboundFlow(self.config.backpressure.high_water_mark)
         self._timers.cancel(Timer.KERNEL_POLL)
-        if self._io.registered:
-            self._io.registered = False
+        if link.io.registered:
+            link.io.registered = False
             try:
-                self._selector.unregister(sock)
+                self._selector.unregister(link.sock)
             except (KeyError, ValueError):
                 pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+        link.close()
 
     # ------------------------------------------------------------ commands
 
@@ -750,7 +714,7 @@ class IoLoop:
     def _check_flush_waiters(self) -> None:
         if not self._shutdown.flush_waiting or self._has_work():
             return
-        if self._sock is not None and self._read_kernel() > 0:
+        if self._link is not None and self._link.read_kernel() > 0:
             self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
             return
         self._shutdown.release_flush_waiters()
