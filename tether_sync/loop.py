@@ -40,12 +40,12 @@ from .auth import TokenRefresher
 from .authflow import AuthFlow
 from .backoff import Backoff
 from .clock import Clock, Deadline
+from .connection import Connection
 from .connector import handshake
 from .delivery import Delivery
 from .durable import DurableStore
 from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, TetherError
-from .flow import Resume
 from .handoff import Handoff, _deliveries
 from .interest import Change
 from .loopconfig import LoopConfig, Timer, session_config
@@ -60,8 +60,6 @@ from .timers import TimerHeap
 
 log = logging.getLogger("tether_sync")
 
-BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
-BATCH_BYTES = 256 * 1024
 KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
 
 
@@ -133,8 +131,7 @@ class IoLoop:
         self.next_delay: Optional[float] = None
         self._continuity = Continuity(session_id=uuid.uuid4().hex)
         self._carried: List[Delivery] = []  # unacked messages waiting for the next link
-        self.session: Optional[Session] = None
-        self._link: Optional[transport.Link] = None  # the open connection's socket
+        self._conn: Optional[Connection] = None  # the open connection: session and socket
         self._handshaker: Any = None
         self._attempt_id = 0
         self._opened_at: Optional[float] = None
@@ -199,10 +196,14 @@ class IoLoop:
     @property
     def buffered_amount(self) -> int:
         """User-space bytes not yet written plus the kernel's unsent bytes (as last read)."""
-        session, link = self.session, self._link
-        return (session.buffered if session is not None else 0) + (
-            link.kernel_unsent if link is not None else 0
-        )
+        conn = self._conn
+        return conn.buffered_amount if conn is not None else 0
+
+    @property
+    def session(self) -> Optional[Session]:
+        """The open connection's session, if any."""
+        conn = self._conn
+        return conn.session if conn is not None else None
 
     @property
     def attempt(self) -> int:
@@ -257,16 +258,16 @@ class IoLoop:
             if when is not None:
                 wait = max(0.0, when - now)
                 timeout = wait if timeout is None else min(timeout, wait)
-        link = self._link
-        if link is not None and link.io.tls and self._reading() and link.tls_pending():
+        conn = self._conn
+        if conn is not None and conn.link.io.tls and self._reading() and conn.link.tls_pending():
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
         for key, mask in self._selector.select(timeout):
             if key.data is None:
                 self._on_wake()
             elif mask & selectors.EVENT_READ:
                 self._guard(self._on_readable)
-        link = self._link
-        if link is not None and link.io.tls and self._reading() and link.tls_pending():
+        conn = self._conn
+        if conn is not None and conn.link.io.tls and self._reading() and conn.link.tls_pending():
             self._guard(self._on_readable)
         self._guard(self._on_timers)
         self._guard(self._drain_commands)
@@ -339,9 +340,9 @@ class IoLoop:
             elif timer is Timer.CLOSE_DEADLINE:
                 if not self.stopped.is_set():
                     self._close_now()
-            elif timer is Timer.KERNEL_POLL and self._link is not None:
+            elif timer is Timer.KERNEL_POLL and self._conn is not None:
                 # Also re-runs _pump and the flush check (the wake-up alone does).
-                if self._link.read_kernel():
+                if self._conn.link.read_kernel():
                     self._timers.schedule(now + KERNEL_POLL, Timer.KERNEL_POLL)
         session = self.session
         if session is not None:
@@ -401,21 +402,20 @@ class IoLoop:
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
         self._handshaker = None
-        link = self._link = transport.Link(
-            c.sock, self.endpoint, self.config.backpressure.high_water_mark
-        )
+        link = transport.Link(c.sock, self.endpoint, self.config.backpressure.high_water_mark)
         self._apply(link, link.io.change(selectors.EVENT_READ), selectors.EVENT_READ)
         log.info("connected to %s", self.endpoint)
         now = self._clock.monotonic()
         auth = self._auth.options if self._auth is not None else None
         rotate = self._authflow is not None and self._authflow.rotates_in_band
-        session = self.session = Session(
+        session = Session(
             session_config(self.config, auth, rotate, c.deflate),
             self._continuity,
             now,
             wall_offset=self._clock.time() - now,
             rng=self._rng,
         )
+        self._conn = Connection(session, link, self._clock, self._process_events, self._wrote)
         carried, self._carried = self._carried, []
         force = False
         if self._authflow is not None:
@@ -513,54 +513,26 @@ class IoLoop:
         return not self.router.holding
 
     def _on_readable(self) -> None:
-        link = self._link
-        session = self.session
-        if link is None or session is None or not self._reading():
-            return
-        try:
-            data = link.recv()
-        except OSError as exc:
-            session.abort(1006, f"read failed: {exc}")
-            self._process_events()
-            return
-        if data is None:
-            return
-        now = self._clock.monotonic()
-        if data:
-            session.receive_data(data, now)
-        else:
-            session.receive_eof(now)
-        self._process_events()
-        self.router.flush()  # what arrived before a close is still delivered
-        session.reading_paused = self.router.holding
+        conn = self._conn
+        if conn is not None and self._reading():
+            conn.readable(self.router)
 
     def _write(self) -> None:
-        """Write what the session has framed, as much as the kernel takes, without blocking."""
-        link = self._link
-        session = self.session
-        if link is None or session is None:
-            return
-        wrote = self._send_some(link, session)
-        if wrote < 0:
-            session.abort(1006, "write failed")
-        if wrote:
-            self._process_events()
-        link.io.want_write = session.buffered > 0
+        """Write what the session has framed (once per iteration, never from a handler)."""
+        if self._conn is not None:
+            self._conn.write()
 
-    def _send_some(self, link: transport.Link, session: Session) -> int:
-        # Returns the bytes written, or -1 if the socket failed.
-        total = link.send_some(session)
-        if total > 0 and not self._timers.scheduled(Timer.KERNEL_POLL):
+    def _wrote(self) -> None:
+        if not self._timers.scheduled(Timer.KERNEL_POLL):
             # buffered_amount reads kernel_unsent (user threads may not ioctl the
             # socket): refresh it shortly, not after every write.
             self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
-        return total
 
     def _update_interest(self) -> None:
         """Ask the selector for exactly what we can act on (STYLE §3.4)."""
-        link = self._link
-        if link is None:
+        if self._conn is None:
             return
+        link = self._conn.link
         mask = (selectors.EVENT_READ if self._reading() else 0) | (
             selectors.EVENT_WRITE if link.io.want_write else 0
         )
@@ -576,35 +548,13 @@ class IoLoop:
 
     def _pump(self) -> None:
         """Move queued messages into the session while under the high-water mark."""
-        session = self.session
-        link = self._link
-        if session is None or link is None or not session.is_open or self.state is not State.OPEN:
+        conn = self._conn
+        if conn is None or not conn.session.is_open or self.state is not State.OPEN:
             return
-        flow = link.flow
-        flow.episode_over(self.buffered_amount)
-        outbox = self.outbox
-        while len(outbox):
-            if flow.above_mark(session.buffered, link.read_kernel):
-                report, resume = flow.pause(session.buffered)
-                if report:
-                    self.handoff.outbound_pressure(self.buffered_amount)
-                if resume is Resume.WRITABLE:
-                    link.io.want_write = True
-                else:
-                    self._timers.schedule(
-                        self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL
-                    )
-                return
-            flow.resume()
-            batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size)
-            if not batch:
-                return
-            session.send(batch)
-            if self._send_some(link, session) < 0:
-                session.abort(1006, "write failed")
-            self._process_events()
-            if self.session is not session or not session.is_open:
-                return
+        conn.pump(self.outbox, self.handoff, self._poll_kernel_later)
+
+    def _poll_kernel_later(self) -> None:
+        self._timers.schedule(self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL)
 
     # ------------------------------------------------------------ session events
 
@@ -620,12 +570,9 @@ class IoLoop:
 
     def _connection_closed(self, session: Session, event: Closed) -> None:
         """The session is over: last-chance write (accounted), then retry or finish."""
-        link = self._link
-        if link is not None and session.data_to_send():
-            self._send_some(link, session)  # e.g. our close frame; what it took counts
-            for late in session.events():
-                self.handoff.handle(self, session, late)
-        self.session = None
+        conn = self._conn
+        if conn is not None:  # e.g. our close frame; what it took counts
+            conn.last_write(lambda late: self.handoff.handle(self, session, late))
         self._release_socket()
         after = after_close(
             event,
@@ -647,9 +594,10 @@ class IoLoop:
         self._retry_or_finish(after.cause, terminal=after.terminal)
 
     def _release_socket(self) -> None:
-        link, self._link = self._link, None
-        if link is None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
+        link = conn.link
         self._timers.cancel(Timer.KERNEL_POLL)
         if link.io.registered:
             link.io.registered = False
@@ -714,7 +662,7 @@ class IoLoop:
     def _check_flush_waiters(self) -> None:
         if not self._shutdown.flush_waiting or self._has_work():
             return
-        if self._link is not None and self._link.read_kernel() > 0:
+        if self._conn is not None and self._conn.link.read_kernel() > 0:
             self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
             return
         self._shutdown.release_flush_waiters()
@@ -754,12 +702,12 @@ class IoLoop:
             return
         if reason is not None and cause is not None and reason is not cause:
             reason.__cause__ = cause
-        session, self.session = self.session, None
+        session = self.session
+        self._release_socket()
         left: List[Delivery] = []
         if session is not None:
             session.abort(1006, "client closed")
             left.extend(_deliveries(session.take_unfinished()))
-        self._release_socket()
         self.fatal = reason
         if reason is not None:
             log.warning("client closed: %s", reason)
@@ -804,10 +752,6 @@ class IoLoop:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
-
-
-def _size(d: Delivery) -> int:
-    return len(d._data)
 
 
 __all__ = ["IoLoop", "LoopConfig", "Timer"]

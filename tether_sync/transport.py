@@ -213,6 +213,7 @@ class Link:
         # inside it, where the selector cannot see them).
         self.io = Interest(tls=isinstance(sock, ssl.SSLSocket))
         self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
+        self.closed = False
 
     def recv(self) -> Optional[bytes]:
         """What the socket has (``b""`` at EOF), or None if nothing yet.
@@ -260,6 +261,7 @@ class Link:
         return self.kernel_unsent
 
     def close(self) -> None:
+        self.closed = True
         try:
             self.sock.close()
         except OSError:
