@@ -41,7 +41,7 @@ from .authflow import AuthFlow
 from .backoff import Backoff
 from .clock import Clock, Deadline
 from .connection import Connection
-from .connector import handshake
+from .connector import Attempts, handshake
 from .delivery import Delivery
 from .durable import DurableStore
 from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
@@ -132,8 +132,7 @@ class IoLoop:
         self._continuity = Continuity(session_id=uuid.uuid4().hex)
         self._carried: List[Delivery] = []  # unacked messages waiting for the next link
         self._conn: Optional[Connection] = None  # the open connection: session and socket
-        self._handshaker: Any = None
-        self._attempt_id = 0
+        self._attempts = Attempts()  # the attempt in progress, its handshaker, refusals
         self._opened_at: Optional[float] = None
         self._opened_once = False
         self._shutdown = Shutdown()  # close() and flush() policy
@@ -142,7 +141,6 @@ class IoLoop:
         self.auth_expires_at: Optional[float] = None
         self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
         self.unsent = 0  # messages failed by the final close
-        self._refusals = 0  # handshake auth refusals (HTTP 401/403) in a row
 
     # ------------------------------------------------------------------ user side
 
@@ -378,9 +376,7 @@ class IoLoop:
     def _connect(self) -> None:
         """Start one connection attempt on a connector thread."""
         self._set_state(State.CONNECTING)
-        self._attempt_id += 1
-        attempt = self._attempt_id
-        ws = self._handshaker = transport.new_handshaker()
+        attempt, ws = self._attempts.begin()
         cfg = self.config
         url = self.endpoint  # round robin: _retry_or_finish moved on to the next one
         auth = self._auth
@@ -397,11 +393,10 @@ class IoLoop:
         self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, Timer.CONNECT_TIMEOUT)
 
     def on_connected(self, c: cmd.Connected) -> None:
-        if c.attempt != self._attempt_id or self._handshaker is None:
+        if not self._attempts.settle(c.attempt):
             c.sock.close()  # a stale attempt, abandoned after a timeout or close()
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
-        self._handshaker = None
         link = transport.Link(c.sock, self.endpoint, self.config.backpressure.high_water_mark)
         self._apply(link, link.io.change(selectors.EVENT_READ), selectors.EVENT_READ)
         log.info("connected to %s", self.endpoint)
@@ -424,32 +419,25 @@ class IoLoop:
         self._process_events()
 
     def on_connect_failed(self, c: cmd.ConnectFailed) -> None:
-        if c.attempt != self._attempt_id or self._handshaker is None:
+        if not self._attempts.settle(c.attempt):
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
-        self._handshaker = None
         log.info("connection to %s failed: %s", self.endpoint, c.error)
         self._attempt_failed(c.error)
 
     def _on_connect_timeout(self) -> None:
-        if self._handshaker is None:
+        if not self._attempts.abandon():  # the connector's late answer is now stale
             return
-        transport.abort(self._handshaker)
-        self._attempt_id += 1  # the connector's late answer is now stale
-        self._handshaker = None
         log.info("connection to %s timed out", self.endpoint)
         self._attempt_failed(ConnectTimeout(f"no handshake within {self.config.connect_timeout}s"))
 
     def _attempt_failed(self, cause: BaseException) -> None:
         self.handoff.attempt_failed(cause)
-        status = transport.http_status(cause)
-        if status in (401, 403) and self._auth is not None:
-            # The same rule as a Tether auth refusal: one fresh token, then final.
-            self._refusals += 1
-            if self._refusals >= 2:
-                err = AuthError(f"the server refused the handshake with HTTP {status}, twice")
-                self._finish(err, cause=cause)
-                return
+        refused, final = self._attempts.refused(cause, self._auth is not None)
+        if final is not None:
+            self._finish(final, cause=cause)
+            return
+        if refused:
             assert self._authflow is not None
             self._authflow.refused()
         self._retry_or_finish(cause)
@@ -461,7 +449,7 @@ class IoLoop:
         self._opened_once = True
         self._opened_at = self._clock.monotonic()
         self.next_delay = None
-        self._refusals = 0
+        self._attempts.refusals = 0
         if self.handoff.store is not None:
             # Rule 4: new numbers above the hello-ok's acked, across processes too.
             self.handoff.store.raise_seq(self._continuity.last_seq)
@@ -688,10 +676,7 @@ class IoLoop:
                 grace = self._shutdown.grace(self._clock.monotonic())
                 session.close(1000, "Client disconnect", self._clock.monotonic(), grace=grace)
             return  # the session's Closed event finishes
-        if self._handshaker is not None:
-            transport.abort(self._handshaker)
-            self._attempt_id += 1
-            self._handshaker = None
+        self._attempts.abandon()
         self._finish(None)
 
     def _finish(
