@@ -92,6 +92,7 @@ RANK: Dict[str, float] = {
     # L3: the socket adapter, then the loop
     "transport": 3.0,
     "connector": 3.1,  # one attempt's handshake, as run on a connector thread
+    "connection": 3.2,  # one open connection: its session, its link, the bytes between
     "loop": 3.5,
     # L4
     "client": 4,

@@ -29,7 +29,6 @@ import logging
 import random
 import selectors
 import socket
-import ssl
 import threading
 import uuid
 from typing import Any, Callable, Dict, List, Optional
@@ -41,14 +40,14 @@ from .auth import TokenRefresher
 from .authflow import AuthFlow
 from .backoff import Backoff
 from .clock import Clock, Deadline
-from .connector import handshake
+from .connection import Connection
+from .connector import Attempts, handshake
 from .delivery import Delivery
 from .durable import DurableStore
 from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, TetherError
-from .flow import OutboundFlow, Resume
 from .handoff import Handoff, _deliveries
-from .interest import Change, Interest
+from .interest import Change
 from .loopconfig import LoopConfig, Timer, session_config
 from .mailbox import Mailbox
 from .outbox import Outbox
@@ -61,9 +60,6 @@ from .timers import TimerHeap
 
 log = logging.getLogger("tether_sync")
 
-_READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at once
-BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
-BATCH_BYTES = 256 * 1024
 KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
 
 
@@ -135,22 +131,16 @@ class IoLoop:
         self.next_delay: Optional[float] = None
         self._continuity = Continuity(session_id=uuid.uuid4().hex)
         self._carried: List[Delivery] = []  # unacked messages waiting for the next link
-        self.session: Optional[Session] = None
-        self._sock: Optional[socket.socket] = None
-        self._handshaker: Any = None
-        self._attempt_id = 0
+        self._conn: Optional[Connection] = None  # the open connection: session and socket
+        self._attempts = Attempts()  # the attempt in progress, its handshaker, refusals
         self._opened_at: Optional[float] = None
         self._opened_once = False
-        self._io = Interest()  # the socket's selector registration
         self._shutdown = Shutdown()  # close() and flush() policy
-        self._flow = OutboundFlow(config.backpressure.high_water_mark)
-        self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
         self._authflow = AuthFlow(auth, config.protocol, self.post) if auth is not None else None
         self.last_rtt: Optional[float] = None
         self.auth_expires_at: Optional[float] = None
         self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
         self.unsent = 0  # messages failed by the final close
-        self._refusals = 0  # handshake auth refusals (HTTP 401/403) in a row
 
     # ------------------------------------------------------------------ user side
 
@@ -204,8 +194,14 @@ class IoLoop:
     @property
     def buffered_amount(self) -> int:
         """User-space bytes not yet written plus the kernel's unsent bytes (as last read)."""
-        session = self.session
-        return (session.buffered if session is not None else 0) + self.kernel_unsent
+        conn = self._conn
+        return conn.buffered_amount if conn is not None else 0
+
+    @property
+    def session(self) -> Optional[Session]:
+        """The open connection's session, if any."""
+        conn = self._conn
+        return conn.session if conn is not None else None
 
     @property
     def attempt(self) -> int:
@@ -260,15 +256,16 @@ class IoLoop:
             if when is not None:
                 wait = max(0.0, when - now)
                 timeout = wait if timeout is None else min(timeout, wait)
-        reading = self._reading()
-        if self._io.tls and reading and self._tls_pending():
+        conn = self._conn
+        if conn is not None and conn.link.io.tls and self._reading() and conn.link.tls_pending():
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
         for key, mask in self._selector.select(timeout):
             if key.data is None:
                 self._on_wake()
             elif mask & selectors.EVENT_READ:
                 self._guard(self._on_readable)
-        if self._io.tls and self._reading() and self._tls_pending():
+        conn = self._conn
+        if conn is not None and conn.link.io.tls and self._reading() and conn.link.tls_pending():
             self._guard(self._on_readable)
         self._guard(self._on_timers)
         self._guard(self._drain_commands)
@@ -304,10 +301,6 @@ class IoLoop:
             self._wake_r.recv(4096)
         except OSError:  # BlockingIOError: a spurious wake-up
             pass
-
-    def _tls_pending(self) -> bool:
-        sock = self._sock
-        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
     def _drain_commands(self) -> None:
         commands = self._mailbox.take()
@@ -345,10 +338,9 @@ class IoLoop:
             elif timer is Timer.CLOSE_DEADLINE:
                 if not self.stopped.is_set():
                     self._close_now()
-            elif timer is Timer.KERNEL_POLL and self._sock is not None:
+            elif timer is Timer.KERNEL_POLL and self._conn is not None:
                 # Also re-runs _pump and the flush check (the wake-up alone does).
-                self.kernel_unsent = transport.kernel_unsent(self._sock)
-                if self.kernel_unsent:
+                if self._conn.link.read_kernel():
                     self._timers.schedule(now + KERNEL_POLL, Timer.KERNEL_POLL)
         session = self.session
         if session is not None:
@@ -384,9 +376,7 @@ class IoLoop:
     def _connect(self) -> None:
         """Start one connection attempt on a connector thread."""
         self._set_state(State.CONNECTING)
-        self._attempt_id += 1
-        attempt = self._attempt_id
-        ws = self._handshaker = transport.new_handshaker()
+        attempt, ws = self._attempts.begin()
         cfg = self.config
         url = self.endpoint  # round robin: _retry_or_finish moved on to the next one
         auth = self._auth
@@ -403,29 +393,24 @@ class IoLoop:
         self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, Timer.CONNECT_TIMEOUT)
 
     def on_connected(self, c: cmd.Connected) -> None:
-        if c.attempt != self._attempt_id or self._handshaker is None:
+        if not self._attempts.settle(c.attempt):
             c.sock.close()  # a stale attempt, abandoned after a timeout or close()
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
-        self._handshaker = None
-        sock = c.sock
-        sock.setblocking(False)
-        self._sock = sock
-        hwm = self.config.backpressure.high_water_mark
-        self._flow = OutboundFlow(hwm, transport.set_notsent_lowat(sock, hwm))
-        self._selector.register(sock, selectors.EVENT_READ, "sock")
-        self._io = Interest(selectors.EVENT_READ, True, isinstance(sock, ssl.SSLSocket))
+        link = transport.Link(c.sock, self.endpoint, self.config.backpressure.high_water_mark)
+        self._apply(link, link.io.change(selectors.EVENT_READ), selectors.EVENT_READ)
         log.info("connected to %s", self.endpoint)
         now = self._clock.monotonic()
         auth = self._auth.options if self._auth is not None else None
         rotate = self._authflow is not None and self._authflow.rotates_in_band
-        session = self.session = Session(
+        session = Session(
             session_config(self.config, auth, rotate, c.deflate),
             self._continuity,
             now,
             wall_offset=self._clock.time() - now,
             rng=self._rng,
         )
+        self._conn = Connection(session, link, self._clock, self._process_events, self._wrote)
         carried, self._carried = self._carried, []
         force = False
         if self._authflow is not None:
@@ -434,32 +419,25 @@ class IoLoop:
         self._process_events()
 
     def on_connect_failed(self, c: cmd.ConnectFailed) -> None:
-        if c.attempt != self._attempt_id or self._handshaker is None:
+        if not self._attempts.settle(c.attempt):
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
-        self._handshaker = None
         log.info("connection to %s failed: %s", self.endpoint, c.error)
         self._attempt_failed(c.error)
 
     def _on_connect_timeout(self) -> None:
-        if self._handshaker is None:
+        if not self._attempts.abandon():  # the connector's late answer is now stale
             return
-        transport.abort(self._handshaker)
-        self._attempt_id += 1  # the connector's late answer is now stale
-        self._handshaker = None
         log.info("connection to %s timed out", self.endpoint)
         self._attempt_failed(ConnectTimeout(f"no handshake within {self.config.connect_timeout}s"))
 
     def _attempt_failed(self, cause: BaseException) -> None:
         self.handoff.attempt_failed(cause)
-        status = transport.http_status(cause)
-        if status in (401, 403) and self._auth is not None:
-            # The same rule as a Tether auth refusal: one fresh token, then final.
-            self._refusals += 1
-            if self._refusals >= 2:
-                err = AuthError(f"the server refused the handshake with HTTP {status}, twice")
-                self._finish(err, cause=cause)
-                return
+        refused, final = self._attempts.refused(cause, self._auth is not None)
+        if final is not None:
+            self._finish(final, cause=cause)
+            return
+        if refused:
             assert self._authflow is not None
             self._authflow.refused()
         self._retry_or_finish(cause)
@@ -471,7 +449,7 @@ class IoLoop:
         self._opened_once = True
         self._opened_at = self._clock.monotonic()
         self.next_delay = None
-        self._refusals = 0
+        self._attempts.refusals = 0
         if self.handoff.store is not None:
             # Rule 4: new numbers above the hello-ok's acked, across processes too.
             self.handoff.store.raise_seq(self._continuity.last_seq)
@@ -523,118 +501,48 @@ class IoLoop:
         return not self.router.holding
 
     def _on_readable(self) -> None:
-        sock = self._sock
-        session = self.session
-        if sock is None or session is None or not self._reading():
-            return
-        try:
-            data = sock.recv(_READ_SIZE)
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return
-        except OSError as exc:
-            session.abort(1006, f"read failed: {exc}")
-            self._process_events()
-            return
-        now = self._clock.monotonic()
-        if data:
-            session.receive_data(data, now)
-        else:
-            session.receive_eof(now)
-        self._process_events()
-        self.router.flush()  # what arrived before a close is still delivered
-        session.reading_paused = self.router.holding
+        conn = self._conn
+        if conn is not None and self._reading():
+            conn.readable(self.router)
 
     def _write(self) -> None:
-        """Write what the session has framed, as much as the kernel takes, without blocking."""
-        sock = self._sock
-        session = self.session
-        if sock is None or session is None:
-            return
-        wrote = self._send_some(sock, session)
-        if wrote < 0:
-            session.abort(1006, "write failed")
-        if wrote:
-            self._process_events()
-        self._io.want_write = session.buffered > 0
+        """Write what the session has framed (once per iteration, never from a handler)."""
+        if self._conn is not None:
+            self._conn.write()
 
-    def _send_some(self, sock: socket.socket, session: Session) -> int:
-        # Returns the bytes written, or -1 if the socket failed.
-        total = 0
-        while True:
-            data = session.data_to_send()
-            if not data:
-                break
-            try:
-                n = sock.send(data)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                log.info("write to %s failed: %s", self.endpoint, exc)
-                return -1
-            session.sent(n)
-            total += n
-            self._flow.wrote(n)
-            if n < len(data):
-                break  # the kernel is full: wait for writability
-        if total and not self._timers.scheduled(Timer.KERNEL_POLL):
+    def _wrote(self) -> None:
+        if not self._timers.scheduled(Timer.KERNEL_POLL):
             # buffered_amount reads kernel_unsent (user threads may not ioctl the
             # socket): refresh it shortly, not after every write.
             self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
-        return total
 
     def _update_interest(self) -> None:
         """Ask the selector for exactly what we can act on (STYLE §3.4)."""
-        sock = self._sock
-        if sock is None:
+        if self._conn is None:
             return
+        link = self._conn.link
         mask = (selectors.EVENT_READ if self._reading() else 0) | (
-            selectors.EVENT_WRITE if self._io.want_write else 0
+            selectors.EVENT_WRITE if link.io.want_write else 0
         )
-        change = self._io.change(mask)
+        self._apply(link, link.io.change(mask), mask)
+
+    def _apply(self, link: transport.Link, change: Optional[Change], mask: int) -> None:
         if change is Change.UNREGISTER:
-            self._selector.unregister(sock)
+            self._selector.unregister(link.sock)
         elif change is Change.REGISTER:
-            self._selector.register(sock, mask, "sock")
+            self._selector.register(link.sock, mask, "sock")
         elif change is Change.MODIFY:
-            self._selector.modify(sock, mask, "sock")
+            self._selector.modify(link.sock, mask, "sock")
 
     def _pump(self) -> None:
         """Move queued messages into the session while under the high-water mark."""
-        session = self.session
-        sock = self._sock
-        if session is None or sock is None or not session.is_open or self.state is not State.OPEN:
+        conn = self._conn
+        if conn is None or not conn.session.is_open or self.state is not State.OPEN:
             return
-        flow = self._flow
-        flow.episode_over(self.buffered_amount)
-        outbox = self.outbox
-        while len(outbox):
-            if flow.above_mark(session.buffered, self._read_kernel):
-                report, resume = flow.pause(session.buffered)
-                if report:
-                    self.handoff.outbound_pressure(self.buffered_amount)
-                if resume is Resume.WRITABLE:
-                    self._io.want_write = True
-                else:
-                    self._timers.schedule(
-                        self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL
-                    )
-                return
-            flow.resume()
-            batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size)
-            if not batch:
-                return
-            session.send(batch)
-            if self._send_some(sock, session) < 0:
-                session.abort(1006, "write failed")
-            self._process_events()
-            if self.session is not session or not session.is_open:
-                return
+        conn.pump(self.outbox, self.handoff, self._poll_kernel_later)
 
-    def _read_kernel(self) -> int:
-        # The kernel's unsent bytes (an ioctl: this thread only, like every socket call).
-        sock = self._sock
-        self.kernel_unsent = transport.kernel_unsent(sock) if sock is not None else 0
-        return self.kernel_unsent
+    def _poll_kernel_later(self) -> None:
+        self._timers.schedule(self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL)
 
     # ------------------------------------------------------------ session events
 
@@ -650,12 +558,9 @@ class IoLoop:
 
     def _connection_closed(self, session: Session, event: Closed) -> None:
         """The session is over: last-chance write (accounted), then retry or finish."""
-        sock = self._sock
-        if sock is not None and session.data_to_send():
-            self._send_some(sock, session)  # e.g. our close frame; what it took counts
-            for late in session.events():
-                self.handoff.handle(self, session, late)
-        self.session = None
+        conn = self._conn
+        if conn is not None:  # e.g. our close frame; what it took counts
+            conn.last_write(lambda late: self.handoff.handle(self, session, late))
         self._release_socket()
         after = after_close(
             event,
@@ -677,23 +582,18 @@ class IoLoop:
         self._retry_or_finish(after.cause, terminal=after.terminal)
 
     def _release_socket(self) -> None:
-        sock = self._sock
-        if sock is None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
-        self._sock = None
-        self.kernel_unsent = 0
-        self._flow = OutboundFlow(self.config.backpressure.high_water_mark)
+        link = conn.link
         self._timers.cancel(Timer.KERNEL_POLL)
-        if self._io.registered:
-            self._io.registered = False
+        if link.io.registered:
+            link.io.registered = False
             try:
-                self._selector.unregister(sock)
+                self._selector.unregister(link.sock)
             except (KeyError, ValueError):
                 pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+        link.close()
 
     # ------------------------------------------------------------ commands
 
@@ -750,7 +650,7 @@ class IoLoop:
     def _check_flush_waiters(self) -> None:
         if not self._shutdown.flush_waiting or self._has_work():
             return
-        if self._sock is not None and self._read_kernel() > 0:
+        if self._conn is not None and self._conn.link.read_kernel() > 0:
             self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
             return
         self._shutdown.release_flush_waiters()
@@ -776,10 +676,7 @@ class IoLoop:
                 grace = self._shutdown.grace(self._clock.monotonic())
                 session.close(1000, "Client disconnect", self._clock.monotonic(), grace=grace)
             return  # the session's Closed event finishes
-        if self._handshaker is not None:
-            transport.abort(self._handshaker)
-            self._attempt_id += 1
-            self._handshaker = None
+        self._attempts.abandon()
         self._finish(None)
 
     def _finish(
@@ -790,12 +687,12 @@ class IoLoop:
             return
         if reason is not None and cause is not None and reason is not cause:
             reason.__cause__ = cause
-        session, self.session = self.session, None
+        session = self.session
+        self._release_socket()
         left: List[Delivery] = []
         if session is not None:
             session.abort(1006, "client closed")
             left.extend(_deliveries(session.take_unfinished()))
-        self._release_socket()
         self.fatal = reason
         if reason is not None:
             log.warning("client closed: %s", reason)
@@ -840,10 +737,6 @@ class IoLoop:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
-
-
-def _size(d: Delivery) -> int:
-    return len(d._data)
 
 
 __all__ = ["IoLoop", "LoopConfig", "Timer"]

@@ -3,13 +3,18 @@
 websocket-client does the handshake (TLS, proxies, headers, subprotocols,
 redirects); it is blocking, so it runs on a short-lived connector thread (see
 ``loop.py``), which hands the connected socket over to the I/O thread. From then
-on only the I/O thread touches the socket, framing with :mod:`tether_sync.frames`.
+on only the I/O thread touches the socket, framing with :mod:`tether_sync.frames`,
+through a :class:`Link`: the non-blocking socket calls, with their would-block
+handling, and the link's flow-control and selector-interest state. No threads
+here, and no selector: ``loop.py`` registers the socket.
 """
 
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401 - see below
+import logging
 import socket
+import ssl
 import sys
 from typing import Any, Dict, List, Optional, Union
 from urllib.parse import urlsplit
@@ -18,6 +23,13 @@ import websocket
 
 from . import deflate
 from .exceptions import ProtocolError
+from .flow import OutboundFlow
+from .interest import Interest
+from .session import Session
+
+log = logging.getLogger("tether_sync")
+
+_READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at once
 
 # The handshake (connector thread) encodes host names with the "idna" codec,
 # which Python imports lazily on first use. If a process forks while that
@@ -181,6 +193,79 @@ def accepted_deflate(ws: Any, compression: Optional[str]) -> Optional[deflate.De
     except ProtocolError:
         ws.shutdown()  # fail the connection (RFC 6455 §9.1): nobody else will close it
         raise
+
+
+class Link:
+    """One open connection's socket, as the I/O thread uses it (and only that thread).
+
+    Args:
+        sock: The socket a connector handed over (its handshake done).
+        url: The endpoint, for log lines.
+        high_water_mark: The outbound high-water mark, in bytes.
+    """
+
+    def __init__(self, sock: socket.socket, url: str, high_water_mark: int) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.url = url
+        self.flow = OutboundFlow(high_water_mark, set_notsent_lowat(sock, high_water_mark))
+        # The socket's selector registration (an SSL socket: decrypted bytes may wait
+        # inside it, where the selector cannot see them).
+        self.io = Interest(tls=isinstance(sock, ssl.SSLSocket))
+        self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
+        self.closed = False
+
+    def recv(self) -> Optional[bytes]:
+        """What the socket has (``b""`` at EOF), or None if nothing yet.
+
+        Raises:
+            OSError: the read failed.
+        """
+        try:
+            return self.sock.recv(_READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+
+    def send_some(self, session: Session) -> int:
+        """Write what ``session`` has framed, as much as the kernel takes, without blocking.
+
+        Returns the bytes written, or -1 if the socket failed.
+        """
+        total = 0
+        while True:
+            data = session.data_to_send()
+            if not data:
+                break
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                break
+            except OSError as exc:
+                log.info("write to %s failed: %s", self.url, exc)
+                return -1
+            session.sent(n)
+            total += n
+            self.flow.wrote(n)
+            if n < len(data):
+                break  # the kernel is full: wait for writability
+        return total
+
+    def tls_pending(self) -> bool:
+        """Decrypted bytes already wait inside the SSL object (no selector event comes)."""
+        sock = self.sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    def read_kernel(self) -> int:
+        """The kernel's unsent bytes (an ioctl: this thread only, like every socket call)."""
+        self.kernel_unsent = kernel_unsent(self.sock)
+        return self.kernel_unsent
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
 def abort(ws: Any) -> None:
