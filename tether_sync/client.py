@@ -214,6 +214,7 @@ class TetherClient:
             self._store = DurableStore(
                 queue_opt.path, fsync=queue_opt.fsync, on_commit=self._committed
             )
+            self._loop.outbox.linger = 0.0005  # see Outbox.linger: at most 0.5 ms
             restored = [self._restore(m) for m in self._store.pending()]
             self._loop.attach_store(self._store, restored)
             if restored:

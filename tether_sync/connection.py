@@ -13,7 +13,7 @@ bytes went to the kernel. The socket calls themselves are in
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from .clock import Clock
 from .delivery import Delivery
@@ -97,7 +97,11 @@ class Connection:
         self.link.io.want_write = session.buffered > 0
 
     def pump(
-        self, outbox: Outbox[Delivery], handoff: Handoff, poll_later: Callable[[], None]
+        self,
+        outbox: Outbox[Delivery],
+        handoff: Handoff,
+        poll_later: Callable[[], None],
+        linger_later: Optional[Callable[[], None]] = None,
     ) -> None:
         """Move queued messages into the session while under the high-water mark.
 
@@ -119,7 +123,12 @@ class Connection:
                     poll_later()
                 return
             flow.resume()
-            batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size)
+            # A trickle of durable sends: take it, and look again shortly instead
+            # of being woken by each one (see Outbox.linger).
+            linger = linger_later is not None and len(outbox) < LINGER_BELOW
+            batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size, linger)
+            if linger and linger_later is not None:
+                linger_later()
             if not batch:
                 return
             session.send(batch)
@@ -136,6 +145,9 @@ class Connection:
             self.send_some()
             for late in session.events():
                 handle(late)
+
+
+LINGER_BELOW = 32  # messages: fewer queued than this is a trickle
 
 
 def _size(d: Delivery) -> int:

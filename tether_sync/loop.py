@@ -338,6 +338,8 @@ class IoLoop:
             elif timer is Timer.CLOSE_DEADLINE:
                 if not self.stopped.is_set():
                     self._close_now()
+            elif timer is Timer.LINGER:
+                self.outbox.end_linger()  # what arrived meanwhile is pumped below
             elif timer is Timer.KERNEL_POLL and self._conn is not None:
                 # Also re-runs _pump and the flush check (the wake-up alone does).
                 if self._conn.link.read_kernel():
@@ -539,7 +541,12 @@ class IoLoop:
         conn = self._conn
         if conn is None or not conn.session.is_open or self.state is not State.OPEN:
             return
-        conn.pump(self.outbox, self.handoff, self._poll_kernel_later)
+        linger = self._linger_later if self.outbox.linger > 0 else None
+        conn.pump(self.outbox, self.handoff, self._poll_kernel_later, linger)
+
+    def _linger_later(self) -> None:
+        if not self._timers.scheduled(Timer.LINGER):
+            self._timers.schedule(self._clock.monotonic() + self.outbox.linger, Timer.LINGER)
 
     def _poll_kernel_later(self) -> None:
         self._timers.schedule(self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL)
@@ -587,6 +594,9 @@ class IoLoop:
             return
         link = conn.link
         self._timers.cancel(Timer.KERNEL_POLL)
+        if self._timers.scheduled(Timer.LINGER):
+            self._timers.cancel(Timer.LINGER)
+            self.outbox.end_linger()  # puts must wake the loop again
         if link.io.registered:
             link.io.registered = False
             try:

@@ -23,6 +23,7 @@ class Timer(str, enum.Enum):
     RECONNECT = "reconnect"
     CLOSE_DEADLINE = "close_deadline"
     KERNEL_POLL = "kernel_poll"
+    LINGER = "linger"  # durable outbox: pick up sends that arrived without a wake-up
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,6 +70,11 @@ class Outbox(Generic[T]):
         self._closed_reason: Optional[BaseException] = None
         self.wake_pending = False  # the I/O thread was woken and has not taken since
         self._wake_room = max(1, capacity // 8)  # room that wakes waiting senders
+        # Seconds the I/O thread may let durable sends gather before it looks
+        # again (0: wake it for every send). A durable send commits to disk with
+        # the GIL released; if each one woke the I/O thread, the sender would wait
+        # for that thread's whole iteration to get the GIL back, per message.
+        self.linger = 0.0
         self._over_warned = False
 
     def __len__(self) -> int:
@@ -154,11 +159,18 @@ class Outbox(Generic[T]):
 
     # ------------------------------------------------------------ the I/O thread
 
-    def take(self, limit: int, max_bytes: int, size: Callable[[T], int]) -> List[T]:
-        """Remove up to ``limit`` messages (about ``max_bytes``) from the head."""
+    def take(
+        self, limit: int, max_bytes: int, size: Callable[[T], int], linger: bool = False
+    ) -> List[T]:
+        """Remove up to ``limit`` messages (about ``max_bytes``) from the head.
+
+        ``linger``: keep ``wake_pending`` set, so the next puts write no wake byte;
+        the I/O thread promised to look again soon (:meth:`end_linger`).
+        """
         out: List[T] = []
         with self._lock:
-            self.wake_pending = False
+            if not linger:
+                self.wake_pending = False
             items = self._items
             total = 0
             while items and len(out) < limit and total < max_bytes:
@@ -167,6 +179,12 @@ class Outbox(Generic[T]):
                 total += size(item)
             self._taken += len(out)
         return out
+
+    def end_linger(self) -> bool:
+        """The I/O thread's promised look: puts wake it again; True if some are queued."""
+        with self._lock:
+            self.wake_pending = False
+            return bool(self._items)
 
     def release(self, n: int) -> None:
         """``n`` taken messages are done (written, acked or failed): room for more."""
