@@ -466,45 +466,38 @@ class Session:
             self.fail(error.close_code, str(error)[:100], now)
 
     def _receive_tether(self, messages: List[Tuple[int, Any]], now: float) -> None:
-        # The hot path: plain data envelopes (no offset) are decoded and collected
-        # inline into one Received event; anything else takes the general path,
-        # in order (the batch so far is emitted before it).
+        # The hot path: a text frame is decoded once, and a plain data envelope
+        # (no offset) goes straight into the Received batch; everything else takes
+        # the general path, in order. Nothing is handled after the close.
         decode = envelope.decode
         data_type = envelope.Data
-        batch: Optional[List[Tuple[Optional[str], Any]]] = None
+        closed = Phase.CLOSED
         for opcode, payload in messages:
-            if opcode == frames.OP_TEXT:
-                msg = decode(payload)
-                if type(msg) is data_type and msg.offset is None:
-                    channel = msg.channel
-                    if type(channel) is not str:
-                        channel = str(channel)
-                    if batch is None:
-                        batch = []
-                        self._events.append(Received(batch))
-                        self.delivered_something = True
-                    batch.append((channel, msg.payload))
-                    continue
-            batch = None
-            if self.closed:
+            if self.phase is closed:
                 return
-            self._on_message(opcode, payload, now)
+            if opcode != frames.OP_TEXT:
+                self._on_message(opcode, payload, now)
+                continue
+            msg = decode(payload)
+            if type(msg) is data_type and msg.offset is None:
+                channel = msg.channel
+                self.delivered_something = True
+                self._received(channel if type(channel) is str else str(channel), msg.payload)
+            else:
+                self._on_decoded(msg, payload, now)
 
     def _receive_raw(self, messages: List[Tuple[int, Any]], now: float) -> None:
-        # Protocol raw: every data frame goes to channel "default", one event per run.
-        batch: Optional[List[Tuple[Optional[str], Any]]] = None
+        # Protocol raw: every data frame goes to channel "default" (the hot path
+        # skips the general dispatch); control frames take the general path.
+        closed = Phase.CLOSED
         for opcode, payload in messages:
-            if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
-                if batch is None:
-                    batch = []
-                    self._events.append(Received(batch))
-                    self.delivered_something = True
-                batch.append(("default", payload))
-                continue
-            batch = None
-            if self.closed:
+            if self.phase is closed:
                 return
-            self._on_message(opcode, payload, now)
+            if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
+                self.delivered_something = True
+                self._received("default", payload)
+            else:
+                self._on_message(opcode, payload, now)
 
     def receive_eof(self, now: float) -> None:
         """The peer closed the TCP connection (or it broke)."""
@@ -532,7 +525,9 @@ class Session:
             self._on_close_frame(payload)
 
     def _on_tether(self, payload: Any, now: float) -> None:
-        msg = envelope.decode(payload)
+        self._on_decoded(envelope.decode(payload), payload, now)
+
+    def _on_decoded(self, msg: envelope.Inbound, payload: Any, now: float) -> None:
         kind = type(msg)
         if kind is envelope.Data:
             assert isinstance(msg, envelope.Data)

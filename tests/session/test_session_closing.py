@@ -295,3 +295,24 @@ def test_a_malformed_server_close_is_a_violation_answered_with_its_code(clock: F
     assert [f.close_code for f in peer.close_frames()] == [1002]
     closed = peer.closed_event()
     assert (closed.code, closed.was_clean) == (1002, False)
+
+
+@pytest.mark.parametrize("protocol", ["tether", "raw"])
+def test_nothing_read_after_a_close_frame_in_the_same_read_is_delivered(
+    clock: FakeClock, protocol: str
+) -> None:
+    from tether_sync.session import Received
+
+    envelope = b'{"channel":"c","type":"data","payload":1,"id":"a"}'
+    peer = Peer(clock, protocol=protocol).start() if protocol == "raw" else open_peer(clock)
+    peer.new_events()
+    peer.feed(
+        server_frame(frames.OP_TEXT, envelope)
+        + close_frame(1001)
+        + server_frame(frames.OP_TEXT, envelope.replace(b"1", b"2"))
+    )
+    events = peer.new_events()
+    kinds = [type(e) for e in events]
+    assert kinds[-1] is Closed
+    delivered = [item for e in events if isinstance(e, Received) for item in e.items]
+    assert len(delivered) == 1 and kinds.index(Received) < kinds.index(Closed)
