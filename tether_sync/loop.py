@@ -141,6 +141,18 @@ class IoLoop:
         self.auth_expires_at: Optional[float] = None
         self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
         self.unsent = 0  # messages failed by the final close
+        # Which method runs each command type (built once, looked up per command).
+        self._handlers: Dict[type, Callable[[Any], None]] = {
+            cmd.Connected: self.on_connected,
+            cmd.ConnectFailed: self.on_connect_failed,
+            cmd.Token: self.on_token,
+            cmd.Flush: self.on_flush,
+            cmd.Close: self.on_close,
+            cmd.Subscribe: self.on_subscribe,
+            cmd.Unsubscribe: self.on_unsubscribe,
+            cmd.ResumeInbound: self.on_resume_inbound,
+            cmd.Refresh: self.on_refresh,
+        }
 
     # ------------------------------------------------------------------ user side
 
@@ -296,7 +308,8 @@ class IoLoop:
                 self._retry_or_finish(err)
 
     def _on_wake(self) -> None:
-        # One recv is enough: thanks to _wake_pending, at most a few bytes wait.
+        # One recv is enough: the mailbox and the outbox write a wake byte only
+        # when none is pending, so at most a few bytes wait.
         try:
             self._wake_r.recv(4096)
         except OSError:  # BlockingIOError: a spurious wake-up
@@ -306,17 +319,7 @@ class IoLoop:
         commands = self._mailbox.take()
         if not commands:
             return
-        handlers: Dict[type, Callable[[Any], None]] = {
-            cmd.Connected: self.on_connected,
-            cmd.ConnectFailed: self.on_connect_failed,
-            cmd.Token: self.on_token,
-            cmd.Flush: self.on_flush,
-            cmd.Close: self.on_close,
-            cmd.Subscribe: self.on_subscribe,
-            cmd.Unsubscribe: self.on_unsubscribe,
-            cmd.ResumeInbound: self.on_resume_inbound,
-            cmd.Refresh: self.on_refresh,
-        }
+        handlers = self._handlers
         for i, command in enumerate(commands):
             try:
                 handlers[type(command)](command)
