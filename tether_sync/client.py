@@ -457,10 +457,14 @@ class TetherClient:
         if dropped:
             self._dropped(dropped)
         if offline:
-            loop.counters.queued += 1
-            if self._handlers.get("queued"):
-                self._emit(QueuedEvent(msg_id, channel, payload))
+            self._queued(delivery)
         return delivery
+
+    def _queued(self, d: Delivery) -> None:
+        # A message that has to wait because the client is not open.
+        self._loop.counters.queued += 1
+        if self._handlers.get("queued"):
+            self._emit(QueuedEvent(d.id, d.channel, d.payload))
 
     def _send_durable(self, d: Delivery, timeout: Optional[float], offline: bool) -> Delivery:
         # DESIGN §5 rule 11: send() returns once the message is committed to the
@@ -484,9 +488,7 @@ class TetherClient:
         ):
             raise exc
         if offline:
-            self._loop.counters.queued += 1
-            if self._handlers.get("queued"):
-                self._emit(QueuedEvent(d.id, d.channel, d.payload))
+            self._queued(d)
         return d
 
     def _committed(self, messages: List[Any]) -> None:
@@ -505,7 +507,6 @@ class TetherClient:
                 d.set_exception(exc)
                 continue
             if dropped:
-                store.discard([x._seq for x in dropped if x._seq > 0])
                 self._dropped(dropped)
 
     def _restore(self, m: Any) -> Delivery:
@@ -538,6 +539,8 @@ class TetherClient:
                 loop.state.value,
                 loop.outbox.overflow,
             )
+        if self._store is not None:  # a dropped message leaves the outbox file too
+            self._store.discard([d._seq for d in dropped if d._seq > 0])
         for d in dropped:
             d.set_exception(QueueFull(f"dropped by queue overflow {loop.outbox.overflow!r}"))
 
