@@ -71,12 +71,15 @@ def test_a_timeout_at_or_above_the_interval_detects_a_blackholed_server(
     client.connect(wait=True, timeout=5)
     started = time.monotonic()
     tether_server.blackhole(True)
-    assert closes.wait_count(1, timeout=interval + timeout + 5)
+    assert closes.wait_count(1, timeout=interval + timeout + 10)
     elapsed = time.monotonic() - started
     first = closes.snapshot()[0]
     assert (first.code, first.was_clean) == (4000, False)
-    # interval + timeout, the heartbeat close grace (0.25 s), and scheduling slack.
-    assert elapsed <= interval + timeout + 0.25 + 1.0, elapsed
+    # Detected at all (the bug: never), within a generous wall-clock bound. The exact
+    # deadline (ping + timeout, then the 0.25 s close grace), timeout >= interval included,
+    # is in tests/session/: test_session_timing.py::
+    # test_a_silent_peer_is_closed_exactly_at_the_pong_deadline
+    assert elapsed <= interval + timeout + 5.0, elapsed
     tether_server.blackhole(False)
     client.wait_open(timeout=10)
     echo_works(client, tether_server, "after-blackhole")
@@ -134,7 +137,9 @@ def test_a_trickled_never_ending_frame_is_detected_as_dead(
         assert closes.wait_count(1, timeout=10), "a trickling peer kept the link alive"
         at, event = closes.snapshot()[0]
         assert (event.code, event.was_clean) == (4000, False)
-        assert at - opens.snapshot()[0] <= 0.5 + 0.5 + 0.25 + 1.0
+        # A generous wall-clock bound; exactly at ping + timeout however the bytes trickle:
+        # tests/session/test_session_timing.py::test_a_trickled_frame_never_moves_a_deadline
+        assert at - opens.snapshot()[0] <= 0.5 + 0.5 + 5.0
         assert client._loop.thread is not None and client._loop.thread.is_alive()
     finally:
         peer.close()

@@ -172,6 +172,8 @@ def test_close_drains_then_returns_without_waiting_out_its_timeout(
     client.connect()
     started = time.monotonic()
     assert client.close(timeout=20) is True
+    # A generous bound (half the timeout); the policy, exactly: tests/unit/
+    # test_close_and_retry_timing.py::test_a_drained_close_is_due_at_once_whatever_its_deadline
     assert time.monotonic() - started < 10, "close() sat out its timeout after draining"
     assert tether_server.wait_for_data(200, timeout=10, channel="drain")
     assert tether_server.data_payloads("drain") == list(range(200))

@@ -12,7 +12,9 @@ from tether_sync import CloseEvent, TetherClient
 from tether_sync.server import TetherServer
 
 INTERVAL, TIMEOUT = 0.4, 0.3
-MARGIN = 0.25 + 0.3  # the close grace for a silent peer, plus scheduling slack
+# A wall-clock sanity bound only (a loaded machine must not fail the test): the exact
+# deadlines are tests/session/test_session_timing.py's, on a fake clock.
+SANITY = 5.0
 
 
 @pytest.mark.timeout(30)
@@ -38,7 +40,10 @@ def test_blackholed_server_is_detected_closed_with_4000_and_reconnected(
     noticed = time.monotonic() - started
     close: CloseEvent = closes.snapshot()[0]
     assert (close.code, close.reason, close.was_clean) == (4000, "Heartbeat timeout", False)
-    assert noticed <= INTERVAL + TIMEOUT + MARGIN, f"took {noticed:.3f}s"
+    # Detected at all (a blackhole keeps TCP up: only the heartbeat notices), and not
+    # absurdly late. Exactly at ping + timeout, then the 0.25 s close grace:
+    # test_session_timing.py::test_a_silent_peer_is_closed_exactly_at_the_pong_deadline.
+    assert noticed <= INTERVAL + TIMEOUT + SANITY, f"took {noticed:.3f}s"
     assert client.state in ("reconnecting", "connecting")
     tether_server.blackhole(False)
     assert opens.wait_count(2, timeout=15)
@@ -56,6 +61,9 @@ def test_live_server_keeps_the_link_and_reports_rtt(
     assert tether_server.wait_for(lambda: len(tether_server.received(type="tether:ping")) >= 5, 10)
     assert closes.snapshot() == []
     rtt = client.stats().last_rtt
+    # A pong later than the timeout is no round trip (and would have closed the link);
+    # the exact rtt and ping schedule: test_session_timing.py::
+    # test_an_answered_ping_schedules_the_next_one_interval_after_it.
     assert rtt is not None and 0 <= rtt < 1.0
 
 

@@ -148,7 +148,12 @@ def _assert_closes_within(client: TetherClient, timeout: float) -> None:
     started = time.monotonic()
     client.close(timeout=timeout)
     elapsed = time.monotonic() - started
-    assert elapsed < timeout + 0.5, f"close() took {elapsed:.2f}s"
+    # close() returns, and not absurdly late (a wall-clock sanity bound: a loaded machine
+    # must not fail it). That draining plus the closing handshake never pass the deadline
+    # is exact in tests/unit/test_close_and_retry_timing.py
+    # (test_the_closing_handshake_grace_fits_inside_the_deadline) and the grace itself in
+    # tests/session/test_session_timing.py::test_our_close_ends_exactly_after_its_grace.
+    assert elapsed < timeout + 5.0, f"close() took {elapsed:.2f}s"
     assert client.state == "closed"
     assert client_threads() == [], client_threads()
 
