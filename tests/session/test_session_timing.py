@@ -172,7 +172,7 @@ def is_heartbeat_ping(frame: Frame) -> bool:
         return int(frame.payload) >= 0
     if frame.opcode == frames.OP_TEXT:
         msg = frame.json
-        return msg.get("type") == "tether:ping" and msg.get("ts", -1) >= 0
+        return bool(msg.get("type") == "tether:ping" and msg.get("ts", -1) >= 0)
     return False
 
 
