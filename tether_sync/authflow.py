@@ -41,6 +41,7 @@ class AuthFlow:
         self._post = post
         self._round = 0  # numbers token requests, so stale answers are dropped
         self.force_next = False  # the next connection must fetch a fresh token
+        self.expires_at: Optional[float] = None  # the accepted token's expiry (epoch seconds)
         self._waiters: List[Waiter] = []
 
     @property
@@ -88,6 +89,13 @@ class AuthFlow:
         self._waiters.append(waiter)
         if session is None or not session.refresh(now):
             self.force_next = True  # the next connection fetches a new token
+
+    def accepted(self, expires_at: Optional[float], wall_now: float) -> None:
+        """The server took the token: remember its expiry, answer ``refresh_auth()``."""
+        self.expires_at = expires_at
+        if expires_at is not None:
+            log.info("token accepted, expires in %.1fs", expires_at - wall_now)
+        self.resolve(None)
 
     def refused(self) -> None:
         """The handshake was refused (HTTP 401/403): the next attempt needs a new token."""

@@ -177,6 +177,7 @@ class TetherClient:
         self._lock = threading.Lock()
         self._handlers: Dict[str, Tuple[Handler, ...]] = {}
         self._state_cond = threading.Condition(threading.Lock())  # notified on state change
+        self._opens = 0  # times the state became open (under _state_cond)
         self._started = False
         self._closing = False
         self._own_dispatcher: Optional[ThreadDispatcher] = None
@@ -343,6 +344,10 @@ class TetherClient:
 
     def _on_state(self, state: State) -> None:
         with self._state_cond:
+            if state is State.OPEN:
+                # Counted, so a waiter sees an open that was over before it woke
+                # (a server that accepts and closes at once).
+                self._opens += 1
             self._state_cond.notify_all()
 
     # ------------------------------------------------------------------ connecting
@@ -364,19 +369,24 @@ class TetherClient:
                 raise ClientClosed("the client is closed")
             start = not self._started
             self._started = True
+        opens = self._opens
         if start:
             if self._own_dispatcher is not None:
                 self._own_dispatcher.start()
             _live_clients.add(self)
             self._loop.start()
         if wait:
-            self.wait_open(timeout)
+            self._wait_open(timeout, opens)
 
     def wait_open(self, timeout: Optional[float] = None) -> None:
         """Block until the client is ``open`` (see :meth:`connect`)."""
+        self._wait_open(timeout, self._opens)
+
+    def _wait_open(self, timeout: Optional[float], opens: int) -> None:
+        """Block until the client is open, or was since the count of opens was ``opens``."""
         deadline = Deadline(timeout, self._clock)
         with self._state_cond:
-            while self._loop.state is not State.OPEN:
+            while self._loop.state is not State.OPEN and self._opens == opens:
                 if self._loop.state is State.CLOSED:
                     fatal = self._loop.fatal
                     if isinstance(fatal, TetherError) and not isinstance(fatal, ClientClosed):

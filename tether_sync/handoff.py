@@ -22,6 +22,7 @@ from .events import (
     FlushedEvent,
     RecoveryEvent,
 )
+from .exceptions import ClientClosed
 from .outbox import Outbox
 from .stats import Counters
 
@@ -71,18 +72,20 @@ class Handoff:
             self.last_failure = None
             loop.opened()
         elif kind is s.TokenNeeded:
-            assert isinstance(event, s.TokenNeeded)
-            loop.request_token(event.force)
+            assert isinstance(event, s.TokenNeeded) and loop.authflow is not None
+            loop.authflow.request(event.force)
         elif kind is s.AuthAccepted:
-            assert isinstance(event, s.AuthAccepted)
+            assert isinstance(event, s.AuthAccepted) and loop.authflow is not None
             self._counters.auth_refreshes += 1
-            loop.auth_accepted(event.expires_at)
+            loop.authflow.accepted(event.expires_at, loop.wall_time())
             if self._wants("auth_refreshed"):
                 self._emit(AuthRefreshedEvent(event.expires_at))
         elif kind is s.AuthTrouble:
-            assert isinstance(event, s.AuthTrouble)
+            assert isinstance(event, s.AuthTrouble) and loop.authflow is not None
             self.error(event.error)
-            loop.auth_failed(event.error, event.final)
+            loop.authflow.resolve(event.error)
+            if event.final:
+                loop.fatal = event.error
         elif kind is s.Refused:
             assert isinstance(event, s.Refused)
             self.fail(_deliveries(event.items), event.error, None)
@@ -144,6 +147,13 @@ class Handoff:
                 exc.__cause__ = cause
             d.set_exception(exc)
         self._outbox.release(len(items))
+
+    def fail_left(self, left: List[Delivery], reason: Optional[BaseException]) -> None:
+        """The client ended: fail every message it did not send (``reason`` None: close())."""
+        why = reason if reason is not None else "the client was closed"
+        if self.store is not None:  # they stay in the file, for the next process
+            why = f"{why} (kept in the outbox file {self.store.path})"
+        self.fail(left, ClientClosed(f"message not sent: {why}"), reason, keep=True)
 
     def error(self, exc: BaseException) -> None:
         if self._wants("error"):

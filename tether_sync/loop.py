@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import logging
 import random
-import selectors
-import socket
 import threading
 import uuid
 from typing import Any, Callable, Dict, List, Optional
@@ -47,10 +45,10 @@ from .durable import DurableStore
 from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, TetherError
 from .handoff import Handoff, _deliveries
-from .interest import Change
 from .loopconfig import LoopConfig, Timer, session_config
 from .mailbox import Mailbox
 from .outbox import Outbox
+from .poller import READ, WRITE, Poller
 from .routing import Router
 from .session import Closed, Continuity, Phase, Session
 from .shutdown import Shutdown
@@ -61,6 +59,10 @@ from .timers import TimerHeap
 log = logging.getLogger("tether_sync")
 
 KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
+# After a write, the kernel's unsent bytes are re-read shortly (for buffered_amount)
+# only once this much may sit there: a trickle drains within microseconds, and an
+# ioctl after each round trip would cost more than the round trip's own Python.
+KERNEL_POLL_BYTES = 16 * 1024
 
 
 class IoLoop:
@@ -94,20 +96,16 @@ class IoLoop:
         self._auth = auth
         self._on_state = on_state
         self._lock = threading.Lock()  # guards starting the thread
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._mailbox = Mailbox(self._wake)  # what user threads post
+        self._poller = Poller()  # the selector and the wake pair: where the loop blocks
+        self._mailbox = Mailbox(self._poller.wake)  # what user threads post
         self.post = self._mailbox.post
         queue = config.queue
         self.outbox: Outbox[Delivery] = Outbox(
             queue.max_size if queue else 1000,
             queue.overflow if queue else "reject",
             offline_ok=queue is not None,
-            wake=self._wake,
+            wake=self._poller.wake,
         )
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread: Optional[threading.Thread] = None
         # Connector threads still running, with the websocket-client object each
         # one handshakes with (so close() can abort it). Connectors remove
@@ -136,9 +134,8 @@ class IoLoop:
         self._opened_at: Optional[float] = None
         self._opened_once = False
         self._shutdown = Shutdown()  # close() and flush() policy
-        self._authflow = AuthFlow(auth, config.protocol, self.post) if auth is not None else None
+        self.authflow = AuthFlow(auth, config.protocol, self.post) if auth is not None else None
         self.last_rtt: Optional[float] = None
-        self.auth_expires_at: Optional[float] = None
         self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
         self.unsent = 0  # messages failed by the final close
         # Which method runs each command type (built once, looked up per command).
@@ -168,11 +165,12 @@ class IoLoop:
     def thread(self) -> Optional[threading.Thread]:
         return self._thread
 
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # full (the loop is already due to wake) or closed
-            pass
+    @property
+    def auth_expires_at(self) -> Optional[float]:
+        return self.authflow.expires_at if self.authflow is not None else None
+
+    def wall_time(self) -> float:
+        return self._clock.time()
 
     @property
     def in_flight(self) -> int:
@@ -257,37 +255,54 @@ class IoLoop:
                 log.exception("cleaning up after the crash failed too")
         finally:
             self._stop_for_good()
-            self.teardown()
+            self._poller.close()
 
     def _select_once(self) -> None:
-        now = self._clock.monotonic()
-        timeout = self._timers.timeout(now)
-        session = self.session
-        if session is not None:
-            when = session.next_deadline()
-            if when is not None:
-                wait = max(0.0, when - now)
-                timeout = wait if timeout is None else min(timeout, wait)
+        """One iteration: wait, then run only the steps that have something to do.
+
+        A round trip's latency is what this costs between the selector's wake-up
+        and the next wait (a woken user thread waits for the GIL until then), so
+        idle steps are skipped with a cheap test instead of being called.
+        """
         conn = self._conn
-        if conn is not None and conn.link.io.tls and self._reading() and conn.link.tls_pending():
+        due = self._timers.next_due()
+        if conn is not None:
+            when = conn.session.next_deadline()
+            if when is not None and (due is None or when < due):
+                due = when
+        timeout = None if due is None else max(0.0, due - self._clock.monotonic())
+        tls = conn is not None and conn.link.io.tls and self._reading()
+        if tls and conn is not None and conn.link.tls_pending():
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
-        for key, mask in self._selector.select(timeout):
-            if key.data is None:
-                self._on_wake()
-            elif mask & selectors.EVENT_READ:
-                self._guard(self._on_readable)
-        conn = self._conn
-        if conn is not None and conn.link.io.tls and self._reading() and conn.link.tls_pending():
+        if self._mailbox.waiting:
+            timeout = 0.0  # commands put back after a failure (no wake byte came for them)
+        ready = self._poller.wait(timeout)
+        if (ready and ready[0] & READ) or (tls and self._tls_pending()):
             self._guard(self._on_readable)
-        self._guard(self._on_timers)
-        self._guard(self._drain_commands)
-        self._guard(self._process_events)  # what commands made the session do
-        self._guard(self._pump)
-        self._guard(self._write)
+        if due is not None and self._clock.monotonic() >= due:
+            self._guard(self._on_timers)
+        if self._mailbox.waiting:
+            self._guard(self._drain_commands)
+        conn = self._conn
+        if conn is not None:
+            if len(self.outbox):
+                self._guard(self._pump)
+            if conn.session.wants_write or conn.link.io.want_write:
+                self._guard(self._write)
         if self._shutdown.requested:
             self._guard(self._maybe_close)
-        self._guard(self._check_flush_waiters)
-        self._guard(self._update_interest)
+        if self._shutdown.flush_waiting:
+            self._guard(self._check_flush_waiters)
+        conn = self._conn
+        if conn is not None:
+            io = conn.link.io
+            mask = (READ if self._reading() else 0) | (WRITE if io.want_write else 0)
+            if io.mask != mask or io.registered != bool(mask):
+                self._guard(self._update_interest)
+
+    def _tls_pending(self) -> bool:
+        conn = self._conn
+        return conn is not None and conn.link.tls_pending()
 
     def _guard(self, step: Callable[[], None]) -> None:
         """Run one step; an exception costs at most this connection, never the loop."""
@@ -307,18 +322,8 @@ class IoLoop:
             elif self.state is State.CONNECTING and self.session is None:
                 self._retry_or_finish(err)
 
-    def _on_wake(self) -> None:
-        # One recv is enough: the mailbox and the outbox write a wake byte only
-        # when none is pending, so at most a few bytes wait.
-        try:
-            self._wake_r.recv(4096)
-        except OSError:  # BlockingIOError: a spurious wake-up
-            pass
-
     def _drain_commands(self) -> None:
         commands = self._mailbox.take()
-        if not commands:
-            return
         handlers = self._handlers
         for i, command in enumerate(commands):
             try:
@@ -328,6 +333,7 @@ class IoLoop:
                 cmd.refuse(command, exc)
                 self._mailbox.put_back(commands[i + 1 :])
                 raise
+        self._process_events()  # what the commands made the session do
 
     def _on_timers(self) -> None:
         now = self._clock.monotonic()
@@ -403,13 +409,13 @@ class IoLoop:
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
         link = transport.Link(c.sock, self.endpoint, self.config.backpressure.high_water_mark)
-        self._apply(link, link.io.change(selectors.EVENT_READ), selectors.EVENT_READ)
+        self._poller.watch(link, READ)
         log.info("connected to %s", self.endpoint)
         now = self._clock.monotonic()
-        auth = self._auth.options if self._auth is not None else None
-        rotate = self._authflow is not None and self._authflow.rotates_in_band
+        flow = self.authflow
+        auth = flow.auth.options if flow is not None else None
         session = Session(
-            session_config(self.config, auth, rotate, c.deflate),
+            session_config(self.config, auth, flow is not None and flow.rotates_in_band, c.deflate),
             self._continuity,
             now,
             wall_offset=self._clock.time() - now,
@@ -418,8 +424,8 @@ class IoLoop:
         self._conn = Connection(session, link, self._clock, self._process_events, self._wrote)
         carried, self._carried = self._carried, []
         force = False
-        if self._authflow is not None:
-            force, self._authflow.force_next = self._authflow.force_next, False
+        if flow is not None:
+            force, flow.force_next = flow.force_next, False
         session.start(now, resend=carried, force_token=force, header_expiry=c.header_expiry)
         self._process_events()
 
@@ -443,8 +449,8 @@ class IoLoop:
             self._finish(final, cause=cause)
             return
         if refused:
-            assert self._authflow is not None
-            self._authflow.refused()
+            assert self.authflow is not None
+            self.authflow.refused()
         self._retry_or_finish(cause)
 
     def opened(self) -> None:
@@ -489,15 +495,10 @@ class IoLoop:
         delay = self._shutdown.retry_delay(plan.delay, self._clock.monotonic())
         self.next_delay = delay
         self._set_state(State.RECONNECTING)
-        log.info(
-            "reconnecting to %s: attempt %d in %.3fs (%s)",
-            self.endpoint,
-            self._backoff.attempt,
-            delay,
-            cause,
-        )
+        attempt, url = self._backoff.attempt, self.endpoint
+        log.info("reconnecting to %s: attempt %d in %.3fs (%s)", url, attempt, delay, cause)
         if self._wants("reconnecting"):
-            self._emit(ReconnectingEvent(self._backoff.attempt, delay, cause))
+            self._emit(ReconnectingEvent(attempt, delay, cause))
         self._timers.schedule(self._clock.monotonic() + delay, Timer.RECONNECT)
 
     # ------------------------------------------------------------ reading and writing
@@ -516,28 +517,22 @@ class IoLoop:
             self._conn.write()
 
     def _wrote(self) -> None:
-        if not self._timers.scheduled(Timer.KERNEL_POLL):
-            # buffered_amount reads kernel_unsent (user threads may not ioctl the
-            # socket): refresh it shortly, not after every write.
+        # buffered_amount reads kernel_unsent (user threads may not ioctl the
+        # socket): refresh it shortly once enough may sit there (KERNEL_POLL_BYTES).
+        conn = self._conn
+        if (
+            conn is not None
+            and (conn.link.flow.kernel_bound >= KERNEL_POLL_BYTES or conn.link.kernel_unsent)
+            and not self._timers.scheduled(Timer.KERNEL_POLL)
+        ):
             self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
 
     def _update_interest(self) -> None:
         """Ask the selector for exactly what we can act on (STYLE §3.4)."""
-        if self._conn is None:
-            return
-        link = self._conn.link
-        mask = (selectors.EVENT_READ if self._reading() else 0) | (
-            selectors.EVENT_WRITE if link.io.want_write else 0
-        )
-        self._apply(link, link.io.change(mask), mask)
-
-    def _apply(self, link: transport.Link, change: Optional[Change], mask: int) -> None:
-        if change is Change.UNREGISTER:
-            self._selector.unregister(link.sock)
-        elif change is Change.REGISTER:
-            self._selector.register(link.sock, mask, "sock")
-        elif change is Change.MODIFY:
-            self._selector.modify(link.sock, mask, "sock")
+        if self._conn is not None:
+            link = self._conn.link
+            mask = (READ if self._reading() else 0) | (WRITE if link.io.want_write else 0)
+            self._poller.watch(link, mask)
 
     def _pump(self) -> None:
         """Move queued messages into the session while under the high-water mark."""
@@ -557,14 +552,17 @@ class IoLoop:
     # ------------------------------------------------------------ session events
 
     def _process_events(self) -> None:
+        """Hand on the session's events, including those that handling them caused."""
         session = self.session
-        if session is None:
-            return
-        for event in session.events():
-            if type(event) is Closed:
-                self._connection_closed(session, event)
-            else:
-                self.handoff.handle(self, session, event)
+        while session is not None and session is self.session:
+            events = session.events()
+            if not events:
+                return
+            for event in events:
+                if type(event) is Closed:
+                    self._connection_closed(session, event)
+                else:
+                    self.handoff.handle(self, session, event)
 
     def _connection_closed(self, session: Session, event: Closed) -> None:
         """The session is over: last-chance write (accounted), then retry or finish."""
@@ -595,18 +593,12 @@ class IoLoop:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        link = conn.link
         self._timers.cancel(Timer.KERNEL_POLL)
         if self._timers.scheduled(Timer.LINGER):
             self._timers.cancel(Timer.LINGER)
             self.outbox.end_linger()  # puts must wake the loop again
-        if link.io.registered:
-            link.io.registered = False
-            try:
-                self._selector.unregister(link.sock)
-            except (KeyError, ValueError):
-                pass
-        link.close()
+        self._poller.forget(conn.link)
+        conn.link.close()
 
     # ------------------------------------------------------------ commands
 
@@ -631,29 +623,14 @@ class IoLoop:
 
     def on_refresh(self, c: cmd.Refresh) -> None:
         """refresh_auth(): rotate now; the waiter hears once the server answered."""
-        if self._authflow is None:
+        if self.authflow is None:
             c.waiter(AuthError("no auth configured"))
-            return
-        self._authflow.refresh(c.waiter, self.session, self._clock.monotonic())
+        else:
+            self.authflow.refresh(c.waiter, self.session, self._clock.monotonic())
 
     def on_token(self, c: cmd.Token) -> None:
-        if self._authflow is not None:
-            self._authflow.answer(c, self.session, self._clock.monotonic())
-
-    def request_token(self, force: bool) -> None:
-        assert self._authflow is not None
-        self._authflow.request(force)
-
-    def auth_accepted(self, expires_at: Optional[float]) -> None:
-        self.auth_expires_at = expires_at
-        if expires_at is not None:
-            log.info("token accepted, expires in %.1fs", expires_at - self._clock.time())
-        self._resolve_refresh(None)
-
-    def auth_failed(self, error: BaseException, final: bool) -> None:
-        self._resolve_refresh(error)
-        if final:
-            self.fatal = error
+        if self.authflow is not None:
+            self.authflow.answer(c, self.session, self._clock.monotonic())
 
     # ------------------------------------------------------------ waiters, close
 
@@ -661,7 +638,7 @@ class IoLoop:
         return bool(len(self.outbox) or self.outbox.taken)
 
     def _check_flush_waiters(self) -> None:
-        if not self._shutdown.flush_waiting or self._has_work():
+        if self._has_work():
             return
         if self._conn is not None and self._conn.link.read_kernel() > 0:
             self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
@@ -702,7 +679,7 @@ class IoLoop:
             reason.__cause__ = cause
         session = self.session
         self._release_socket()
-        left: List[Delivery] = []
+        left = list(self._carried)
         if session is not None:
             session.abort(1006, "client closed")
             left.extend(_deliveries(session.take_unfinished()))
@@ -711,14 +688,10 @@ class IoLoop:
             log.warning("client closed: %s", reason)
             self._error(reason)
         self.outbox.stop(reason)
-        left = [*self._carried, *left, *self.outbox.drain()]
+        left.extend(self.outbox.drain())
         self._carried = []
         self.unsent = len(left)
-        why = reason if reason is not None else "the client was closed"
-        store = self.handoff.store
-        if store is not None:
-            why = f"{why} (kept in the outbox file {store.path})"
-        self.handoff.fail(left, ClientClosed(f"message not sent: {why}"), reason, keep=True)
+        self.handoff.fail_left(left, reason)
         self._resolve_refresh(reason or ClientClosed("the client was closed"))
         self.router.close_all()
         self._timers.cancel_all()
@@ -737,19 +710,14 @@ class IoLoop:
         self._resolve_refresh(closed)
 
     def _resolve_refresh(self, error: Optional[BaseException]) -> None:
-        if self._authflow is not None:
-            self._authflow.resolve(error)
+        if self.authflow is not None:
+            self.authflow.resolve(error)
 
     def finish_unstarted(self) -> None:
         """close() of a client whose loop never ran: the caller's thread does it."""
         assert self._thread is None
         self._finish(None)
-        self.teardown()
-
-    def teardown(self) -> None:
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._poller.close()
 
 
 __all__ = ["IoLoop", "LoopConfig", "Timer"]

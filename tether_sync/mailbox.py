@@ -47,6 +47,11 @@ class Mailbox:
         elif wake:
             self._wake()
 
+    @property
+    def waiting(self) -> bool:
+        """Commands were posted since the last :meth:`take` (an unlocked peek)."""
+        return self._wake_pending
+
     def take(self) -> List[cmd.Command]:
         """Every command posted so far, oldest first (the I/O thread)."""
         # Unlocked peek: posters set _wake_pending under the lock before writing

@@ -852,6 +852,11 @@ class Session:
             self._events.append(Written(done))
 
     @property
+    def wants_write(self) -> bool:
+        """:meth:`data_to_send` has bytes (framed, or carried messages due to be framed)."""
+        return self._resend_due or self._out.size > 0
+
+    @property
     def buffered(self) -> int:
         """User-space bytes framed and not yet written."""
         return self._out.size
@@ -1027,7 +1032,8 @@ class Session:
         self._close_deadline = now + max(0.0, grace)
         self._auth_busy = False
         self._auth_deadline = self._refresh_at = self._pong_deadline = None
-        self._hello_deadline = None
+        # Only the close deadline is left (a pong arriving now schedules no ping).
+        self._hello_deadline = self._ping_due = self._ping = None
 
     def fail(self, code: int, reason: str, now: float) -> None:
         """Fail the link (a protocol violation): close frame, short grace, unclean."""

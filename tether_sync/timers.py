@@ -45,6 +45,11 @@ class TimerHeap:
         while heap and self._live.get(heap[0][2]) != heap[0][1]:
             heapq.heappop(heap)
 
+    def next_due(self) -> Optional[float]:
+        """When the next timer is due, ``None`` if none is set."""
+        self._prune()
+        return self._heap[0][0] if self._heap else None
+
     def timeout(self, now: float) -> Optional[float]:
         """Seconds until the next timer (0 if one is due), ``None`` if none is set."""
         self._prune()

@@ -415,3 +415,66 @@ def test_websocket_pings_from_the_server_are_answered(
     client.connect(wait=True, timeout=5)
     assert answered.wait_count(3, timeout=10)
     thread.join(5)
+
+
+def test_connect_wait_returns_against_a_server_that_closes_at_once(
+    make_client: Callable[..., TetherClient],
+) -> None:
+    """An open that is over before the waiting thread wakes still counts as open.
+
+    The server answers the upgrade and sends a close frame in the same write, so
+    the client is open for a moment only, then reconnecting.
+    """
+    import base64
+    import hashlib
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    port = listener.getsockname()[1]
+    accepted = Recorder()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                key = next(
+                    line.split(b":", 1)[1].strip()
+                    for line in request.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key:")
+                )
+                guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+                accept = base64.b64encode(hashlib.sha1(key + guid).digest())
+                conn.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                    + accept
+                    + b"\r\n\r\n"
+                    + b"\x88\x02\x03\xe9"  # close 1001, in the same write
+                )
+                accepted(1)
+
+    thread = threading.Thread(target=serve, name="closer", daemon=True)
+    thread.start()
+    try:
+        for _ in range(3):
+            client = make_client(f"ws://127.0.0.1:{port}/", protocol="raw")
+            client.connect(wait=True, timeout=10)  # must not raise ConnectTimeout
+            client.close(timeout=5)
+        assert len(accepted.snapshot()) >= 3
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(10)

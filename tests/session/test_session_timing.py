@@ -54,8 +54,9 @@ Closing (session and loop policy)
   False -> unit test_the_close_deadline_passes_exactly_at_it (integration kept).
 - here also: test_a_protocol_violation_ends_exactly_close_grace_later,
   test_the_peers_answer_ends_the_close_at_once,
-  test_a_close_without_grace_ends_at_the_next_deadline_check, and the xfail
-  test_closing_leaves_no_heartbeat_deadline_behind (a real bug, see STALE_PING).
+  test_a_close_without_grace_ends_at_the_next_deadline_check, and
+  test_closing_leaves_no_heartbeat_deadline_behind (was a busy spin: close() kept
+  the heartbeat's next ping due, so the loop's select timeout stayed 0).
 
 Reconnect (loop policy)
 - old integration/test_reconnect.py:55-58: each delay in [0, min(max, base * 2**n)], the
@@ -596,14 +597,6 @@ def test_a_protocol_violation_ends_exactly_close_grace_later(clock: FakeClock) -
     assert (peer.closed_event().code, peer.closed_event().was_clean) == (1002, False)
 
 
-STALE_PING = (
-    "session.close() keeps the heartbeat's _ping_due: once it passes, next_deadline() "
-    "returns it for the rest of the closing, on_deadline() never consumes it, and the "
-    "loop's select timeout stays 0 (a busy spin until the close grace ends)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=STALE_PING)
 @pytest.mark.parametrize("how", ["close", "violation"])
 def test_closing_leaves_no_heartbeat_deadline_behind(clock: FakeClock, how: str) -> None:
     peer = open_peer(clock, heartbeat=(1.0, 0.5))
@@ -616,6 +609,20 @@ def test_closing_leaves_no_heartbeat_deadline_behind(clock: FakeClock, how: str)
     peer.pump()
     closing = clock.now
     # Every deadline handed out is consumed: the first one is the close's own.
+    assert peer.session.next_deadline() == closing + CLOSE_GRACE
+
+
+def test_a_pong_that_arrives_while_closing_schedules_no_ping(clock: FakeClock) -> None:
+    peer = open_peer(clock, heartbeat=(1.0, 0.5))
+    at(peer, clock.now + 1.0)  # the ping goes out
+    pings = [f for f in peer.frames if is_heartbeat_ping(f)]
+    assert pings, peer.log[-3:]
+    peer.session.close(1000, "Client disconnect", clock.now)
+    closing = clock.now
+    reply = pong_for(pings[-1])
+    assert reply
+    peer.feed(reply)
+    peer.pump()
     assert peer.session.next_deadline() == closing + CLOSE_GRACE
 
 
