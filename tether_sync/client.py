@@ -672,7 +672,7 @@ class TetherClient:
         """
         loop = self._loop
         if not self._started or loop.stopped.is_set():
-            return self._no_failures() and loop.queue_depth == 0 and loop.in_flight == 0
+            return self._no_failures() and len(loop.outbox) == 0 and loop.outbox.taken == 0
         if threading.current_thread() is loop.thread:
             raise RuntimeError("flush() cannot be called on the I/O thread")
         event = threading.Event()
@@ -683,12 +683,12 @@ class TetherClient:
             deliveries.interrupted = True
             log.warning(
                 "flush() interrupted: %d message(s) queued and %d in flight were not confirmed",
-                loop.queue_depth,
-                loop.in_flight,
+                len(loop.outbox),
+                loop.outbox.taken,
             )
             raise
         clean = self._no_failures()
-        return done and clean and loop.unsent == 0 and loop.queue_depth == 0 and loop.in_flight == 0
+        return done and clean and not (loop.unsent or len(loop.outbox) or loop.outbox.taken)
 
     def _no_failures(self) -> bool:
         # Whether no message was dropped or failed since the last flush()/close().
@@ -787,7 +787,7 @@ class TetherClient:
     @property
     def queue_depth(self) -> int:
         """Messages waiting in the outbound queue."""
-        return self._loop.queue_depth
+        return len(self._loop.outbox)
 
     @property
     def buffered_amount(self) -> int:
@@ -807,9 +807,9 @@ class TetherClient:
         return Stats(
             state=loop.state.value,
             attempt=loop.attempt,
-            next_delay=loop.next_delay if loop.state is State.RECONNECTING else None,
-            queue_depth=loop.queue_depth,
-            in_flight=loop.in_flight,
+            next_delay=loop.life.next_delay if loop.state is State.RECONNECTING else None,
+            queue_depth=len(loop.outbox),
+            in_flight=loop.outbox.taken,
             buffered_amount=loop.buffered_amount,
             high_water_mark=self._config.backpressure.high_water_mark,
             inbound_depth=loop.router.depth(),
@@ -822,11 +822,11 @@ class TetherClient:
             reconnects=c.reconnects,
             auth_refreshes=c.auth_refreshes,
             last_rtt=loop.last_rtt,
-            auth_expires_at=loop.auth_expires_at,
+            auth_expires_at=loop.authflow.expires_at if loop.authflow else None,
             unacked=session.unacked if session is not None else len(loop.carried),
             acked=c.acked,
-            resent=loop.resent,
-            session_id=loop.session_id,
+            resent=loop.continuity.resent,
+            session_id=loop.continuity.session_id,
             extensions=session.features if session is not None else (),
             endpoint=loop.endpoint,
         )
@@ -847,8 +847,8 @@ class TetherClient:
         ):
             log.warning(
                 "interrupted (Ctrl-C): not flushing at exit; %d queued, %d in flight left",
-                self._loop.queue_depth,
-                self._loop.in_flight,
+                len(self._loop.outbox),
+                self._loop.outbox.taken,
             )
             budget = 0.0
         deadline = Deadline(max(budget, 0.1), self._clock)

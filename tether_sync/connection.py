@@ -1,31 +1,45 @@
 """One open connection: its sans-I/O Session, its Link, and the bytes between them.
 
-Runs on the I/O thread only, and starts no thread. The loop creates a
-:class:`Connection` when a connector hands a socket over and drops it when the
-session is over; in between it moves inbound bytes into the session, writes
-what the session has framed (as much as the kernel takes, never blocking), and
+Runs on the I/O thread only, and starts no thread. The loop opens a
+:class:`Connection` when a connector hands a socket over and releases it when
+the session is over; in between it moves inbound bytes into the session, writes
+what the session has framed (as much as the kernel takes, never blocking),
 drains the :class:`~tether_sync.outbox.Outbox` into the session while under the
-high-water mark. It talks back through two narrow callables: ``process`` hands
-the session's events on (the loop's event step), ``wrote`` tells the loop that
-bytes went to the kernel. The socket calls themselves are in
-:class:`~tether_sync.transport.Link`; the selector stays in ``loop.py``.
+high-water mark, and keeps the socket's selector registration to exactly what
+it can act on. Its own timers (the kernel's unsent bytes, the durable linger)
+live in the loop's timer heap. It talks back through one callable, ``process``
+(the loop's event step). The socket calls are in
+:class:`~tether_sync.transport.Link`; the selector in
+:class:`~tether_sync.poller.Poller`.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Callable, Optional
 
+from . import commands as cmd
+from .authflow import AuthFlow
 from .clock import Clock
 from .delivery import Delivery
 from .flow import Resume
 from .handoff import Handoff
+from .loopconfig import LoopConfig, Timer, session_config
 from .outbox import Outbox
+from .poller import READ, WRITE, Poller
 from .routing import Router
-from .session import Event, Session
+from .session import Continuity, Event, Session
+from .timers import TimerHeap
 from .transport import Link
 
 BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
 BATCH_BYTES = 256 * 1024
+LINGER_BELOW = 32  # messages: fewer queued than this is a trickle
+KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
+# After a write, the kernel's unsent bytes are re-read shortly (for buffered_amount)
+# only once this much may sit there: a trickle drains within microseconds, and an
+# ioctl after each round trip would cost more than the round trip's own Python.
+KERNEL_POLL_BYTES = 16 * 1024
 
 
 class Connection:
@@ -34,10 +48,10 @@ class Connection:
     Args:
         session: The connection's protocol, already started.
         link: The connection's socket.
-        clock: Monotonic time for the session.
+        clock: Monotonic time for the session and the timers.
         process: Hands the session's events on (may end this connection).
-        wrote: Called after bytes went to the kernel (the loop re-reads its
-            unsent bytes shortly).
+        timers: The loop's timer heap (this connection's timers go there).
+        poller: The loop's selector (this socket's registration).
     """
 
     def __init__(
@@ -46,13 +60,44 @@ class Connection:
         link: Link,
         clock: Clock,
         process: Callable[[], None],
-        wrote: Callable[[], None],
+        timers: TimerHeap,
+        poller: Poller,
     ) -> None:
         self.session = session
         self.link = link
         self._clock = clock
         self._process = process
-        self._wrote = wrote
+        self._timers = timers
+        self._poller = poller
+        poller.watch(link, READ)
+
+    @classmethod
+    def open(
+        cls,
+        c: cmd.Connected,
+        url: str,
+        config: LoopConfig,
+        authflow: Optional[AuthFlow],
+        continuity: Continuity,
+        clock: Clock,
+        rng: random.Random,
+        process: Callable[[], None],
+        timers: TimerHeap,
+        poller: Poller,
+    ) -> Connection:
+        """The connection for a socket a connector handed over (not started yet)."""
+        link = Link(c.sock, url, config.backpressure.high_water_mark)
+        now = clock.monotonic()
+        auth = authflow.auth.options if authflow is not None else None
+        rotate = authflow is not None and authflow.rotates_in_band
+        session = Session(
+            session_config(config, auth, rotate, c.deflate),
+            continuity,
+            now,
+            wall_offset=clock.time() - now,
+            rng=rng,
+        )
+        return cls(session, link, clock, process, timers, poller)
 
     @property
     def buffered_amount(self) -> int:
@@ -83,7 +128,13 @@ class Connection:
         """Write what the session has framed; the bytes written, or -1 if the socket failed."""
         total = self.link.send_some(self.session)
         if total > 0:
-            self._wrote()
+            # buffered_amount reads kernel_unsent (user threads may not ioctl the
+            # socket): re-read it shortly once enough may sit there.
+            link = self.link
+            if (
+                link.flow.kernel_bound >= KERNEL_POLL_BYTES or link.kernel_unsent
+            ) and not self._timers.scheduled(Timer.KERNEL_POLL):
+                self._poll_kernel_in(KERNEL_POLL)
         return total
 
     def write(self) -> None:
@@ -96,22 +147,34 @@ class Connection:
             self._process()
         self.link.io.want_write = session.buffered > 0
 
-    def pump(
-        self,
-        outbox: Outbox[Delivery],
-        handoff: Handoff,
-        poll_later: Callable[[], None],
-        linger_later: Optional[Callable[[], None]] = None,
-    ) -> None:
-        """Move queued messages into the session while under the high-water mark.
+    def poll_kernel(self) -> None:
+        """The kernel-poll timer: re-read the kernel's unsent bytes (again soon if any)."""
+        if self.link.read_kernel():
+            self._poll_kernel_in(KERNEL_POLL)
 
-        ``poll_later`` schedules a re-check of the kernel's unsent bytes where no
-        event can tell that they drained.
-        """
+    def drained(self) -> bool:
+        """The kernel has sent every byte (if not, the kernel poll looks again soon)."""
+        if self.link.read_kernel() > 0:
+            self._poll_kernel_in(KERNEL_POLL)
+            return False
+        return True
+
+    def _poll_kernel_in(self, delay: float) -> None:
+        self._timers.schedule(self._clock.monotonic() + delay, Timer.KERNEL_POLL)
+
+    def watch(self, reading: bool) -> None:
+        """Ask the selector for exactly what we can act on (STYLE §3.4)."""
+        self._poller.watch(
+            self.link, (READ if reading else 0) | (WRITE if self.link.io.want_write else 0)
+        )
+
+    def pump(self, outbox: Outbox[Delivery], handoff: Handoff) -> None:
+        """Move queued messages into the session while under the high-water mark."""
         session = self.session
         link = self.link
         flow = link.flow
         flow.episode_over(self.buffered_amount)
+        linger = outbox.linger
         while len(outbox):
             if flow.above_mark(session.buffered, link.read_kernel):
                 report, resume = flow.pause(session.buffered)
@@ -120,15 +183,15 @@ class Connection:
                 if resume is Resume.WRITABLE:
                     link.io.want_write = True
                 else:
-                    poll_later()
+                    self._poll_kernel_in(4 * KERNEL_POLL)  # no event can tell: poll
                 return
             flow.resume()
             # A trickle of durable sends: take it, and look again shortly instead
             # of being woken by each one (see Outbox.linger).
-            linger = linger_later is not None and len(outbox) < LINGER_BELOW
-            batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size, linger)
-            if linger and linger_later is not None:
-                linger_later()
+            trickle = linger > 0 and len(outbox) < LINGER_BELOW
+            batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size, trickle)
+            if trickle and not self._timers.scheduled(Timer.LINGER):
+                self._timers.schedule(self._clock.monotonic() + linger, Timer.LINGER)
             if not batch:
                 return
             session.send(batch)
@@ -146,8 +209,14 @@ class Connection:
             for late in session.events():
                 handle(late)
 
-
-LINGER_BELOW = 32  # messages: fewer queued than this is a trickle
+    def release(self, outbox: Outbox[Delivery]) -> None:
+        """The connection is over: its timers, its registration, its socket."""
+        self._timers.cancel(Timer.KERNEL_POLL)
+        if self._timers.scheduled(Timer.LINGER):
+            self._timers.cancel(Timer.LINGER)
+            outbox.end_linger()  # puts must wake the loop again
+        self._poller.forget(self.link)
+        self.link.close()
 
 
 def _size(d: Delivery) -> int:

@@ -32,20 +32,19 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional
 
 from . import commands as cmd
-from . import transport
-from .aftermath import GiveUp, after_close, plan_retry
+from .aftermath import GiveUp
 from .auth import TokenRefresher
 from .authflow import AuthFlow
-from .backoff import Backoff
 from .clock import Clock, Deadline
 from .connection import Connection
-from .connector import Attempts, handshake
 from .delivery import Delivery
+from .dialer import Dialer
 from .durable import DurableStore
 from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, TetherError
 from .handoff import Handoff, _deliveries
-from .loopconfig import LoopConfig, Timer, session_config
+from .lifecycle import Lifecycle
+from .loopconfig import LoopConfig, Timer
 from .mailbox import Mailbox
 from .outbox import Outbox
 from .poller import READ, WRITE, Poller
@@ -57,12 +56,6 @@ from .stats import Counters
 from .timers import TimerHeap
 
 log = logging.getLogger("tether_sync")
-
-KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
-# After a write, the kernel's unsent bytes are re-read shortly (for buffered_amount)
-# only once this much may sit there: a trickle drains within microseconds, and an
-# ioctl after each round trip would cost more than the round trip's own Python.
-KERNEL_POLL_BYTES = 16 * 1024
 
 
 class IoLoop:
@@ -92,6 +85,7 @@ class IoLoop:
         self._emit = emit
         self._wants = wants
         self._clock = clock
+        self.wall_time = clock.time  # epoch seconds (the handoff logs token expiry with it)
         self._rng = rng
         self._auth = auth
         self._on_state = on_state
@@ -107,10 +101,6 @@ class IoLoop:
             wake=self._poller.wake,
         )
         self._thread: Optional[threading.Thread] = None
-        # Connector threads still running, with the websocket-client object each
-        # one handshakes with (so close() can abort it). Connectors remove
-        # themselves; dict operations are atomic, so no lock is needed.
-        self._connectors: Dict[threading.Thread, Any] = {}
         self.stopped = threading.Event()  # set when the loop has ended for good
 
         # Everything below is touched by the I/O thread only (ints read anywhere).
@@ -119,20 +109,12 @@ class IoLoop:
         self.router = Router(self.counters, emit, wants)
         self.handoff = Handoff(self.counters, self.outbox, emit, wants)
         self._timers = TimerHeap()
-        rc = config.reconnect
-        self._backoff = Backoff(
-            rc.base_delay if rc else 1.0,
-            rc.max_delay if rc else 1.0,
-            rc.max_attempts if rc else 0,
-            endpoints=len(config.urls),
-        )
-        self.next_delay: Optional[float] = None
-        self._continuity = Continuity(session_id=uuid.uuid4().hex)
-        self._carried: List[Delivery] = []  # unacked messages waiting for the next link
+        self.life = Lifecycle(config, rng)  # backoff and uptime across connections
+        self.continuity = Continuity(session_id=uuid.uuid4().hex)
+        self.carried: List[Delivery] = []  # unacked messages waiting for the next link
         self._conn: Optional[Connection] = None  # the open connection: session and socket
-        self._attempts = Attempts()  # the attempt in progress, its handshaker, refusals
-        self._opened_at: Optional[float] = None
-        self._opened_once = False
+        self._dialer = Dialer(config, auth, self.post)  # connection attempts, their threads
+        self._attempts = self._dialer.attempts
         self._shutdown = Shutdown()  # close() and flush() policy
         self.authflow = AuthFlow(auth, config.protocol, self.post) if auth is not None else None
         self.last_rtt: Optional[float] = None
@@ -165,41 +147,13 @@ class IoLoop:
     def thread(self) -> Optional[threading.Thread]:
         return self._thread
 
-    @property
-    def auth_expires_at(self) -> Optional[float]:
-        return self.authflow.expires_at if self.authflow is not None else None
-
-    def wall_time(self) -> float:
-        return self._clock.time()
-
-    @property
-    def in_flight(self) -> int:
-        return self.outbox.taken
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self.outbox)
-
-    @property
-    def carried(self) -> List[Delivery]:
-        """Unacked messages waiting for the next link (read-only view for stats)."""
-        return self._carried
-
     def attach_store(self, store: DurableStore, restored: List[Delivery]) -> None:
         """The durable outbox (before start): its session, its seq, its unacked messages."""
         self.handoff.store = store
-        self._continuity.session_id = store.session_id
-        self._continuity.last_seq = store.last_seq
-        self._carried = restored  # resent first (or resolved by hello-ok's acked)
+        self.continuity.session_id = store.session_id
+        self.continuity.last_seq = store.last_seq
+        self.carried = restored  # resent first (or resolved by hello-ok's acked)
         self.outbox.hold(restored)
-
-    @property
-    def resent(self) -> int:
-        return self._continuity.resent
-
-    @property
-    def session_id(self) -> str:
-        return self._continuity.session_id
 
     @property
     def buffered_amount(self) -> int:
@@ -215,30 +169,23 @@ class IoLoop:
 
     @property
     def attempt(self) -> int:
-        return 0 if self.state is State.OPEN else self._backoff.attempt
+        return 0 if self.state is State.OPEN else self.life.backoff.attempt
 
     @property
     def endpoint(self) -> str:
         """The URL connected to while open, else the one being tried or to be tried next."""
-        return self.config.urls[self._backoff.endpoint]
+        return self.life.endpoint
 
     def join(self, timeout: Optional[float]) -> bool:
         """Wait for the loop and connector threads; True if all ended in time."""
         deadline = Deadline(timeout, self._clock)
-        if self._thread is not None and self._thread is not threading.current_thread():
+        me = threading.current_thread()
+        if self._thread is not None and self._thread is not me:
             self._thread.join(deadline.remaining())
-        # A connector may be between its TCP connect and the moment websocket-client
-        # publishes the socket, where one abort() finds nothing to shut down: abort
-        # again every few milliseconds until it ends or the deadline passes.
-        while self._connectors:
-            for thread, ws in list(self._connectors.items()):
-                transport.abort(ws)
-                remaining = deadline.remaining()
-                thread.join(0.01 if remaining is None else min(0.01, remaining))
-            if deadline.expired:
-                break
-        threads = [*self._connectors, *([self._thread] if self._thread else [])]
-        return not any(t.is_alive() for t in threads if t is not threading.current_thread())
+        alive = self._dialer.join(deadline)
+        if self._thread is not None and self._thread is not me and self._thread.is_alive():
+            alive.append(self._thread)
+        return not [t for t in alive if t is not me]
 
     # ------------------------------------------------------------------ the loop
 
@@ -350,9 +297,7 @@ class IoLoop:
             elif timer is Timer.LINGER:
                 self.outbox.end_linger()  # what arrived meanwhile is pumped below
             elif timer is Timer.KERNEL_POLL and self._conn is not None:
-                # Also re-runs _pump and the flush check (the wake-up alone does).
-                if self._conn.link.read_kernel():
-                    self._timers.schedule(now + KERNEL_POLL, Timer.KERNEL_POLL)
+                self._conn.poll_kernel()  # the iteration then re-runs _pump and the flush check
         session = self.session
         if session is not None:
             when = session.next_deadline()
@@ -387,46 +332,37 @@ class IoLoop:
     def _connect(self) -> None:
         """Start one connection attempt on a connector thread."""
         self._set_state(State.CONNECTING)
-        attempt, ws = self._attempts.begin()
-        cfg = self.config
-        url = self.endpoint  # round robin: _retry_or_finish moved on to the next one
-        auth = self._auth
-
-        def connector() -> None:
-            try:
-                self.post(handshake(attempt, ws, url, cfg, auth))
-            finally:
-                self._connectors.pop(threading.current_thread(), None)
-
-        thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
-        self._connectors[thread] = ws
-        thread.start()
-        self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, Timer.CONNECT_TIMEOUT)
+        self._dialer.dial(self.endpoint)  # round robin: _retry_or_finish moved on
+        self._timers.schedule(
+            self._clock.monotonic() + self.config.connect_timeout, Timer.CONNECT_TIMEOUT
+        )
 
     def on_connected(self, c: cmd.Connected) -> None:
         if not self._attempts.settle(c.attempt):
             c.sock.close()  # a stale attempt, abandoned after a timeout or close()
             return
         self._timers.cancel(Timer.CONNECT_TIMEOUT)
-        link = transport.Link(c.sock, self.endpoint, self.config.backpressure.high_water_mark)
-        self._poller.watch(link, READ)
         log.info("connected to %s", self.endpoint)
-        now = self._clock.monotonic()
         flow = self.authflow
-        auth = flow.auth.options if flow is not None else None
-        session = Session(
-            session_config(self.config, auth, flow is not None and flow.rotates_in_band, c.deflate),
-            self._continuity,
-            now,
-            wall_offset=self._clock.time() - now,
-            rng=self._rng,
+        conn = Connection.open(
+            c,
+            self.endpoint,
+            self.config,
+            flow,
+            self.continuity,
+            self._clock,
+            self._rng,
+            self._process_events,
+            self._timers,
+            self._poller,
         )
-        self._conn = Connection(session, link, self._clock, self._process_events, self._wrote)
-        carried, self._carried = self._carried, []
+        self._conn = conn
+        carried, self.carried = self.carried, []
         force = False
         if flow is not None:
             force, flow.force_next = flow.force_next, False
-        session.start(now, resend=carried, force_token=force, header_expiry=c.header_expiry)
+        now = self._clock.monotonic()
+        conn.session.start(now, resend=carried, force_token=force, header_expiry=c.header_expiry)
         self._process_events()
 
     def on_connect_failed(self, c: cmd.ConnectFailed) -> None:
@@ -455,18 +391,15 @@ class IoLoop:
 
     def opened(self) -> None:
         """The session says the link is usable: subscriptions, then the queue drains."""
-        if self._opened_once:
+        if self.life.opened(self._clock.monotonic()):
             self.counters.reconnects += 1
-        self._opened_once = True
-        self._opened_at = self._clock.monotonic()
-        self.next_delay = None
         self._attempts.refusals = 0
         if self.handoff.store is not None:
             # Rule 4: new numbers above the hello-ok's acked, across processes too.
-            self.handoff.store.raise_seq(self._continuity.last_seq)
+            self.handoff.store.raise_seq(self.continuity.last_seq)
         self._set_state(State.OPEN)
         if self._wants("open"):
-            self._emit(OpenEvent(self.endpoint, self._backoff.endpoint))
+            self._emit(OpenEvent(self.endpoint, self.life.backoff.endpoint))
         session = self.session
         assert session is not None
         for channel in self.router.routes:
@@ -476,30 +409,16 @@ class IoLoop:
         """After a failed attempt or a lost link: back off and retry, or give up."""
         self._release_socket()
         now = self._clock.monotonic()
-        plan = plan_retry(
-            cause,
-            terminal,
-            self._shutdown.due(self._has_work(), now),
-            self.config.reconnect,
-            self._backoff,
-            self._rng,
-            now,
-        )
-        if plan.problem is not None:  # a misbehaving policy costs a log line, never the loop
-            log.warning("%s", plan.problem, exc_info=plan.problem.__cause__)
+        plan = self.life.retry(cause, terminal, self._shutdown, self._has_work(), now)
+        if plan.problem is not None:
             self._error(plan.problem)
         if isinstance(plan, GiveUp):
             self._finish(plan.reason, cause=cause)
             return
-        self._backoff = plan.backoff
-        delay = self._shutdown.retry_delay(plan.delay, self._clock.monotonic())
-        self.next_delay = delay
         self._set_state(State.RECONNECTING)
-        attempt, url = self._backoff.attempt, self.endpoint
-        log.info("reconnecting to %s: attempt %d in %.3fs (%s)", url, attempt, delay, cause)
         if self._wants("reconnecting"):
-            self._emit(ReconnectingEvent(attempt, delay, cause))
-        self._timers.schedule(self._clock.monotonic() + delay, Timer.RECONNECT)
+            self._emit(ReconnectingEvent(plan.backoff.attempt, plan.delay, cause))
+        self._timers.schedule(now + plan.delay, Timer.RECONNECT)
 
     # ------------------------------------------------------------ reading and writing
 
@@ -516,38 +435,15 @@ class IoLoop:
         if self._conn is not None:
             self._conn.write()
 
-    def _wrote(self) -> None:
-        # buffered_amount reads kernel_unsent (user threads may not ioctl the
-        # socket): refresh it shortly once enough may sit there (KERNEL_POLL_BYTES).
-        conn = self._conn
-        if (
-            conn is not None
-            and (conn.link.flow.kernel_bound >= KERNEL_POLL_BYTES or conn.link.kernel_unsent)
-            and not self._timers.scheduled(Timer.KERNEL_POLL)
-        ):
-            self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
-
     def _update_interest(self) -> None:
-        """Ask the selector for exactly what we can act on (STYLE §3.4)."""
         if self._conn is not None:
-            link = self._conn.link
-            mask = (READ if self._reading() else 0) | (WRITE if link.io.want_write else 0)
-            self._poller.watch(link, mask)
+            self._conn.watch(self._reading())
 
     def _pump(self) -> None:
         """Move queued messages into the session while under the high-water mark."""
         conn = self._conn
-        if conn is None or not conn.session.is_open or self.state is not State.OPEN:
-            return
-        linger = self._linger_later if self.outbox.linger > 0 else None
-        conn.pump(self.outbox, self.handoff, self._poll_kernel_later, linger)
-
-    def _linger_later(self) -> None:
-        if not self._timers.scheduled(Timer.LINGER):
-            self._timers.schedule(self._clock.monotonic() + self.outbox.linger, Timer.LINGER)
-
-    def _poll_kernel_later(self) -> None:
-        self._timers.schedule(self._clock.monotonic() + 4 * KERNEL_POLL, Timer.KERNEL_POLL)
+        if conn is not None and conn.session.is_open and self.state is State.OPEN:
+            conn.pump(self.outbox, self.handoff)
 
     # ------------------------------------------------------------ session events
 
@@ -570,35 +466,20 @@ class IoLoop:
         if conn is not None:  # e.g. our close frame; what it took counts
             conn.last_write(lambda late: self.handoff.handle(self, session, late))
         self._release_socket()
-        after = after_close(
-            event,
-            _deliveries(session.take_unfinished()),
-            self._opened_at,
-            session.delivered_something,
-            self._clock.monotonic(),
-            self.config.reconnect,
-            self._shutdown.requested,
-        )
+        unfinished = _deliveries(session.take_unfinished())
+        now = self._clock.monotonic()
+        requested = self._shutdown.requested
+        after = self.life.closed(event, unfinished, session.delivered_something, now, requested)
         if after.carried:
-            self._carried = after.carried
+            self.carried = after.carried
         self.outbox.give_back(after.give_back)
-        if after.reset_backoff:
-            self._backoff = self._backoff.reset()
-        self._opened_at = None
         self.handoff.connection_closed(event)
-        log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
         self._retry_or_finish(after.cause, terminal=after.terminal)
 
     def _release_socket(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        self._timers.cancel(Timer.KERNEL_POLL)
-        if self._timers.scheduled(Timer.LINGER):
-            self._timers.cancel(Timer.LINGER)
-            self.outbox.end_linger()  # puts must wake the loop again
-        self._poller.forget(conn.link)
-        conn.link.close()
+        if conn is not None:
+            conn.release(self.outbox)
 
     # ------------------------------------------------------------ commands
 
@@ -638,12 +519,8 @@ class IoLoop:
         return bool(len(self.outbox) or self.outbox.taken)
 
     def _check_flush_waiters(self) -> None:
-        if self._has_work():
-            return
-        if self._conn is not None and self._conn.link.read_kernel() > 0:
-            self._timers.schedule(self._clock.monotonic() + KERNEL_POLL, Timer.KERNEL_POLL)
-            return
-        self._shutdown.release_flush_waiters()
+        if not self._has_work() and (self._conn is None or self._conn.drained()):
+            self._shutdown.release_flush_waiters()
 
     def request_close(self, deadline: Optional[float]) -> None:
         """close(): drain until ``deadline`` (monotonic), then close with 1000."""
@@ -679,7 +556,7 @@ class IoLoop:
             reason.__cause__ = cause
         session = self.session
         self._release_socket()
-        left = list(self._carried)
+        left = list(self.carried)
         if session is not None:
             session.abort(1006, "client closed")
             left.extend(_deliveries(session.take_unfinished()))
@@ -689,7 +566,7 @@ class IoLoop:
             self._error(reason)
         self.outbox.stop(reason)
         left.extend(self.outbox.drain())
-        self._carried = []
+        self.carried = []
         self.unsent = len(left)
         self.handoff.fail_left(left, reason)
         self._resolve_refresh(reason or ClientClosed("the client was closed"))

@@ -1,0 +1,79 @@
+"""Connection attempts, each on a short-lived connector thread.
+
+websocket-client's opening handshake is blocking, so each attempt runs it
+(:func:`~tether_sync.connector.handshake`) on its own connector thread, which
+posts the outcome to the loop: a :class:`~tether_sync.commands.Connected` that
+hands the socket over, or a :class:`~tether_sync.commands.ConnectFailed`. The
+connector owns the socket until then and never after. :class:`Dialer` keeps the
+attempt in progress (:class:`~tether_sync.connector.Attempts`) and the connector
+threads still running, so that ``close()`` can abort and join them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+from . import commands as cmd
+from . import transport
+from .auth import TokenRefresher
+from .clock import Deadline
+from .connector import Attempts, handshake
+from .loopconfig import LoopConfig
+
+
+class Dialer:
+    """Starts connection attempts (I/O thread) and joins their threads (any thread).
+
+    Args:
+        config: The loop's options.
+        auth: The token source, or None.
+        post: Posts the attempt's outcome to the loop (from the connector thread).
+    """
+
+    def __init__(
+        self,
+        config: LoopConfig,
+        auth: Optional[TokenRefresher],
+        post: Callable[[cmd.Command], None],
+    ) -> None:
+        self._config = config
+        self._auth = auth
+        self._post = post
+        self.attempts = Attempts()  # the attempt in progress, its handshaker, refusals
+        # Connector threads still running, with the websocket-client object each
+        # one handshakes with (so close() can abort it). Connectors remove
+        # themselves; dict operations are atomic, so no lock is needed.
+        self._connectors: Dict[threading.Thread, Any] = {}
+
+    def dial(self, url: str) -> None:
+        """Start one attempt to ``url`` on a new connector thread."""
+        attempt, ws = self.attempts.begin()
+        cfg, auth, post = self._config, self._auth, self._post
+
+        def connector() -> None:
+            try:
+                post(handshake(attempt, ws, url, cfg, auth))
+            finally:
+                self._connectors.pop(threading.current_thread(), None)
+
+        thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
+        self._connectors[thread] = ws
+        thread.start()
+
+    def join(self, deadline: Deadline) -> List[threading.Thread]:
+        """Abort and join every connector until ``deadline``; those still alive."""
+        # A connector may be between its TCP connect and the moment websocket-client
+        # publishes the socket, where one abort() finds nothing to shut down: abort
+        # again every few milliseconds until it ends or the deadline passes.
+        while self._connectors:
+            for thread, ws in list(self._connectors.items()):
+                transport.abort(ws)
+                remaining = deadline.remaining()
+                thread.join(0.01 if remaining is None else min(0.01, remaining))
+            if deadline.expired:
+                break
+        return [t for t in self._connectors if t.is_alive()]
+
+
+__all__ = ["Dialer"]
