@@ -89,7 +89,7 @@ RANK: Dict[str, float] = {
     "handoff": 2.7,
     "authflow": 2.8,
     "mailbox": 2.55,  # the loop's command inbox (lock, wake byte, refusal once ended)
-    "lifecycle": 2.95,  # backoff and uptime across connections (wraps aftermath)
+    "lifecycle": 3.4,  # State, attempts, backoff, close() and the end, across connections
     "aftermath": 2.9,  # a lost link / failed attempt: carry, give back, retry or give up
     # L3: the socket adapter, then the loop
     "transport": 3.0,

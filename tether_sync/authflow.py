@@ -81,6 +81,13 @@ class AuthFlow:
         else:
             session.token_ready(c.token, c.expires_at, now, c.frame)
 
+    def command(self, c: cmd.Command, session: Optional[Session], now: float) -> None:
+        """Run a Token or Refresh command on the I/O thread."""
+        if isinstance(c, cmd.Token):
+            self.answer(c, session, now)
+        elif isinstance(c, cmd.Refresh):
+            self.refresh(c.waiter, session, now)
+
     def refresh(self, waiter: Waiter, session: Optional[Session], now: float) -> None:
         """refresh_auth(): rotate now; ``waiter`` hears once the server answered."""
         if self._protocol == "raw" and self.auth.options.message is None:

@@ -262,7 +262,7 @@ class TetherClient:
         return self._refresher
 
     def __repr__(self) -> str:
-        return f"<TetherClient {self._config.url} {self._loop.state.value}>"
+        return f"<TetherClient {self._config.url} {self._loop.life.state.value}>"
 
     # ------------------------------------------------------------------ events
 
@@ -386,9 +386,9 @@ class TetherClient:
         """Block until the client is open, or was since the count of opens was ``opens``."""
         deadline = Deadline(timeout, self._clock)
         with self._state_cond:
-            while self._loop.state is not State.OPEN and self._opens == opens:
-                if self._loop.state is State.CLOSED:
-                    fatal = self._loop.fatal
+            while self._loop.life.state is not State.OPEN and self._opens == opens:
+                if self._loop.life.state is State.CLOSED:
+                    fatal = self._loop.life.fatal
                     if isinstance(fatal, TetherError) and not isinstance(fatal, ClientClosed):
                         raise fatal
                     raise ClientClosed("the client closed before it was open") from fatal
@@ -460,7 +460,7 @@ class TetherClient:
             )
         delivery = Delivery(msg_id, channel, payload, op, data, self._dispatch_fn)
         loop = self._loop
-        offline = loop.state is not State.OPEN
+        offline = loop.life.state is not State.OPEN
         if self._store is not None:
             return self._send_durable(delivery, timeout, offline)
         dropped = loop.outbox.put(delivery, timeout)
@@ -546,7 +546,7 @@ class TetherClient:
             log.warning(
                 "outbound queue full (%d) while %s: dropping messages (overflow=%r)",
                 loop.outbox.capacity,
-                loop.state.value,
+                loop.life.state.value,
                 loop.outbox.overflow,
             )
         if self._store is not None:  # a dropped message leaves the outbox file too
@@ -608,7 +608,7 @@ class TetherClient:
             isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1
         ):
             raise ValueError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
-        if self._loop.state is State.CLOSED:
+        if self._loop.life.state is State.CLOSED:
             raise ClientClosed("the client is closed")
         if self._autoconnect:
             self._connect_on_first_use()
@@ -688,7 +688,7 @@ class TetherClient:
             )
             raise
         clean = self._no_failures()
-        return done and clean and not (loop.unsent or len(loop.outbox) or loop.outbox.taken)
+        return done and clean and not (loop.life.unsent or len(loop.outbox) or loop.outbox.taken)
 
     def _no_failures(self) -> bool:
         # Whether no message was dropped or failed since the last flush()/close().
@@ -725,7 +725,7 @@ class TetherClient:
                 loop.finish_unstarted()
                 if self._store is not None:
                     self._store.close(deadline.remaining() or 0.1)
-            return loop.unsent == 0 and self._no_failures()
+            return loop.life.unsent == 0 and self._no_failures()
         loop.outbox.stop()
         # Keep a slice of the time for the closing handshake and the joins.
         remaining = deadline.remaining() or 0.0
@@ -763,9 +763,9 @@ class TetherClient:
             ok = self._store.close(deadline.remaining() or 0.1) and ok
         if not ok:
             log.warning("close(): threads still running after %.3fs", timeout)
-        if loop.unsent:
-            log.warning("close(): %d queued message(s) were not sent", loop.unsent)
-        return ok and loop.unsent == 0 and loop.stopped.is_set() and self._no_failures()
+        if loop.life.unsent:
+            log.warning("close(): %d queued message(s) were not sent", loop.life.unsent)
+        return ok and loop.life.unsent == 0 and loop.stopped.is_set() and self._no_failures()
 
     # ------------------------------------------------------------------ telemetry
 
@@ -782,7 +782,7 @@ class TetherClient:
     @property
     def state(self) -> State:
         """``idle``, ``connecting``, ``open``, ``reconnecting`` or ``closed`` (a str enum)."""
-        return self._loop.state
+        return self._loop.life.state
 
     @property
     def queue_depth(self) -> int:
@@ -805,9 +805,9 @@ class TetherClient:
         c = loop.counters
         session = loop.session
         return Stats(
-            state=loop.state.value,
+            state=loop.life.state.value,
             attempt=loop.attempt,
-            next_delay=loop.life.next_delay if loop.state is State.RECONNECTING else None,
+            next_delay=loop.life.next_delay if loop.life.state is State.RECONNECTING else None,
             queue_depth=len(loop.outbox),
             in_flight=loop.outbox.taken,
             buffered_amount=loop.buffered_amount,
@@ -823,12 +823,12 @@ class TetherClient:
             auth_refreshes=c.auth_refreshes,
             last_rtt=loop.last_rtt,
             auth_expires_at=loop.authflow.expires_at if loop.authflow else None,
-            unacked=session.unacked if session is not None else len(loop.carried),
+            unacked=session.unacked if session is not None else len(loop.life.carried),
             acked=c.acked,
             resent=loop.continuity.resent,
             session_id=loop.continuity.session_id,
             extensions=session.features if session is not None else (),
-            endpoint=loop.endpoint,
+            endpoint=loop.life.endpoint,
         )
 
     # ------------------------------------------------------------------ exit
@@ -870,7 +870,7 @@ class TetherClient:
         connected connects again on first use, with a new session.
         """
         old = self._loop
-        inherited = [*old.outbox._items, *old.carried]  # no lock: only this thread exists
+        inherited = [*old.outbox._items, *old.life.carried]  # no lock: only this thread exists
         handlers = self._handlers
         subscriptions = [b for bufs in old.router.routes.values() for b in bufs]
         was_started = self._started and not self._closing

@@ -23,11 +23,11 @@ class Clock(Protocol):
 class SystemClock:
     """The real clocks: :func:`time.monotonic` and :func:`time.time`."""
 
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def time(self) -> float:
-        return time.time()
+    def __init__(self) -> None:
+        # The functions themselves, not methods that call them: the I/O loop reads
+        # the clock several times per round trip.
+        self.monotonic = time.monotonic
+        self.time = time.time
 
 
 class Deadline:

@@ -15,6 +15,7 @@ live in the loop's timer heap. It talks back through one callable, ``process``
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Callable, Optional
 
@@ -42,62 +43,54 @@ KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
 KERNEL_POLL_BYTES = 16 * 1024
 
 
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """What every connection of one loop is made with (the loop's own, shared)."""
+
+    config: LoopConfig
+    authflow: Optional[AuthFlow]
+    continuity: Continuity  # what outlives each connection: session id, seq, offsets
+    clock: Clock
+    rng: random.Random
+    process: Callable[[], None]  # hands the session's events on (may end the connection)
+    timers: TimerHeap  # the loop's timer heap (this connection's timers go there)
+    poller: Poller  # the loop's selector (this socket's registration)
+
+
 class Connection:
     """A session and the socket it runs on; both end together.
 
     Args:
-        session: The connection's protocol, already started.
+        session: The connection's protocol, not started yet.
         link: The connection's socket.
-        clock: Monotonic time for the session and the timers.
-        process: Hands the session's events on (may end this connection).
-        timers: The loop's timer heap (this connection's timers go there).
-        poller: The loop's selector (this socket's registration).
+        parts: The loop's clock, timers, selector and event step.
     """
 
-    def __init__(
-        self,
-        session: Session,
-        link: Link,
-        clock: Clock,
-        process: Callable[[], None],
-        timers: TimerHeap,
-        poller: Poller,
-    ) -> None:
+    def __init__(self, session: Session, link: Link, parts: Parts) -> None:
         self.session = session
         self.link = link
-        self._clock = clock
-        self._process = process
-        self._timers = timers
-        self._poller = poller
-        poller.watch(link, READ)
+        self._clock = parts.clock
+        self._process = parts.process
+        self._timers = parts.timers
+        self._poller = parts.poller
+        self._poller.watch(link, READ)
 
     @classmethod
-    def open(
-        cls,
-        c: cmd.Connected,
-        url: str,
-        config: LoopConfig,
-        authflow: Optional[AuthFlow],
-        continuity: Continuity,
-        clock: Clock,
-        rng: random.Random,
-        process: Callable[[], None],
-        timers: TimerHeap,
-        poller: Poller,
-    ) -> Connection:
-        """The connection for a socket a connector handed over (not started yet)."""
+    def open(cls, c: cmd.Connected, url: str, parts: Parts) -> Connection:
+        """The connection for a socket a connector handed over (its session not started)."""
+        config, flow, clock = parts.config, parts.authflow, parts.clock
         link = Link(c.sock, url, config.backpressure.high_water_mark)
         now = clock.monotonic()
-        auth = authflow.auth.options if authflow is not None else None
-        rotate = authflow is not None and authflow.rotates_in_band
+        auth = flow.auth.options if flow is not None else None
+        rotate = flow is not None and flow.rotates_in_band
         session = Session(
             session_config(config, auth, rotate, c.deflate),
-            continuity,
+            parts.continuity,
             now,
             wall_offset=clock.time() - now,
-            rng=rng,
+            rng=parts.rng,
         )
-        return cls(session, link, clock, process, timers, poller)
+        return cls(session, link, parts)
 
     @property
     def buffered_amount(self) -> int:
@@ -223,4 +216,4 @@ def _size(d: Delivery) -> int:
     return len(d._data)
 
 
-__all__ = ["BATCH_BYTES", "BATCH_MESSAGES", "Connection"]
+__all__ = ["BATCH_BYTES", "BATCH_MESSAGES", "Connection", "Parts"]

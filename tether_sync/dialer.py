@@ -12,14 +12,16 @@ threads still running, so that ``close()`` can abort and join them.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from . import commands as cmd
 from . import transport
 from .auth import TokenRefresher
-from .clock import Deadline
+from .clock import Clock, Deadline
 from .connector import Attempts, handshake
-from .loopconfig import LoopConfig
+from .exceptions import ConnectTimeout
+from .loopconfig import LoopConfig, Timer
+from .timers import TimerHeap
 
 
 class Dialer:
@@ -36,10 +38,14 @@ class Dialer:
         config: LoopConfig,
         auth: Optional[TokenRefresher],
         post: Callable[[cmd.Command], None],
+        timers: TimerHeap,
+        clock: Clock,
     ) -> None:
         self._config = config
         self._auth = auth
         self._post = post
+        self._timers = timers  # the connect timeout lives in the loop's timer heap
+        self._clock = clock
         self.attempts = Attempts()  # the attempt in progress, its handshaker, refusals
         # Connector threads still running, with the websocket-client object each
         # one handshakes with (so close() can abort it). Connectors remove
@@ -47,7 +53,7 @@ class Dialer:
         self._connectors: Dict[threading.Thread, Any] = {}
 
     def dial(self, url: str) -> None:
-        """Start one attempt to ``url`` on a new connector thread."""
+        """Start one attempt to ``url`` on a new connector thread, and its timeout."""
         attempt, ws = self.attempts.begin()
         cfg, auth, post = self._config, self._auth, self._post
 
@@ -60,6 +66,23 @@ class Dialer:
         thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
         self._connectors[thread] = ws
         thread.start()
+        self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, Timer.CONNECT_TIMEOUT)
+
+    def settle(self, c: Union[cmd.Connected, cmd.ConnectFailed]) -> bool:
+        """A connector answered: True if for the attempt in progress (its timeout is
+        cancelled); a stale answer (abandoned after a timeout or close()) is dropped."""
+        if not self.attempts.settle(c.attempt):
+            if isinstance(c, cmd.Connected):
+                c.sock.close()
+            return False
+        self._timers.cancel(Timer.CONNECT_TIMEOUT)
+        return True
+
+    def timed_out(self) -> Optional[ConnectTimeout]:
+        """The connect timeout fired: abandon the attempt (None if it already ended)."""
+        if not self.attempts.abandon():  # the connector's late answer is now stale
+            return None
+        return ConnectTimeout(f"no handshake within {self._config.connect_timeout}s")
 
     def join(self, deadline: Deadline) -> List[threading.Thread]:
         """Abort and join every connector until ``deadline``; those still alive."""

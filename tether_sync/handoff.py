@@ -9,7 +9,7 @@ wakes senders waiting for room.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 from . import session as s
 from .delivery import Delivery
@@ -70,7 +70,7 @@ class Handoff:
         elif kind is s.Opened:
             self._reported = None
             self.last_failure = None
-            loop.opened()
+            loop.life.opened(session)
         elif kind is s.TokenNeeded:
             assert isinstance(event, s.TokenNeeded) and loop.authflow is not None
             loop.authflow.request(event.force)
@@ -85,7 +85,7 @@ class Handoff:
             self.error(event.error)
             loop.authflow.resolve(event.error)
             if event.final:
-                loop.fatal = event.error
+                loop.life.fatal = event.error
         elif kind is s.Refused:
             assert isinstance(event, s.Refused)
             self.fail(_deliveries(event.items), event.error, None)
@@ -182,4 +182,4 @@ class Handoff:
 
 def _deliveries(items: Sequence[Any]) -> List[Delivery]:
     """The session's items are the client's Deliveries (it only needs their frame)."""
-    return cast(List[Delivery], items)
+    return items  # type: ignore[return-value]  # (no typing.cast: this is per message)

@@ -1,40 +1,122 @@
-"""The client's life across connections: backoff, uptime, and what a loss means.
+"""The client's life across connections: its public State, attempts, retries, and its end.
 
-Runs on the I/O thread; no I/O and no thread of its own. :class:`Lifecycle`
-keeps what outlives one connection attempt: the :class:`~tether_sync.backoff.Backoff`
-(with the endpoint it points at), when the current link opened, and the delay
-of the retry announced. Its methods wrap the pure decisions of
-:mod:`~tether_sync.aftermath` (:func:`after_close`, :func:`plan_retry`) and apply
-them to that state; the loop acts on what they return.
+Runs on the I/O thread (no thread and no socket of its own). The I/O loop
+(:mod:`~tether_sync.loop`) owns the thread, the selector, the timer heap and
+the open :class:`~tether_sync.connection.Connection`; :class:`Lifecycle` owns
+what outlives one connection and decides what happens between them:
+
+* the public :class:`~tether_sync.state.State` and its events;
+* connection attempts (through the :class:`~tether_sync.dialer.Dialer`), their
+  failures and handshake auth refusals;
+* the :class:`~tether_sync.backoff.Backoff` and the uptime that resets it, the
+  unacked messages carried to the next link (DESIGN §5);
+* ``close()``: drain until the deadline (across reconnects), then close with 1000;
+* the end: every message left fails, every waiter is answered.
+
+The pure decisions are in :mod:`~tether_sync.aftermath` (:func:`after_close`,
+:func:`plan_retry`) and :class:`~tether_sync.shutdown.Shutdown`; this class
+applies them. It reaches the loop only through :class:`Host`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
-from typing import List, Optional, Union
+import uuid
+from typing import Any, Callable, List, Optional, Protocol
 
-from .aftermath import AfterClose, GiveUp, Retry, after_close, plan_retry
+from . import commands as cmd
+from .aftermath import GiveUp, after_close, plan_retry
+from .authflow import AuthFlow
 from .backoff import Backoff
+from .clock import Clock
 from .delivery import Delivery
-from .loopconfig import LoopConfig
-from .session import Closed
+from .dialer import Dialer
+from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
+from .exceptions import ClientClosed, TetherError
+from .handoff import Handoff, _deliveries
+from .loopconfig import LoopConfig, Timer
+from .mailbox import Mailbox
+from .outbox import Outbox
+from .routing import Router
+from .session import Closed, Continuity, Phase, Session
 from .shutdown import Shutdown
+from .state import State, check
+from .stats import Counters
+from .timers import TimerHeap
 
 log = logging.getLogger("tether_sync")
 
 
+class Flag(Protocol):
+    """A ``threading.Event`` as the lifecycle uses it (set by it, read anywhere)."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+class Host(Protocol):
+    """What the lifecycle asks of the I/O loop."""
+
+    @property
+    def session(self) -> Optional[Session]:
+        """The open connection's session, if any."""
+
+    def attach(self, c: cmd.Connected) -> Session:
+        """Make the connection for a socket a connector handed over; its session."""
+
+    def release_socket(self) -> None:
+        """Drop the connection: its timers, its registration, its socket."""
+
+    def process_events(self) -> None:
+        """Hand on what the session produced."""
+
+
 class Lifecycle:
-    """Backoff and uptime across connections.
+    """State, attempts, backoff, close() and the end, across connections.
 
     Args:
-        config: The loop's options (reconnect policy, endpoints).
+        config: The loop's options.
+        host: The I/O loop.
+        clock: Monotonic and wall time.
         rng: Draws the backoff delays.
+        timers: The loop's timer heap (reconnect, close deadline).
+        dialer: Starts connection attempts.
+        parts: The loop's collaborators: counters, outbox, handoff, router,
+            mailbox, continuity, auth flow.
+        emit: Hands an event to the dispatcher.
+        wants: Whether anyone listens to an event name.
+        on_state: Called after every state change.
+        stopped: Set when the client has ended for good.
     """
 
-    def __init__(self, config: LoopConfig, rng: random.Random) -> None:
+    def __init__(
+        self,
+        config: LoopConfig,
+        host: Host,
+        clock: Clock,
+        rng: random.Random,
+        timers: TimerHeap,
+        dialer: Dialer,
+        parts: Wiring,
+        emit: Callable[[Any], None],
+        wants: Callable[[str], bool],
+        on_state: Optional[Callable[[State], None]],
+        stopped: Flag,
+    ) -> None:
         self._config = config
+        self._host = host
+        self._clock = clock
         self._rng = rng
+        self._timers = timers
+        self._dialer = dialer
+        self._p = parts
+        self._emit = emit
+        self._wants = wants
+        self._on_state = on_state
+        self.stopped = stopped
         rc = config.reconnect
         self.backoff = Backoff(
             rc.base_delay if rc else 1.0,
@@ -42,58 +124,142 @@ class Lifecycle:
             rc.max_attempts if rc else 0,
             endpoints=len(config.urls),
         )
+        self.state = State.IDLE
         self.next_delay: Optional[float] = None  # the retry announced, while reconnecting
-        self.opened_at: Optional[float] = None  # when the current link opened (monotonic)
-        self.opened_once = False
+        self._opened_at: Optional[float] = None  # when the current link opened (monotonic)
+        self._opened_once = False
+        self.carried: List[Delivery] = []  # unacked messages waiting for the next link
+        self.shutdown = Shutdown()  # close() and flush() policy
+        self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
+        self.unsent = 0  # messages failed by the final close
 
     @property
     def endpoint(self) -> str:
         """The URL connected to while open, else the one being tried or to be tried next."""
         return self._config.urls[self.backoff.endpoint]
 
-    def opened(self, now: float) -> bool:
-        """A link opened at ``now``; True if it is a reconnection."""
-        again = self.opened_once
-        self.opened_once = True
-        self.opened_at = now
-        self.next_delay = None
-        return again
+    def has_work(self) -> bool:
+        outbox = self._p.outbox
+        return bool(len(outbox) or outbox.taken)
 
-    def closed(
-        self,
-        event: Closed,
-        unfinished: List[Delivery],
-        delivered_something: bool,
-        now: float,
-        close_requested: bool,
-    ) -> AfterClose:
-        """The link is over: sort its messages; a link that was worth it resets the backoff."""
+    def set_state(self, new: State) -> None:
+        old = self.state
+        if old is new:
+            return
+        check(old, new)
+        self.state = new
+        self._p.outbox.set_open(new is State.OPEN)
+        log.debug("state %s -> %s", old.value, new.value)
+        if self._on_state is not None:
+            self._on_state(new)
+        if self._wants("state_change"):
+            self._emit(StateChangeEvent(old.value, new.value))
+        handoff = self._p.handoff
+        close, handoff.pending_close = handoff.pending_close, None
+        if close is not None and self._wants("close"):
+            self._emit(close)
+
+    def error(self, exc: BaseException) -> None:
+        if self._wants("error"):
+            self._emit(ErrorEvent(exc))
+
+    # ------------------------------------------------------------ connecting
+
+    def connect(self) -> None:
+        """Start one connection attempt (to the endpoint the backoff points at)."""
+        self.set_state(State.CONNECTING)
+        self._dialer.dial(self.endpoint)
+
+    def on_reconnect_timer(self) -> None:
+        if self.state is State.RECONNECTING:
+            self.connect()
+
+    def on_connected(self, c: cmd.Connected) -> None:
+        if not self._dialer.settle(c):
+            return
+        log.info("connected to %s", self.endpoint)
+        session = self._host.attach(c)
+        flow = self._p.authflow
+        carried, self.carried = self.carried, []
+        force = False
+        if flow is not None:
+            force, flow.force_next = flow.force_next, False
+        now = self._clock.monotonic()
+        session.start(now, resend=carried, force_token=force, header_expiry=c.header_expiry)
+        self._host.process_events()
+
+    def on_connect_failed(self, c: cmd.ConnectFailed) -> None:
+        if self._dialer.settle(c):
+            log.info("connection to %s failed: %s", self.endpoint, c.error)
+            self._attempt_failed(c.error)
+
+    def on_connect_timeout(self) -> None:
+        timeout = self._dialer.timed_out()
+        if timeout is not None:
+            log.info("connection to %s timed out", self.endpoint)
+            self._attempt_failed(timeout)
+
+    def _attempt_failed(self, cause: BaseException) -> None:
+        self._p.handoff.attempt_failed(cause)
+        flow = self._p.authflow
+        refused, final = self._dialer.attempts.refused(cause, flow is not None)
+        if final is not None:
+            self.finish(final, cause=cause)
+            return
+        if refused and flow is not None:
+            flow.refused()
+        self.retry_or_finish(cause)
+
+    def opened(self, session: Session) -> None:
+        """The session says the link is usable: subscriptions, then the queue drains."""
+        p = self._p
+        if self._opened_once:
+            p.counters.reconnects += 1
+        self._opened_once = True
+        self._opened_at = self._clock.monotonic()
+        self.next_delay = None
+        self._dialer.attempts.refusals = 0
+        if p.handoff.store is not None:
+            # Rule 4: new numbers above the hello-ok's acked, across processes too.
+            p.handoff.store.raise_seq(p.continuity.last_seq)
+        self.set_state(State.OPEN)
+        if self._wants("open"):
+            self._emit(OpenEvent(self.endpoint, self.backoff.endpoint))
+        for channel in p.router.routes:
+            session.subscribe(channel, str(uuid.uuid4()))
+
+    # ------------------------------------------------------------ losing a link
+
+    def connection_closed(self, session: Session, event: Closed) -> None:
+        """The session is over (the loop wrote what was left): carry, retry or finish."""
+        self._host.release_socket()
         after = after_close(
             event,
-            unfinished,
-            self.opened_at,
-            delivered_something,
-            now,
+            _deliveries(session.take_unfinished()),
+            self._opened_at,
+            session.delivered_something,
+            self._clock.monotonic(),
             self._config.reconnect,
-            close_requested,
+            self.shutdown.requested,
         )
         if after.reset_backoff:
             self.backoff = self.backoff.reset()
-        self.opened_at = None
+        self._opened_at = None
+        if after.carried:
+            self.carried = after.carried
+        self._p.outbox.give_back(after.give_back)
+        self._p.handoff.connection_closed(event)
         log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
-        return after
+        self.retry_or_finish(after.cause, terminal=after.terminal)
 
-    def retry(
-        self, cause: BaseException, terminal: bool, shutdown: Shutdown, has_work: bool, now: float
-    ) -> Union[Retry, GiveUp]:
-        """After a failed attempt or a lost link: the next attempt's delay, or give up.
-
-        A :class:`Retry`'s ``delay`` is already fitted to a ``close()`` deadline.
-        """
+    def retry_or_finish(self, cause: BaseException, terminal: bool = False) -> None:
+        """After a failed attempt or a lost link: back off and retry, or give up."""
+        self._host.release_socket()
+        now = self._clock.monotonic()
         plan = plan_retry(
             cause,
             terminal,
-            shutdown.due(has_work, now),
+            self.shutdown.due(self.has_work(), now),
             self._config.reconnect,
             self.backoff,
             self._rng,
@@ -101,15 +267,107 @@ class Lifecycle:
         )
         if plan.problem is not None:  # a misbehaving policy costs a log line, never the loop
             log.warning("%s", plan.problem, exc_info=plan.problem.__cause__)
+            self.error(plan.problem)
         if isinstance(plan, GiveUp):
-            return plan
+            self.finish(plan.reason, cause=cause)
+            return
         self.backoff = plan.backoff
-        delay = self.next_delay = shutdown.retry_delay(plan.delay, now)
-        attempt = self.backoff.attempt
-        log.info(
-            "reconnecting to %s: attempt %d in %.3fs (%s)", self.endpoint, attempt, delay, cause
-        )
-        return Retry(delay, plan.backoff, plan.problem)
+        delay = self.next_delay = self.shutdown.retry_delay(plan.delay, now)
+        self.set_state(State.RECONNECTING)
+        attempt, url = self.backoff.attempt, self.endpoint
+        log.info("reconnecting to %s: attempt %d in %.3fs (%s)", url, attempt, delay, cause)
+        if self._wants("reconnecting"):
+            self._emit(ReconnectingEvent(attempt, delay, cause))
+        self._timers.schedule(now + delay, Timer.RECONNECT)
+
+    # ------------------------------------------------------------ close() and the end
+
+    def request_close(self, deadline: Optional[float]) -> None:
+        """close(): drain until ``deadline`` (monotonic), then close with 1000."""
+        self.shutdown.request(deadline)
+        if deadline is not None:
+            self._timers.schedule(deadline, Timer.CLOSE_DEADLINE)
+        self.maybe_close()
+
+    def maybe_close(self) -> None:
+        if self.stopped.is_set() or not self.shutdown.drained(
+            self.has_work(), self._clock.monotonic()
+        ):
+            return  # still draining (across reconnects); the deadline forces it
+        self.close_now()
+
+    def close_now(self) -> None:
+        if self.stopped.is_set():
+            return
+        session = self._host.session
+        if session is not None and session.phase is not Phase.CLOSED:
+            if session.phase is not Phase.CLOSING:
+                now = self._clock.monotonic()
+                session.close(1000, "Client disconnect", now, grace=self.shutdown.grace(now))
+            return  # the session's Closed event finishes
+        self._dialer.attempts.abandon()
+        self.finish(None)
+
+    def finish(
+        self, reason: Optional[BaseException], cause: Optional[BaseException] = None
+    ) -> None:
+        """Enter ``closed`` for good: fail what is left, wake every waiter."""
+        if self.stopped.is_set():
+            return
+        if reason is not None and cause is not None and reason is not cause:
+            reason.__cause__ = cause
+        p = self._p
+        session = self._host.session
+        self._host.release_socket()
+        left = list(self.carried)
+        if session is not None:
+            session.abort(1006, "client closed")
+            left.extend(_deliveries(session.take_unfinished()))
+        self.fatal = reason
+        if reason is not None:
+            log.warning("client closed: %s", reason)
+            self.error(reason)
+        p.outbox.stop(reason)
+        left.extend(p.outbox.drain())
+        self.carried = []
+        self.unsent = len(left)
+        p.handoff.fail_left(left, reason)
+        self._resolve_refresh(reason or ClientClosed("the client was closed"))
+        p.router.close_all()
+        self._timers.cancel_all()
+        self.set_state(State.CLOSED)
+        self.stop_for_good()
+
+    def stop_for_good(self) -> None:
+        """Refuse later commands and answer the pending ones (idempotent)."""
+        self.stopped.set()
+        closed = ClientClosed("the client is closed")
+        if self.fatal is not None:
+            closed.__cause__ = self.fatal
+        self._p.mailbox.close(closed)
+        self.shutdown.release_flush_waiters()
+        self._resolve_refresh(closed)
+
+    def _resolve_refresh(self, error: Optional[BaseException]) -> None:
+        if self._p.authflow is not None:
+            self._p.authflow.resolve(error)
+
+    def crashed(self, exc: BaseException) -> None:
+        """The loop itself failed (a bug): end, never leave a waiter hanging."""
+        self.finish(TetherError(f"I/O loop crashed: {exc!r}"), cause=exc)
 
 
-__all__ = ["Lifecycle"]
+@dataclasses.dataclass(frozen=True)
+class Wiring:
+    """The loop's collaborators the lifecycle works with (shared, not owned)."""
+
+    counters: Counters
+    outbox: Outbox[Delivery]
+    handoff: Handoff
+    router: Router
+    mailbox: Mailbox
+    continuity: Continuity
+    authflow: Optional[AuthFlow]
+
+
+__all__ = ["Host", "Lifecycle", "Wiring"]

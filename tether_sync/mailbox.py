@@ -27,11 +27,11 @@ class Mailbox:
 
     def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
-        # _lock guards _commands, _wake_pending and _refusing: what user threads
+        # _lock guards _commands, waiting and _refusing: what user threads
         # post. Held only for deque operations, never while doing I/O or calling out.
         self._lock = threading.Lock()
         self._commands: Deque[cmd.Command] = deque()
-        self._wake_pending = False
+        self.waiting = False  # commands posted since the last take() (read unlocked)
         self._refusing = False  # the loop ended: commands are answered at once
 
     def post(self, command: cmd.Command) -> None:
@@ -40,28 +40,23 @@ class Mailbox:
             refused = self._refusing
             if not refused:
                 self._commands.append(command)
-                wake = not self._wake_pending
-                self._wake_pending = True
+                wake = not self.waiting
+                self.waiting = True
         if refused:
             cmd.refuse(command, ClientClosed("the client is closed"))
         elif wake:
             self._wake()
 
-    @property
-    def waiting(self) -> bool:
-        """Commands were posted since the last :meth:`take` (an unlocked peek)."""
-        return self._wake_pending
-
     def take(self) -> List[cmd.Command]:
         """Every command posted so far, oldest first (the I/O thread)."""
-        # Unlocked peek: posters set _wake_pending under the lock before writing
+        # Unlocked peek: posters set waiting under the lock before writing
         # the wake byte, so a command missed here wakes the selector again.
-        if not self._wake_pending:
+        if not self.waiting:
             return []
         with self._lock:
             # Clear the flag before taking the commands: a command posted after
             # this point writes a new wake byte, so nothing is left unseen.
-            self._wake_pending = False
+            self.waiting = False
             commands = list(self._commands)
             self._commands.clear()
         return commands
@@ -70,7 +65,7 @@ class Mailbox:
         """Return ``commands`` (not yet run) to the front, to be taken next time."""
         with self._lock:
             self._commands.extendleft(reversed(commands))
-            self._wake_pending = True
+            self.waiting = True
 
     def close(self, error: BaseException) -> None:
         """Refuse later commands and answer the pending ones with ``error`` (idempotent)."""

@@ -11,12 +11,17 @@ TCP pushes back on the server and nothing is dropped.
 
 from __future__ import annotations
 
+import uuid
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
+from . import commands as cmd
 from .events import BackpressureEvent, MessageEvent
+from .session import Session
 from .stats import Counters
 from .subscription import InboundBuffer
+
+SubscriptionCommand = Union[cmd.Subscribe, cmd.Unsubscribe, cmd.ResumeInbound]
 
 
 class Router:
@@ -40,13 +45,14 @@ class Router:
         self.routes: Dict[str, List[InboundBuffer]] = {}
         self.message_buffer: Optional[InboundBuffer] = None  # set by the client
         # (buffer, channel, item) refused by a full "block" buffer, in arrival order.
-        self._pending: Deque[Tuple[InboundBuffer, Optional[str], Any]] = deque()
+        # Payloads waiting for a full "block" consumer (reading stops while any wait).
+        self.held: Deque[Tuple[InboundBuffer, Optional[str], Any]] = deque()
         self._batch: Dict[InboundBuffer, Tuple[Optional[str], List[Any]]] = {}
 
     @property
     def holding(self) -> bool:
         """Whether payloads wait for a full ``block`` consumer (reading must stop)."""
-        return bool(self._pending)
+        return bool(self.held)
 
     def deliver(self, channel: Optional[str], payload: Any) -> None:
         """Route one inbound payload (``channel`` None: no Tether message, stream only)."""
@@ -80,7 +86,7 @@ class Router:
         if not batch:
             return
         self._batch = {}
-        pending = self._pending
+        pending = self.held
         for buf, (channel, items) in batch.items():
             if pending:
                 # Something is held back already: queue behind it, in order.
@@ -101,7 +107,7 @@ class Router:
 
     def resume(self) -> bool:
         """A consumer made room: hand over what was held. True once nothing is held."""
-        pending = self._pending
+        pending = self.held
         while pending:
             # Hand over the run of items at the head that share one buffer at once.
             buf, channel, _ = pending[0]
@@ -130,12 +136,25 @@ class Router:
         if not bufs or buf not in bufs:
             return False
         bufs.remove(buf)
-        self._pending = deque(p for p in self._pending if p[0] is not buf)
+        self.held = deque(p for p in self.held if p[0] is not buf)
         self._batch.pop(buf, None)
         if bufs:
             return False
         del self.routes[channel]
         return True
+
+    def command(self, c: SubscriptionCommand, session: Optional[Session]) -> None:
+        """Run a subscription command on the I/O thread; the open session announces it."""
+        if isinstance(c, cmd.Subscribe):
+            if self.subscribe(c.channel, c.buffer) and session is not None:
+                session.subscribe(c.channel, str(uuid.uuid4()))
+        elif isinstance(c, cmd.Unsubscribe):
+            if self.unsubscribe(c.channel, c.buffer) and session is not None:
+                session.unsubscribe(c.channel, str(uuid.uuid4()))
+        else:  # ResumeInbound: a "block" consumer made room
+            self.resume()
+            if session is not None:
+                session.reading_paused = self.holding
 
     def close_all(self) -> None:
         """The client ended: wake every consumer; nothing will be read again."""
@@ -143,7 +162,7 @@ class Router:
             buf.close()
         if self.message_buffer is not None:
             self.message_buffer.close()
-        self._pending.clear()
+        self.held.clear()
 
     def depth(self) -> Dict[str, int]:
         depth: Dict[str, int] = {}

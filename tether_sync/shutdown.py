@@ -19,7 +19,7 @@ class Shutdown:
     def __init__(self) -> None:
         self.requested = False  # close() was called
         self.deadline: Optional[float] = None  # monotonic; None: drain without limit
-        self._flush_waiters: List[Done] = []
+        self.flush_waiters: List[Done] = []  # flush() callers waiting for an empty link
 
     def request(self, deadline: Optional[float]) -> None:
         """close(): drain until ``deadline`` (monotonic), then close with 1000."""
@@ -53,15 +53,11 @@ class Shutdown:
     # -- flush() ---------------------------------------------------------------------
 
     def add_flush_waiter(self, done: Done) -> None:
-        self._flush_waiters.append(done)
-
-    @property
-    def flush_waiting(self) -> bool:
-        return bool(self._flush_waiters)
+        self.flush_waiters.append(done)
 
     def release_flush_waiters(self) -> None:
         """Answer every flush() caller (the loop found everything written, or ended)."""
-        waiters, self._flush_waiters = self._flush_waiters, []
+        waiters, self.flush_waiters = self.flush_waiters, []
         for done in waiters:
             done()
 
