@@ -369,6 +369,15 @@ def open_peer(clock: FakeClock, *, hello_ok: Optional[dict] = None, **kwargs: An
     return peer
 
 
+def link(clock: FakeClock, protocol: str, hb: Tuple[float, float]) -> Peer:
+    """An open link with heartbeat ``hb`` = (interval, timeout), in either protocol."""
+    if protocol == "tether":
+        return open_peer(clock, heartbeat=hb)
+    peer = Peer(clock, protocol="raw", heartbeat=hb).start()
+    assert peer.session.is_open
+    return peer
+
+
 def iter_chunks(data: bytes, size: int) -> Iterable[bytes]:
     for i in range(0, len(data), size):
         yield data[i : i + size]

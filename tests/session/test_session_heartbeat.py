@@ -13,7 +13,7 @@ import pytest
 from session.sessionkit import (
     FakeClock,
     Peer,
-    open_peer,
+    link,
     pong_for,
     server_frame,
     text,
@@ -36,14 +36,6 @@ GRID = [
 ]
 PROTOCOLS = ["tether", "raw"]
 EPS = 1e-6
-
-
-def link(clock: FakeClock, protocol: str, hb: Tuple[float, float]) -> Peer:
-    if protocol == "tether":
-        return open_peer(clock, heartbeat=hb)
-    peer = Peer(clock, protocol="raw", heartbeat=hb).start()
-    assert peer.session.is_open
-    return peer
 
 
 def heartbeat_close_at(peer: Peer) -> Optional[float]:

@@ -100,11 +100,13 @@ from session.sessionkit import (
     Frame,
     Peer,
     data_msg,
+    link,
     open_peer,
     pong_for,
     server_frame,
     text,
 )
+from support.rng import TopRng
 
 from tether_sync import frames
 from tether_sync.exceptions import AuthError
@@ -181,28 +183,9 @@ def codes(new: List[Frame]) -> List[Optional[int]]:
     return [f.close_code for f in new if f.opcode == frames.OP_CLOSE]
 
 
-def link(clock: FakeClock, protocol: str, hb: Tuple[float, float]) -> Peer:
-    if protocol == "tether":
-        return open_peer(clock, heartbeat=hb)
-    peer = Peer(clock, protocol="raw", heartbeat=hb).start()
-    assert peer.session.is_open
-    return peer
-
-
 def the_ping(new: List[Frame]) -> Frame:
     assert len(new) == 1 and is_heartbeat_ping(new[0]), new
     return new[0]
-
-
-class TopRng:
-    """Full jitter at its top: returns the upper bound, records every (a, b)."""
-
-    def __init__(self) -> None:
-        self.calls: List[Tuple[float, float]] = []
-
-    def uniform(self, a: float, b: float) -> float:
-        self.calls.append((a, b))
-        return b
 
 
 WALL = float(2**30)  # wall - monotonic: exact in binary, so wall arithmetic stays exact

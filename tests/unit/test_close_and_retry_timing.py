@@ -16,6 +16,7 @@ import math
 from typing import List, Optional, Tuple
 
 import pytest
+from support.rng import TopRng
 
 from tether_sync.aftermath import GiveUp, Retry, after_close, plan_retry
 from tether_sync.backoff import Backoff
@@ -30,17 +31,6 @@ NOW = 1000.0
 
 def just_before(t: float) -> float:
     return math.nextafter(t, -math.inf)
-
-
-class TopRng:
-    """Full jitter at its top: returns the upper bound, records every (a, b)."""
-
-    def __init__(self) -> None:
-        self.calls: List[Tuple[float, float]] = []
-
-    def uniform(self, a: float, b: float) -> float:
-        self.calls.append((a, b))
-        return b
 
 
 # ---------------------------------------------------------------- Shutdown: close(timeout)

@@ -7,28 +7,18 @@ import random
 from typing import Any, List, Optional, Tuple
 
 import pytest
+from support.rng import TopRng
 
 from tether_sync.backoff import MAX_POLICY_DELAY, Backoff, FullJitter, ask_policy, check_delay
 from tether_sync.exceptions import TetherError
 from tether_sync.options import Reconnect, coerce
 
 
-class RecordingRng:
-    """Records the bounds asked for; returns the upper one."""
-
-    def __init__(self) -> None:
-        self.calls: List[Tuple[float, float]] = []
-
-    def uniform(self, a: float, b: float) -> float:
-        self.calls.append((a, b))
-        return b
-
-
 def run(
     backoff: Backoff, n: int, policy: Any = None, rng: Any = None, step: float = 1.0
 ) -> Tuple[List[Optional[float]], List[int], List[Optional[TetherError]], Backoff]:
     """n retries at now = 100, 101, ...: delays, endpoints chosen, problems."""
-    rng = rng if rng is not None else RecordingRng()
+    rng = rng if rng is not None else TopRng()
     delays: List[Optional[float]] = []
     endpoints: List[int] = []
     problems: List[Optional[TetherError]] = []
@@ -54,7 +44,7 @@ def test_one_endpoint_retry_is_exactly_the_full_jitter_of_next() -> None:
 
 
 def test_several_endpoints_rotate_round_robin_and_back_off_per_rotation() -> None:
-    rng = RecordingRng()
+    rng = TopRng()
     _, endpoints, _, after = run(Backoff(1.0, 100.0, endpoints=3), 9, rng=rng)
     assert endpoints == [1, 2, 0, 1, 2, 0, 1, 2, 0]
     # Rounds 1,1,1,2,2,2,3,3,3: a dead primary costs the secondary one short delay.
@@ -74,7 +64,7 @@ def test_reset_keeps_the_endpoint_so_a_lost_link_moves_on() -> None:
     assert backoff.endpoint == 1 and backoff.since == 100.0
     opened = backoff.reset()
     assert (opened.attempt, opened.endpoint, opened.since) == (0, 1, None)
-    delay, lost, _ = opened.retry(RecordingRng(), 500.0)
+    delay, lost, _ = opened.retry(TopRng(), 500.0)
     assert (lost.attempt, lost.endpoint, lost.since) == (1, 0, 500.0)
     assert delay == 2.0  # round 1 again: the run started over
 
@@ -89,7 +79,7 @@ def test_policy_gets_round_elapsed_and_reason() -> None:
         seen.append((attempt, elapsed, reason))
         return 0.25
 
-    rng = RecordingRng()
+    rng = TopRng()
     delays, _, problems, _ = run(Backoff(1.0, 10.0, endpoints=2), 5, policy, rng, step=2.5)
     assert delays == [0.25] * 5 and problems == [None] * 5
     assert [(a, e) for a, e, _ in seen] == [(1, 0.0), (1, 2.5), (2, 5.0), (2, 7.5), (3, 10.0)]
@@ -128,7 +118,7 @@ def test_policy_int_is_seconds() -> None:
     ids=repr,
 )
 def test_policy_garbage_falls_back_to_the_default_and_says_so(garbage: Any) -> None:
-    rng = RecordingRng()
+    rng = TopRng()
     delays, _, problems, after = run(Backoff(1.0, 10.0), 1, lambda a, e, r: garbage, rng)
     assert delays == [2.0] and rng.calls == [(0.0, 2.0)]  # the default full jitter
     problem = problems[0]
@@ -141,7 +131,7 @@ def test_policy_that_raises_falls_back_and_chains_the_exception() -> None:
     def policy(attempt: int, elapsed: float, reason: Optional[BaseException]) -> float:
         raise ZeroDivisionError("oops")
 
-    rng = RecordingRng()
+    rng = TopRng()
     delays, _, problems, _ = run(Backoff(1.0, 10.0), 1, policy, rng)
     assert delays == [2.0]
     problem = problems[0]
