@@ -71,6 +71,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 import weakref
 from collections import deque
 from typing import (
@@ -100,8 +101,14 @@ FORMAT_NAME = "tether_sync.outbox"
 CRASH_SEQ_GAP = 1 << 20
 #: Transactions a leading appender commits at most before the background takes over.
 LEADER_ROUNDS = 4
-#: WAL pages (estimated) after which the checkpointer thread checkpoints.
-CHECKPOINT_PAGES = 256
+#: WAL pages after which a commit checkpoints (SQLite's ``wal_autocheckpoint``).
+CHECKPOINT_PAGES = 1000
+#: Page size of a new file (an existing file keeps its own).
+PAGE_SIZE = 4096
+#: Discarded seqs that are written at once (in the next transaction) ...
+DISCARD_BATCH = 1024
+#: ... else at most this many seconds after the first of them (see :meth:`DurableStore.discard`).
+DISCARD_DELAY = 0.05
 #: Messages committed in one transaction at most (bounds latency and the WAL).
 MAX_BATCH = 8192
 
@@ -115,7 +122,7 @@ _SCHEMA = (
     " data BLOB NOT NULL)",
 )
 _INSERT = "INSERT INTO messages (seq, msg_id, channel, op, data) VALUES (?, ?, ?, ?, ?)"
-_DELETE = "DELETE FROM messages WHERE seq = ?"
+_DELETE = "DELETE FROM messages WHERE seq BETWEEN ? AND ?"
 _SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 
 
@@ -258,18 +265,6 @@ class DurableStore:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        try:
-            # Checkpoints (they fsync, even with synchronous=NORMAL) run on a second
-            # connection on their own thread, so a sender never waits for one; the
-            # main connection's auto-checkpoint (1000 pages) stays as a backstop.
-            self._ckpt_conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
-            self._ckpt_conn.execute("PRAGMA synchronous = " + ("FULL" if fsync else "NORMAL"))
-        except sqlite3.Error as exc:
-            self._conn.close()
-            os.close(self._lock_fd)
-            raise TetherError(f"outbox {self.path}: cannot open it: {exc}") from exc
         # _lock guards every attribute below and the _Batch/_Item state; _wake
         # (on _lock) wakes the background committer. Never held during SQLite work
         # or a user callback. Only the thread that set _committing (a leader
@@ -278,15 +273,13 @@ class DurableStore:
         self._wake = threading.Condition(self._lock)
         self._batches: Deque[_Batch] = deque()
         self._discards: List[int] = []
+        self._discard_since = 0.0  # monotonic time the oldest unwritten discard came
         self._seq_dirty = False  # raise_seq() moved _last_seq; persist it
         self._committing = False  # someone is (or is about to be) the committer
         self._bg_turn = False  # the background thread is that committer
         self._closing = False
         self._broken: Optional[BaseException] = None  # the committer died
         self._clean_close = False  # set by the background thread when it closed the file
-        self._wal_pages = 0  # pages written since the last checkpoint request (estimate)
-        self._ckpt_due = threading.Event()
-        self._ckpt_stop = False
         self.transactions = 0
         """Transactions committed so far (group commit makes it < appends)."""
         self.appended = 0
@@ -294,11 +287,7 @@ class DurableStore:
         self._thread = threading.Thread(
             target=self._run_background, name="tether_sync-outbox", daemon=True
         )
-        self._ckpt_thread = threading.Thread(
-            target=self._run_checkpointer, name="tether_sync-outbox-checkpoint", daemon=True
-        )
         _LIVE.add(self)
-        self._ckpt_thread.start()
         self._thread.start()
         log.info(
             "outbox %s opened: %d pending, last seq %d, fsync %s",
@@ -413,8 +402,13 @@ class DurableStore:
             return
         with self._lock:
             self._check_open()
-            self._discards.extend(seqs)
-            self._kick_background()
+            discards = self._discards
+            if not discards:
+                self._discard_since = time.monotonic()
+                self._wake.notify()  # the background thread keeps the deadline
+            discards.extend(seqs)
+            if len(discards) >= DISCARD_BATCH:
+                self._kick_background()
 
     def raise_seq(self, seq: int) -> None:
         """Make ``last_seq`` at least ``seq`` (e.g. ``acked`` of ``hello-ok``); never waits.
@@ -488,7 +482,17 @@ class DurableStore:
 
     def _has_work(self) -> bool:
         assert self._lock.locked()
-        return bool(self._batches or self._discards or self._seq_dirty)
+        return bool(self._batches or self._seq_dirty or self._discards_due())
+
+    def _discards_due(self) -> bool:
+        """Whether the pending discards go into the next transaction."""
+        assert self._lock.locked()
+        discards = self._discards
+        return bool(discards) and (
+            len(discards) >= DISCARD_BATCH
+            or self._closing
+            or time.monotonic() - self._discard_since >= DISCARD_DELAY
+        )
 
     def _commit_as_leader(self) -> None:
         """Commit on the calling thread, then hand any rest to the background.
@@ -518,7 +522,16 @@ class DurableStore:
             while True:
                 with self._lock:
                     while not self._bg_turn:
-                        self._wake.wait()
+                        if not self._discards:
+                            self._wake.wait()
+                            continue
+                        # Discards wait for a transaction that carries them anyway;
+                        # when none came within DISCARD_DELAY, write them alone.
+                        left = self._discard_since + DISCARD_DELAY - time.monotonic()
+                        if left <= 0 and not self._committing:
+                            self._committing = self._bg_turn = True
+                        else:
+                            self._wake.wait(left if left > 0 else DISCARD_DELAY)
                     if not self._has_work():
                         if self._closing:
                             break
@@ -531,29 +544,13 @@ class DurableStore:
             log.exception("outbox %s: committer stopped", self.path)
             self._fail_all(TetherError(f"outbox {self.path}: committer stopped: {exc!r}"), exc)
         finally:
-            self._ckpt_stop = True
-            self._ckpt_due.set()
-            self._ckpt_thread.join()
             try:
-                self._ckpt_conn.close()
                 self._conn.close()
             except sqlite3.Error:
                 log.exception("outbox %s: closing the database failed", self.path)
             os.close(self._lock_fd)
             _LIVE.discard(self)
             log.info("outbox %s closed", self.path)
-
-    def _run_checkpointer(self) -> None:
-        """Checkpoint the WAL when asked, on the second connection (never blocks a commit)."""
-        while True:
-            self._ckpt_due.wait()
-            self._ckpt_due.clear()
-            if self._ckpt_stop:
-                return
-            try:
-                self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:  # the backstop auto-checkpoint still runs
-                log.warning("outbox %s: checkpoint failed: %s", self.path, exc)
 
     def _commit_once(self) -> None:
         """Take what is waiting and commit it in one transaction (the committer only)."""
@@ -565,7 +562,10 @@ class DurableStore:
                 for n, item in enumerate(batch.items):
                     item.seq = first + n
                 self._last_seq += len(batch.items)
-            discards, self._discards = self._discards, []
+            if self._discards_due():
+                discards, self._discards = self._discards, []
+            else:
+                discards = []
             write_seq = self._seq_dirty
             self._seq_dirty = False
             last_seq = self._last_seq
@@ -586,36 +586,41 @@ class DurableStore:
         items = batch.items if batch is not None else []
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if items:
-                    conn.executemany(
-                        _INSERT, [(i.seq, i.msg_id, i.channel, i.op, i.data) for i in items]
-                    )
-                if discards:
-                    conn.executemany(_DELETE, [(s,) for s in discards])
-                if write_seq or discards:
-                    conn.execute(_SET_META, ("last_seq", last_seq))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            if len(items) == 1 and not discards and not write_seq:
+                # The lone sender's case: one statement is its own transaction
+                # (autocommit), one sqlite3_step instead of three.
+                i = items[0]
+                conn.execute(_INSERT, (i.seq, i.msg_id, i.channel, i.op, i.data))
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if items:
+                        conn.executemany(
+                            _INSERT, [(i.seq, i.msg_id, i.channel, i.op, i.data) for i in items]
+                        )
+                    if discards:
+                        conn.executemany(_DELETE, _ranges(discards))
+                    if write_seq or discards:
+                        conn.execute(_SET_META, ("last_seq", last_seq))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             log.error("outbox %s: commit failed: %s", self.path, exc)
             with self._lock:
-                # Not written: put the discards and the counter back for next time.
-                self._discards[:0] = discards
+                # Not written: put the discards and the counter back for later
+                # (not at once: a file that refuses writes is not hammered).
+                if discards:
+                    if not self._discards:
+                        self._discard_since = time.monotonic()
+                    self._discards[:0] = discards
                 self._seq_dirty = self._seq_dirty or write_seq
                 if batch is not None:
                     batch.error = TetherError(f"outbox {self.path}: commit failed: {exc}")
                     batch.error.__cause__ = exc
             return
-        # Every transaction writes at least one page; rows of ~4 KB fill one each.
-        self._wal_pages += 1 + sum(len(i.data) for i in items) // 4000 + len(discards) // 100
-        if self._wal_pages >= CHECKPOINT_PAGES:
-            self._wal_pages = 0
-            self._ckpt_due.set()
         with self._lock:
             self.transactions += 1
             if batch is None:
@@ -624,6 +629,8 @@ class DurableStore:
             live = [i for i in items if not i.abandoned]
             gone = [i.seq for i in items if i.abandoned]
             if gone:
+                if not self._discards:
+                    self._discard_since = time.monotonic()
                 self._discards.extend(gone)
             self.appended += len(live)
         if self._on_commit is not None and live:
@@ -636,9 +643,6 @@ class DurableStore:
 
     def _finish(self) -> bool:
         """Mark the file closed cleanly and checkpoint it (the background thread)."""
-        self._ckpt_stop = True
-        self._ckpt_due.set()
-        self._ckpt_thread.join()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(_SET_META, ("clean", 1))
@@ -671,7 +675,8 @@ class DurableStore:
             raise ClientClosed(f"outbox {self.path} is closed")
 
     def _check_fork(self) -> None:
-        if self._forked or os.getpid() != self._pid:
+        # _forked is set in the child by the at-fork hook (getpid() is a system call).
+        if self._forked or (not _AT_FORK and os.getpid() != self._pid):
             raise TetherError(
                 f"outbox {self.path} was opened by process {self._pid}; a forked child"
                 " cannot use it (open a new DurableStore in the child)"
@@ -679,6 +684,20 @@ class DurableStore:
 
     def __repr__(self) -> str:
         return f"<DurableStore {self.path!r} last_seq={self._last_seq}>"
+
+
+def _ranges(seqs: List[int]) -> List[Tuple[int, int]]:
+    """``seqs`` as ``(first, last)`` runs of consecutive numbers (acks are cumulative)."""
+    out: List[Tuple[int, int]] = []
+    it = iter(sorted(set(seqs)))
+    first = last = next(it)
+    for n in it:
+        if n != last + 1:
+            out.append((first, last))
+            first = n
+        last = n
+    out.append((first, last))
+    return out
 
 
 # -- opening ----------------------------------------------------------------------------
@@ -734,6 +753,10 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
     except sqlite3.Error as exc:
         raise TetherError(f"outbox {path}: cannot open it: {exc}") from exc
     try:
+        # Before anything reads the file: the connection keeps its lock for its
+        # whole life, so a transaction takes no file locks (the flock already
+        # keeps other stores out), and the WAL index lives in memory (no -shm).
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         conn.execute("PRAGMA busy_timeout = 5000")
         if _scalar(conn, "PRAGMA page_count") == 0:  # empty: nothing in it to lose
             session_id = _create(conn, path, fsync)
@@ -742,6 +765,7 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
         else:
             session_id, last_seq, pending = _load(conn, path, fsync)
         conn.execute("PRAGMA synchronous = " + ("FULL" if fsync else "NORMAL"))
+        conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
         return conn, session_id, last_seq, pending
     except sqlite3.Error as exc:
         conn.close()
@@ -761,6 +785,7 @@ def _create(conn: sqlite3.Connection, path: str, fsync: bool) -> str:
     # (opened as new next time), never a half-made outbox; then switch to WAL.
     session_id = secrets.token_hex(16)
     conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
@@ -859,7 +884,7 @@ _FORKED_LEFTOVERS: List[sqlite3.Connection] = []
 def _after_fork_in_child() -> None:
     for store in list(_LIVE):
         store._forked = True
-        _FORKED_LEFTOVERS.extend((store._conn, store._ckpt_conn))
+        _FORKED_LEFTOVERS.append(store._conn)
         try:
             # Our copy only: the lock stays with the parent's descriptor, and a
             # child that outlives the parent does not keep the file locked.
@@ -869,5 +894,6 @@ def _after_fork_in_child() -> None:
     _LIVE.clear()
 
 
-if hasattr(os, "register_at_fork"):
+_AT_FORK = hasattr(os, "register_at_fork")
+if _AT_FORK:
     os.register_at_fork(after_in_child=_after_fork_in_child)

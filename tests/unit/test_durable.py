@@ -23,6 +23,7 @@ import pytest
 
 from tether_sync.durable import (
     CRASH_SEQ_GAP,
+    DISCARD_BATCH,
     DurableStore,
     StoredMessage,
 )
@@ -562,18 +563,21 @@ def test_a_failed_commit_fails_its_appenders_and_the_store_goes_on(path: str) ->
     store = DurableStore(path)
     try:
         store.append("a", "c", 1, b"d")
-        store.discard([1])
-        # Another writer holds the database (nothing does in real use: the flock
-        # refuses other stores); the commit gives up after busy_timeout (5 s).
-        intruder = sqlite3.connect(path, isolation_level=None)
-        intruder.execute("BEGIN IMMEDIATE")
-        try:
-            with pytest.raises(TetherError, match="commit failed") as info:
-                store.append("lost", "c", 1, b"d")
-            assert path in str(info.value)
-        finally:
-            intruder.execute("ROLLBACK")
-            intruder.close()
+        # SQLite refuses every write (as with a full or failing disk; nothing else can
+        # get at the file: the store holds it exclusively). Enough discards to be due
+        # at once, so they are in the failed transactions too.
+        refuse = True
+
+        def authorizer(action: int, *args: object) -> int:
+            writes = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_UPDATE)
+            return sqlite3.SQLITE_DENY if refuse and action in writes else sqlite3.SQLITE_OK
+
+        store._conn.set_authorizer(authorizer)
+        store.discard([1, *range(1000, 1000 + DISCARD_BATCH)])
+        with pytest.raises(TetherError, match="commit failed") as info:
+            store.append("lost", "c", 1, b"d")
+        assert path in str(info.value)
+        refuse = False
         assert store.append("b", "c", 1, b"d") == 3  # the failed one's seq stays unused
     finally:
         assert store.close()
