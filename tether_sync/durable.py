@@ -148,13 +148,14 @@ class StoredMessage:
 class _Item:
     """One appended message on its way to the file."""
 
-    __slots__ = ("abandoned", "channel", "data", "msg_id", "op", "seq")
+    __slots__ = ("abandoned", "channel", "data", "msg_id", "op", "ref", "seq")
 
-    def __init__(self, msg_id: str, channel: str, op: int, data: bytes) -> None:
+    def __init__(self, msg_id: str, channel: str, op: int, data: bytes, ref: Any = None) -> None:
         self.msg_id = msg_id
         self.channel = channel
         self.op = op
         self.data = data
+        self.ref = ref  # handed to on_commit_ref with its seq
         self.seq = 0  # assigned when its batch is taken for a transaction
         self.abandoned = False  # its appender gave up while the commit ran
 
@@ -238,6 +239,9 @@ class DurableStore:
             before their appenders are released; calls never overlap and come in
             ``seq`` order. It must not raise (an exception is logged) and should
             not block for long: every appender waits for it.
+        on_commit_ref: Like ``on_commit``, but called once per committed message
+            that was appended with a ``ref``, as ``on_commit_ref(seq, ref)`` (no
+            :class:`StoredMessage` is made for it); same rules, after ``on_commit``.
 
     Raises:
         TetherError: The file is locked by another live store (this process or
@@ -251,12 +255,14 @@ class DurableStore:
         *,
         fsync: bool = False,
         on_commit: Optional[Callable[[List[StoredMessage]], None]] = None,
+        on_commit_ref: Optional[Callable[[int, Any], None]] = None,
     ) -> None:
         self.path: str = os.fspath(path)
         """The outbox file."""
         self.fsync = fsync
         """True: every commit is fsynced (``synchronous=FULL``)."""
         self._on_commit = on_commit
+        self._on_commit_ref = on_commit_ref
         self._pid = os.getpid()
         self._forked = False
         self._lock_fd = _lock_sidecar(self.path)
@@ -279,6 +285,7 @@ class DurableStore:
         self._bg_turn = False  # the background thread is that committer
         self._closing = False
         self._broken: Optional[BaseException] = None  # the committer died
+        self._last_error = TetherError("no commit failed")  # the last failed commit's
         self._clean_close = False  # set by the background thread when it closed the file
         self.transactions = 0
         """Transactions committed so far (group commit makes it < appends)."""
@@ -320,7 +327,13 @@ class DurableStore:
         return list(self._pending)
 
     def append(
-        self, msg_id: str, channel: str, op: int, data: bytes, timeout: Optional[float] = None
+        self,
+        msg_id: str,
+        channel: str,
+        op: int,
+        data: bytes,
+        timeout: Optional[float] = None,
+        ref: Any = None,
     ) -> int:
         """Number a message and commit it to the file; return once it is committed.
 
@@ -330,6 +343,7 @@ class DurableStore:
             op: Frame opcode (1 text, 2 binary).
             data: Payload bytes.
             timeout: Seconds to wait for the commit at most (None: no limit).
+            ref: Anything; given to ``on_commit_ref`` with the message's ``seq``.
 
         Returns:
             Its ``seq``: ``last_seq + 1`` at the moment its transaction started.
@@ -337,7 +351,37 @@ class DurableStore:
         Raises:
             TimeoutError, TetherError, ClientClosed: see :meth:`AppendHandle.result`.
         """
-        return self._enqueue(((msg_id, channel, op, data),), lead=True)[0].result(timeout)
+        if self._forked or not _AT_FORK:
+            self._check_fork()
+        with self._lock:
+            self._check_open()
+            if self._committing:  # join the next batch
+                lead = False
+            else:  # nobody commits: commit this one here, as its own transaction
+                lead = self._committing = True
+                seq = self._last_seq = self._last_seq + 1
+                if self._discards and self._discards_due():
+                    discards, self._discards = self._discards, []
+                else:
+                    discards = _NO_DISCARDS
+                write_seq = self._seq_dirty
+                self._seq_dirty = False
+        if not lead:
+            items = ((msg_id, channel, op, data),)
+            return self._enqueue(items, lead=True, ref=ref)[0].result(timeout)
+        try:
+            row = (seq, msg_id, channel, op, bytes(data))
+            if not self._write((row,), discards, write_seq, seq):
+                raise self._last_error
+            self.transactions += 1
+            self.appended += 1
+            if self._on_commit is not None:
+                self._hook([StoredMessage(*row)])
+            if self._on_commit_ref is not None and ref is not None:
+                self._hook_ref(seq, ref)
+        finally:
+            self._end_lead()
+        return seq
 
     def append_async(self, msg_id: str, channel: str, op: int, data: bytes) -> AppendHandle:
         """Like :meth:`append`, but return at once with a handle on the future ``seq``.
@@ -368,11 +412,11 @@ class DurableStore:
         return [h.result(deadline.remaining()) for h in handles]
 
     def _enqueue(
-        self, messages: Iterable[Tuple[str, str, int, bytes]], *, lead: bool
+        self, messages: Iterable[Tuple[str, str, int, bytes]], *, lead: bool, ref: Any = None
     ) -> List[AppendHandle]:
         """Queue messages for a transaction; with ``lead``, commit it here if nobody is."""
         self._check_fork()
-        items = [_Item(m, c, o, bytes(d)) for m, c, o, d in messages]
+        items = [_Item(m, c, o, bytes(d), ref) for m, c, o, d in messages]
         handles = []
         with self._lock:
             self._check_open()
@@ -494,6 +538,18 @@ class DurableStore:
             or time.monotonic() - self._discard_since >= DISCARD_DELAY
         )
 
+    def _end_lead(self) -> None:
+        """After a lone append's own transaction: stop committing, or go on if more came."""
+        with self._lock:
+            if not (self._closing or self._batches or self._seq_dirty or self._discards_due()):
+                self._committing = False
+                return
+            if not self._has_work():  # closing: the background thread finishes
+                self._bg_turn = True
+                self._wake.notify()
+                return
+        self._commit_as_leader()
+
     def _commit_as_leader(self) -> None:
         """Commit on the calling thread, then hand any rest to the background.
 
@@ -584,42 +640,10 @@ class DurableStore:
         self, batch: Optional[_Batch], discards: List[int], write_seq: bool, last_seq: int
     ) -> None:
         items = batch.items if batch is not None else []
-        conn = self._conn
-        try:
-            if len(items) == 1 and not discards and not write_seq:
-                # The lone sender's case: one statement is its own transaction
-                # (autocommit), one sqlite3_step instead of three.
-                i = items[0]
-                conn.execute(_INSERT, (i.seq, i.msg_id, i.channel, i.op, i.data))
-            else:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if items:
-                        conn.executemany(
-                            _INSERT, [(i.seq, i.msg_id, i.channel, i.op, i.data) for i in items]
-                        )
-                    if discards:
-                        conn.executemany(_DELETE, _ranges(discards))
-                    if write_seq or discards:
-                        conn.execute(_SET_META, ("last_seq", last_seq))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            log.error("outbox %s: commit failed: %s", self.path, exc)
-            with self._lock:
-                # Not written: put the discards and the counter back for later
-                # (not at once: a file that refuses writes is not hammered).
-                if discards:
-                    if not self._discards:
-                        self._discard_since = time.monotonic()
-                    self._discards[:0] = discards
-                self._seq_dirty = self._seq_dirty or write_seq
-                if batch is not None:
-                    batch.error = TetherError(f"outbox {self.path}: commit failed: {exc}")
-                    batch.error.__cause__ = exc
+        rows = [(i.seq, i.msg_id, i.channel, i.op, i.data) for i in items]
+        if not self._write(rows, discards, write_seq, last_seq):
+            if batch is not None:
+                batch.error = self._last_error
             return
         with self._lock:
             self.transactions += 1
@@ -634,12 +658,69 @@ class DurableStore:
                 self._discards.extend(gone)
             self.appended += len(live)
         if self._on_commit is not None and live:
+            self._hook([StoredMessage(i.seq, i.msg_id, i.channel, i.op, i.data) for i in live])
+        if self._on_commit_ref is not None:
+            for i in live:
+                if i.ref is not None:
+                    self._hook_ref(i.seq, i.ref)
+
+    def _write(
+        self,
+        rows: Sequence[Tuple[int, str, str, int, bytes]],
+        discards: List[int],
+        write_seq: bool,
+        last_seq: int,
+    ) -> bool:
+        """One transaction (the committer only); False if it failed (see _last_error)."""
+        conn = self._conn
+        try:
+            if len(rows) == 1 and not discards and not write_seq:
+                # The lone sender's case: one statement is its own transaction
+                # (autocommit), one sqlite3_step instead of three.
+                conn.execute(_INSERT, rows[0])
+                return True
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                self._on_commit(
-                    [StoredMessage(i.seq, i.msg_id, i.channel, i.op, i.data) for i in live]
-                )
-            except Exception:
-                log.exception("outbox %s: on_commit callback raised", self.path)
+                if rows:
+                    conn.executemany(_INSERT, rows)
+                if discards:
+                    conn.executemany(_DELETE, _ranges(discards))
+                if write_seq or discards:
+                    conn.execute(_SET_META, ("last_seq", last_seq))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return True
+        except sqlite3.Error as exc:
+            log.error("outbox %s: commit failed: %s", self.path, exc)
+            error = TetherError(f"outbox {self.path}: commit failed: {exc}")
+            error.__cause__ = exc
+            self._last_error = error
+            with self._lock:
+                # Not written: put the discards and the counter back for later
+                # (not at once: a file that refuses writes is not hammered).
+                if discards:
+                    if not self._discards:
+                        self._discard_since = time.monotonic()
+                    self._discards[:0] = discards
+                self._seq_dirty = self._seq_dirty or write_seq
+            return False
+
+    def _hook(self, messages: List[StoredMessage]) -> None:
+        assert self._on_commit is not None
+        try:
+            self._on_commit(messages)
+        except Exception:
+            log.exception("outbox %s: on_commit callback raised", self.path)
+
+    def _hook_ref(self, seq: int, ref: Any) -> None:
+        assert self._on_commit_ref is not None
+        try:
+            self._on_commit_ref(seq, ref)
+        except Exception:
+            log.exception("outbox %s: on_commit_ref callback raised", self.path)
 
     def _finish(self) -> bool:
         """Mark the file closed cleanly and checkpoint it (the background thread)."""
@@ -684,6 +765,9 @@ class DurableStore:
 
     def __repr__(self) -> str:
         return f"<DurableStore {self.path!r} last_seq={self._last_seq}>"
+
+
+_NO_DISCARDS: List[int] = []  # never appended to
 
 
 def _ranges(seqs: List[int]) -> List[Tuple[int, int]]:
