@@ -354,10 +354,13 @@ class DurableStore:
         Raises:
             TimeoutError, TetherError, ClientClosed: see :meth:`AppendHandle.result`.
         """
+        # The lone sender's path is kept short: it is most of what send() costs.
         if self._forked or not _AT_FORK:
             self._check_fork()
-        with self._lock:
-            self._check_open()
+        lock = self._lock
+        with lock:
+            if self._broken is not None or self._closing:
+                self._check_open()
             if self._committing:  # join the next batch
                 lead = False
             else:  # nobody commits: commit this one here, as its own transaction
@@ -373,17 +376,37 @@ class DurableStore:
             items = ((msg_id, channel, op, data),)
             return self._enqueue(items, lead=True, ref=ref)[0].result(timeout)
         try:
-            row = (seq, msg_id, channel, op, bytes(data))
-            if not self._write((row,), discards, write_seq, seq):
-                raise self._last_error
+            row = (seq, msg_id, channel, op, data if type(data) is bytes else bytes(data))
+            if discards or write_seq:
+                if not self._write((row,), discards, write_seq, seq):
+                    raise self._last_error
+            else:
+                try:  # one statement is its own transaction (autocommit)
+                    self._conn.execute(_INSERT, row)
+                except sqlite3.Error as exc:
+                    raise self._failed(exc, discards, write_seq) from exc
             self.transactions += 1
             self.appended += 1
             if self._on_commit is not None:
                 self._hook([StoredMessage(*row)])
-            if self._on_commit_ref is not None and ref is not None:
-                self._hook_ref(seq, ref)
+            hook = self._on_commit_ref
+            if hook is not None and ref is not None:
+                try:
+                    hook(seq, ref)
+                except Exception:
+                    log.exception("outbox %s: on_commit_ref callback raised", self.path)
         finally:
-            self._end_lead()
+            with lock:
+                more = (
+                    self._closing
+                    or self._batches
+                    or self._seq_dirty
+                    or (self._discards and self._discards_due())
+                )
+                if not more:
+                    self._committing = False
+            if more:
+                self._end_lead()
         return seq
 
     def append_async(self, msg_id: str, channel: str, op: int, data: bytes) -> AppendHandle:
@@ -532,8 +555,7 @@ class DurableStore:
         return bool(self._batches or self._seq_dirty or self._discards_due())
 
     def _discards_due(self) -> bool:
-        """Whether the pending discards go into the next transaction."""
-        assert self._lock.locked()
+        """Whether the pending discards go into the next transaction (with _lock held)."""
         discards = self._discards
         return bool(discards) and (
             len(discards) >= DISCARD_BATCH
@@ -542,11 +564,8 @@ class DurableStore:
         )
 
     def _end_lead(self) -> None:
-        """After a lone append's own transaction: stop committing, or go on if more came."""
+        """After a lone append's own transaction, when more came or the store closes."""
         with self._lock:
-            if not (self._closing or self._batches or self._seq_dirty or self._discards_due()):
-                self._committing = False
-                return
             if not self._has_work():  # closing: the background thread finishes
                 self._bg_turn = True
                 self._wake.notify()
@@ -697,19 +716,24 @@ class DurableStore:
                 raise
             return True
         except sqlite3.Error as exc:
-            log.error("outbox %s: commit failed: %s", self.path, exc)
-            error = TetherError(f"outbox {self.path}: commit failed: {exc}")
-            error.__cause__ = exc
-            self._last_error = error
-            with self._lock:
-                # Not written: put the discards and the counter back for later
-                # (not at once: a file that refuses writes is not hammered).
-                if discards:
-                    if not self._discards:
-                        self._discard_since = time.monotonic()
-                    self._discards[:0] = discards
-                self._seq_dirty = self._seq_dirty or write_seq
+            self._failed(exc, discards, write_seq)
             return False
+
+    def _failed(self, exc: sqlite3.Error, discards: List[int], write_seq: bool) -> TetherError:
+        """A transaction failed: keep what it should have written for later; the error."""
+        log.error("outbox %s: commit failed: %s", self.path, exc)
+        error = TetherError(f"outbox {self.path}: commit failed: {exc}")
+        error.__cause__ = exc
+        self._last_error = error
+        with self._lock:
+            # Put the discards and the counter back for a later transaction (not
+            # at once: a file that refuses writes is not hammered).
+            if discards:
+                if not self._discards:
+                    self._discard_since = time.monotonic()
+                self._discards[:0] = discards
+            self._seq_dirty = self._seq_dirty or write_seq
+        return error
 
     def _hook(self, messages: List[StoredMessage]) -> None:
         assert self._on_commit is not None
@@ -752,7 +776,7 @@ class DurableStore:
     # -- guards ------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        assert self._lock.locked()
+        # With _lock held.
         if self._broken is not None:
             raise self._broken
         if self._closing:
