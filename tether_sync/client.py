@@ -212,7 +212,9 @@ class TetherClient:
             self._store = DurableStore(
                 queue_opt.path, fsync=queue_opt.fsync, on_commit_ref=self._committed
             )
-            self._loop.outbox.linger = 0.0005  # see Outbox.linger: at most 0.5 ms
+            # See Outbox.linger: a durable send waits at most 2 ms for the I/O thread
+            # (acks take up to 50 ms anyway); fewer wake-ups leave the GIL to senders.
+            self._loop.outbox.linger = 0.002
             restored = [self._restore(m) for m in self._store.pending()]
             self._loop.attach_store(self._store, restored)
             if restored:
