@@ -489,6 +489,53 @@ def test_an_unclean_end_skips_seq_numbers_only_without_fsync(path: str, fsync: b
         again.close()
 
 
+DISCARDER = """
+    import os, sys
+    from tether_sync.durable import DISCARD_BATCH, DurableStore
+    store = DurableStore(sys.argv[1])
+    for i in range(DISCARD_BATCH + 2):
+        store.append(f"m{i}", "c", 1, b"d")
+    store.discard(range(1, DISCARD_BATCH + 1))  # a full batch: due at once
+    store.append("after", "c", 1, b"d")  # committed after (or with) the discards
+    os._exit(0)  # no close(): nothing is flushed on the way out
+"""
+
+
+def test_a_full_batch_of_discards_is_in_the_file_before_the_next_append_returns(
+    path: str,
+) -> None:
+    child = run_child(DISCARDER, path)
+    _, err = child.communicate(timeout=WAIT * 3)
+    assert child.returncode == 0, err
+    store = DurableStore(path)
+    try:
+        pending = store.pending()
+        assert [m.seq for m in pending] == [DISCARD_BATCH + 1, DISCARD_BATCH + 2, DISCARD_BATCH + 3]
+        assert pending[-1].msg_id == "after"
+    finally:
+        store.close()
+
+
+def test_on_commit_ref_gets_each_seq_with_its_ref_in_order(path: str) -> None:
+    got: List[tuple] = []
+    lists: List[List[int]] = []
+    store = DurableStore(
+        path,
+        on_commit=lambda ms: lists.append([m.seq for m in ms]),
+        on_commit_ref=lambda seq, ref: got.append((seq, ref)),
+    )
+    try:
+        assert store.append("a", "c", 1, b"d", ref="first") == 1
+        store.append("b", "c", 1, b"d")  # no ref: on_commit only
+        store.discard(range(1, DISCARD_BATCH + 1))  # the next append carries them
+        assert store.append("c", "c", 1, b"d", ref="third") == 3
+        seqs = store.append_many([("d", "c", 1, b"d"), ("e", "c", 1, b"d")])
+    finally:
+        assert store.close()
+    assert got == [(1, "first"), (3, "third")]
+    assert [s for batch in lists for s in batch] == [1, 2, 3, *seqs]
+
+
 SENDER = """
     import sys
     from tether_sync.durable import DurableStore
