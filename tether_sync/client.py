@@ -207,15 +207,15 @@ class TetherClient:
             on_state=self._on_state,
         )
         self._store: Optional[DurableStore] = None
-        # Deliveries of durable sends between append() and their commit hook.
-        self._committing: Dict[str, Delivery] = {}
         queue_opt = self._config.queue
         if queue_opt is not None and queue_opt.path is not None:
             # Raises TetherError for a corrupt, foreign or locked file: at construction.
             self._store = DurableStore(
-                queue_opt.path, fsync=queue_opt.fsync, on_commit=self._committed
+                queue_opt.path, fsync=queue_opt.fsync, on_commit_ref=self._committed
             )
-            self._loop.outbox.linger = 0.0005  # see Outbox.linger: at most 0.5 ms
+            # See Outbox.linger: a durable send waits at most 2 ms for the I/O thread
+            # (acks take up to 50 ms anyway); fewer wake-ups leave the GIL to senders.
+            self._loop.outbox.linger = 0.002
             restored = [self._restore(m) for m in self._store.pending()]
             self._loop.attach_store(self._store, restored)
             if restored:
@@ -484,12 +484,7 @@ class TetherClient:
         assert store is not None
         if self._closing or self._loop.stopped.is_set():
             raise ClientClosed("the client is closed")
-        self._committing[d.id] = d
-        try:
-            store.append(d.id, d.channel, d._op, d._data, timeout=timeout)
-        except BaseException:
-            self._committing.pop(d.id, None)
-            raise
+        store.append(d.id, d.channel, d._op, d._data, timeout, d)
         exc = d._exc
         if (
             exc is not None
@@ -501,23 +496,18 @@ class TetherClient:
             self._queued(d)
         return d
 
-    def _committed(self, messages: List[Any]) -> None:
+    def _committed(self, seq: int, d: Delivery) -> None:
         # The store's commit hook: on the committing thread, in seq order.
-        store = self._store
-        assert store is not None
-        for m in messages:
-            d = self._committing.pop(m.msg_id, None)
-            if d is None:
-                continue
-            d._seq = m.seq
-            try:
-                dropped = self._loop.outbox.put(d)
-            except (QueueFull, ClientClosed) as exc:
-                store.discard([m.seq])
-                d.set_exception(exc)
-                continue
-            if dropped:
-                self._dropped(dropped)
+        d._seq = seq
+        try:
+            dropped = self._loop.outbox.put(d)
+        except (QueueFull, ClientClosed) as exc:
+            assert self._store is not None
+            self._store.discard([seq])
+            d.set_exception(exc)
+            return
+        if dropped:
+            self._dropped(dropped)
 
     def _restore(self, m: Any) -> Delivery:
         """A Delivery for a message the outbox file kept from an earlier process."""

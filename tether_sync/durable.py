@@ -14,10 +14,12 @@ What survives what (the fsync policy):
   :meth:`DurableStore.append` returns, but not fsynced. It survives a crash of the
   *process* (``kill -9``, an exception, ``os._exit``): the data is in the kernel's
   page cache, which the OS writes out. A power loss or an OS crash can lose the
-  last transactions, those committed since the WAL was last synced (at most one
-  auto-checkpoint's worth: 1000 pages, a few MB). Such a loss cannot tear the
-  file: SQLite's WAL checksums drop the incomplete tail, and the file opens in
-  the state of an earlier commit.
+  last transactions, those committed since the WAL was last synced: at most one
+  checkpoint interval (:data:`CHECKPOINT_PAGES` WAL pages, 4 MB: about 2,400
+  lone 64-byte sends), and in practice no more than the kernel's writeback delay
+  (about 30 s on Linux). Such a loss cannot tear the file: SQLite's WAL
+  checksums drop the incomplete tail, and the file opens in the state of an
+  earlier commit.
 * ``DurableStore(path, fsync=True)``: ``synchronous=FULL``; every commit is
   fsynced before ``append()`` returns, so it also survives a power loss, at the
   cost of one fsync per transaction (group commit shares it among concurrent
@@ -43,13 +45,35 @@ store's background committer thread takes over. One committer at a time, one
 transaction per batch, so concurrent senders share a commit (and an fsync).
 :meth:`DurableStore.append_async` queues for the background committer and
 :meth:`DurableStore.append_many` commits its whole list at once, so both get
-large transactions. :meth:`discard` and :meth:`raise_seq` never wait: the
-background committer (or the next batch) writes them. WAL checkpoints (which
-fsync even in ``NORMAL`` mode) run on a second connection on a third thread,
-so a sender does not wait for them. A single blocking sender gets
-``1 / commit latency``: about 27,000 msg/s with ``fsync=False`` and 2,900
-with ``fsync=True`` on the 2-vCPU development machine (64-byte payloads;
-``benchmarks/bench_durable.py`` has every row).
+large transactions. :meth:`raise_seq` never waits: the background committer
+(or the next transaction) writes it.
+
+The commit itself. A lone append is one autocommit ``INSERT`` (one statement,
+its own transaction). The connection is in ``locking_mode=EXCLUSIVE``: it takes
+the file's lock once and keeps it, so a transaction makes no locking system
+calls and the WAL index lives in memory (no ``-shm`` file); the flock below
+already keeps every other store out. The price: while a store is open no other
+SQLite connection can read the file (e.g. the ``sqlite3`` shell). Checkpoints
+are SQLite's auto-checkpoint on the committing thread, every
+:data:`CHECKPOINT_PAGES` WAL pages; a checkpoint fsyncs (even with ``NORMAL``),
+so one append in about 2,400 takes some milliseconds. New files use
+:data:`PAGE_SIZE` (1 KB) pages: a lone append writes about 1.7 KB to the WAL.
+
+Discards are lazy. :meth:`discard` (acknowledged messages) never waits and
+writes nothing itself: the seqs are deleted, as ranges, in the next transaction
+once :data:`DISCARD_BATCH` have gathered or the oldest is :data:`DISCARD_DELAY`
+old (the background committer writes them alone when no append comes). So a
+``kill -9`` can leave up to that many acknowledged messages in the file; the
+next process resends them under the same session and ``seq``, and the server's
+``acked`` in ``hello-ok`` resolves them without a resend (DESIGN §5). Nothing
+unacknowledged is ever lost by this. What can come twice after a ``kill -9``:
+such messages at a server that forgot the session or has no acks (there
+"done" means written), and a message given up (failed by a drop policy) in
+those last moments is sent after all.
+
+A single blocking sender gets ``1 / commit latency``: about 60,000 msg/s with
+``fsync=False`` and 2,800 with ``fsync=True`` on the 2-vCPU development
+machine (64-byte payloads; ``benchmarks/bench_durable.py`` has every row).
 
 Safety at open: an exclusive ``fcntl.flock`` on a sidecar file ``path + ".lock"``
 (left in place on close: removing it would race with a new owner) refuses a second
@@ -71,6 +95,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 import weakref
 from collections import deque
 from typing import (
@@ -100,8 +125,17 @@ FORMAT_NAME = "tether_sync.outbox"
 CRASH_SEQ_GAP = 1 << 20
 #: Transactions a leading appender commits at most before the background takes over.
 LEADER_ROUNDS = 4
-#: WAL pages (estimated) after which the checkpointer thread checkpoints.
-CHECKPOINT_PAGES = 256
+#: WAL pages after which a commit checkpoints (SQLite's ``wal_autocheckpoint``):
+#: 4 MB of WAL with PAGE_SIZE. A checkpoint costs three fsyncs (~5 ms here).
+CHECKPOINT_PAGES = 4096
+#: Page size of a new file (an existing file keeps its own). A lone append
+#: writes one page to the WAL: small pages make small messages cheap (1 KB
+#: holds about four 64-byte tether envelopes; larger messages overflow).
+PAGE_SIZE = 1024
+#: Discarded seqs that are written at once (in the next transaction) ...
+DISCARD_BATCH = 1024
+#: ... else at most this many seconds after the first of them (see :meth:`DurableStore.discard`).
+DISCARD_DELAY = 0.05
 #: Messages committed in one transaction at most (bounds latency and the WAL).
 MAX_BATCH = 8192
 
@@ -115,7 +149,7 @@ _SCHEMA = (
     " data BLOB NOT NULL)",
 )
 _INSERT = "INSERT INTO messages (seq, msg_id, channel, op, data) VALUES (?, ?, ?, ?, ?)"
-_DELETE = "DELETE FROM messages WHERE seq = ?"
+_DELETE = "DELETE FROM messages WHERE seq BETWEEN ? AND ?"
 _SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 
 
@@ -141,13 +175,14 @@ class StoredMessage:
 class _Item:
     """One appended message on its way to the file."""
 
-    __slots__ = ("abandoned", "channel", "data", "msg_id", "op", "seq")
+    __slots__ = ("abandoned", "channel", "data", "msg_id", "op", "ref", "seq")
 
-    def __init__(self, msg_id: str, channel: str, op: int, data: bytes) -> None:
+    def __init__(self, msg_id: str, channel: str, op: int, data: bytes, ref: Any = None) -> None:
         self.msg_id = msg_id
         self.channel = channel
         self.op = op
         self.data = data
+        self.ref = ref  # handed to on_commit_ref with its seq
         self.seq = 0  # assigned when its batch is taken for a transaction
         self.abandoned = False  # its appender gave up while the commit ran
 
@@ -231,6 +266,9 @@ class DurableStore:
             before their appenders are released; calls never overlap and come in
             ``seq`` order. It must not raise (an exception is logged) and should
             not block for long: every appender waits for it.
+        on_commit_ref: Like ``on_commit``, but called once per committed message
+            that was appended with a ``ref``, as ``on_commit_ref(seq, ref)`` (no
+            :class:`StoredMessage` is made for it); same rules, after ``on_commit``.
 
     Raises:
         TetherError: The file is locked by another live store (this process or
@@ -244,12 +282,14 @@ class DurableStore:
         *,
         fsync: bool = False,
         on_commit: Optional[Callable[[List[StoredMessage]], None]] = None,
+        on_commit_ref: Optional[Callable[[int, Any], None]] = None,
     ) -> None:
         self.path: str = os.fspath(path)
         """The outbox file."""
         self.fsync = fsync
         """True: every commit is fsynced (``synchronous=FULL``)."""
         self._on_commit = on_commit
+        self._on_commit_ref = on_commit_ref
         self._pid = os.getpid()
         self._forked = False
         self._lock_fd = _lock_sidecar(self.path)
@@ -258,18 +298,6 @@ class DurableStore:
         except BaseException:
             os.close(self._lock_fd)
             raise
-        try:
-            # Checkpoints (they fsync, even with synchronous=NORMAL) run on a second
-            # connection on their own thread, so a sender never waits for one; the
-            # main connection's auto-checkpoint (1000 pages) stays as a backstop.
-            self._ckpt_conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False
-            )
-            self._ckpt_conn.execute("PRAGMA synchronous = " + ("FULL" if fsync else "NORMAL"))
-        except sqlite3.Error as exc:
-            self._conn.close()
-            os.close(self._lock_fd)
-            raise TetherError(f"outbox {self.path}: cannot open it: {exc}") from exc
         # _lock guards every attribute below and the _Batch/_Item state; _wake
         # (on _lock) wakes the background committer. Never held during SQLite work
         # or a user callback. Only the thread that set _committing (a leader
@@ -278,15 +306,14 @@ class DurableStore:
         self._wake = threading.Condition(self._lock)
         self._batches: Deque[_Batch] = deque()
         self._discards: List[int] = []
+        self._discard_since = 0.0  # monotonic time the oldest unwritten discard came
         self._seq_dirty = False  # raise_seq() moved _last_seq; persist it
         self._committing = False  # someone is (or is about to be) the committer
         self._bg_turn = False  # the background thread is that committer
         self._closing = False
         self._broken: Optional[BaseException] = None  # the committer died
+        self._last_error = TetherError("no commit failed")  # the last failed commit's
         self._clean_close = False  # set by the background thread when it closed the file
-        self._wal_pages = 0  # pages written since the last checkpoint request (estimate)
-        self._ckpt_due = threading.Event()
-        self._ckpt_stop = False
         self.transactions = 0
         """Transactions committed so far (group commit makes it < appends)."""
         self.appended = 0
@@ -294,11 +321,7 @@ class DurableStore:
         self._thread = threading.Thread(
             target=self._run_background, name="tether_sync-outbox", daemon=True
         )
-        self._ckpt_thread = threading.Thread(
-            target=self._run_checkpointer, name="tether_sync-outbox-checkpoint", daemon=True
-        )
         _LIVE.add(self)
-        self._ckpt_thread.start()
         self._thread.start()
         log.info(
             "outbox %s opened: %d pending, last seq %d, fsync %s",
@@ -331,7 +354,13 @@ class DurableStore:
         return list(self._pending)
 
     def append(
-        self, msg_id: str, channel: str, op: int, data: bytes, timeout: Optional[float] = None
+        self,
+        msg_id: str,
+        channel: str,
+        op: int,
+        data: bytes,
+        timeout: Optional[float] = None,
+        ref: Any = None,
     ) -> int:
         """Number a message and commit it to the file; return once it is committed.
 
@@ -341,6 +370,7 @@ class DurableStore:
             op: Frame opcode (1 text, 2 binary).
             data: Payload bytes.
             timeout: Seconds to wait for the commit at most (None: no limit).
+            ref: Anything; given to ``on_commit_ref`` with the message's ``seq``.
 
         Returns:
             Its ``seq``: ``last_seq + 1`` at the moment its transaction started.
@@ -348,7 +378,60 @@ class DurableStore:
         Raises:
             TimeoutError, TetherError, ClientClosed: see :meth:`AppendHandle.result`.
         """
-        return self._enqueue(((msg_id, channel, op, data),), lead=True)[0].result(timeout)
+        # The lone sender's path is kept short: it is most of what send() costs.
+        if self._forked or not _AT_FORK:
+            self._check_fork()
+        lock = self._lock
+        with lock:
+            if self._broken is not None or self._closing:
+                self._check_open()
+            if self._committing:  # join the next batch
+                lead = False
+            else:  # nobody commits: commit this one here, as its own transaction
+                lead = self._committing = True
+                seq = self._last_seq = self._last_seq + 1
+                if self._discards and self._discards_due():
+                    discards, self._discards = self._discards, []
+                else:
+                    discards = _NO_DISCARDS
+                write_seq = self._seq_dirty
+                self._seq_dirty = False
+        if not lead:
+            items = ((msg_id, channel, op, data),)
+            return self._enqueue(items, lead=True, ref=ref)[0].result(timeout)
+        try:
+            row = (seq, msg_id, channel, op, data if type(data) is bytes else bytes(data))
+            if discards or write_seq:
+                if not self._write((row,), discards, write_seq, seq):
+                    raise self._last_error
+            else:
+                try:  # one statement is its own transaction (autocommit)
+                    self._conn.execute(_INSERT, row)
+                except sqlite3.Error as exc:
+                    raise self._failed(exc, discards, write_seq) from exc
+            self.transactions += 1
+            self.appended += 1
+            if self._on_commit is not None:
+                self._hook([StoredMessage(*row)])
+            hook = self._on_commit_ref
+            if hook is not None and ref is not None:
+                try:
+                    hook(seq, ref)
+                except Exception:
+                    log.exception("outbox %s: on_commit_ref callback raised", self.path)
+        finally:
+            with lock:
+                more = (
+                    self._closing
+                    or self._batches
+                    or self._seq_dirty
+                    or (self._discards and self._discards_due())
+                )
+                if not more:
+                    self._committing = False
+            if more:
+                self._end_lead()
+        return seq
 
     def append_async(self, msg_id: str, channel: str, op: int, data: bytes) -> AppendHandle:
         """Like :meth:`append`, but return at once with a handle on the future ``seq``.
@@ -379,11 +462,11 @@ class DurableStore:
         return [h.result(deadline.remaining()) for h in handles]
 
     def _enqueue(
-        self, messages: Iterable[Tuple[str, str, int, bytes]], *, lead: bool
+        self, messages: Iterable[Tuple[str, str, int, bytes]], *, lead: bool, ref: Any = None
     ) -> List[AppendHandle]:
         """Queue messages for a transaction; with ``lead``, commit it here if nobody is."""
         self._check_fork()
-        items = [_Item(m, c, o, bytes(d)) for m, c, o, d in messages]
+        items = [_Item(m, c, o, bytes(d), ref) for m, c, o, d in messages]
         handles = []
         with self._lock:
             self._check_open()
@@ -403,9 +486,12 @@ class DurableStore:
         return handles
 
     def discard(self, seqs: Iterable[int]) -> None:
-        """Delete messages (acknowledged, or given up) in the next transaction; never waits.
+        """Delete messages (acknowledged, or given up) lazily; never waits.
 
-        Unknown seqs are ignored. Raises :class:`ClientClosed` once closed.
+        They are deleted in the first transaction after :data:`DISCARD_BATCH`
+        have gathered or :data:`DISCARD_DELAY` passed (see the module notes),
+        and at :meth:`close`. Unknown seqs are ignored. Raises
+        :class:`ClientClosed` once closed.
         """
         self._check_fork()
         seqs = list(seqs)
@@ -413,8 +499,13 @@ class DurableStore:
             return
         with self._lock:
             self._check_open()
-            self._discards.extend(seqs)
-            self._kick_background()
+            discards = self._discards
+            if not discards:
+                self._discard_since = time.monotonic()
+                self._wake.notify()  # the background thread keeps the deadline
+            discards.extend(seqs)
+            if len(discards) >= DISCARD_BATCH:
+                self._kick_background()
 
     def raise_seq(self, seq: int) -> None:
         """Make ``last_seq`` at least ``seq`` (e.g. ``acked`` of ``hello-ok``); never waits.
@@ -488,7 +579,25 @@ class DurableStore:
 
     def _has_work(self) -> bool:
         assert self._lock.locked()
-        return bool(self._batches or self._discards or self._seq_dirty)
+        return bool(self._batches or self._seq_dirty or self._discards_due())
+
+    def _discards_due(self) -> bool:
+        """Whether the pending discards go into the next transaction (with _lock held)."""
+        discards = self._discards
+        return bool(discards) and (
+            len(discards) >= DISCARD_BATCH
+            or self._closing
+            or time.monotonic() - self._discard_since >= DISCARD_DELAY
+        )
+
+    def _end_lead(self) -> None:
+        """After a lone append's own transaction, when more came or the store closes."""
+        with self._lock:
+            if not self._has_work():  # closing: the background thread finishes
+                self._bg_turn = True
+                self._wake.notify()
+                return
+        self._commit_as_leader()
 
     def _commit_as_leader(self) -> None:
         """Commit on the calling thread, then hand any rest to the background.
@@ -518,7 +627,16 @@ class DurableStore:
             while True:
                 with self._lock:
                     while not self._bg_turn:
-                        self._wake.wait()
+                        if not self._discards:
+                            self._wake.wait()
+                            continue
+                        # Discards wait for a transaction that carries them anyway;
+                        # when none came within DISCARD_DELAY, write them alone.
+                        left = self._discard_since + DISCARD_DELAY - time.monotonic()
+                        if left <= 0 and not self._committing:
+                            self._committing = self._bg_turn = True
+                        else:
+                            self._wake.wait(left if left > 0 else DISCARD_DELAY)
                     if not self._has_work():
                         if self._closing:
                             break
@@ -531,29 +649,13 @@ class DurableStore:
             log.exception("outbox %s: committer stopped", self.path)
             self._fail_all(TetherError(f"outbox {self.path}: committer stopped: {exc!r}"), exc)
         finally:
-            self._ckpt_stop = True
-            self._ckpt_due.set()
-            self._ckpt_thread.join()
             try:
-                self._ckpt_conn.close()
                 self._conn.close()
             except sqlite3.Error:
                 log.exception("outbox %s: closing the database failed", self.path)
             os.close(self._lock_fd)
             _LIVE.discard(self)
             log.info("outbox %s closed", self.path)
-
-    def _run_checkpointer(self) -> None:
-        """Checkpoint the WAL when asked, on the second connection (never blocks a commit)."""
-        while True:
-            self._ckpt_due.wait()
-            self._ckpt_due.clear()
-            if self._ckpt_stop:
-                return
-            try:
-                self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:  # the backstop auto-checkpoint still runs
-                log.warning("outbox %s: checkpoint failed: %s", self.path, exc)
 
     def _commit_once(self) -> None:
         """Take what is waiting and commit it in one transaction (the committer only)."""
@@ -565,7 +667,10 @@ class DurableStore:
                 for n, item in enumerate(batch.items):
                     item.seq = first + n
                 self._last_seq += len(batch.items)
-            discards, self._discards = self._discards, []
+            if self._discards_due():
+                discards, self._discards = self._discards, []
+            else:
+                discards = []
             write_seq = self._seq_dirty
             self._seq_dirty = False
             last_seq = self._last_seq
@@ -584,38 +689,11 @@ class DurableStore:
         self, batch: Optional[_Batch], discards: List[int], write_seq: bool, last_seq: int
     ) -> None:
         items = batch.items if batch is not None else []
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if items:
-                    conn.executemany(
-                        _INSERT, [(i.seq, i.msg_id, i.channel, i.op, i.data) for i in items]
-                    )
-                if discards:
-                    conn.executemany(_DELETE, [(s,) for s in discards])
-                if write_seq or discards:
-                    conn.execute(_SET_META, ("last_seq", last_seq))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            log.error("outbox %s: commit failed: %s", self.path, exc)
-            with self._lock:
-                # Not written: put the discards and the counter back for next time.
-                self._discards[:0] = discards
-                self._seq_dirty = self._seq_dirty or write_seq
-                if batch is not None:
-                    batch.error = TetherError(f"outbox {self.path}: commit failed: {exc}")
-                    batch.error.__cause__ = exc
+        rows = [(i.seq, i.msg_id, i.channel, i.op, i.data) for i in items]
+        if not self._write(rows, discards, write_seq, last_seq):
+            if batch is not None:
+                batch.error = self._last_error
             return
-        # Every transaction writes at least one page; rows of ~4 KB fill one each.
-        self._wal_pages += 1 + sum(len(i.data) for i in items) // 4000 + len(discards) // 100
-        if self._wal_pages >= CHECKPOINT_PAGES:
-            self._wal_pages = 0
-            self._ckpt_due.set()
         with self._lock:
             self.transactions += 1
             if batch is None:
@@ -624,21 +702,82 @@ class DurableStore:
             live = [i for i in items if not i.abandoned]
             gone = [i.seq for i in items if i.abandoned]
             if gone:
+                if not self._discards:
+                    self._discard_since = time.monotonic()
                 self._discards.extend(gone)
             self.appended += len(live)
         if self._on_commit is not None and live:
+            self._hook([StoredMessage(i.seq, i.msg_id, i.channel, i.op, i.data) for i in live])
+        if self._on_commit_ref is not None:
+            for i in live:
+                if i.ref is not None:
+                    self._hook_ref(i.seq, i.ref)
+
+    def _write(
+        self,
+        rows: Sequence[Tuple[int, str, str, int, bytes]],
+        discards: List[int],
+        write_seq: bool,
+        last_seq: int,
+    ) -> bool:
+        """One transaction (the committer only); False if it failed (see _last_error)."""
+        conn = self._conn
+        try:
+            if len(rows) == 1 and not discards and not write_seq:
+                # The lone sender's case: one statement is its own transaction
+                # (autocommit), one sqlite3_step instead of three.
+                conn.execute(_INSERT, rows[0])
+                return True
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                self._on_commit(
-                    [StoredMessage(i.seq, i.msg_id, i.channel, i.op, i.data) for i in live]
-                )
-            except Exception:
-                log.exception("outbox %s: on_commit callback raised", self.path)
+                if rows:
+                    conn.executemany(_INSERT, rows)
+                if discards:
+                    conn.executemany(_DELETE, _ranges(discards))
+                if write_seq or discards:
+                    conn.execute(_SET_META, ("last_seq", last_seq))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return True
+        except sqlite3.Error as exc:
+            self._failed(exc, discards, write_seq)
+            return False
+
+    def _failed(self, exc: sqlite3.Error, discards: List[int], write_seq: bool) -> TetherError:
+        """A transaction failed: keep what it should have written for later; the error."""
+        log.error("outbox %s: commit failed: %s", self.path, exc)
+        error = TetherError(f"outbox {self.path}: commit failed: {exc}")
+        error.__cause__ = exc
+        self._last_error = error
+        with self._lock:
+            # Put the discards and the counter back for a later transaction (not
+            # at once: a file that refuses writes is not hammered).
+            if discards:
+                if not self._discards:
+                    self._discard_since = time.monotonic()
+                self._discards[:0] = discards
+            self._seq_dirty = self._seq_dirty or write_seq
+        return error
+
+    def _hook(self, messages: List[StoredMessage]) -> None:
+        assert self._on_commit is not None
+        try:
+            self._on_commit(messages)
+        except Exception:
+            log.exception("outbox %s: on_commit callback raised", self.path)
+
+    def _hook_ref(self, seq: int, ref: Any) -> None:
+        assert self._on_commit_ref is not None
+        try:
+            self._on_commit_ref(seq, ref)
+        except Exception:
+            log.exception("outbox %s: on_commit_ref callback raised", self.path)
 
     def _finish(self) -> bool:
         """Mark the file closed cleanly and checkpoint it (the background thread)."""
-        self._ckpt_stop = True
-        self._ckpt_due.set()
-        self._ckpt_thread.join()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(_SET_META, ("clean", 1))
@@ -664,14 +803,15 @@ class DurableStore:
     # -- guards ------------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        assert self._lock.locked()
+        # With _lock held.
         if self._broken is not None:
             raise self._broken
         if self._closing:
             raise ClientClosed(f"outbox {self.path} is closed")
 
     def _check_fork(self) -> None:
-        if self._forked or os.getpid() != self._pid:
+        # _forked is set in the child by the at-fork hook (getpid() is a system call).
+        if self._forked or (not _AT_FORK and os.getpid() != self._pid):
             raise TetherError(
                 f"outbox {self.path} was opened by process {self._pid}; a forked child"
                 " cannot use it (open a new DurableStore in the child)"
@@ -679,6 +819,23 @@ class DurableStore:
 
     def __repr__(self) -> str:
         return f"<DurableStore {self.path!r} last_seq={self._last_seq}>"
+
+
+_NO_DISCARDS: List[int] = []  # never appended to
+
+
+def _ranges(seqs: List[int]) -> List[Tuple[int, int]]:
+    """``seqs`` as ``(first, last)`` runs of consecutive numbers (acks are cumulative)."""
+    out: List[Tuple[int, int]] = []
+    it = iter(sorted(set(seqs)))
+    first = last = next(it)
+    for n in it:
+        if n != last + 1:
+            out.append((first, last))
+            first = n
+        last = n
+    out.append((first, last))
+    return out
 
 
 # -- opening ----------------------------------------------------------------------------
@@ -734,6 +891,10 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
     except sqlite3.Error as exc:
         raise TetherError(f"outbox {path}: cannot open it: {exc}") from exc
     try:
+        # Before anything reads the file: the connection keeps its lock for its
+        # whole life, so a transaction takes no file locks (the flock already
+        # keeps other stores out), and the WAL index lives in memory (no -shm).
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         conn.execute("PRAGMA busy_timeout = 5000")
         if _scalar(conn, "PRAGMA page_count") == 0:  # empty: nothing in it to lose
             session_id = _create(conn, path, fsync)
@@ -742,6 +903,7 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
         else:
             session_id, last_seq, pending = _load(conn, path, fsync)
         conn.execute("PRAGMA synchronous = " + ("FULL" if fsync else "NORMAL"))
+        conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
         return conn, session_id, last_seq, pending
     except sqlite3.Error as exc:
         conn.close()
@@ -761,6 +923,7 @@ def _create(conn: sqlite3.Connection, path: str, fsync: bool) -> str:
     # (opened as new next time), never a half-made outbox; then switch to WAL.
     session_id = secrets.token_hex(16)
     conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
@@ -859,7 +1022,7 @@ _FORKED_LEFTOVERS: List[sqlite3.Connection] = []
 def _after_fork_in_child() -> None:
     for store in list(_LIVE):
         store._forked = True
-        _FORKED_LEFTOVERS.extend((store._conn, store._ckpt_conn))
+        _FORKED_LEFTOVERS.append(store._conn)
         try:
             # Our copy only: the lock stays with the parent's descriptor, and a
             # child that outlives the parent does not keep the file locked.
@@ -869,5 +1032,6 @@ def _after_fork_in_child() -> None:
     _LIVE.clear()
 
 
-if hasattr(os, "register_at_fork"):
+_AT_FORK = hasattr(os, "register_at_fork")
+if _AT_FORK:
     os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -164,13 +164,14 @@ class Outbox(Generic[T]):
     ) -> List[T]:
         """Remove up to ``limit`` messages (about ``max_bytes``) from the head.
 
-        ``linger``: keep ``wake_pending`` set, so the next puts write no wake byte;
-        the I/O thread promised to look again soon (:meth:`end_linger`).
+        ``linger``: set ``wake_pending``, so the next puts write no wake byte;
+        the I/O thread promised to look again soon (:meth:`end_linger`). (Set,
+        not kept: after an :meth:`end_linger` it is clear, and the first put of
+        every linger period would wake the thread.)
         """
         out: List[T] = []
         with self._lock:
-            if not linger:
-                self.wake_pending = False
+            self.wake_pending = linger
             items = self._items
             total = 0
             while items and len(out) < limit and total < max_bytes:

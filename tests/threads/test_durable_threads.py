@@ -134,3 +134,37 @@ def test_discards_and_raises_from_another_thread_interleave_with_appends(
         assert again.last_seq == total
     finally:
         again.close()
+
+
+def test_concurrent_appends_with_refs_hand_each_ref_its_own_seq_in_order(
+    tmp_path: Path,
+) -> None:
+    got: List[tuple] = []
+    store = DurableStore(
+        str(tmp_path / "outbox.sqlite"), on_commit_ref=lambda seq, ref: got.append((seq, ref))
+    )
+    barrier = threading.Barrier(THREADS)
+    returned: Dict[tuple, int] = {}
+    errors: List[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            barrier.wait(WAIT)
+            for i in range(PER_THREAD):
+                returned[(name, i)] = store.append(f"{name}-{i}", name, 1, b"x", ref=(name, i))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"t{n}",), daemon=True) for n in range(THREADS)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+            assert not t.is_alive(), f"{t.name} still appending after {WAIT} s"
+    finally:
+        assert store.close()
+    assert not errors, repr(errors[0])
+    total = THREADS * PER_THREAD
+    assert [seq for seq, _ in got] == list(range(1, total + 1))  # once each, in seq order
+    assert {ref: seq for seq, ref in got} == returned  # each ref with the seq append() gave

@@ -23,6 +23,7 @@ import pytest
 
 from tether_sync.durable import (
     CRASH_SEQ_GAP,
+    DISCARD_BATCH,
     DurableStore,
     StoredMessage,
 )
@@ -488,6 +489,53 @@ def test_an_unclean_end_skips_seq_numbers_only_without_fsync(path: str, fsync: b
         again.close()
 
 
+DISCARDER = """
+    import os, sys
+    from tether_sync.durable import DISCARD_BATCH, DurableStore
+    store = DurableStore(sys.argv[1])
+    for i in range(DISCARD_BATCH + 2):
+        store.append(f"m{i}", "c", 1, b"d")
+    store.discard(range(1, DISCARD_BATCH + 1))  # a full batch: due at once
+    store.append("after", "c", 1, b"d")  # committed after (or with) the discards
+    os._exit(0)  # no close(): nothing is flushed on the way out
+"""
+
+
+def test_a_full_batch_of_discards_is_in_the_file_before_the_next_append_returns(
+    path: str,
+) -> None:
+    child = run_child(DISCARDER, path)
+    _, err = child.communicate(timeout=WAIT * 3)
+    assert child.returncode == 0, err
+    store = DurableStore(path)
+    try:
+        pending = store.pending()
+        assert [m.seq for m in pending] == [DISCARD_BATCH + 1, DISCARD_BATCH + 2, DISCARD_BATCH + 3]
+        assert pending[-1].msg_id == "after"
+    finally:
+        store.close()
+
+
+def test_on_commit_ref_gets_each_seq_with_its_ref_in_order(path: str) -> None:
+    got: List[tuple] = []
+    lists: List[List[int]] = []
+    store = DurableStore(
+        path,
+        on_commit=lambda ms: lists.append([m.seq for m in ms]),
+        on_commit_ref=lambda seq, ref: got.append((seq, ref)),
+    )
+    try:
+        assert store.append("a", "c", 1, b"d", ref="first") == 1
+        store.append("b", "c", 1, b"d")  # no ref: on_commit only
+        store.discard(range(1, DISCARD_BATCH + 1))  # the next append carries them
+        assert store.append("c", "c", 1, b"d", ref="third") == 3
+        seqs = store.append_many([("d", "c", 1, b"d"), ("e", "c", 1, b"d")])
+    finally:
+        assert store.close()
+    assert got == [(1, "first"), (3, "third")]
+    assert [s for batch in lists for s in batch] == [1, 2, 3, *seqs]
+
+
 SENDER = """
     import sys
     from tether_sync.durable import DurableStore
@@ -562,18 +610,21 @@ def test_a_failed_commit_fails_its_appenders_and_the_store_goes_on(path: str) ->
     store = DurableStore(path)
     try:
         store.append("a", "c", 1, b"d")
-        store.discard([1])
-        # Another writer holds the database (nothing does in real use: the flock
-        # refuses other stores); the commit gives up after busy_timeout (5 s).
-        intruder = sqlite3.connect(path, isolation_level=None)
-        intruder.execute("BEGIN IMMEDIATE")
-        try:
-            with pytest.raises(TetherError, match="commit failed") as info:
-                store.append("lost", "c", 1, b"d")
-            assert path in str(info.value)
-        finally:
-            intruder.execute("ROLLBACK")
-            intruder.close()
+        # SQLite refuses every write (as with a full or failing disk; nothing else can
+        # get at the file: the store holds it exclusively). Enough discards to be due
+        # at once, so they are in the failed transactions too.
+        refuse = True
+
+        def authorizer(action: int, *args: object) -> int:
+            writes = (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_UPDATE)
+            return sqlite3.SQLITE_DENY if refuse and action in writes else sqlite3.SQLITE_OK
+
+        store._conn.set_authorizer(authorizer)
+        store.discard([1, *range(1000, 1000 + DISCARD_BATCH)])
+        with pytest.raises(TetherError, match="commit failed") as info:
+            store.append("lost", "c", 1, b"d")
+        assert path in str(info.value)
+        refuse = False
         assert store.append("b", "c", 1, b"d") == 3  # the failed one's seq stays unused
     finally:
         assert store.close()
