@@ -333,6 +333,7 @@ class Lifecycle:
         self.unsent = len(left)
         p.handoff.fail_left(left, reason)
         self._resolve_refresh(reason or ClientClosed("the client was closed"))
+        p.router.flush()  # what was read before the end is still handed over
         p.router.close_all()
         self._timers.cancel_all()
         self.set_state(State.CLOSED)

@@ -47,7 +47,8 @@ class Router:
         # (buffer, channel, item) refused by a full "block" buffer, in arrival order.
         # Payloads waiting for a full "block" consumer (reading stops while any wait).
         self.held: Deque[Tuple[InboundBuffer, Optional[str], Any]] = deque()
-        self._batch: Dict[InboundBuffer, Tuple[Optional[str], List[Any]]] = {}
+        # What the current read routed, per buffer: handed over by flush().
+        self.batch: Dict[InboundBuffer, Tuple[Optional[str], List[Any]]] = {}
 
     @property
     def holding(self) -> bool:
@@ -61,7 +62,7 @@ class Router:
     def deliver_many(self, items: List[Tuple[Optional[str], Any]]) -> None:
         """:meth:`deliver` for each ``(channel, payload)``, in order (the hot path)."""
         self._counters.received += len(items)
-        batch = self._batch
+        batch = self.batch
         routes = self.routes
         stream = self.message_buffer
         for channel, payload in items:
@@ -82,10 +83,10 @@ class Router:
 
     def flush(self) -> None:
         """Hand the payloads of the last read to their buffers."""
-        batch = self._batch
+        batch = self.batch
         if not batch:
             return
-        self._batch = {}
+        self.batch = {}
         pending = self.held
         for buf, (channel, items) in batch.items():
             if pending:
@@ -137,7 +138,7 @@ class Router:
             return False
         bufs.remove(buf)
         self.held = deque(p for p in self.held if p[0] is not buf)
-        self._batch.pop(buf, None)
+        self.batch.pop(buf, None)
         if bufs:
             return False
         del self.routes[channel]

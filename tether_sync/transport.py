@@ -257,8 +257,9 @@ class Link:
 
     def read_kernel(self) -> int:
         """The kernel's unsent bytes (an ioctl: this thread only, like every socket call)."""
-        self.kernel_unsent = kernel_unsent(self.sock)
-        return self.kernel_unsent
+        self.kernel_unsent = unsent = kernel_unsent(self.sock)
+        self.flow.kernel_bound = unsent  # the bound starts again from what is really there
+        return unsent
 
     def close(self) -> None:
         self.closed = True
