@@ -128,7 +128,17 @@ def sink_pair(n: int, repeat: int, pair: bool = True, durable: bool = True) -> D
     for key, got in rates.items():
         if got:
             print(f"  ({key}: {', '.join(f'{r / 1000:.1f}' for r in got)} k/s)", file=sys.stderr)
-    return {key: statistics.median(got) for key, got in rates.items() if got}
+    out = {key: statistics.median(got) for key, got in rates.items() if got}
+    if pair:
+        # Each ABBA round on its own: on/off within a round shares the machine's
+        # state, so the median of the rounds' costs is what drift cannot move.
+        on, off = rates["on"], rates["off"]
+        rounds = [1 - (on[i] + on[i + 1]) / (off[i] + off[i + 1]) for i in range(0, len(on) - 1, 2)]
+        out["paired_cost"] = statistics.median(rounds)
+        print(
+            f"  (cost per round: {', '.join(f'{100 * c:.1f}' for c in rounds)} %)", file=sys.stderr
+        )
+    return out
 
 
 def main() -> int:
@@ -175,7 +185,9 @@ def sink_rows(n: int, repeat: int, pair: bool = True) -> int:
         print(f"  extension off (written)      {s_off / 1000:7.1f} k/s")
         print(f"  extension on  (acknowledged) {s_on / 1000:7.1f} k/s")
         cost = 100 * (1 - s_on / s_off)
-        print(f"  cost of acks, client side    {cost:6.1f} %   (target <= 15 %)")
+        paired = 100 * rates["paired_cost"]
+        print(f"  cost of acks, client side    {cost:6.1f} %   (medians of all runs)")
+        print(f"  cost of acks, paired rounds  {paired:6.1f} %   (target <= 15 %)")
     rate = rates["durable"] / 1000
     print(f"  durable outbox (fsync off)   {rate:7.1f} k/s  (target >= 20 k/s)")
     return 0

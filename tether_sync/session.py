@@ -314,7 +314,7 @@ class Session:
         self._ext_pending = False  # hello sent, its reply not decided yet
         self._ack = False  # "ack" granted: deliveries wait for tether:ack
         self._resume = False
-        self._unacked: Deque[Item] = deque()  # written, awaiting ack (seq order)
+        self._unacked: List[Item] = []  # written, awaiting ack (seq order)
         self._resend: List[Item] = []  # carried over from earlier connections
         self._resend_due = False  # open, and the carried messages not framed yet
         self._barrier: Deque[Tuple[int, List[Item]]] = deque()  # (ping ts, large items)
@@ -659,9 +659,15 @@ class Session:
 
     def _on_ack(self, seq: int) -> None:
         unacked = self._unacked
-        done: List[Item] = []
-        while unacked and unacked[0]._seq <= seq:
-            done.append(unacked.popleft())
+        if not unacked or unacked[0]._seq > seq:
+            return
+        # Seqs grow by one (gaps only where a message was given up after its
+        # number): the guess is exact or too far, never too short.
+        n = min(len(unacked), seq - unacked[0]._seq + 1)
+        while unacked[n - 1]._seq > seq:
+            n -= 1
+        done = unacked[:n]
+        del unacked[:n]
         if done:
             self.delivered_something = True
             self._events.append(Acked(done))
@@ -785,14 +791,17 @@ class Session:
         if self._ack:
             cont = self.continuity
             seq = cont.last_seq
-            framed = []
+            framed: List[Tuple[Item, bytes]] = []
+            append = framed.append
             for item in items:
-                if item._seq <= 0:
+                n = item._seq
+                if n <= 0:
                     seq += 1
-                    item._seq = seq
-                elif item._seq > seq:
-                    seq = item._seq  # numbered at send() time (the durable outbox)
-                framed.append((item, _with_seq(item._data, item._seq)))
+                    item._seq = n = seq
+                elif n > seq:
+                    seq = n  # numbered at send() time (the durable outbox)
+                # The data envelope with "seq": n added (it ends with "}").
+                append((item, b'%s,"seq":%d}' % (item._data[:-1], n)))
             cont.last_seq = seq
             self._out.add_framed(framed, track=False)
             self._unacked.extend(items)
@@ -1123,11 +1132,6 @@ def _pong_text(ts: Any) -> str:
         return json.dumps({"type": "tether:pong", "ts": ts}, separators=(",", ":"), allow_nan=False)
     except (ValueError, TypeError, RecursionError):
         return '{"type":"tether:pong"}'
-
-
-def _with_seq(data: bytes, seq: int) -> bytes:
-    """The encoded data envelope with ``"seq": n`` added (it ends with ``}``)."""
-    return b'%s,"seq":%d}' % (data[:-1], seq)
 
 
 def _resend_order(item: Item) -> Tuple[int, int]:
