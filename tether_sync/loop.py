@@ -272,8 +272,6 @@ class IoLoop:
             self._guard(self.life.maybe_close)
         if shutdown.flush_waiters:
             self._guard(self._check_flush_waiters)
-        if self.router.batch:
-            self._guard(self._hand_over)
         conn = self._conn
         if conn is not None:
             io = conn.link.io
@@ -356,15 +354,7 @@ class IoLoop:
     def _on_readable(self) -> None:
         conn = self._conn
         if conn is not None and not self.router.held:
-            conn.readable()
-
-    def _hand_over(self) -> None:
-        """Hand what this iteration read to its consumers: the last step before the
-        wait, so a woken consumer waits for the GIL as briefly as possible."""
-        self.router.flush()
-        conn = self._conn
-        if conn is not None:
-            conn.session.reading_paused = self.router.holding
+            conn.readable(self.router)
 
     def _write(self) -> None:
         """Write what the session has framed (once per iteration, never from a handler)."""
