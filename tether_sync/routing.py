@@ -48,7 +48,7 @@ class Router:
         # Payloads waiting for a full "block" consumer (reading stops while any wait).
         self.held: Deque[Tuple[InboundBuffer, Optional[str], Any]] = deque()
         # What the current read routed, per buffer: handed over by flush().
-        self.batch: Dict[InboundBuffer, Tuple[Optional[str], List[Any]]] = {}
+        self._batch: Dict[InboundBuffer, Tuple[Optional[str], List[Any]]] = {}
 
     @property
     def holding(self) -> bool:
@@ -62,7 +62,7 @@ class Router:
     def deliver_many(self, items: List[Tuple[Optional[str], Any]]) -> None:
         """:meth:`deliver` for each ``(channel, payload)``, in order (the hot path)."""
         self._counters.received += len(items)
-        batch = self.batch
+        batch = self._batch
         routes = self.routes
         stream = self.message_buffer
         for channel, payload in items:
@@ -83,10 +83,10 @@ class Router:
 
     def flush(self) -> None:
         """Hand the payloads of the last read to their buffers."""
-        batch = self.batch
+        batch = self._batch
         if not batch:
             return
-        self.batch = {}
+        self._batch = {}
         pending = self.held
         for buf, (channel, items) in batch.items():
             if pending:
@@ -138,7 +138,7 @@ class Router:
             return False
         bufs.remove(buf)
         self.held = deque(p for p in self.held if p[0] is not buf)
-        self.batch.pop(buf, None)
+        self._batch.pop(buf, None)
         if bufs:
             return False
         del self.routes[channel]

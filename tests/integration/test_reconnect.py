@@ -425,10 +425,11 @@ def test_connect_wait_returns_against_a_server_that_closes_at_once(
     The server answers the upgrade and sends a close frame in the same write, so
     the client is open for a moment only, then reconnecting.
     """
-    import base64
-    import hashlib
     import socket
+    import struct
     import threading
+
+    from support.raw_server import accept_value, read_request, server_frame
 
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(20)
@@ -444,25 +445,18 @@ def test_connect_wait_returns_against_a_server_that_closes_at_once(
                 return
             with conn:
                 conn.settimeout(5)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
+                request = read_request(conn)
                 key = next(
                     line.split(b":", 1)[1].strip()
                     for line in request.split(b"\r\n")
                     if line.lower().startswith(b"sec-websocket-key:")
                 )
-                guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-                accept = base64.b64encode(hashlib.sha1(key + guid).digest())
                 conn.sendall(
                     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                    + accept
+                    + accept_value(key)
                     + b"\r\n\r\n"
-                    + b"\x88\x02\x03\xe9"  # close 1001, in the same write
+                    + server_frame(0x8, struct.pack("!H", 1001))  # close, in the same write
                 )
                 accepted(1)
 

@@ -378,6 +378,19 @@ def link(clock: FakeClock, protocol: str, hb: Tuple[float, float]) -> Peer:
     return peer
 
 
+def begin_endless_message(peer: Peer, fragmented: bool) -> bytes:
+    """Start a message that never ends; the bytes to trickle it with, one at a time.
+
+    ``fragmented``: continuation frames of one byte each, never FIN; else one
+    frame that announces 10**6 bytes.
+    """
+    if fragmented:
+        peer.feed(server_frame(frames.OP_BINARY, b"x", fin=False))
+        return server_frame(frames.OP_CONT, b"x", fin=False)
+    peer.feed(server_frame(frames.OP_BINARY, b"", length=10**6))
+    return b"x"
+
+
 def iter_chunks(data: bytes, size: int) -> Iterable[bytes]:
     for i in range(0, len(data), size):
         yield data[i : i + size]

@@ -13,9 +13,9 @@ import pytest
 from session.sessionkit import (
     FakeClock,
     Peer,
+    begin_endless_message,
     link,
     pong_for,
-    server_frame,
     text,
 )
 
@@ -125,13 +125,7 @@ def test_a_trickled_never_ending_message_is_dead(
 ) -> None:
     """One byte per 0.1 s of a message that never ends proves nothing."""
     peer = link(clock, protocol, hb)
-    if fragmented:
-        # Continuation frames of one byte each, never FIN.
-        peer.feed(server_frame(frames.OP_BINARY, b"x", fin=False))
-        chunk = server_frame(frames.OP_CONT, b"x", fin=False)
-    else:
-        peer.feed(server_frame(frames.OP_BINARY, b"", length=10**6))
-        chunk = b"x"
+    chunk = begin_endless_message(peer, fragmented)
     since = clock.now
     limit = since + hb[0] + hb[1] + HEARTBEAT_CLOSE_GRACE + 0.5
     while not peer.session.closed and clock.now < limit:

@@ -99,6 +99,7 @@ from session.sessionkit import (
     FakeClock,
     Frame,
     Peer,
+    begin_endless_message,
     data_msg,
     link,
     open_peer,
@@ -333,12 +334,7 @@ def test_a_trickled_frame_never_moves_a_deadline(clock: FakeClock, hb: Tuple[flo
 def trickle(peer: Peer, hb: Tuple[float, float], fragmented: bool) -> None:
     interval, timeout = hb
     opened = peer.clock.now
-    if fragmented:
-        peer.feed(server_frame(frames.OP_BINARY, b"x", fin=False))
-        chunk = server_frame(frames.OP_CONT, b"x", fin=False)
-    else:
-        peer.feed(server_frame(frames.OP_BINARY, b"", length=10**6))
-        chunk = b"x"
+    chunk = begin_endless_message(peer, fragmented)
 
     def trickle_until(end: float) -> None:
         # Bytes (never a whole message) ten times per interval, up to the last tick.

@@ -6,14 +6,12 @@ to 1 GiB) and extension answers that break RFC 7692.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import socket
 import threading
 import zlib
 from typing import List, Optional, Sequence, Tuple
 
-from .raw_server import _GUID, _read_frame, server_frame
+from .raw_server import _read_frame, accept_value, read_request, server_frame
 
 GiB = 2**30
 
@@ -121,18 +119,13 @@ class DeflatePeer:
                     self._cond.notify_all()
 
     def _handshake(self, conn: socket.socket) -> int:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = conn.recv(4096)
-            if not chunk:
-                raise OSError("client left during the handshake")
-            request += chunk
+        request = read_request(conn)
         headers = {}
         for line in request.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             headers[name.strip().lower()] = value.strip().decode()
         key = headers[b"sec-websocket-key"].encode()
-        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        accept = accept_value(key)
         response = (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n"

@@ -75,20 +75,31 @@ class ScriptedPeer:
             self._cond.notify_all()
 
 
-def accept_handshake(conn: socket.socket) -> bytes:
-    """Read a client's opening handshake and answer 101 (RFC 6455 §4.2.2); the request."""
+def read_request(conn: socket.socket) -> bytes:
+    """A client's opening handshake request, up to its blank line."""
     request = b""
     while b"\r\n\r\n" not in request:
         chunk = conn.recv(4096)
         if not chunk:
             raise OSError("client left during the handshake")
         request += chunk
+    return request
+
+
+def accept_value(key: bytes) -> bytes:
+    """The Sec-WebSocket-Accept answer to a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def accept_handshake(conn: socket.socket) -> bytes:
+    """Read a client's opening handshake and answer 101 (RFC 6455 §4.2.2); the request."""
+    request = read_request(conn)
     key = next(
         line.split(b":", 1)[1].strip()
         for line in request.split(b"\r\n")
         if line.lower().startswith(b"sec-websocket-key:")
     )
-    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    accept = accept_value(key)
     conn.sendall(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
