@@ -3,7 +3,7 @@
 The loop asks the selector for exactly what it can act on (STYLE §3.4): reading
 unless inbound is held, writing only while framed bytes wait. :class:`Interest`
 remembers what is registered, so the loop calls the selector only on a change;
-the selector calls themselves stay in ``loop.py``.
+the selector calls themselves are in :mod:`~tether_sync.poller`.
 """
 
 from __future__ import annotations

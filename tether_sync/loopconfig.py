@@ -46,12 +46,6 @@ class LoopConfig:
     extensions: tuple[str, ...] = ("ack", "resume")
     compression: Optional[str] = None  # "deflate": offer permessage-deflate
 
-    @property
-    def min_uptime(self) -> float:
-        """Seconds a link must stay open before its close resets the backoff."""
-        rc = self.reconnect
-        return rc.min_uptime if rc is not None else 0.0
-
 
 def session_config(
     cfg: LoopConfig, auth: Optional[Auth], rotate: bool, deflate: Optional[DeflateParams]
