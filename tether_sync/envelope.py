@@ -10,7 +10,12 @@ import json
 from typing import Any, Optional, Union
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-_decode = json.loads
+#: Parses one frame's JSON text (the session's hot path calls it, then :func:`classify`).
+loads = json.loads
+#: What :data:`loads` raises for text that is no JSON: JSONDecodeError and
+#: UnicodeDecodeError are ValueErrors; absurdly deep nesting exhausts the
+#: recursion limit of json's C decoder.
+DECODE_ERRORS = (ValueError, RecursionError)
 
 
 def encode_json(value: Any) -> str:
@@ -132,11 +137,14 @@ Inbound = Union[Data, AuthOk, Ping, Pong, ServerErrorMsg, Unknown]
 def decode(text: Union[str, bytes]) -> Inbound:
     """Classify one inbound text (or JSON-carrying binary) frame. Never raises."""
     try:
-        msg = _decode(text)
-    except (ValueError, RecursionError):
-        # JSONDecodeError and UnicodeDecodeError are ValueErrors; absurdly deep
-        # nesting exhausts the recursion limit of json's C decoder.
+        msg = loads(text)
+    except DECODE_ERRORS:
         return Unknown(text)
+    return classify(msg)
+
+
+def classify(msg: Any) -> Inbound:
+    """Classify one frame's parsed JSON (what :func:`decode` does after parsing)."""
     if type(msg) is not dict:
         return Unknown(msg)
     kind = msg.get("type")

@@ -21,6 +21,8 @@ from .session import Session
 from .stats import Counters
 from .subscription import InboundBuffer
 
+_NO_CHANNEL = object()  # deliver_many's "no run yet": equal to no channel name
+
 SubscriptionCommand = Union[cmd.Subscribe, cmd.Unsubscribe, cmd.ResumeInbound]
 
 
@@ -60,26 +62,34 @@ class Router:
         self.deliver_many([(channel, payload)])
 
     def deliver_many(self, items: List[Tuple[Optional[str], Any]]) -> None:
-        """:meth:`deliver` for each ``(channel, payload)``, in order (the hot path)."""
+        """:meth:`deliver` for each ``(channel, payload)``, in order (the hot path).
+
+        A run of payloads on one channel looks its buffers up once.
+        """
         self._counters.received += len(items)
-        batch = self._batch
-        routes = self.routes
         stream = self.message_buffer
+        last: Any = _NO_CHANNEL
+        targets: List[List[Any]] = []
         for channel, payload in items:
-            if channel is not None:
-                for buf in routes.get(channel, ()):
-                    entry = batch.get(buf)
-                    if entry is None:
-                        batch[buf] = (channel, [payload])
-                    else:
-                        entry[1].append(payload)
+            if channel != last:
+                last = channel
+                targets = self._targets(channel)
+            for target in targets:
+                target.append(payload)
             if stream is not None:
-                event = MessageEvent(channel, payload)
-                entry = batch.get(stream)
-                if entry is None:
-                    batch[stream] = (None, [event])
-                else:
-                    entry[1].append(event)
+                self._batched(stream, None).append(MessageEvent(channel, payload))
+
+    def _targets(self, channel: Optional[str]) -> List[List[Any]]:
+        # This read's batch list of every buffer subscribed to ``channel``.
+        if channel is None:
+            return []
+        return [self._batched(buf, channel) for buf in self.routes.get(channel, ())]
+
+    def _batched(self, buf: InboundBuffer, channel: Optional[str]) -> List[Any]:
+        entry = self._batch.get(buf)
+        if entry is None:
+            entry = self._batch[buf] = (channel, [])
+        return entry[1]
 
     def flush(self) -> None:
         """Hand the payloads of the last read to their buffers."""

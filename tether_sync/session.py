@@ -466,25 +466,44 @@ class Session:
             self.fail(error.close_code, str(error)[:100], now)
 
     def _receive_tether(self, messages: List[Tuple[int, Any]], now: float) -> None:
-        # The hot path: a text frame is decoded once, and a plain data envelope
-        # (no offset) goes straight into the Received batch; everything else takes
-        # the general path, in order. Nothing is handled after the close.
-        decode = envelope.decode
-        data_type = envelope.Data
+        # The hot path: a text frame is parsed once, and a plain data envelope (no
+        # offset) goes straight into the open Received run, without an object of
+        # its own; everything else takes the general path, in order, and ends the
+        # run. Only the general path can close the session: nothing is handled after.
+        loads = envelope.loads
+        errors = envelope.DECODE_ERRORS
+        op_text = frames.OP_TEXT
         closed = Phase.CLOSED
+        run: Optional[List[Tuple[Optional[str], Any]]] = None
         for opcode, payload in messages:
+            if opcode == op_text:
+                try:
+                    msg = loads(payload)
+                except errors:
+                    decoded: envelope.Inbound = envelope.Unknown(payload)
+                else:
+                    if (
+                        type(msg) is dict
+                        and msg.get("type") == "data"
+                        and msg.get("offset") is None
+                        and "channel" in msg
+                    ):
+                        channel = msg["channel"]
+                        if run is None:
+                            run = []
+                            self._events.append(Received(run))
+                            self.delivered_something = True
+                        run.append(
+                            (channel if type(channel) is str else str(channel), msg.get("payload"))
+                        )
+                        continue
+                    decoded = envelope.classify(msg)
+                self._on_decoded(decoded, payload, now)
+            else:
+                self._on_message(opcode, payload, now)
+            run = None
             if self.phase is closed:
                 return
-            if opcode != frames.OP_TEXT:
-                self._on_message(opcode, payload, now)
-                continue
-            msg = decode(payload)
-            if type(msg) is data_type and msg.offset is None:
-                channel = msg.channel
-                self.delivered_something = True
-                self._received(channel if type(channel) is str else str(channel), msg.payload)
-            else:
-                self._on_decoded(msg, payload, now)
 
     def _receive_raw(self, messages: List[Tuple[int, Any]], now: float) -> None:
         # Protocol raw: every data frame goes to channel "default" (the hot path

@@ -447,3 +447,45 @@ def test_auth_accepted_before_opened(clock: FakeClock) -> None:
     peer.send_json({"type": "tether:auth-ok", "ok": True})
     kinds = [type(e) for e in peer.log]
     assert kinds == [TokenNeeded, AuthAccepted, Opened]
+
+
+def test_one_read_of_mixed_frames_is_delivered_in_wire_order(clock: FakeClock) -> None:
+    # The hot path batches plain data envelopes; everything else (non-JSON text, a
+    # ping, an envelope with an offset, a binary frame, a number as a channel)
+    # takes the general path between them, and the order stays the wire's.
+    from session.sessionkit import close_frame, server_frame, text
+
+    from tether_sync import frames
+
+    peer = open_peer(clock)
+    peer.session.subscribe("r", "s-1")
+    read = b"".join(
+        [
+            text({"channel": "a", "type": "data", "payload": 1}),
+            text({"channel": "a", "type": "data", "payload": 2}),
+            server_frame(frames.OP_TEXT, b"not json"),
+            text({"channel": 5, "type": "data", "payload": 3}),
+            text({"type": "tether:ping", "ts": 9}),
+            text(envelope_in("r", 1, payload=4)),
+            text([1, 2]),
+            server_frame(frames.OP_BINARY, b"\x00bin"),
+            text({"channel": "a", "type": "data", "payload": 5, "offset": None}),
+            close_frame(1000),
+            text({"channel": "a", "type": "data", "payload": 6}),
+        ]
+    )
+    peer.take()
+    peer.feed(read)
+    assert received(peer) == [
+        ("a", 1),
+        ("a", 2),
+        (None, "not json"),
+        ("5", 3),
+        ("r", 4),
+        (None, "[1, 2]"),
+        (None, b"\x00bin"),
+        ("a", 5),
+    ]
+    sent = peer.take_json()
+    assert {"type": "tether:pong", "ts": 9} in sent
+    assert peer.session.continuity.positions["r"].offset == 1
