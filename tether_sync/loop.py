@@ -254,6 +254,11 @@ class IoLoop:
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
         if self._mailbox.waiting:
             timeout = 0.0  # commands put back after a failure (no wake byte came for them)
+        if conn is not None and conn.session.wants_write and not conn.link.io.want_write:
+            # A step after this iteration's write framed bytes (close() framing the
+            # close frame once the last ack came): write them now, not after a
+            # timer (without this, close() waited out the 1 s close grace).
+            timeout = 0.0
         ready = self._poller.wait(timeout)
         if (ready and ready[0] & READ) or (tls and self._tls_pending()):
             self._guard(self._on_readable)

@@ -9,6 +9,7 @@ behaves as before.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, List
 
 import pytest
@@ -17,6 +18,7 @@ from support.recorder import Recorder, eventually, wait_subscribed
 from tether_sync import TetherClient
 from tether_sync.events import RecoveryEvent  # not exported by tether_sync (yet)
 from tether_sync.server import TetherServer
+from tether_sync.session import CLOSE_GRACE
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -151,6 +153,34 @@ def test_a_delivery_is_done_only_on_the_servers_ack(
     assert delivery.result(timeout=5) is None
     stats = client.stats()
     assert (stats.unacked, stats.acked) == (0, 1)
+
+
+def test_close_while_acks_are_pending_is_prompt_and_clean(
+    make_server: Callable[..., TetherServer], make_client: Callable[..., TetherClient]
+) -> None:
+    # close() right after a burst: it waits for the acks, then the close handshake.
+    # The close frame was framed after the iteration's write once the last ack came,
+    # and sat unwritten until the 1 s close grace ran out: every such close() took
+    # a second and ended unclean (1000, was_clean False), the server saw 1006.
+    server = make_server(port=0)
+    for round_ in range(3):
+        client = make_client(server.url)
+        closes = Recorder()
+        client.on("close", closes)
+        client.connect(wait=True, timeout=5)
+        for k in range(500):
+            client.send(k, channel="x")
+        began = time.monotonic()
+        assert client.close(timeout=10)
+        took = time.monotonic() - began
+        assert client.stats().acked == 500
+        [event] = closes.snapshot()
+        assert (event.code, event.was_clean) == (1000, True), round_
+        # Generous: the bug cost the whole grace (1 s) every time.
+        assert took < CLOSE_GRACE * 0.9, took
+        conn = server.all_connections[-1]
+        assert eventually(lambda c=conn: c.close_code is not None)
+        assert conn.close_code == 1000
 
 
 def test_unread_messages_are_resent_after_a_reset_and_delivered_once(
