@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/bench_acks.py            # 100,000 messages per run
     python benchmarks/bench_acks.py -n 50000 --repeat 5
     python benchmarks/bench_acks.py -n 50000 --repeat 3 --only durable
+    python benchmarks/bench_acks.py --only sink --pin --repeat 5   # sink on its own CPU
 
 A ``tether-sync serve`` subprocess (the bundled server, its own process) with
 the reliable-sessions extension on, and one with ``--no-extensions``, in ABBA
@@ -76,17 +77,25 @@ def run(url: str, n: int, queue: Optional[Dict[str, object]] = None) -> Dict[str
     return {"rate": n / (t1 - t0), "acked": stats.acked}
 
 
-def sink_pair(n: int, repeat: int, pair: bool = True, durable: bool = True) -> Dict[str, float]:
+def sink_pair(
+    n: int, repeat: int, pair: bool = True, durable: bool = True, pin: bool = False
+) -> Dict[str, float]:
     """Client-side cost: the same default client to /sink (off) and /acksink (on);
-    and a durable outbox to /acksink. Medians (k/s) under "off", "on", "durable"."""
+    and a durable outbox to /acksink. Medians (k/s) under "off", "on", "durable".
+
+    ``pin``: this process on the first CPU, the sink on the last (as
+    ``bench_client.py --pin``), so the sink never competes with the client.
+    """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import threading
 
-    from bench_client import SinkServer, masked_frame_len
+    from bench_client import SinkServer, _pin, masked_frame_len
 
     from tether_sync import envelope
 
     server = SinkServer()
+    if pin:
+        print(f"  (pinned: {_pin(server.proc.pid)})", file=sys.stderr)
     frame = masked_frame_len(len(envelope.encode_data("bench", PAYLOAD, "x" * 36).encode()))
     tmp = tempfile.TemporaryDirectory()
     files: List[str] = []
@@ -146,9 +155,12 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--only", choices=["sink", "durable"], help="just the sink rows")
+    parser.add_argument(
+        "--pin", action="store_true", help="sink rows: client on the first CPU, sink on the last"
+    )
     args = parser.parse_args()
     if args.only is not None:
-        return sink_rows(args.n, args.repeat, pair=args.only == "sink")
+        return sink_rows(args.n, args.repeat, pair=args.only == "sink", pin=args.pin)
     on_proc, on_url = serve([])
     off_proc, off_url = serve(["--no-extensions"])
     on: List[float] = []
@@ -174,11 +186,11 @@ def main() -> int:
     print(f"  cost of acks                 {100 * (1 - m_on / m_off):6.1f} %   (target <= 15 %)")
     rate = statistics.median(durable) / 1000
     print(f"  durable outbox (fsync off)   {rate:7.1f} k/s  (target >= 20 k/s)")
-    return sink_rows(args.n, args.repeat)
+    return sink_rows(args.n, args.repeat, pin=args.pin)
 
 
-def sink_rows(n: int, repeat: int, pair: bool = True) -> int:
-    rates = sink_pair(n, repeat, pair=pair, durable=True)
+def sink_rows(n: int, repeat: int, pair: bool = True, pin: bool = False) -> int:
+    rates = sink_pair(n, repeat, pair=pair, durable=True, pin=pin)
     print(f"send {n:,} tether envelopes, sink_server.py (the server is not the bottleneck):")
     if pair:
         s_off, s_on = rates["off"], rates["on"]
