@@ -280,6 +280,32 @@ def test_cumulative_acks_resolve_in_order(clock: FakeClock) -> None:
     assert peer.session.take_unfinished() == []
 
 
+def test_acks_of_one_read_resolve_in_one_event_whatever_their_spelling(
+    clock: FakeClock,
+) -> None:
+    # One read with several acks (as a bulk send gets them): one Acked event, in
+    # seq order. The compact spelling takes the hot path, the others the general
+    # one (other key order, spaces, extra fields): the same result.
+    from session.sessionkit import text
+
+    peer = open_peer(clock)
+    msgs = [data_msg(i) for i in range(8)]
+    peer.session.send(msgs)
+    peer.pump()
+    peer.new_events()
+    peer.feed(
+        text('{"type":"tether:ack","seq":2}')
+        + text('{"seq": 4, "type": "tether:ack"}')
+        + text({"type": "tether:ack", "seq": 3})  # stale
+        + text({"type": "tether:ack", "seq": True})  # not a number: ignored
+        + text({"type": "tether:ack", "seq": 6, "extra": [1]})
+    )
+    assert [ids(e.items) for e in peer.new_events()] == [ids(msgs[:6])]
+    assert peer.session.unacked == 2
+    # An ack is the extension's own message: never handed to the application.
+    assert received(peer) == []
+
+
 def test_an_ack_on_a_link_without_the_ack_feature_is_ignored(clock: FakeClock) -> None:
     peer = open_peer(clock, hello_ok={"features": ["resume"]})
     peer.session.send([data_msg()])
