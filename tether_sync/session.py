@@ -493,12 +493,10 @@ class Session:
                             (channel if type(channel) is str else str(channel), msg.get("payload"))
                         )
                         continue
-                    if kind == "tether:ack" and self._ack:
-                        # A bulk send's other hot path: what _on_extension does for
-                        # an ack, without the general dispatch on the way.
-                        seq = msg.get("seq")
-                        if type(seq) is int:
-                            self._on_ack(seq)
+                    if kind == "tether:ack":
+                        # A bulk send's other hot path: straight to the extension,
+                        # without classify() and the general dispatch on the way.
+                        self._on_extension(msg, now)
                         run = None
                         continue
                     decoded = envelope.classify(msg)
@@ -626,6 +624,11 @@ class Session:
         if type(value) is not dict:
             return False
         kind = value.get("type")
+        if kind == "tether:ack":  # first: the one that comes in bulk
+            seq = value.get("seq")
+            if self._ack and type(seq) is int:
+                self._on_ack(seq)
+            return True
         if kind == "tether:hello":
             # Our own hello came back: an echo server, no extension.
             self._decide_extension(None, 0, now)
@@ -639,11 +642,6 @@ class Session:
             )
             acked = value.get("acked")
             self._decide_extension(granted, acked if type(acked) is int else 0, now)
-            return True
-        if kind == "tether:ack":
-            seq = value.get("seq")
-            if self._ack and type(seq) is int:
-                self._on_ack(seq)
             return True
         if kind == "tether:subscribed":
             self._on_subscribed(value)
