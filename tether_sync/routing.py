@@ -68,6 +68,7 @@ class Router:
         """
         self._counters.received += len(items)
         stream = self.message_buffer
+        events: Optional[List[Any]] = None  # the stream's batch list, once looked up
         last: Any = _NO_CHANNEL
         targets: List[List[Any]] = []
         for channel, payload in items:
@@ -77,7 +78,9 @@ class Router:
             for target in targets:
                 target.append(payload)
             if stream is not None:
-                self._batched(stream, None).append(MessageEvent(channel, payload))
+                if events is None:  # after the first payload's buffers: flush order as before
+                    events = self._batched(stream, None)
+                events.append(MessageEvent(channel, payload))
 
     def _targets(self, channel: Optional[str]) -> List[List[Any]]:
         # This read's batch list of every buffer subscribed to ``channel``.
