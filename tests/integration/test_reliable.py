@@ -158,7 +158,8 @@ def test_a_delivery_is_done_only_on_the_servers_ack(
 def test_close_while_acks_are_pending_is_prompt_and_clean(
     make_server: Callable[..., TetherServer], make_client: Callable[..., TetherClient]
 ) -> None:
-    # close() right after a burst: it waits for the acks, then the close handshake.
+    # close() right after a burst of 1,000 (default options): it waits for the acks,
+    # then the close handshake.
     # The close frame was framed after the iteration's write once the last ack came,
     # and sat unwritten until the 1 s close grace ran out: every such close() took
     # a second and ended unclean (1000, was_clean False), the server saw 1006.
@@ -168,12 +169,12 @@ def test_close_while_acks_are_pending_is_prompt_and_clean(
         closes = Recorder()
         client.on("close", closes)
         client.connect(wait=True, timeout=5)
-        for k in range(500):
+        for k in range(1000):
             client.send(k, channel="x")
         began = time.monotonic()
         assert client.close(timeout=10)
         took = time.monotonic() - began
-        assert client.stats().acked == 500
+        assert client.stats().acked == 1000
         [event] = closes.snapshot()
         assert (event.code, event.was_clean) == (1000, True), round_
         # Generous: the bug cost the whole grace (1 s) every time.
