@@ -9,6 +9,7 @@ only through its queue and commands. Every wait takes its time from one
 from __future__ import annotations
 
 import atexit
+import copy
 import itertools
 import json
 import logging
@@ -390,7 +391,10 @@ class TetherClient:
                 if self._loop.life.state is State.CLOSED:
                     fatal = self._loop.life.fatal
                     if isinstance(fatal, TetherError) and not isinstance(fatal, ClientClosed):
-                        raise fatal
+                        # A fresh copy each time: raising the stored exception
+                        # itself would add this frame to its traceback at every
+                        # call (a chain that grows without bound in a retry loop).
+                        raise _fresh(fatal) from fatal.__cause__
                     raise ClientClosed("the client closed before it was open") from fatal
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
@@ -414,10 +418,13 @@ class TetherClient:
         """Send ``payload`` (thread-safe).
 
         While the client is not open the message waits in the queue and is sent,
-        in order, after the next (re)connect; ``send()`` never blocks because the
-        link is down. While open, a full queue makes ``send()`` wait for room
-        (flow control: a loop of a million sends runs at link speed and loses
-        nothing). A send from a callback never waits (see ``Queue``).
+        in order, after the next (re)connect; ``send()`` never raises because the
+        link is down. On a client that was never connected, the first ``send()``
+        starts connecting, as :meth:`connect` does. A full queue makes ``send()``
+        wait for room, whether the link is open, connecting or down (the default
+        ``Queue(overflow="block")``: a loop of a million sends runs at link speed,
+        pauses through an outage, and loses nothing); the drop policies are
+        opt-in. A send from a callback never waits (see ``Queue``).
 
         Args:
             payload: With protocol ``tether`` any JSON-serialisable value. With
@@ -435,14 +442,12 @@ class TetherClient:
         Raises:
             TypeError, ValueError: the payload cannot be encoded, or is larger than
                 ``max_message_size``.
-            QueueFull: the queue is full and its policy is ``"reject"`` (while not
-                open), or no room came within ``timeout``.
+            QueueFull: no room came within ``timeout``, or the queue is full and
+                its (opt-in) policy is ``"reject"`` while not open.
             ClientClosed: the client was closed.
         """
         if not isinstance(channel, str):
             raise TypeError(f"channel must be a str, not {type(channel).__name__}")
-        if self._autoconnect:
-            self._connect_on_first_use()
         msg_id = f"{self._id_prefix}{next(self._ids):012x}"
         if self._config.protocol == "tether":
             data = encode_data(channel, payload, msg_id).encode()
@@ -458,6 +463,12 @@ class TetherClient:
             raise ValueError(
                 f"message of {len(data)} bytes is larger than max_message_size ({limit})"
             )
+        if not self._started:
+            # A client that was never connected starts connecting, as connect()
+            # does (DESIGN §1): a script that only sends must not end with its
+            # messages queued on a client that never tried. After the payload
+            # checks, so a bad payload starts nothing.
+            self._start_on_send()
         delivery = Delivery(msg_id, channel, payload, op, data, self._dispatch_fn)
         loop = self._loop
         offline = loop.life.state is not State.OPEN
@@ -484,12 +495,18 @@ class TetherClient:
         assert store is not None
         if self._closing or self._loop.stopped.is_set():
             raise ClientClosed("the client is closed")
-        store.append(d.id, d.channel, d._op, d._data, timeout, d)
+        # Wait for room here, before the message is numbered and stored: the
+        # commit hook (_committed) runs on whichever thread commits, possibly for
+        # other senders too, so it must never wait for room itself.
+        deadline = Deadline(timeout, self._clock)
+        self._loop.outbox.wait_room(timeout)
+        store.append(d.id, d.channel, d._op, d._data, deadline.remaining(), d)
         exc = d._exc
         if (
             exc is not None
             and isinstance(exc, (QueueFull, ClientClosed))
-            and (isinstance(exc, ClientClosed) or self._loop.outbox.overflow == "reject")
+            # A drop policy fails the Delivery; reject and a block timeout raise.
+            and (isinstance(exc, ClientClosed) or self._loop.outbox.overflow in ("reject", "block"))
         ):
             raise exc
         if offline:
@@ -500,7 +517,7 @@ class TetherClient:
         # The store's commit hook: on the committing thread, in seq order.
         d._seq = seq
         try:
-            dropped = self._loop.outbox.put(d)
+            dropped = self._loop.outbox.put(d, reserved=True)
         except (QueueFull, ClientClosed) as exc:
             assert self._store is not None
             self._store.discard([seq])
@@ -877,10 +894,29 @@ class TetherClient:
             buf.reset_after_fork()
         log.debug("forked child: %s is a fresh, unconnected client", self._config.url)
 
+    def _start_on_send(self) -> None:
+        with self._lock:
+            if self._closing:
+                raise ClientClosed("the client is closed")
+        if not self._autoconnect:
+            log.debug("send() on %s before connect(): connecting now", self._config.url)
+        self._autoconnect = False
+        self.connect()
+
     def _connect_on_first_use(self) -> None:
         if self._autoconnect and not self._started:
             self._autoconnect = False
             self.connect()
+
+
+def _fresh(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` (same type, args and attributes) with no traceback."""
+    try:
+        twin = copy.copy(exc)
+    except Exception:  # an exception type that cannot be copied
+        return ClientClosed(f"the client closed: {type(exc).__name__}: {exc}")
+    twin.__traceback__ = None
+    return twin
 
 
 def _endpoints(url: Any) -> Tuple[str, ...]:

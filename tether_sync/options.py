@@ -207,17 +207,27 @@ class Queue:
     """The outbound queue: where ``send()`` puts messages until the socket takes them.
 
     The bound counts queued messages plus those taken for the link and not done
-    yet (not fully written, or awaiting their ack). While the link is open a
-    full queue makes ``send()`` wait for room: nothing is dropped, a bulk sender
-    runs at link speed. The drop policies act only while the link is not open.
+    yet (not fully written, or awaiting their ack). By default (``"block"``) a
+    full queue makes ``send()`` wait for room in every state, open, connecting or
+    down: nothing is ever dropped, a bulk sender runs at link speed, and a loop
+    that is sending when the link drops pauses until it is back. ``send(timeout=s)``
+    bounds the wait (:class:`~tether_sync.QueueFull`). The drop policies are
+    opt-in and act only while the link is not open.
+
+    Why 1,000 messages: with ``block`` the bound is no longer what decides whether
+    data survives an outage (a full queue pauses the sender, it loses nothing); it
+    is how much a script may run ahead of the link without waiting. 1,000 covers a
+    burst of 1,000 sends, or a sender of 30 messages a second through a 30 s
+    outage, without a single wait, and keeps memory small (about 300 B per queued
+    64 B message). There is no byte bound: ``max_message_size`` caps each message.
 
     Attributes:
         max_size: Messages held at most.
-        overflow: What a full queue does while the link is not open:
-            ``"drop-oldest"`` (the oldest queued message fails with
-            :class:`~tether_sync.QueueFull`), ``"drop-newest"`` (the new one does),
-            ``"reject"`` (``send()`` raises :class:`~tether_sync.QueueFull`) or
-            ``"block"`` (``send()`` waits for room in every state).
+        overflow: What a full queue does: ``"block"`` (the default: ``send()``
+            waits for room in every state), or, opt-in and only while the link is
+            not open, ``"drop-oldest"`` (the oldest queued message fails with
+            :class:`~tether_sync.QueueFull`), ``"drop-newest"`` (the new one does)
+            or ``"reject"`` (``send()`` raises :class:`~tether_sync.QueueFull`).
         path: A SQLite file for a durable outbox (DESIGN §5): queued and unacked
             messages and the session id survive the process; ``send()`` returns
             once the message is committed to the file. ``None``: in memory.
@@ -226,7 +236,7 @@ class Queue:
     """
 
     max_size: int = 1000
-    overflow: str = "drop-oldest"
+    overflow: str = "block"
     path: Optional[str] = None
     fsync: bool = False
 

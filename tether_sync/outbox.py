@@ -5,9 +5,9 @@ the bound counts the messages waiting here *plus* those the I/O thread took and
 that are not done yet (not fully written, or written and awaiting their ack).
 While the link is open a full outbox makes :meth:`Outbox.put` wait for room,
 woken when the I/O thread releases messages (never polled), like a blocking
-socket or kafka's ``max_block_ms``; nothing is evicted. The drop policies
-(``drop-oldest``, ``drop-newest``, ``reject``) act only while the link is not
-open; ``block`` waits in every state.
+socket or kafka's ``max_block_ms``; nothing is evicted. ``block`` (the
+default) waits in every state; the opt-in drop policies (``drop-oldest``,
+``drop-newest``, ``reject``) act only while the link is not open.
 
 A send made from a tether_sync callback (any dispatcher) never waits: waiting
 there could deadlock against inbound ``block`` backpressure (the callback that
@@ -76,6 +76,10 @@ class Outbox(Generic[T]):
         # for that thread's whole iteration to get the GIL back, per message.
         self.linger = 0.0
         self._over_warned = False
+        # Whether the link was open when a send() last logged that it waits for
+        # room (None: none did since the queue was last empty): one line per
+        # episode, and one more if the reason changes (the link opened or dropped).
+        self._wait_logged: Optional[bool] = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -87,8 +91,14 @@ class Outbox(Generic[T]):
 
     # ------------------------------------------------------------ senders
 
-    def put(self, item: T, timeout: Optional[float] = None) -> List[T]:
+    def put(self, item: T, timeout: Optional[float] = None, *, reserved: bool = False) -> List[T]:
         """Add ``item`` at the tail (any thread).
+
+        ``reserved``: the caller already waited for room with :meth:`wait_room`
+        (a durable send, whose commit hook must not wait: it may be committing
+        other senders' messages); where that wait applied, the item is accepted
+        even if another sender took the room meanwhile (by at most one message
+        per concurrent sender).
 
         Returns:
             The messages dropped to make room (only while not open, by a drop
@@ -105,7 +115,9 @@ class Outbox(Generic[T]):
                 raise ClientClosed("the client is closed") from self._closed_reason
             if not self._open and not self._offline_ok:
                 raise QueueFull("queue=False and the client is not open")
-            if len(self._items) + self._taken >= self.capacity:
+            if len(self._items) + self._taken >= self.capacity and not (
+                reserved and (self._open or self.overflow == "block")
+            ):
                 dropped = self._full(item, timeout)
                 if dropped and dropped[0] is item:
                     return dropped
@@ -142,11 +154,65 @@ class Outbox(Generic[T]):
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
                 raise QueueFull(f"no room in the outbound queue within {timeout}s")
+            if self._wait_logged is not self._open:
+                self._log_first_wait()
             self._waiting += 1
             try:
                 self._room.wait(remaining)
             finally:
                 self._waiting -= 1
+
+    def wait_room(self, timeout: Optional[float] = None) -> None:
+        """Wait until there is room, where :meth:`put` would wait for it (any thread).
+
+        Returns at once where ``put`` would not wait (a drop policy while not
+        open applies in ``put``; a send from a callback never waits).
+
+        Raises:
+            ClientClosed: the client is closed (or closed while waiting).
+            QueueFull: no room within ``timeout``.
+        """
+        with self._lock:
+            if getattr(in_callback, "active", False):
+                return
+            deadline: Optional[Deadline] = None
+            while len(self._items) + self._taken >= self.capacity:
+                if not self._accepting:
+                    raise ClientClosed("the client is closed") from self._closed_reason
+                if not self._open and self.overflow != "block":
+                    return
+                if deadline is None:
+                    deadline = Deadline(timeout)
+                remaining = deadline.remaining()
+                if remaining is not None and remaining <= 0:
+                    raise QueueFull(f"no room in the outbound queue within {timeout}s")
+                if self._wait_logged is not self._open:
+                    self._log_first_wait()
+                self._waiting += 1
+                try:
+                    self._room.wait(remaining)
+                finally:
+                    self._waiting -= 1
+
+    def _log_first_wait(self) -> None:
+        # With _lock held (logging takes only its own handler locks): the first
+        # send() of an episode that has to wait says so once.
+        self._wait_logged = self._open
+        if self._open:
+            log.info(
+                "send() is waiting for room: the outbound queue is full (%d messages) "
+                "because the link takes messages slower than they are sent; it goes on "
+                "as they are written (overflow='block')",
+                self.capacity,
+            )
+        else:
+            log.warning(
+                "send() is waiting for room: the outbound queue is full (%d messages) "
+                "while the link is not open; it goes on once the client reconnects "
+                "(overflow='block': nothing is dropped; pass send(timeout=...) to "
+                "bound the wait, or choose a drop policy in Queue(overflow=...))",
+                self.capacity,
+            )
 
     def _drop(self, item: T) -> List[T]:
         # With _lock held, not open, full: apply the drop policy.
@@ -200,6 +266,7 @@ class Outbox(Generic[T]):
                 self._room.notify_all()
             if not self._items and self._taken < self.capacity:
                 self._over_warned = False
+                self._wait_logged = None
 
     def give_back(self, items: List[T]) -> None:
         """Taken messages that were not done go back to the head, in order."""

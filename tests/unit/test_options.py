@@ -123,7 +123,7 @@ def test_defaults() -> None:
         min_uptime=2.0,
     )
     assert Heartbeat() == Heartbeat(interval=15.0, timeout=5.0)
-    assert Queue() == Queue(max_size=1000, overflow="drop-oldest")
+    assert Queue() == Queue(max_size=1000, overflow="block")
     assert Backpressure() == Backpressure(
         high_water_mark=1_000_000, inbound_buffer_size=100, inbound_overflow="block"
     )
