@@ -38,8 +38,10 @@ from .options import (
     Heartbeat,
     Queue,
     Reconnect,
+    check_ws_options,
     coerce,
     coerce_auth,
+    coerce_subprotocols,
     number,
 )
 from .state import State
@@ -81,14 +83,16 @@ class TetherClient:
             GUI's main thread); by default a dispatcher thread of the client's own.
         headers: Handshake headers: a dict, or a callable returning one, evaluated
             at every connect.
-        subprotocols: Offered to the server in the handshake.
+        subprotocols: Offered to the server in the handshake: one name (a ``str``)
+            or a list of names.
         sslopt: TLS options, handed to websocket-client.
         connect_timeout: Seconds for one opening handshake.
         max_message_size: Bytes; a bigger inbound message closes the link with 1009.
         exit_flush_timeout: Seconds that a client still open at interpreter exit
             spends flushing its queue before it closes (``0`` disables it).
         ws_options: More keyword arguments for websocket-client's ``connect``
-            (``http_proxy_host``, ``origin``, ``redirect_limit``...).
+            (``http_proxy_host``, ``origin``, ``redirect_limit``...; any other key
+            is refused, see :data:`tether_sync.options.WS_OPTIONS`).
         compression: ``"deflate"``: offer permessage-deflate (RFC 7692) and use it both
             ways if the server agrees; None (the default): no compression.
         clock: Time source (tests inject a fake one).
@@ -110,7 +114,7 @@ class TetherClient:
         backpressure: Union[Backpressure, Dict[str, Any], None] = None,
         dispatcher: Optional[Callable[[Callable[[], None]], Any]] = None,
         headers: Union[Dict[str, str], Callable[[], Dict[str, str]], None] = None,
-        subprotocols: Optional[List[str]] = None,
+        subprotocols: Union[str, List[str], Tuple[str, ...], None] = None,
         sslopt: Optional[Dict[str, Any]] = None,
         connect_timeout: float = 10.0,
         max_message_size: int = 16 * 2**20,
@@ -158,11 +162,11 @@ class TetherClient:
             queue=coerce("queue", queue, Queue),
             backpressure=bp,
             headers=headers,
-            subprotocols=list(subprotocols) if subprotocols else None,
+            subprotocols=coerce_subprotocols(subprotocols),
             sslopt=dict(sslopt) if sslopt else None,
             connect_timeout=float(connect_timeout),
             max_message_size=max_message_size,
-            ws_options=dict(ws_options or {}),
+            ws_options=check_ws_options(ws_options),
             compression=compression,
         )
         self._clock: Clock = clock if clock is not None else SystemClock()

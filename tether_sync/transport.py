@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import encodings.idna  # noqa: F401 - see below
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -25,6 +26,7 @@ from . import deflate
 from .exceptions import ProtocolError
 from .flow import OutboundFlow
 from .interest import Interest
+from .redact import redact_url
 from .session import Session
 
 log = logging.getLogger("tether_sync")
@@ -54,22 +56,44 @@ else:  # pragma: no cover - only the user-space part of buffered_amount elsewher
 def validate_url(url: Any) -> str:
     """Check a WebSocket URL at construction time.
 
+    Every message names ``url`` and shows it through
+    :func:`~tether_sync.redact.redact_url` (no password or token in it).
+
     Raises:
         TypeError: not a str.
-        ValueError: not ``ws://`` or ``wss://`` with a host, or a bad port.
+        ValueError: not ``ws://`` or ``wss://``; whitespace or a control
+            character anywhere; no host, or a host name with characters no
+            host name has; a port that is not 1-65535.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"url must start with ws:// or wss://, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"url has no host: {url!r}")
+    shown = redact_url(url)
+    bad = next((ch for ch in url if ch.isspace() or not ch.isprintable()), None)
+    if bad is not None:
+        raise ValueError(
+            f"url must not contain whitespace or control characters ({bad!r}): {shown!r}"
+        )
     try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise ValueError(f"url has an invalid port: {url!r}") from exc
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a bad IPv6 literal, a port not an int or not 0-65535
+        raise ValueError(f"url is malformed ({exc}): {shown!r}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"url must start with ws:// or wss://, got {shown!r}")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"url has no host: {shown!r}")
+    if not (_HOST_NAME.fullmatch(host) or ":" in host):  # ":" only in an IPv6 literal
+        raise ValueError(f"url has an invalid host {host!r}: {shown!r}")
+    if port == 0:
+        raise ValueError(f"url has an invalid port 0 (1-65535): {shown!r}")
     return url
+
+
+# A host name (RFC 3986 reg-name, as resolvers take it): letters (any script:
+# IDNA encodes them in the handshake), digits, "-", "_" and dots; or an IPv4
+# address, which matches the same. No "%", "!", "$", quotes, spaces...
+_HOST_NAME = re.compile(r"[^\W][\w.-]*")
 
 
 def kernel_unsent(sock: socket.socket) -> int:
@@ -200,14 +224,14 @@ class Link:
 
     Args:
         sock: The socket a connector handed over (its handshake done).
-        url: The endpoint, for log lines.
+        url: The endpoint, for log lines (kept redacted: see :mod:`tether_sync.redact`).
         high_water_mark: The outbound high-water mark, in bytes.
     """
 
     def __init__(self, sock: socket.socket, url: str, high_water_mark: int) -> None:
         sock.setblocking(False)
         self.sock = sock
-        self.url = url
+        self.url = redact_url(url)
         self.flow = OutboundFlow(high_water_mark, set_notsent_lowat(sock, high_water_mark))
         # The socket's selector registration (an SSL socket: decrypted bytes may wait
         # inside it, where the selector cannot see them).
