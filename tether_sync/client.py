@@ -44,6 +44,7 @@ from .options import (
     coerce_subprotocols,
     number,
 )
+from .redact import redact_url
 from .state import State
 from .stats import Stats
 from .subscription import InboundBuffer, Subscription
@@ -266,7 +267,7 @@ class TetherClient:
         return self._refresher
 
     def __repr__(self) -> str:
-        return f"<TetherClient {self._config.url} {self._loop.life.state.value}>"
+        return f"<TetherClient {redact_url(self._config.url)} {self._loop.life.state.value}>"
 
     # ------------------------------------------------------------------ events
 
@@ -765,7 +766,10 @@ class TetherClient:
 
     @property
     def url(self) -> str:
-        """The first (primary) endpoint; the current one is ``stats().endpoint``."""
+        """The first (primary) endpoint as given, credentials included: never log it.
+
+        The current one, redacted for showing, is ``stats().endpoint``.
+        """
         return self._config.url
 
     @property
@@ -822,7 +826,7 @@ class TetherClient:
             resent=loop.continuity.resent,
             session_id=loop.continuity.session_id,
             extensions=session.features if session is not None else (),
-            endpoint=loop.life.endpoint,
+            endpoint=redact_url(loop.life.endpoint),
         )
 
     # ------------------------------------------------------------------ exit
@@ -847,7 +851,7 @@ class TetherClient:
             budget = 0.0
         deadline = Deadline(max(budget, 0.1), self._clock)
         if budget > 0:
-            log.info("interpreter exit: flushing %s for up to %.1fs", self.url, budget)
+            log.info("interpreter exit: flushing %s for up to %.1fs", redact_url(self.url), budget)
             self.flush(max(0.0, (deadline.remaining() or 0.0) - 0.05))
         self.close(timeout=deadline.remaining() or 0.0)
 
@@ -879,7 +883,7 @@ class TetherClient:
             d.set_exception(reason)
         for buf in subscriptions:
             buf.reset_after_fork()
-        log.debug("forked child: %s is a fresh, unconnected client", self._config.url)
+        log.debug("forked child: %s is a fresh, unconnected client", redact_url(self._config.url))
 
     def _connect_on_first_use(self) -> None:
         if self._autoconnect and not self._started:
