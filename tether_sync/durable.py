@@ -75,6 +75,11 @@ A single blocking sender gets ``1 / commit latency``: about 60,000 msg/s with
 ``fsync=False`` and 2,800 with ``fsync=True`` on the 2-vCPU development
 machine (64-byte payloads; ``benchmarks/bench_durable.py`` has every row).
 
+Privacy: the outbox holds message payloads, so the files a store creates (the
+outbox, the ``-wal``, ``-shm`` and ``-journal`` files SQLite makes next to it, and
+the lock file) are created :data:`FILE_MODE` (0600, owner only) whatever the
+umask. A file that already exists keeps its mode.
+
 Safety at open: an exclusive ``fcntl.flock`` on a sidecar file ``path + ".lock"``
 (left in place on close: removing it would race with a new owner) refuses a second
 live store on the same file, in this process or another. A file that is not
@@ -115,6 +120,10 @@ from .exceptions import ClientClosed, TetherError
 
 log = logging.getLogger("tether_sync")
 
+#: Mode of the files a store creates (the outbox, its ``-wal``/``-shm``/``-journal``
+#: and the ``.lock`` sidecar): they hold message payloads, so owner only. A file
+#: that already exists keeps its mode.
+FILE_MODE = 0o600
 #: ``PRAGMA application_id`` of an outbox file ("TETH"): the format marker.
 APPLICATION_ID = 0x54455448
 #: ``PRAGMA user_version``: the newest file format this module reads and writes.
@@ -854,7 +863,7 @@ def _lock_sidecar(path: str) -> int:
         raise TetherError("the durable outbox needs fcntl.flock (POSIX)") from exc
     lock_path = path + ".lock"
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     except OSError as exc:
         raise TetherError(f"outbox {path}: cannot open lock file {lock_path}: {exc}") from exc
     try:
@@ -887,6 +896,7 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
             head = f.read(16)
     except FileNotFoundError:
         head = b""
+        _create_private(path)
     except OSError as exc:
         raise TetherError(f"outbox {path}: cannot read it: {exc}") from exc
     if head and head != b"SQLite format 3\x00":
@@ -916,6 +926,22 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
     except BaseException:
         conn.close()
         raise
+
+
+def _create_private(path: str) -> None:
+    """Create the (empty) outbox file with :data:`FILE_MODE` before SQLite opens it.
+
+    SQLite would create it 0644 (less the umask); it creates the ``-wal``,
+    ``-shm`` and ``-journal`` files with the mode of the database file, so
+    they are private too.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:  # made in the meantime: SQLite opens what is there
+        return
+    except OSError as exc:
+        raise TetherError(f"outbox {path}: cannot create it: {exc}") from exc
+    os.close(fd)
 
 
 def _scalar(conn: sqlite3.Connection, sql: str) -> Any:
