@@ -221,7 +221,12 @@ class Queue:
             ``"block"`` (``send()`` waits for room in every state).
         path: A SQLite file for a durable outbox (DESIGN §5): queued and unacked
             messages and the session id survive the process; ``send()`` returns
-            once the message is committed to the file. ``None``: in memory.
+            once the message is committed to the file. A message that cannot be
+            (a full disk, an I/O error) is neither stored nor sent: ``send()``
+            raises :class:`~tether_sync.TetherError` whose ``__cause__`` is the
+            :class:`OSError` (``errno.ENOSPC`` for a full disk), and the client
+            goes on with what it has. Its files are created 0600.
+            ``None``: in memory.
         fsync: With ``path``: fsync every commit (survives a power loss, slower);
             by default a commit survives a crash of the process, not of the OS.
     """
