@@ -83,8 +83,8 @@ it and nothing half-stored is sent. What the transaction carried besides
 (discards, the ``seq`` counter) is kept and tried again after
 :data:`RETRY_DELAY`, never in a loop; at :meth:`DurableStore.close` it gets one
 last try, and the final transaction writes the counter with the clean mark.
-A file that stays full makes ``close()`` return False in time, and the next
-open skips :data:`CRASH_SEQ_GAP` numbers as after a crash.
+A file that stays full makes ``close()`` return False in time; the file is
+then not marked clean, and the next open treats it as after a crash.
 
 Privacy: the outbox holds message payloads, so the files a store creates (the
 outbox, the ``-wal``, ``-shm`` and ``-journal`` files SQLite makes next to it, and

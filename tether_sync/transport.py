@@ -53,6 +53,36 @@ else:  # pragma: no cover - only the user-space part of buffered_amount elsewher
     _SIOCOUTQ = None
 
 
+# permessage-deflate: the most a deflate stream can expand (a 258-byte match
+# coded in about 2 bits: RFC 1951's limit is about 1032:1, zlib's own note).
+_INFLATE_RATIO = 1032
+# The smallest read of a compressed connection (below, the loop's per-read cost
+# would dominate).
+_MIN_COMPRESSED_READ = 4096
+
+
+def read_size(compressed: bool, max_message_size: int) -> int:
+    """Bytes per ``recv()`` of a connection (see :class:`Link`).
+
+    Uncompressed, a read takes up to 256 KiB: the messages it completes hold
+    at most that many bytes. Compressed, one read of 256 KiB could complete
+    hundreds of messages of ``max_message_size`` each (300 KiB of "bombs" cost
+    450 MB at once before): the parser inflates every message a read completes
+    before the loop can push back. So a compressed connection reads at most
+    ``max_message_size / 1032`` bytes at a time (at least 4 KiB), the most that
+    can inflate to ``max_message_size``; with the message a read may finish,
+    what one read inflates stays within about twice ``max_message_size`` (or
+    4 MiB, for a small limit).
+
+    Args:
+        compressed: permessage-deflate was agreed for the connection.
+        max_message_size: The client's ``max_message_size``.
+    """
+    if not compressed:
+        return _READ_SIZE
+    return max(_MIN_COMPRESSED_READ, min(_READ_SIZE, max_message_size // _INFLATE_RATIO))
+
+
 def validate_url(url: Any) -> str:
     """Check a WebSocket URL at construction time.
 
@@ -226,9 +256,12 @@ class Link:
         sock: The socket a connector handed over (its handshake done).
         url: The endpoint, for log lines (kept redacted: see :mod:`tether_sync.redact`).
         high_water_mark: The outbound high-water mark, in bytes.
+        read_size: Bytes per ``recv()``; see :func:`read_size`.
     """
 
-    def __init__(self, sock: socket.socket, url: str, high_water_mark: int) -> None:
+    def __init__(
+        self, sock: socket.socket, url: str, high_water_mark: int, read_size: int = _READ_SIZE
+    ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.url = redact_url(url)
@@ -238,6 +271,7 @@ class Link:
         self.io = Interest(tls=isinstance(sock, ssl.SSLSocket))
         self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
         self.closed = False
+        self._read_size = read_size
 
     def recv(self) -> Optional[bytes]:
         """What the socket has (``b""`` at EOF), or None if nothing yet.
@@ -246,7 +280,7 @@ class Link:
             OSError: the read failed.
         """
         try:
-            return self.sock.recv(_READ_SIZE)
+            return self.sock.recv(self._read_size)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return None
 
