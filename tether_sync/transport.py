@@ -105,9 +105,12 @@ def validate_url(url: Any) -> str:
         )
     try:
         parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:  # a bad IPv6 literal, a port not an int or not 0-65535
+    except ValueError as exc:  # e.g. an unbalanced "[" (IPv6 literal)
         raise ValueError(f"url is malformed ({exc}): {shown!r}") from None
+    try:
+        port = parts.port
+    except ValueError as exc:  # not an int, or not 0-65535
+        raise ValueError(f"url has an invalid port ({exc}): {shown!r}") from None
     if parts.scheme not in ("ws", "wss"):
         raise ValueError(f"url must start with ws:// or wss://, got {shown!r}")
     host = parts.hostname
@@ -116,7 +119,7 @@ def validate_url(url: Any) -> str:
     if not (_HOST_NAME.fullmatch(host) or ":" in host):  # ":" only in an IPv6 literal
         raise ValueError(f"url has an invalid host {host!r}: {shown!r}")
     if port == 0:
-        raise ValueError(f"url has an invalid port 0 (1-65535): {shown!r}")
+        raise ValueError(f"url has an invalid port (0 is not in 1-65535): {shown!r}")
     return url
 
 
