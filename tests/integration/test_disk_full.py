@@ -9,9 +9,11 @@ not into a committer that retries for ever and outlives ``close()``.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -157,3 +159,72 @@ def test_after_a_full_disk_the_outbox_opens_again_and_works(
     assert [m["n"] for m in received[:-1]] == list(range(n))
     assert received[-1] == {"after": True}
     assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+# The same in a subprocess whose file size limit (RLIMIT_FSIZE) is 256 KiB: for
+# machines where no tmpfs can be mounted (this one runs everywhere). SQLite sees
+# a short write (SQLITE_FULL) or EFBIG (SQLITE_IOERR).
+_FSIZE_SCENARIO = r"""
+import json, logging, resource, signal, sys, threading, time
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+from tether_sync import Queue, TetherClient
+from tether_sync.exceptions import TetherError
+from tether_sync.server import TetherServer
+
+failed = [0]
+class Count(logging.Handler):
+    def emit(self, record):
+        if "commit failed" in record.getMessage():
+            failed[0] += 1
+logger = logging.getLogger("tether_sync")
+logger.setLevel(logging.DEBUG)
+logger.addHandler(Count())
+
+server = TetherServer(port=0)
+server.start()
+client = TetherClient(server.url, queue=Queue(path=sys.argv[1]))
+client.connect(wait=True, timeout=10)
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+sent, cause = [], None
+for n in range(100_000):
+    try:
+        sent.append(client.send({"n": n, "pad": "x" * 300}, channel="disk"))
+    except TetherError as exc:
+        cause = exc.__cause__
+        break
+for d in sent:
+    d.result(timeout=10)
+received = [p["n"] for p in server.data_payloads("disk")]
+before = failed[0]
+started = time.monotonic()
+client.close(timeout=2)
+took = time.monotonic() - started
+alive = [t.name for t in threading.enumerate() if t.name == "tether_sync-outbox"]
+server.stop()
+print(json.dumps({
+    "sent": len(sent), "received": received, "took": took, "alive": alive,
+    "cause": type(cause).__name__, "errno": getattr(cause, "errno", None),
+    "failed_at_close": failed[0] - before,
+}))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_file_size_limit_fails_the_sends_and_close_ends_in_time(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _FSIZE_SCENARIO, str(tmp_path / "outbox.sqlite")],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["sent"] > 10
+    assert result["cause"] == "OSError"
+    assert result["errno"] in (errno.ENOSPC, errno.EIO, errno.EFBIG)
+    assert result["received"] == list(range(result["sent"]))
+    assert result["took"] < 2.5 and result["alive"] == []
+    assert result["failed_at_close"] <= 3
