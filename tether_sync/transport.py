@@ -72,7 +72,7 @@ def read_size(compressed: bool, max_message_size: int) -> int:
     ``max_message_size / 1032`` bytes at a time (at least 4 KiB), the most that
     can inflate to ``max_message_size``; with the message a read may finish,
     what one read inflates stays within about twice ``max_message_size`` (or
-    4 MiB, for a small limit).
+    about 4 MiB, for a small limit).
 
     Args:
         compressed: permessage-deflate was agreed for the connection.
