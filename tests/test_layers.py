@@ -68,6 +68,7 @@ RANK: Dict[str, float] = {
     "stats": 1,
     "frames": 1,
     "deflate": 1,  # permessage-deflate codec (zlib only)
+    "redact": 1,  # credentials out of a URL before it is shown (urllib.parse only)
     "heartbeat": 1,  # planned in STYLE §5
     "router": 1,  # planned in STYLE §5
     "writebuf": 1.2,  # framed bytes waiting for the socket, pure bookkeeping

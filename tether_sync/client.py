@@ -39,10 +39,13 @@ from .options import (
     Heartbeat,
     Queue,
     Reconnect,
+    check_ws_options,
     coerce,
     coerce_auth,
+    coerce_subprotocols,
     number,
 )
+from .redact import redact_url
 from .state import State
 from .stats import Stats
 from .subscription import InboundBuffer, Subscription
@@ -82,14 +85,16 @@ class TetherClient:
             GUI's main thread); by default a dispatcher thread of the client's own.
         headers: Handshake headers: a dict, or a callable returning one, evaluated
             at every connect.
-        subprotocols: Offered to the server in the handshake.
+        subprotocols: Offered to the server in the handshake: one name (a ``str``)
+            or a list of names.
         sslopt: TLS options, handed to websocket-client.
         connect_timeout: Seconds for one opening handshake.
         max_message_size: Bytes; a bigger inbound message closes the link with 1009.
         exit_flush_timeout: Seconds that a client still open at interpreter exit
             spends flushing its queue before it closes (``0`` disables it).
         ws_options: More keyword arguments for websocket-client's ``connect``
-            (``http_proxy_host``, ``origin``, ``redirect_limit``...).
+            (``http_proxy_host``, ``origin``, ``redirect_limit``...; any other key
+            is refused, see :data:`tether_sync.options.WS_OPTIONS`).
         compression: ``"deflate"``: offer permessage-deflate (RFC 7692) and use it both
             ways if the server agrees; None (the default): no compression.
         clock: Time source (tests inject a fake one).
@@ -111,7 +116,7 @@ class TetherClient:
         backpressure: Union[Backpressure, Dict[str, Any], None] = None,
         dispatcher: Optional[Callable[[Callable[[], None]], Any]] = None,
         headers: Union[Dict[str, str], Callable[[], Dict[str, str]], None] = None,
-        subprotocols: Optional[List[str]] = None,
+        subprotocols: Union[str, List[str], Tuple[str, ...], None] = None,
         sslopt: Optional[Dict[str, Any]] = None,
         connect_timeout: float = 10.0,
         max_message_size: int = 16 * 2**20,
@@ -159,11 +164,11 @@ class TetherClient:
             queue=coerce("queue", queue, Queue),
             backpressure=bp,
             headers=headers,
-            subprotocols=list(subprotocols) if subprotocols else None,
+            subprotocols=coerce_subprotocols(subprotocols),
             sslopt=dict(sslopt) if sslopt else None,
             connect_timeout=float(connect_timeout),
             max_message_size=max_message_size,
-            ws_options=dict(ws_options or {}),
+            ws_options=check_ws_options(ws_options),
             compression=compression,
         )
         self._clock: Clock = clock if clock is not None else SystemClock()
@@ -263,7 +268,7 @@ class TetherClient:
         return self._refresher
 
     def __repr__(self) -> str:
-        return f"<TetherClient {self._config.url} {self._loop.life.state.value}>"
+        return f"<TetherClient {redact_url(self._config.url)} {self._loop.life.state.value}>"
 
     # ------------------------------------------------------------------ events
 
@@ -778,7 +783,10 @@ class TetherClient:
 
     @property
     def url(self) -> str:
-        """The first (primary) endpoint; the current one is ``stats().endpoint``."""
+        """The first (primary) endpoint as given, credentials included: never log it.
+
+        The current one, redacted for showing, is ``stats().endpoint``.
+        """
         return self._config.url
 
     @property
@@ -835,7 +843,7 @@ class TetherClient:
             resent=loop.continuity.resent,
             session_id=loop.continuity.session_id,
             extensions=session.features if session is not None else (),
-            endpoint=loop.life.endpoint,
+            endpoint=redact_url(loop.life.endpoint),
         )
 
     # ------------------------------------------------------------------ exit
@@ -860,7 +868,7 @@ class TetherClient:
             budget = 0.0
         deadline = Deadline(max(budget, 0.1), self._clock)
         if budget > 0:
-            log.info("interpreter exit: flushing %s for up to %.1fs", self.url, budget)
+            log.info("interpreter exit: flushing %s for up to %.1fs", redact_url(self.url), budget)
             self.flush(max(0.0, (deadline.remaining() or 0.0) - 0.05))
         self.close(timeout=deadline.remaining() or 0.0)
 
@@ -892,7 +900,7 @@ class TetherClient:
             d.set_exception(reason)
         for buf in subscriptions:
             buf.reset_after_fork()
-        log.debug("forked child: %s is a fresh, unconnected client", self._config.url)
+        log.debug("forked child: %s is a fresh, unconnected client", redact_url(self._config.url))
 
     def _start_on_send(self) -> None:
         with self._lock:

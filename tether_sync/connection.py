@@ -31,7 +31,7 @@ from .poller import READ, WRITE, Poller
 from .routing import Router
 from .session import Continuity, Event, Session
 from .timers import TimerHeap
-from .transport import Link
+from .transport import Link, read_size
 
 BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
 BATCH_BYTES = 256 * 1024
@@ -79,7 +79,8 @@ class Connection:
     def open(cls, c: cmd.Connected, url: str, parts: Parts) -> Connection:
         """The connection for a socket a connector handed over (its session not started)."""
         config, flow, clock = parts.config, parts.authflow, parts.clock
-        link = Link(c.sock, url, config.backpressure.high_water_mark)
+        size = read_size(c.deflate is not None, config.max_message_size)  # inflation bound
+        link = Link(c.sock, url, config.backpressure.high_water_mark, size)
         now = clock.monotonic()
         auth = flow.auth.options if flow is not None else None
         rotate = flow is not None and flow.rotates_in_band

@@ -75,6 +75,22 @@ A single blocking sender gets ``1 / commit latency``: about 60,000 msg/s with
 ``fsync=False`` and 2,800 with ``fsync=True`` on the 2-vCPU development
 machine (64-byte payloads; ``benchmarks/bench_durable.py`` has every row).
 
+A commit that fails (a full disk, an I/O error) fails the messages of its
+transaction: their appenders get a :class:`~tether_sync.TetherError` whose
+``__cause__`` is an :class:`OSError` (``ENOSPC`` for ``SQLITE_FULL``, ``EIO``
+for ``SQLITE_IOERR``; its own cause is the SQLite error), so ``send()`` raises
+it and nothing half-stored is sent. What the transaction carried besides
+(discards, the ``seq`` counter) is kept and tried again after
+:data:`RETRY_DELAY`, never in a loop; at :meth:`DurableStore.close` it gets one
+last try, and the final transaction writes the counter with the clean mark.
+A file that stays full makes ``close()`` return False in time; the file is
+then not marked clean, and the next open treats it as after a crash.
+
+Privacy: the outbox holds message payloads, so the files a store creates (the
+outbox, the ``-wal``, ``-shm`` and ``-journal`` files SQLite makes next to it, and
+the lock file) are created :data:`FILE_MODE` (0600, owner only) whatever the
+umask. A file that already exists keeps its mode.
+
 Safety at open: an exclusive ``fcntl.flock`` on a sidecar file ``path + ".lock"``
 (left in place on close: removing it would race with a new owner) refuses a second
 live store on the same file, in this process or another. A file that is not
@@ -91,6 +107,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import os
 import secrets
 import sqlite3
@@ -115,6 +132,10 @@ from .exceptions import ClientClosed, TetherError
 
 log = logging.getLogger("tether_sync")
 
+#: Mode of the files a store creates (the outbox, its ``-wal``/``-shm``/``-journal``
+#: and the ``.lock`` sidecar): they hold message payloads, so owner only. A file
+#: that already exists keeps its mode.
+FILE_MODE = 0o600
 #: ``PRAGMA application_id`` of an outbox file ("TETH"): the format marker.
 APPLICATION_ID = 0x54455448
 #: ``PRAGMA user_version``: the newest file format this module reads and writes.
@@ -136,6 +157,12 @@ PAGE_SIZE = 1024
 DISCARD_BATCH = 1024
 #: ... else at most this many seconds after the first of them (see :meth:`DurableStore.discard`).
 DISCARD_DELAY = 0.05
+#: Seconds the leftovers of a failed transaction (discards, the ``seq`` counter)
+#: wait before they are tried again: a full disk is not hammered.
+RETRY_DELAY = 1.0
+#: Seconds between two ERROR log lines about failing commits (the ones between
+#: are logged at DEBUG): a sender that retries on a full disk does not flood the log.
+FAIL_LOG_INTERVAL = 10.0
 #: Messages committed in one transaction at most (bounds latency and the WAL).
 MAX_BATCH = 8192
 
@@ -313,6 +340,11 @@ class DurableStore:
         self._closing = False
         self._broken: Optional[BaseException] = None  # the committer died
         self._last_error = TetherError("no commit failed")  # the last failed commit's
+        # After a failed transaction, leftovers (discards, the counter) wait until
+        # then; math.inf once closing: a failed final attempt is not repeated.
+        self._retry_at = 0.0
+        self._fail_logged = -math.inf  # monotonic time of the last ERROR line
+        self._fails_unlogged = 0  # failed commits since that line
         self._clean_close = False  # set by the background thread when it closed the file
         self.transactions = 0
         """Transactions committed so far (group commit makes it < appends)."""
@@ -411,7 +443,8 @@ class DurableStore:
                 try:
                     self._conn.execute(_INSERT, row)
                 except sqlite3.Error as exc:
-                    raise self._failed(exc, discards, write_seq) from exc
+                    error = self._failed(exc, discards, write_seq)
+                    raise error from error.__cause__  # the OSError of a full disk
             self.transactions += 1
             self.appended += 1
             if self._on_commit is not None:
@@ -537,6 +570,7 @@ class DurableStore:
         with self._lock:
             if not self._closing:
                 self._closing = True
+                self._retry_at = 0.0  # leftovers of a failed commit get one last try
                 self._kick_background()
         if threading.current_thread() is self._thread:
             log.warning("outbox %s: close() from its own committer does not wait", self.path)
@@ -576,7 +610,14 @@ class DurableStore:
 
     def _has_work(self) -> bool:
         assert self._lock.locked()
-        return bool(self._batches or self._seq_dirty or self._discards_due())
+        if self._batches:
+            return True
+        if not (self._seq_dirty or self._discards_due()):
+            return False
+        # Leftovers of a failed transaction wait for _retry_at: without this the
+        # committer would retry them at once, for ever, on a full disk (and,
+        # closing, never finish).
+        return time.monotonic() >= self._retry_at
 
     def _add_discards(self, seqs: List[int], first: bool = False) -> None:
         """Queue seqs to delete (with _lock held); the delay runs from the oldest.
@@ -640,8 +681,13 @@ class DurableStore:
                             self._wake.wait()
                             continue
                         # Discards wait for a transaction that carries them anyway;
-                        # when none came within DISCARD_DELAY, write them alone.
-                        left = self._discard_since + DISCARD_DELAY - time.monotonic()
+                        # when none came within DISCARD_DELAY, write them alone
+                        # (after a failed transaction, not before _retry_at).
+                        due = max(self._discard_since + DISCARD_DELAY, self._retry_at)
+                        if due == math.inf:  # closing after a failure: nothing to try
+                            self._wake.wait()
+                            continue
+                        left = due - time.monotonic()
                         if left <= 0 and not self._committing:
                             self._committing = self._bg_turn = True
                         else:
@@ -754,17 +800,35 @@ class DurableStore:
             return False
 
     def _failed(self, exc: sqlite3.Error, discards: List[int], write_seq: bool) -> TetherError:
-        """A transaction failed: keep what it should have written for later; the error."""
-        log.error("outbox %s: commit failed: %s", self.path, exc)
+        """A transaction failed: keep what it should have written for later; the error.
+
+        The messages of the transaction are not kept: they fail (their appenders
+        get the error). A full disk or an I/O error becomes an :class:`OSError`
+        (``ENOSPC``, ``EIO``) as the error's ``__cause__``, itself caused by the
+        SQLite error.
+        """
         error = TetherError(f"outbox {self.path}: commit failed: {exc}")
-        error.__cause__ = exc
+        error.__cause__ = _os_error(exc)
         self._last_error = error
+        now = time.monotonic()
         with self._lock:
-            # Put the discards and the counter back for a later transaction (not
-            # at once: a file that refuses writes is not hammered).
+            # Put the discards and the counter back for a later transaction, not
+            # at once: a file that refuses writes is not hammered. Closing, that
+            # was the last try.
             if discards:
                 self._add_discards(discards, first=True)
             self._seq_dirty = self._seq_dirty or write_seq
+            self._retry_at = math.inf if self._closing else now + RETRY_DELAY
+            loud = now - self._fail_logged >= FAIL_LOG_INTERVAL
+            if loud:
+                self._fail_logged, unlogged, self._fails_unlogged = now, self._fails_unlogged, 0
+            else:
+                self._fails_unlogged += 1
+        if loud:
+            more = f" ({unlogged} more failed since the last report)" if unlogged else ""
+            log.error("outbox %s: commit failed: %s%s", self.path, exc, more)
+        else:
+            log.debug("outbox %s: commit failed: %s", self.path, exc)
         return error
 
     def _hook(self, messages: List[StoredMessage]) -> None:
@@ -782,10 +846,17 @@ class DurableStore:
             log.exception("outbox %s: on_commit_ref callback raised", self.path)
 
     def _finish(self) -> bool:
-        """Mark the file closed cleanly and checkpoint it (the background thread)."""
+        """Mark the file closed cleanly and checkpoint it (the background thread).
+
+        The counter goes with the mark: a clean file skips no numbers at open,
+        so its ``last_seq`` must be the last one used, even if the transaction
+        that should have written it failed.
+        """
+        with self._lock:
+            last_seq = self._last_seq
         try:
             self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(_SET_META, ("clean", 1))
+            self._conn.executemany(_SET_META, [("last_seq", last_seq), ("clean", 1)])
             self._conn.execute("COMMIT")
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return True
@@ -829,6 +900,32 @@ class DurableStore:
 _NO_DISCARDS: List[int] = []  # never appended to
 
 
+def _os_error(exc: sqlite3.Error) -> BaseException:
+    """The OSError behind a SQLite error, when there is one (else ``exc`` itself).
+
+    SQLite reports a full disk as ``SQLITE_FULL`` ("database or disk is full") and
+    a failed read or write as ``SQLITE_IOERR`` ("disk I/O error"); it keeps the
+    system's errno to itself, so these two become ``ENOSPC`` and ``EIO``.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    text = str(exc)
+    if code == _SQLITE_FULL or (code is None and "disk is full" in text):
+        number = errno.ENOSPC
+    elif (code is not None and code & 0xFF == _SQLITE_IOERR) or (
+        code is None and "disk I/O error" in text
+    ):
+        number = errno.EIO
+    else:
+        return exc
+    error = OSError(number, f"{os.strerror(number)} ({text})")
+    error.__cause__ = exc
+    return error
+
+
+_SQLITE_IOERR = 10  # SQLite's primary result codes (sqlite3.h)
+_SQLITE_FULL = 13
+
+
 def _ranges(seqs: List[int]) -> List[Tuple[int, int]]:
     """``seqs`` as ``(first, last)`` runs of consecutive numbers (acks are cumulative)."""
     out: List[Tuple[int, int]] = []
@@ -854,7 +951,7 @@ def _lock_sidecar(path: str) -> int:
         raise TetherError("the durable outbox needs fcntl.flock (POSIX)") from exc
     lock_path = path + ".lock"
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     except OSError as exc:
         raise TetherError(f"outbox {path}: cannot open lock file {lock_path}: {exc}") from exc
     try:
@@ -887,6 +984,7 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
             head = f.read(16)
     except FileNotFoundError:
         head = b""
+        _create_private(path)
     except OSError as exc:
         raise TetherError(f"outbox {path}: cannot read it: {exc}") from exc
     if head and head != b"SQLite format 3\x00":
@@ -916,6 +1014,22 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
     except BaseException:
         conn.close()
         raise
+
+
+def _create_private(path: str) -> None:
+    """Create the (empty) outbox file with :data:`FILE_MODE` before SQLite opens it.
+
+    SQLite would create it 0644 (less the umask); it creates the ``-wal``,
+    ``-shm`` and ``-journal`` files with the mode of the database file, so
+    they are private too.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:  # made in the meantime: SQLite opens what is there
+        return
+    except OSError as exc:
+        raise TetherError(f"outbox {path}: cannot create it: {exc}") from exc
+    os.close(fd)
 
 
 def _scalar(conn: sqlite3.Connection, sql: str) -> Any:

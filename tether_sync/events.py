@@ -31,7 +31,8 @@ class OpenEvent:
 
     type: ClassVar[str] = "open"
     url: str
-    """The URL actually connected to (with several endpoints, the one that answered)."""
+    """The URL actually connected to (with several endpoints, the one that answered),
+    redacted: no password or secret query value (see :mod:`tether_sync.redact`)."""
     index: int = 0
     """Position of ``url`` in the client's list of endpoints (0: the first, primary)."""
 

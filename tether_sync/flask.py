@@ -89,7 +89,7 @@ class _AppState:
                 # the parent owns its connection. Make this process its own.
                 client = TetherClient(self.url, **self.options)
                 client.connect()
-                log.debug("process %d: created its tether_sync client for %s", pid, client.url)
+                log.debug("process %d: created its tether_sync client for %s", pid, client)
                 self._client, self._pid = client, pid
             return self._client
 

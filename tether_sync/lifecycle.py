@@ -39,6 +39,7 @@ from .handoff import Handoff, _deliveries
 from .loopconfig import LoopConfig, Timer
 from .mailbox import Mailbox
 from .outbox import Outbox
+from .redact import redact_url
 from .routing import Router
 from .session import Closed, Continuity, Phase, Session
 from .shutdown import Shutdown
@@ -177,7 +178,7 @@ class Lifecycle:
     def on_connected(self, c: cmd.Connected) -> None:
         if not self._dialer.settle(c):
             return
-        log.info("connected to %s", self.endpoint)
+        log.info("connected to %s", redact_url(self.endpoint))
         session = self._host.attach(c)
         flow = self._p.authflow
         carried, self.carried = self.carried, []
@@ -190,13 +191,13 @@ class Lifecycle:
 
     def on_connect_failed(self, c: cmd.ConnectFailed) -> None:
         if self._dialer.settle(c):
-            log.info("connection to %s failed: %s", self.endpoint, c.error)
+            log.info("connection to %s failed: %s", redact_url(self.endpoint), c.error)
             self._attempt_failed(c.error)
 
     def on_connect_timeout(self) -> None:
         timeout = self._dialer.timed_out()
         if timeout is not None:
-            log.info("connection to %s timed out", self.endpoint)
+            log.info("connection to %s timed out", redact_url(self.endpoint))
             self._attempt_failed(timeout)
 
     def _attempt_failed(self, cause: BaseException) -> None:
@@ -224,7 +225,7 @@ class Lifecycle:
             p.handoff.store.raise_seq(p.continuity.last_seq)
         self.set_state(State.OPEN)
         if self._wants("open"):
-            self._emit(OpenEvent(self.endpoint, self.backoff.endpoint))
+            self._emit(OpenEvent(redact_url(self.endpoint), self.backoff.endpoint))
         for channel in p.router.routes:
             session.subscribe(channel, str(uuid.uuid4()))
 
@@ -274,7 +275,7 @@ class Lifecycle:
         self.backoff = plan.backoff
         delay = self.next_delay = self.shutdown.retry_delay(plan.delay, now)
         self.set_state(State.RECONNECTING)
-        attempt, url = self.backoff.attempt, self.endpoint
+        attempt, url = self.backoff.attempt, redact_url(self.endpoint)
         log.info("reconnecting to %s: attempt %d in %.3fs (%s)", url, attempt, delay, cause)
         if self._wants("reconnecting"):
             self._emit(ReconnectingEvent(attempt, delay, cause))

@@ -12,7 +12,8 @@ import dataclasses
 import inspect
 import math
 import os
-from typing import Any, Callable, FrozenSet, Mapping, Optional, Type, TypeVar
+import re
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Type, TypeVar
 
 QUEUE_OVERFLOW = ("drop-oldest", "drop-newest", "reject", "block")
 INBOUND_OVERFLOW = ("drop-oldest", "sample-oldest", "drop-newest", "block")
@@ -230,7 +231,12 @@ class Queue:
             or ``"reject"`` (``send()`` raises :class:`~tether_sync.QueueFull`).
         path: A SQLite file for a durable outbox (DESIGN §5): queued and unacked
             messages and the session id survive the process; ``send()`` returns
-            once the message is committed to the file. ``None``: in memory.
+            once the message is committed to the file. A message that cannot be
+            (a full disk, an I/O error) is neither stored nor sent: ``send()``
+            raises :class:`~tether_sync.TetherError` whose ``__cause__`` is the
+            :class:`OSError` (``errno.ENOSPC`` for a full disk), and the client
+            goes on with what it has. Its files are created 0600.
+            ``None``: in memory.
         fsync: With ``path``: fsync every commit (survives a power loss, slower);
             by default a commit survives a crash of the process, not of the OS.
     """
@@ -366,3 +372,99 @@ def coerce_auth(value: Any) -> Optional[Auth]:
     if callable(value):
         return Auth(get_token=value)
     raise TypeError(f"auth must be an Auth, a dict or a callable, not {type(value).__name__}")
+
+
+# RFC 6455 §4.1 (Sec-WebSocket-Protocol): each subprotocol is an RFC 7230 token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def coerce_subprotocols(value: Any) -> Optional[List[str]]:
+    """``subprotocols=``: one name (a ``str``) or a list/tuple of names; None: none.
+
+    A ``str`` is one subprotocol: ``"chat"`` is offered as ``chat``, never as
+    the letters ``c, h, a, t``. An empty list offers none, like None.
+
+    Raises:
+        TypeError: neither a str nor a list/tuple of str.
+        ValueError: a name that is not an RFC 7230 token
+            (spaces, commas, quotes...), or the same name twice.
+    """
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        raise TypeError(f"subprotocols must be a str or a list of str, not {type(value).__name__}")
+    out: List[str] = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise TypeError(f"subprotocols[{i}] must be a str, not {type(name).__name__}")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(
+                f"subprotocols[{i}] must be a token (letters, digits, !#$%&'*+-.^_`|~),"
+                f" got {name!r}"
+            )
+        if name in out:
+            raise ValueError(f"subprotocols: {name!r} is offered twice")
+        out.append(name)
+    return out or None
+
+
+#: ``ws_options`` keys handed to websocket-client's ``WebSocket.connect`` as they
+#: are (websocket-client 1.x: ``_core.py`` ``connect``, ``_http.py``
+#: ``proxy_info``, ``_handshake.py`` ``_get_handshake_headers``).
+WS_OPTIONS = frozenset(
+    {
+        "cookie",
+        "origin",
+        "connection",
+        "suppress_origin",
+        "suppress_host",
+        "host",
+        "http_proxy_host",
+        "http_proxy_port",
+        "http_no_proxy",
+        "http_proxy_auth",
+        "http_proxy_timeout",
+        "proxy_type",
+        "redirect_limit",
+    }
+)
+
+#: ``connect`` keywords the client sets itself, and the option that does it.
+WS_OWN_OPTIONS = {
+    "timeout": "connect_timeout",
+    "header": "headers",
+    "headers": "headers",
+    "subprotocols": "subprotocols",
+    "sslopt": "sslopt",
+    "socket": "nothing: the client opens its own socket",
+    "sockopt": "nothing: the client sets its own socket options",
+    "skip_utf8_validation": "nothing: the client validates UTF-8 itself",
+    "enable_multithread": "nothing: only the client's I/O thread uses the socket",
+}
+
+
+def check_ws_options(value: Any) -> Dict[str, Any]:
+    """``ws_options=``: a copy of the mapping, every key one websocket-client takes.
+
+    Raises:
+        TypeError: not a mapping (None is an empty one), or a key not a str.
+        ValueError: a key websocket-client's ``connect`` does not take (a typo
+            would otherwise be ignored), or one the client sets itself (the
+            message names the client's own option for it).
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"ws_options must be a dict, not {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"ws_options keys must be str, not {type(key).__name__}")
+        if key in WS_OWN_OPTIONS:
+            raise ValueError(f"ws_options: {key!r} is set by the client; use {WS_OWN_OPTIONS[key]}")
+        if key not in WS_OPTIONS:
+            raise ValueError(
+                f"ws_options: unknown option {key!r}; websocket-client's connect takes "
+                + ", ".join(sorted(WS_OPTIONS))
+            )
+    return dict(value)

@@ -68,6 +68,7 @@ class Stats:
         extensions: The §5 features the current (or last) server granted.
         endpoint: The URL connected to while open; else the one being tried, or
             tried next (with several endpoints they take turns, round robin).
+            Redacted: no password or secret query value (:mod:`tether_sync.redact`).
     """
 
     state: str

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import encodings.idna  # noqa: F401 - see below
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -25,6 +26,7 @@ from . import deflate
 from .exceptions import ProtocolError
 from .flow import OutboundFlow
 from .interest import Interest
+from .redact import redact_url
 from .session import Session
 
 log = logging.getLogger("tether_sync")
@@ -51,25 +53,80 @@ else:  # pragma: no cover - only the user-space part of buffered_amount elsewher
     _SIOCOUTQ = None
 
 
+# permessage-deflate: the most a deflate stream can expand (a 258-byte match
+# coded in about 2 bits: RFC 1951's limit is about 1032:1, zlib's own note).
+_INFLATE_RATIO = 1032
+# The smallest read of a compressed connection (below, the loop's per-read cost
+# would dominate).
+_MIN_COMPRESSED_READ = 4096
+
+
+def read_size(compressed: bool, max_message_size: int) -> int:
+    """Bytes per ``recv()`` of a connection (see :class:`Link`).
+
+    Uncompressed, a read takes up to 256 KiB: the messages it completes hold
+    at most that many bytes. Compressed, one read of 256 KiB could complete
+    hundreds of messages of ``max_message_size`` each (300 KiB of "bombs" cost
+    450 MB at once before): the parser inflates every message a read completes
+    before the loop can push back. So a compressed connection reads at most
+    ``max_message_size / 1032`` bytes at a time (at least 4 KiB), the most that
+    can inflate to ``max_message_size``; with the message a read may finish,
+    what one read inflates stays within about twice ``max_message_size`` (or
+    about 4 MiB, for a small limit).
+
+    Args:
+        compressed: permessage-deflate was agreed for the connection.
+        max_message_size: The client's ``max_message_size``.
+    """
+    if not compressed:
+        return _READ_SIZE
+    return max(_MIN_COMPRESSED_READ, min(_READ_SIZE, max_message_size // _INFLATE_RATIO))
+
+
 def validate_url(url: Any) -> str:
     """Check a WebSocket URL at construction time.
 
+    Every message names ``url`` and shows it through
+    :func:`~tether_sync.redact.redact_url` (no password or token in it).
+
     Raises:
         TypeError: not a str.
-        ValueError: not ``ws://`` or ``wss://`` with a host, or a bad port.
+        ValueError: not ``ws://`` or ``wss://``; whitespace or a control
+            character anywhere; no host, or a host name with characters no
+            host name has; a port that is not 1-65535.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"url must start with ws:// or wss://, got {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"url has no host: {url!r}")
+    shown = redact_url(url)
+    bad = next((ch for ch in url if ch.isspace() or not ch.isprintable()), None)
+    if bad is not None:
+        raise ValueError(
+            f"url must not contain whitespace or control characters ({bad!r}): {shown!r}"
+        )
     try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise ValueError(f"url has an invalid port: {url!r}") from exc
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced "[" (IPv6 literal)
+        raise ValueError(f"url is malformed ({exc}): {shown!r}") from None
+    try:
+        port = parts.port
+    except ValueError as exc:  # not an int, or not 0-65535
+        raise ValueError(f"url has an invalid port ({exc}): {shown!r}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"url must start with ws:// or wss://, got {shown!r}")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"url has no host: {shown!r}")
+    if not (_HOST_NAME.fullmatch(host) or ":" in host):  # ":" only in an IPv6 literal
+        raise ValueError(f"url has an invalid host {host!r}: {shown!r}")
+    if port == 0:
+        raise ValueError(f"url has an invalid port (0 is not in 1-65535): {shown!r}")
     return url
+
+
+# A host name (RFC 3986 reg-name, as resolvers take it): letters (any script:
+# IDNA encodes them in the handshake), digits, "-", "_" and dots; or an IPv4
+# address, which matches the same. No "%", "!", "$", quotes, spaces...
+_HOST_NAME = re.compile(r"[^\W][\w.-]*")
 
 
 def kernel_unsent(sock: socket.socket) -> int:
@@ -200,20 +257,24 @@ class Link:
 
     Args:
         sock: The socket a connector handed over (its handshake done).
-        url: The endpoint, for log lines.
+        url: The endpoint, for log lines (kept redacted: see :mod:`tether_sync.redact`).
         high_water_mark: The outbound high-water mark, in bytes.
+        read_size: Bytes per ``recv()``; see :func:`read_size`.
     """
 
-    def __init__(self, sock: socket.socket, url: str, high_water_mark: int) -> None:
+    def __init__(
+        self, sock: socket.socket, url: str, high_water_mark: int, read_size: int = _READ_SIZE
+    ) -> None:
         sock.setblocking(False)
         self.sock = sock
-        self.url = url
+        self.url = redact_url(url)
         self.flow = OutboundFlow(high_water_mark, set_notsent_lowat(sock, high_water_mark))
         # The socket's selector registration (an SSL socket: decrypted bytes may wait
         # inside it, where the selector cannot see them).
         self.io = Interest(tls=isinstance(sock, ssl.SSLSocket))
         self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
         self.closed = False
+        self._read_size = read_size
 
     def recv(self) -> Optional[bytes]:
         """What the socket has (``b""`` at EOF), or None if nothing yet.
@@ -222,7 +283,7 @@ class Link:
             OSError: the read failed.
         """
         try:
-            return self.sock.recv(_READ_SIZE)
+            return self.sock.recv(self._read_size)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return None
 

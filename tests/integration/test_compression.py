@@ -374,6 +374,79 @@ def test_zip_bomb_is_refused_with_1009_never_inflated_and_the_client_reconnects(
         peer.close()
 
 
+def _inflating_to(size: int) -> bytes:
+    """One permessage-deflate payload (fresh compressor) of ``size`` zero bytes: ~1/1000 of it."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_RLE)
+    return (c.compress(bytes(size)) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+@pytest.mark.timeout(120)
+def test_300_kib_of_compressed_messages_cost_a_few_max_message_sizes_not_hundreds(
+    make_client: Callable[..., TetherClient],
+) -> None:
+    # Before: one 256 KiB read completed ~250 messages of 1 MiB each, all
+    # inflated at once before the client could push back: 175 MiB peak here
+    # (450 MB with the default limit and text). Now a compressed connection
+    # reads no more than can inflate to about max_message_size at a time.
+    limit = MiB
+    one = _inflating_to(limit - 1024)  # each message is legal: just under the limit
+    count = (300 * 1024) // len(one)
+    peer = DeflatePeer(
+        answer="permessage-deflate; server_no_context_takeover",
+        scripts=[
+            b"".join(server_frame(OP_BINARY, one, rsv1=True) for _ in range(count))
+            # ... then one that inflates past the limit (a bomb: 64 KiB for 64 MiB).
+            + server_frame(OP_BINARY, _inflating_to(64 * MiB), rsv1=True),
+            server_frame(OP_TEXT, compressed('{"still": "here"}'), rsv1=True),
+        ],
+    )
+    sizes: List[int] = []
+    texts: List[str] = []
+    cond = threading.Condition()  # guards sizes and texts
+    closes: List[CloseEvent] = []
+    errors: List[BaseException] = []
+
+    def on_message(payload: Any) -> None:
+        with cond:
+            if isinstance(payload, str):
+                texts.append(payload)
+            else:
+                sizes.append(len(payload))
+            cond.notify_all()
+
+    try:
+        # One message held at a time (a consumer's buffer is counted in messages:
+        # its bound is the user's to choose; the read is the client's).
+        client = make_client(
+            peer.url, protocol="raw", compression="deflate", max_message_size=limit
+        )
+        client.on("close", closes.append)
+        client.on("error", lambda e: errors.append(e.error))
+        client.subscribe("default", on_message, buffer_size=1)
+        tracemalloc.start()
+        try:
+            client.connect()
+            with cond:
+                assert cond.wait_for(lambda: len(sizes) >= count and texts, 60), (
+                    f"received {len(sizes)} of {count}, then {texts}"
+                )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 10 * limit, f"peak {peak / MiB:.1f} MiB for 300 KiB on the wire"
+        # Every legal message arrived whole; the bomb cost the connection (1009),
+        # and the client came back for the next one.
+        assert sizes == [limit - 1024] * count
+        assert texts == ['{"still": "here"}']
+        assert closes and closes[0].code == 1009
+        assert any(getattr(e, "close_code", None) == 1009 for e in errors)
+        assert peer.wait(replies=1)
+        op, close_payload = peer.replies[0]
+        assert op == OP_CLOSE and int.from_bytes(close_payload[:2], "big") == 1009
+    finally:
+        peer.close()
+
+
 @pytest.mark.parametrize(
     "answer",
     [

@@ -604,3 +604,26 @@ def test_module_is_pure() -> None:
             imported.add(node.module.split(".")[0])
     forbidden = {"threading", "socket", "selectors", "time", "websocket", "asyncio", "ssl"}
     assert not imported & forbidden, imported & forbidden
+
+
+@pytest.mark.parametrize("limit", [64 * 1024, MiB, 16 * MiB, 256 * MiB])
+def test_a_compressed_read_cannot_inflate_past_a_few_max_message_sizes(limit: int) -> None:
+    """What one ``recv()`` of a compressed connection can complete stays bounded.
+
+    The densest deflate streams zlib makes (zeros, Z_RLE and level 9) decide
+    how much a read of ``read_size(True, limit)`` bytes can inflate to.
+    """
+    from tether_sync.transport import read_size
+
+    size = read_size(True, limit)
+    assert read_size(False, limit) == 256 * 1024  # uncompressed: unchanged
+    densest = 0.0
+    for strategy in (zlib.Z_RLE, zlib.Z_DEFAULT_STRATEGY):
+        c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, strategy)
+        data = c.compress(bytes(64 * MiB)) + c.flush(zlib.Z_SYNC_FLUSH)
+        densest = max(densest, 64 * MiB / len(data))
+    assert densest < 1032
+    # One read inflates to at most limit (or about 4 MiB for a small limit)...
+    assert size * densest <= max(limit, 4096 * 1032)
+    # ... and is still a useful read.
+    assert 4096 <= size <= 256 * 1024

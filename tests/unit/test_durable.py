@@ -633,3 +633,27 @@ def test_a_failed_commit_fails_its_appenders_and_the_store_goes_on(path: str) ->
         assert [m.msg_id for m in again.pending()] == ["b"]  # the discard was retried
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_outbox_files_are_created_owner_only(
+    opened: List[DurableStore], tmp_path: Path, fsync: bool
+) -> None:
+    # They hold the payloads: before, the outbox and its -wal were 0644 and the
+    # lock file 0644 under the usual umask 022, readable by every local user.
+    path = str(tmp_path / "outbox.sqlite")
+    old = os.umask(0o022)
+    try:
+        store = open_store(opened, path, fsync=fsync)
+        for n in range(50):
+            store.append(f"m{n}", "c", 1, b"secret payload %d" % n)
+        while_open = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+        assert store.close()
+        # Reopened (the -wal is made again) it stays private.
+        open_store(opened, path, fsync=fsync).append("again", "c", 1, b"x")
+        reopened = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    finally:
+        os.umask(old)
+    assert {"outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite.lock"} <= set(while_open)
+    assert while_open == dict.fromkeys(while_open, 0o600)
+    assert reopened == dict.fromkeys(reopened, 0o600)

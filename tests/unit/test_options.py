@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Any, Dict, List, Type
 
 import pytest
 
+from tether_sync import TetherClient
 from tether_sync.options import (
+    WS_OPTIONS,
     Auth,
     Backpressure,
     Heartbeat,
@@ -16,6 +19,7 @@ from tether_sync.options import (
     Reconnect,
     coerce,
     coerce_auth,
+    coerce_subprotocols,
 )
 
 SECRET = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXRva2VuLXZhbHVl.sig-s3cr3t"
@@ -272,3 +276,184 @@ def test_auth_error_messages_never_hold_a_token_passed_by_mistake() -> None:
     with pytest.raises(TypeError) as info:
         coerce_auth(SECRET)
     assert SECRET not in str(info.value)
+
+
+# ---------------------------------------------------------------- subprotocols
+
+
+def test_a_str_subprotocol_is_one_subprotocol_in_the_handshake() -> None:
+    # Before: "chat" was offered as "c, h, a, t", and a server that speaks
+    # only "chat" picked none of them, so the handshake failed.
+    from websockets.sync.server import ServerConnection, serve
+
+    chosen: List[Any] = []
+    offered: List[Any] = []
+    seen = threading.Event()
+
+    def handler(conn: ServerConnection) -> None:
+        assert conn.request is not None
+        offered.append(conn.request.headers.get("Sec-WebSocket-Protocol"))
+        chosen.append(conn.subprotocol)
+        seen.set()
+        for _ in conn:
+            pass
+
+    with serve(handler, "127.0.0.1", 0, subprotocols=["chat"]) as server:  # type: ignore[list-item]
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        port = server.socket.getsockname()[1]
+        client = TetherClient(
+            f"ws://127.0.0.1:{port}/", protocol="raw", subprotocols="chat", heartbeat=False
+        )
+        try:
+            client.connect(wait=True, timeout=5)
+            assert seen.wait(5)
+        finally:
+            client.close(timeout=3)
+            server.shutdown()
+            thread.join(5)
+    assert offered == ["chat"]
+    assert chosen == ["chat"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ([], None),
+        ("chat", ["chat"]),
+        (["chat.v2", "chat.v1"], ["chat.v2", "chat.v1"]),
+        (("mqtt",), ["mqtt"]),
+    ],
+)
+def test_subprotocols_accepted_forms(value: Any, expected: Any) -> None:
+    assert coerce_subprotocols(value) == expected
+    client = TetherClient("ws://127.0.0.1:9/", subprotocols=value)
+    assert client._config.subprotocols == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "exc", "text"),
+    [
+        ("chat, superchat", ValueError, "subprotocols[0]"),
+        (["chat", "a b"], ValueError, "subprotocols[1]"),
+        (["chat", "chat"], ValueError, "twice"),
+        ([""], ValueError, "subprotocols[0]"),
+        ([b"chat"], TypeError, "subprotocols[0]"),
+        ({"chat"}, TypeError, "subprotocols"),
+        (7, TypeError, "subprotocols"),
+    ],
+)
+def test_bad_subprotocols_are_refused_at_construction(
+    value: Any, exc: Type[Exception], text: str
+) -> None:
+    with pytest.raises(exc) as info:
+        TetherClient("ws://127.0.0.1:9/", subprotocols=value)
+    assert text in str(info.value)
+
+
+# ---------------------------------------------------------------- ws_options
+
+
+def test_a_misspelt_ws_options_key_is_refused_naming_it() -> None:
+    # Before: {"http_proxy_hots": ...} was accepted, and the client went
+    # straight to the server, past the proxy the user asked for.
+    with pytest.raises(ValueError) as info:
+        TetherClient("ws://127.0.0.1:9/", ws_options={"http_proxy_hots": "proxy.example"})
+    assert "ws_options" in str(info.value) and "'http_proxy_hots'" in str(info.value)
+    assert "http_proxy_host" in str(info.value)  # the valid keys are listed
+
+
+@pytest.mark.parametrize(
+    ("key", "ours"),
+    [
+        ("timeout", "connect_timeout"),
+        ("header", "headers"),
+        ("subprotocols", "subprotocols"),
+        ("sslopt", "sslopt"),
+        ("socket", "socket"),
+    ],
+)
+def test_ws_options_the_client_sets_itself_point_to_its_own_option(key: str, ours: str) -> None:
+    with pytest.raises(ValueError) as info:
+        TetherClient("ws://127.0.0.1:9/", ws_options={key: 1})
+    assert f"ws_options: {key!r}" in str(info.value) and ours in str(info.value)
+
+
+def test_every_passed_through_ws_option_is_a_websocket_client_connect_keyword() -> None:
+    # The list follows websocket-client's own: each key appears in its connect
+    # path's source (connect's docstring, proxy_info, the handshake headers).
+    import inspect
+
+    import websocket._core as core
+    import websocket._handshake as handshake
+    import websocket._http as http
+
+    source = "".join(inspect.getsource(m) for m in (core, http, handshake))
+    for key in sorted(WS_OPTIONS):
+        assert f'"{key}"' in source or f"{key}:" in source, key
+    options = {"origin": "https://example.com", "redirect_limit": 2, "http_proxy_timeout": 3}
+    client = TetherClient("ws://127.0.0.1:9/", ws_options=options)
+    assert client._config.ws_options == options
+
+
+@pytest.mark.parametrize("value", [["origin"], "origin=x", 3])
+def test_ws_options_must_be_a_dict(value: Any) -> None:
+    with pytest.raises(TypeError, match="ws_options"):
+        TetherClient("ws://127.0.0.1:9/", ws_options=value)
+
+
+# ---------------------------------------------------------------- url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ws://x y/",
+        "ws://host/a b",
+        "ws://host/\x00",
+        "ws:///path",
+        "ws://:8080/",
+        "ws://user:pw@/",
+        "ws://host:0/",
+        "ws://host:65536/",
+        "ws://host:99999/",
+        "ws://host:port/",
+        "ws://ho!st/",
+        "ws://[::1/",
+        "http://host/",
+        "host:8080",
+        "",
+    ],
+)
+def test_malformed_urls_are_refused_at_construction_naming_url(url: str) -> None:
+    with pytest.raises(ValueError) as info:
+        TetherClient(url)
+    assert "url" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ws://127.0.0.1:1/",
+        "wss://example.com:65535/ws?room=1",
+        "ws://[::1]:8080/",
+        "ws://my_host.local/",
+        "wss://bücher.example/",
+        "ws://user:pw@example.com/",
+    ],
+)
+def test_good_urls_are_accepted(url: str) -> None:
+    assert TetherClient(url).url == url
+
+
+def test_a_url_error_message_never_shows_the_password_or_token() -> None:
+    with pytest.raises(ValueError) as info:
+        TetherClient("ws://user:hunter2@host:0/?token=s3cr3t")
+    message = str(info.value)
+    assert "hunter2" not in message and "s3cr3t" not in message
+    assert "user:***@host:0" in message and "token=***" in message
+    with pytest.raises(ValueError) as info:
+        TetherClient(["ws://ok/", "http://u:hunter2@host/?api_key=s3cr3t"])
+    message = str(info.value)
+    assert "url[1]" in message and "hunter2" not in message and "s3cr3t" not in message
