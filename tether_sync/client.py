@@ -771,10 +771,16 @@ class TetherClient:
         fallback = self._fallback
         if fallback is not None:
             ok = fallback.stop(deadline.remaining()) and ok
+        stored = True
         if self._store is not None:
-            ok = self._store.close(deadline.remaining() or 0.1) and ok
-        if not ok:
+            stored = self._store.close(deadline.remaining() or 0.1)
+            if not stored and not self._store.committer_alive:
+                # The committer ended but could not close the file cleanly (a
+                # full disk): its own log lines said why; no thread is left.
+                log.warning("close(): the outbox file %s was not closed cleanly", self._store.path)
+        if not ok or (self._store is not None and self._store.committer_alive):
             log.warning("close(): threads still running after %.3fs", timeout)
+        ok = ok and stored
         if loop.life.unsent:
             log.warning("close(): %d queued message(s) were not sent", loop.life.unsent)
         return ok and loop.life.unsent == 0 and loop.stopped.is_set() and self._no_failures()

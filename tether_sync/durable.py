@@ -550,6 +550,11 @@ class DurableStore:
                 self._seq_dirty = True
                 self._kick_background()
 
+    @property
+    def committer_alive(self) -> bool:
+        """Whether the background committer thread is still running."""
+        return self._thread.is_alive()
+
     def close(self, timeout: Optional[float] = 5.0) -> bool:
         """Commit what is waiting, mark the file closed cleanly, release the lock.
 
