@@ -608,7 +608,7 @@ class Session:
             # Rule 12: with resume granted, a position must be one (it decides drops).
             problem = _position_problem(offset, msg.epoch)
             if problem is not None:
-                self._lie(f"a data envelope with {problem}", now)
+                self._lie(f"a data envelope's {problem}", now)
                 return
         channel = msg.channel if isinstance(msg.channel, str) else str(msg.channel)
         self.delivered_something = True
@@ -666,7 +666,7 @@ class Session:
                     self._on_ack(seq)
                 else:
                     self._lie(
-                        f"tether:ack with seq {_seq_problem(seq, self.continuity.last_seq)}", now
+                        f"tether:ack seq {_seq_problem(seq, self.continuity.last_seq)}", now
                     )
             return True
         if kind == "tether:hello":
@@ -678,7 +678,7 @@ class Session:
                 return True
             problem = _hello_ok_problem(value, self.continuity.last_seq)
             if problem is not None:
-                self._lie(f"tether:hello-ok with {problem}", now)
+                self._lie(f"tether:hello-ok {problem}", now)
                 return True
             features = value["features"]
             granted = tuple(f for f in self.config.extensions if f in features)
@@ -750,7 +750,7 @@ class Session:
         """
         problem = _subscribed_problem(value)
         if problem is not None:
-            self._lie(f"tether:subscribed with {problem}", now)
+            self._lie(f"tether:subscribed {problem}", now)
             return
         channel: str = value["channel"]
         epoch: str = value["epoch"]
