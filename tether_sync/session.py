@@ -665,9 +665,7 @@ class Session:
                 if type(seq) is int and 0 <= seq <= self.continuity.last_seq:
                     self._on_ack(seq)
                 else:
-                    self._lie(
-                        f"tether:ack seq {_seq_problem(seq, self.continuity.last_seq)}", now
-                    )
+                    self._lie(f"tether:ack seq {_seq_problem(seq, self.continuity.last_seq)}", now)
             return True
         if kind == "tether:hello":
             # Our own hello came back: an echo server, no extension.
@@ -762,11 +760,9 @@ class Session:
         self._answered.add(channel)
         positions = self.continuity.positions
         last = positions.get(channel)
-        if recovered and last is not None and last.epoch == epoch and last.offset > offset:
-            # The replay starts before what we saw: those envelopes are dropped as
-            # duplicates (rule 10), so the position stays where it is.
-            pass
-        else:
+        # A replay that starts before what we saw keeps our position: the envelopes
+        # up to it are then dropped as duplicates (rule 10), not delivered twice.
+        if not (recovered and last is not None and last.epoch == epoch and last.offset > offset):
             positions[channel] = Position(epoch, offset)
         if not recovered and (asked or again):
             log.warning("channel %r could not be recovered: messages were missed", channel)
@@ -777,8 +773,9 @@ class Session:
 
         ``what`` names the message and the field; it carries no value the peer
         chose beyond a short number, so no session id or epoch reaches a log line.
+        A lie while we are closing already is reported the same way.
         """
-        if self._lied or self.phase in (Phase.CLOSING, Phase.CLOSED):
+        if self._lied or self.phase is Phase.CLOSED:
             return
         self._lied = True
         self._ext_pending = False
@@ -786,7 +783,7 @@ class Session:
         error = ProtocolError(f"the server broke the reliable-sessions protocol: {what}")
         log.warning("protocol error: %s", error)
         self._events.append(Problem(error))
-        self.fail(1002, "Protocol error", now)
+        self.fail(1002, "Protocol error", now)  # no-op while closing
 
     # ------------------------------------------------------------ auth
 
@@ -1269,8 +1266,10 @@ def _id_problem(value: Any) -> Optional[str]:
     """What is wrong with a session id or an epoch, or None (rule 12)."""
     if not isinstance(value, str):
         return f"is {_describe(value)}, not a string"
-    if not 0 < len(value) <= MAX_ID_LENGTH:
-        return f"is {_describe(value)}, not 1 to {MAX_ID_LENGTH}"
+    if not value:
+        return "is an empty string"
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {_describe(value)}, more than {MAX_ID_LENGTH}"
     return None
 
 

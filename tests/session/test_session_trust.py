@@ -464,3 +464,17 @@ def test_the_lie_frames_are_json_the_peer_can_read(clock: FakeClock) -> None:
     assert close.payload[2:] == b"Protocol error"
     assert all(json.loads(f.payload) for f in peer.frames if f.opcode == 1)
     assert peer.of(Closed) == []  # still waiting for the peer's close frame
+
+
+def test_a_lie_while_we_close_is_reported_and_nothing_after_it_counts(clock: FakeClock) -> None:
+    peer, msgs = five_unacked(clock)
+    peer.session.close(1000, "bye", clock.now)
+    peer.pump()
+    peer.send_json({"type": "tether:ack", "seq": 3})  # truthful: still counts while closing
+    peer.send_json({"type": "tether:ack", "seq": 10**30})
+    peer.send_json({"type": "tether:ack", "seq": 5})
+    assert acked_ids(peer) == ids(msgs[:3])
+    assert [type(e.error) for e in peer.of(Problem)] == [ProtocolError]
+    assert [f.close_code for f in peer.close_frames()] == [1000]  # ours, already out
+    peer.feed(close_frame(1000))
+    assert peer.closed_event().was_clean is False
