@@ -81,6 +81,14 @@ def _text(obj: Any) -> bytes:
     return server_frame(OP_TEXT, json.dumps(obj).encode())
 
 
+def _read_json(conn: socket.socket) -> Dict[str, Any]:
+    """The client's next frame, a JSON object."""
+    frame = _read_frame(conn)
+    assert frame is not None and frame[0] == OP_TEXT
+    msg: Dict[str, Any] = json.loads(frame[1])
+    return msg
+
+
 def _close(code: int) -> bytes:
     return server_frame(OP_CLOSE, struct.pack("!H", code))
 
@@ -157,9 +165,7 @@ class Liar:
 
     def _hello(self, conn: socket.socket) -> Dict[str, Any]:
         accept_handshake(conn)
-        frame = _read_frame(conn)
-        assert frame is not None and frame[0] == OP_TEXT
-        hello: Dict[str, Any] = json.loads(frame[1])
+        hello = _read_json(conn)
         assert hello["type"] == "tether:hello"
         return hello
 
@@ -300,3 +306,59 @@ def test_a_huge_hello_ok_acked_does_not_stop_a_durable_outbox(
         assert client.stats().extensions == ("ack", "resume")
     finally:
         liar.close()
+
+
+def test_a_node_that_lost_its_position_raises_recovery_and_the_client_follows(
+    make_client: Callable[..., TetherClient],
+) -> None:
+    # Rule 13, over a real socket: a second tether:subscribed while subscribed.
+    # recovered false: a `recovery` event, and the new position is taken (10 is
+    # old, 11 new); recovered true: its replay follows, without duplicates.
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(20)
+            accept_handshake(conn)
+            hello = _read_json(conn)
+            conn.sendall(_text({**HELLO_OK, "session": hello["session"]}))
+            while _read_json(conn).get("type") != "subscribe":
+                pass
+            envelope = {**ENVELOPE, "epoch": "e1"}
+            script = [{**SUBSCRIBED, "offset": 0}]
+            script += [{**envelope, "offset": n, "payload": n} for n in (1, 2, 3)]
+            script += [{**SUBSCRIBED, "epoch": "e2", "offset": 10}]
+            e2 = {**envelope, "epoch": "e2"}
+            script += [{**e2, "offset": n, "payload": n} for n in (10, 11)]
+            script += [{**SUBSCRIBED, "epoch": "e2", "offset": 9, "recovered": True}]
+            script += [{**e2, "offset": n, "payload": n} for n in (10, 11, 12)]
+            conn.sendall(b"".join(_text(m) for m in script))
+            done.wait(20)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}/"
+        client = make_client(url)
+        recoveries = Recorder()
+        client.on("recovery", recoveries)
+        errors = Recorder()
+        client.on("error", errors)
+        inbox = client.subscribe(NEWS)
+        client.connect(wait=True, timeout=10)
+        assert [inbox.get(timeout=10) for _ in range(5)] == [1, 2, 3, 11, 12]
+        assert recoveries.wait_count(1)
+        (event,) = recoveries.snapshot()
+        assert (event.channel, event.recovered, event.epoch, event.offset) == (
+            NEWS,
+            False,
+            "e2",
+            10,
+        )
+        assert errors.snapshot() == [] and client.state.value == "open"
+    finally:
+        done.set()
+        listener.close()
+        thread.join(5)
