@@ -18,6 +18,16 @@ connection but belongs to the protocol (the session id and the last ``seq``,
 the last offset seen per channel) lives in a :class:`Continuity` that the loop
 hands to each new session.
 
+Nothing is taken on trust (DESIGN §5 rule 12): an ack or a ``hello-ok``
+``acked`` must be an integer from 0 to the highest ``seq`` numbered so far
+(``Continuity.last_seq``, which a durable outbox seeds from its file); a
+session id and an epoch strings of 1 to 64 characters; an envelope's offset an
+integer >= 1 (a ``tether:subscribed`` offset >= 0: an empty channel). A lie
+fails the link with 1002 and a :class:`Problem` carrying a ``ProtocolError``,
+resolves nothing, and nothing the peer sends after it on that link counts but
+its close frame. A ``tether:subscribed`` that comes again while subscribed
+(rule 13) raises :class:`Recovery` when it says ``recovered: false``.
+
 Heartbeat (DESIGN §1): a ping goes out ``interval`` after the link opened, or
 after the previous ping was answered. Its pong deadline is fixed when it is
 sent and is never pushed by a later ping, so any ``(interval, timeout)`` pair
@@ -233,7 +243,8 @@ class Problem:
 
 @dataclasses.dataclass(frozen=True)
 class Recovery:
-    """A resubscribe could not recover what was missed on ``channel`` (rule 10)."""
+    """What was missed on ``channel`` cannot be recovered: the answer to a resubscribe
+    (rule 10), or a server node that lost its position while subscribed (rule 13)."""
 
     channel: str
     recovered: bool
