@@ -18,6 +18,16 @@ connection but belongs to the protocol (the session id and the last ``seq``,
 the last offset seen per channel) lives in a :class:`Continuity` that the loop
 hands to each new session.
 
+Nothing is taken on trust (DESIGN §5 rule 12): an ack or a ``hello-ok``
+``acked`` must be an integer from 0 to the highest ``seq`` numbered so far
+(``Continuity.last_seq``, which a durable outbox seeds from its file); a
+session id and an epoch strings of 1 to 64 characters; an envelope's offset an
+integer >= 1 (a ``tether:subscribed`` offset >= 0: an empty channel). A lie
+fails the link with 1002 and a :class:`Problem` carrying a ``ProtocolError``,
+resolves nothing, and nothing the peer sends after it on that link counts but
+its close frame. A ``tether:subscribed`` that comes again while subscribed
+(rule 13) raises :class:`Recovery` when it says ``recovered: false``.
+
 Heartbeat (DESIGN §1): a ping goes out ``interval`` after the link opened, or
 after the previous ping was answered. Its pong deadline is fixed when it is
 sent and is never pushed by a later ping, so any ``(interval, timeout)`` pair
@@ -48,6 +58,7 @@ HEARTBEAT_CLOSE_GRACE = 0.25  # seconds; after a missing pong the peer is presum
 HEARTBEAT_CLOSE = (4000, "Heartbeat timeout")
 LARGE_MESSAGE = 64 * 1024  # bytes; without acks, such a message is confirmed by a ping barrier
 FEATURES = ("ack", "resume")
+MAX_ID_LENGTH = 64  # characters: the most a session id or an epoch may have (DESIGN §5)
 
 
 class Phase(enum.Enum):
@@ -232,7 +243,8 @@ class Problem:
 
 @dataclasses.dataclass(frozen=True)
 class Recovery:
-    """A resubscribe could not recover what was missed on ``channel`` (rule 10)."""
+    """What was missed on ``channel`` cannot be recovered: the answer to a resubscribe
+    (rule 10), or a server node that lost its position while subscribed (rule 13)."""
 
     channel: str
     recovered: bool
@@ -319,8 +331,10 @@ class Session:
         self._resend_due = False  # open, and the carried messages not framed yet
         self._barrier: Deque[Tuple[int, List[Item]]] = deque()  # (ping ts, large items)
         self._asked_resume: set[str] = set()
+        self._answered: set[str] = set()  # channels a tether:subscribed came for (rule 13)
         self.messages_in = 0  # whole inbound messages (liveness)
         self._violated = False  # the peer broke RFC 6455 (reported once)
+        self._lied = False  # the peer broke a §5 rule 12 check: nothing more it says counts
         self.resent = 0  # messages carried over from an earlier link and written again
         self.reading_paused = False  # set by the loop while a "block" consumer is full
         self.delivered_something = False  # the peer confirmed or sent application data
@@ -470,6 +484,9 @@ class Session:
         # offset) goes straight into the open Received run, without an object of
         # its own; everything else takes the general path, in order, and ends the
         # run. Only the general path can close the session: nothing is handled after.
+        if self._lied:
+            self._after_lie(messages, None)
+            return
         loads = envelope.loads
         errors = envelope.DECODE_ERRORS
         op_text = frames.OP_TEXT
@@ -498,6 +515,9 @@ class Session:
                         # without classify() and the general dispatch on the way.
                         self._on_extension(msg, now)
                         run = None
+                        if self._lied:
+                            self._after_lie(messages, payload)
+                            return
                         continue
                     decoded = envelope.classify(msg)
                 self._on_decoded(decoded, payload, now)
@@ -506,6 +526,26 @@ class Session:
             run = None
             if self.phase is closed:
                 return
+            if self._lied:
+                self._after_lie(messages, payload)
+                return
+
+    def _after_lie(self, messages: List[Tuple[int, Any]], last: Any) -> None:
+        """Rule 12: once the peer lied, only its close frame still counts.
+
+        ``messages`` is the read being handled and ``last`` the payload handled
+        last (None: none of them was); whatever follows it in the read is skipped,
+        except a close frame, which completes the closing handshake.
+        """
+        start = 0
+        if last is not None:
+            for i, (_, payload) in enumerate(messages):
+                if payload is last:
+                    start = i + 1
+                    break
+        for opcode, payload in messages[start:]:
+            if opcode == frames.OP_CLOSE and not self.closed:
+                self._on_close_frame(payload)
 
     def _receive_raw(self, messages: List[Tuple[int, Any]], now: float) -> None:
         # Protocol raw: every data frame goes to channel "default" (the hot path
@@ -552,7 +592,7 @@ class Session:
         kind = type(msg)
         if kind is envelope.Data:
             assert isinstance(msg, envelope.Data)
-            self._on_data(msg, payload)
+            self._on_data(msg, payload, now)
         elif kind is envelope.Pong:
             assert isinstance(msg, envelope.Pong)
             self._on_pong(msg.ts, now)
@@ -573,10 +613,16 @@ class Session:
                 # Not ours to interpret: the message stream gets the frame unchanged.
                 self._received(None, payload)
 
-    def _on_data(self, msg: envelope.Data, raw: Any) -> None:
+    def _on_data(self, msg: envelope.Data, raw: Any, now: float) -> None:
+        offset = msg.offset
+        if self._resume and offset is not None:
+            # Rule 12: with resume granted, a position must be one (it decides drops).
+            problem = _position_problem(offset, msg.epoch)
+            if problem is not None:
+                self._lie(f"a data envelope's {problem}", now)
+                return
         channel = msg.channel if isinstance(msg.channel, str) else str(msg.channel)
         self.delivered_something = True
-        offset = msg.offset
         if type(offset) is int:
             epoch = msg.epoch if isinstance(msg.epoch, str) else None
             positions = self.continuity.positions
@@ -625,9 +671,12 @@ class Session:
             return False
         kind = value.get("type")
         if kind == "tether:ack":  # first: the one that comes in bulk
-            seq = value.get("seq")
-            if self._ack and type(seq) is int:
-                self._on_ack(seq)
+            if self._ack:
+                seq = value.get("seq")
+                if type(seq) is int and 0 <= seq <= self.continuity.last_seq:
+                    self._on_ack(seq)
+                else:
+                    self._lie(f"tether:ack seq {_seq_problem(seq, self.continuity.last_seq)}", now)
             return True
         if kind == "tether:hello":
             # Our own hello came back: an echo server, no extension.
@@ -636,15 +685,16 @@ class Session:
         if kind == "tether:hello-ok":
             if not self._ext_pending:
                 return True
-            features = value.get("features")
-            granted = tuple(
-                f for f in self.config.extensions if isinstance(features, list) and f in features
-            )
-            acked = value.get("acked")
-            self._decide_extension(granted, acked if type(acked) is int else 0, now)
+            problem = _hello_ok_problem(value, self.continuity.last_seq)
+            if problem is not None:
+                self._lie(f"tether:hello-ok {problem}", now)
+                return True
+            features = value["features"]
+            granted = tuple(f for f in self.config.extensions if f in features)
+            self._decide_extension(granted, value["acked"], now)
             return True
         if kind == "tether:subscribed":
-            self._on_subscribed(value)
+            self._on_subscribed(value, now)
             return True
         return False
 
@@ -699,21 +749,52 @@ class Session:
             else:
                 events.append(Acked(done))
 
-    def _on_subscribed(self, value: Dict[str, Any]) -> None:
-        channel = value.get("channel")
-        if not isinstance(channel, str):
+    def _on_subscribed(self, value: Dict[str, Any], now: float) -> None:
+        """Take the position a ``tether:subscribed`` gives (rules 9, 10 and 13).
+
+        It may come again while subscribed (rule 13: a server node that lost its
+        position): ``recovered: false`` raises :class:`Recovery` and the position
+        is taken; ``recovered: true`` means the replay from the offset asked for
+        follows, as at subscribe time.
+        """
+        problem = _subscribed_problem(value)
+        if problem is not None:
+            self._lie(f"tether:subscribed {problem}", now)
             return
-        epoch = value.get("epoch")
-        epoch = epoch if isinstance(epoch, str) else None
-        offset = value.get("offset")
-        offset = offset if type(offset) is int else 0
-        recovered = value.get("recovered") is True
-        self.continuity.positions[channel] = Position(epoch, offset)
-        if channel in self._asked_resume:
-            self._asked_resume.discard(channel)
-            if not recovered:
-                log.warning("channel %r could not be recovered: messages were missed", channel)
-                self._events.append(Recovery(channel, recovered, epoch, offset))
+        channel: str = value["channel"]
+        epoch: str = value["epoch"]
+        offset: int = value["offset"]
+        recovered: bool = value["recovered"]
+        asked = channel in self._asked_resume
+        self._asked_resume.discard(channel)
+        again = channel in self._answered  # rule 13: already subscribed on this link
+        self._answered.add(channel)
+        positions = self.continuity.positions
+        last = positions.get(channel)
+        # A replay that starts before what we saw keeps our position: the envelopes
+        # up to it are then dropped as duplicates (rule 10), not delivered twice.
+        if not (recovered and last is not None and last.epoch == epoch and last.offset > offset):
+            positions[channel] = Position(epoch, offset)
+        if not recovered and (asked or again):
+            log.warning("channel %r could not be recovered: messages were missed", channel)
+            self._events.append(Recovery(channel, recovered, epoch, offset))
+
+    def _lie(self, what: str, now: float) -> None:
+        """The peer broke DESIGN §5 rule 12: fail the link with 1002, believe nothing more.
+
+        ``what`` names the message and the field; it carries no value the peer
+        chose beyond a short number, so no session id or epoch reaches a log line.
+        A lie while we are closing already is reported the same way.
+        """
+        if self._lied or self.phase is Phase.CLOSED:
+            return
+        self._lied = True
+        self._ext_pending = False
+        self._hello_ping = None
+        error = ProtocolError(f"the server broke the reliable-sessions protocol: {what}")
+        log.warning("protocol error: %s", error)
+        self._events.append(Problem(error))
+        self.fail(1002, "Protocol error", now)  # no-op while closing
 
     # ------------------------------------------------------------ auth
 
@@ -848,6 +929,7 @@ class Session:
             return
         msg: Dict[str, Any] = {"channel": channel, "type": "subscribe", "id": msg_id}
         pos = self.continuity.positions.get(channel)
+        self._answered.discard(channel)  # its answer is the subscribe's, not rule 13's
         if self._resume:
             if pos is not None:
                 if pos.epoch is not None:
@@ -861,6 +943,8 @@ class Session:
             return
         self._send_text(envelope.encode_subscription(channel, "unsubscribe", msg_id))
         self.continuity.positions.pop(channel, None)
+        self._asked_resume.discard(channel)
+        self._answered.discard(channel)
 
     def _send_text(self, text: str) -> None:
         self._send_frame(frames.OP_TEXT, text.encode())
@@ -1159,6 +1243,93 @@ def _pong_text(ts: Any) -> str:
         return json.dumps({"type": "tether:pong", "ts": ts}, separators=(",", ":"), allow_nan=False)
     except (ValueError, TypeError, RecursionError):
         return '{"type":"tether:pong"}'
+
+
+def _describe(value: Any) -> str:
+    """A short, value-free description of what a field held (for error messages)."""
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "a boolean"
+    if type(value) is int:
+        return str(value) if abs(value) < 10**20 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _seq_problem(seq: Any, highest: int) -> str:
+    """What is wrong with an ack's ``seq`` or a ``hello-ok``'s ``acked`` (rule 12)."""
+    if type(seq) is not int:
+        return f"is {_describe(seq)}, not an integer"
+    if seq < 0:
+        return f"is {_describe(seq)}, below 0"
+    return f"is {_describe(seq)}, above the highest seq numbered ({highest})"
+
+
+def _id_problem(value: Any) -> Optional[str]:
+    """What is wrong with a session id or an epoch, or None (rule 12)."""
+    if not isinstance(value, str):
+        return f"is {_describe(value)}, not a string"
+    if not value:
+        return "is an empty string"
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {_describe(value)}, more than {MAX_ID_LENGTH}"
+    return None
+
+
+def _hello_ok_problem(value: Dict[str, Any], highest: int) -> Optional[str]:
+    """What is wrong with a ``tether:hello-ok``, or None if it can be believed (rule 12)."""
+    problem = _id_problem(value.get("session"))
+    if problem is not None:
+        return f"session {problem}"
+    features = value.get("features")
+    if type(features) is not list or not all(isinstance(f, str) for f in features):
+        return f"features is {_describe(features)}, not a list of strings"
+    acked = value.get("acked")
+    if type(acked) is not int or not 0 <= acked <= highest:
+        return f"acked {_seq_problem(acked, highest)}"
+    return None
+
+
+def _position_problem(offset: Any, epoch: Any) -> Optional[str]:
+    """What is wrong with an envelope's ``offset`` and ``epoch``, or None (rule 12).
+
+    The epoch may be absent (rule 9 reads that as an epoch of its own), never
+    anything but a string of 1 to 64 characters.
+    """
+    if type(offset) is not int or offset < 1:
+        return f"offset is {_describe(offset)}, not an integer >= 1"
+    if epoch is not None:
+        problem = _id_problem(epoch)
+        if problem is not None:
+            return f"epoch {problem}"
+    return None
+
+
+def _subscribed_problem(value: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a ``tether:subscribed``, or None (rules 9 and 12).
+
+    Its ``offset`` is the one the next envelope follows: 0 on a channel that
+    has published nothing yet, so it may be 0 where an envelope's may not.
+    """
+    if not isinstance(value.get("channel"), str):
+        return f"channel is {_describe(value.get('channel'))}, not a string"
+    if type(value.get("recovered")) is not bool:
+        return f"recovered is {_describe(value.get('recovered'))}, not a boolean"
+    problem = _id_problem(value.get("epoch"))
+    if problem is not None:
+        return f"epoch {problem}"
+    offset = value.get("offset")
+    if type(offset) is not int or offset < 0:
+        return f"offset is {_describe(offset)}, not an integer >= 0"
+    return None
 
 
 def _resend_order(item: Item) -> Tuple[int, int]:

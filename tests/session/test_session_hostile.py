@@ -1,21 +1,24 @@
 """Crash values in every field of every inbound message type, in every phase.
 
 NaN, infinities, 1e999 (valid JSON that parses as infinity), lone surrogates,
-huge integers, deep nesting and wrong types: the session never raises, the link
-stays usable, and a server ping is always answered with a pong that is valid
-UTF-8 and strict JSON.
+huge integers, deep nesting and wrong types: the session never raises, and a
+server ping is always answered with a pong that is valid UTF-8 and strict JSON.
+The link stays usable, unless the value is a lie DESIGN §5 rule 12 forbids (an
+ack, ``hello-ok``, ``subscribed`` or envelope position it can check): then the
+link fails with 1002 and a ``ProtocolError``, and nothing is acked by it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 from session.sessionkit import FakeClock, Peer, data_msg, open_peer, pong_for, server_frame
 
 from tether_sync import frames
-from tether_sync.session import Closed, Phase, Position
+from tether_sync.exceptions import ProtocolError
+from tether_sync.session import Acked, Closed, Phase, Position, Problem
 
 HOSTILE = {
     "NaN": "NaN",
@@ -61,7 +64,7 @@ MESSAGES: Dict[str, Dict[str, Any]] = {
     "tether:auth-ok": {"ok": True},
     "tether:error": {"error": "no", "id": "m-target"},
     "data": {"channel": "chat", "payload": 1, "id": "x", "offset": 5, "epoch": "e"},
-    "tether:hello-ok": {"session": "sid-1", "features": ["ack", "resume"], "acked": 1},
+    "tether:hello-ok": {"session": "sid-1", "features": ["ack", "resume"], "acked": 0},
     "tether:ack": {"seq": 1},
     "tether:subscribed": {"channel": "chat", "recovered": False, "epoch": "e", "offset": 3},
     "tether:control-ack": {"action": "flood"},
@@ -105,14 +108,81 @@ def setup(clock: FakeClock, phase: str) -> Peer:
     return peer
 
 
+def _parsed(raw: str) -> Tuple[bool, Any]:
+    try:
+        return True, json.loads(raw)
+    except (ValueError, RecursionError):
+        return False, None
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64
+
+
+def is_lie(kind: str, field: str, raw: str, phase: str) -> bool:
+    """Whether rule 12 makes this message a violation in ``phase`` (see :func:`setup`).
+
+    Acks count once ``ack`` is granted (open; two messages numbered), ``hello-ok``
+    while it decides the extension (hello, auth), envelope positions once
+    ``resume`` is granted (open), ``subscribed`` always.
+    """
+    ok, value = _parsed(raw)
+    if field in ("type", "extra") or not ok:
+        return False  # another message type, or no JSON at all: no §5 claim
+    msg = {**MESSAGES[kind], field: value}
+    if kind == "tether:ack":
+        return phase == "open" and not (_is_int(msg["seq"]) and 0 <= msg["seq"] <= 2)
+    if kind == "tether:hello-ok":
+        features = msg["features"]
+        valid = (
+            _is_id(msg["session"])
+            and type(features) is list
+            and all(isinstance(f, str) for f in features)
+            and _is_int(msg["acked"])
+            and msg["acked"] == 0
+        )
+        return phase != "open" and not valid
+    if kind == "tether:subscribed":
+        return not (
+            isinstance(msg["channel"], str)
+            and type(msg["recovered"]) is bool
+            and _is_id(msg["epoch"])
+            and _is_int(msg["offset"])
+            and msg["offset"] >= 0
+        )
+    if kind == "data":
+        if phase != "open" or msg["offset"] is None:
+            return False
+        epoch_ok = msg["epoch"] is None or _is_id(msg["epoch"])
+        return not (_is_int(msg["offset"]) and msg["offset"] >= 1 and epoch_ok)
+    return False
+
+
+def check_failed_for_the_lie(peer: Peer) -> None:
+    """Rule 12: close 1002, one ProtocolError, nothing resolved, no pong after it."""
+    assert peer.session.phase in (Phase.CLOSING, Phase.CLOSED), peer.log
+    assert [f.close_code for f in peer.close_frames()] == [1002], peer.log
+    problems = [e.error for e in peer.of(Problem)]
+    assert len(problems) == 1 and isinstance(problems[0], ProtocolError), peer.log
+    assert problems[0].close_code == 1002
+    assert peer.of(Acked) == []
+
+
 def check_alive_and_pongs(peer: Peer) -> None:
     for frame in peer.frames:
         if frame.opcode == frames.OP_TEXT:
             strict_json(frame.payload)
     if peer.session.phase in (Phase.CLOSING, Phase.CLOSED):
-        # Only auth may end the link (two refusals); never a crash value in itself.
-        assert [f.close_code for f in peer.close_frames()] == [1008], peer.log
-        assert all(c.code == 1008 for c in peer.of(Closed))
+        # Only auth (two refusals) or a rule 12 lie may end the link; never a crash.
+        codes = [f.close_code for f in peer.close_frames()]
+        assert codes in ([1008], [1002]), peer.log
+        if codes == [1002]:
+            assert any(isinstance(p.error, ProtocolError) for p in peer.of(Problem)), peer.log
+        assert all(c.code == codes[0] for c in peer.of(Closed))
         return
     peer.take()
     peer.feed(server_frame(frames.OP_TEXT, b'{"type":"tether:ping","ts":7}'))
@@ -137,7 +207,11 @@ def test_crash_values_in_every_field_never_raise(
                 if len(frame) < 200:
                     peer.feed(*(frame[i : i + 1] for i in range(len(frame))))
             peer.advance(0.5, answer=None)
-            check_alive_and_pongs(peer)
+            if is_lie(kind, field, raw, phase):
+                check_failed_for_the_lie(peer)
+            else:
+                check_alive_and_pongs(peer)
+                assert not peer.of(Problem) or kind == "tether:error", peer.log
         except AssertionError:
             raise
         except Exception as exc:  # pragma: no cover - the failure message
