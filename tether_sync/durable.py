@@ -482,23 +482,36 @@ class DurableStore:
         self,
         messages: Sequence[Tuple[str, str, int, bytes]],
         timeout: Optional[float] = None,
+        refs: Optional[Sequence[Any]] = None,
     ) -> List[int]:
         """Append several ``(msg_id, channel, op, data)`` at once; return their seqs.
 
         They are numbered consecutively in the given order (no other append comes
         between them) and committed in as few transactions as :data:`MAX_BATCH`
         allows. Same errors as :meth:`append`; ``timeout`` covers them all.
+        ``refs``: one per message, each given to ``on_commit_ref`` with its seq.
         """
-        handles = self._enqueue(messages, lead=True)
+        handles = self._enqueue(messages, lead=True, refs=refs)
         deadline = Deadline(timeout)
         return [h.result(deadline.remaining()) for h in handles]
 
     def _enqueue(
-        self, messages: Iterable[Tuple[str, str, int, bytes]], *, lead: bool, ref: Any = None
+        self,
+        messages: Iterable[Tuple[str, str, int, bytes]],
+        *,
+        lead: bool,
+        ref: Any = None,
+        refs: Optional[Sequence[Any]] = None,
     ) -> List[AppendHandle]:
-        """Queue messages for a transaction; with ``lead``, commit it here if nobody is."""
+        """Queue messages for a transaction; with ``lead``, commit it here if nobody is.
+
+        ``ref`` goes with every message, or ``refs`` gives one per message.
+        """
         self._check_fork()
-        items = [_Item(m, c, o, bytes(d), ref) for m, c, o, d in messages]
+        if refs is None:
+            items = [_Item(m, c, o, bytes(d), ref) for m, c, o, d in messages]
+        else:
+            items = [_Item(m, c, o, bytes(d), r) for (m, c, o, d), r in zip(messages, refs)]
         handles = []
         with self._lock:
             self._check_open()

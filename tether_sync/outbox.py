@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Callable, Deque, Generic, List, Optional, TypeVar
+from typing import Callable, Deque, Generic, List, Optional, Tuple, TypeVar
 
 from .clock import Deadline
 from .exceptions import ClientClosed, QueueFull
@@ -127,6 +127,53 @@ class Outbox(Generic[T]):
         if wake:
             self._wake()
         return dropped
+
+    def put_many(
+        self, items: List[T], timeout: Optional[float] = None
+    ) -> Tuple[List[T], List[T], Optional[QueueFull]]:
+        """Add ``items`` at the tail, in order (any thread); one lock per run of room.
+
+        While there is room the items go in together (no other sender's item
+        between them); where the queue is full, the next item takes :meth:`put`'s
+        path (wait, or the drop policy), then the batch goes on.
+
+        Returns:
+            ``(dropped, refused, why)``: the messages dropped by a policy, and
+            those not queued (no room within ``timeout``, or ``queue=False``
+            while not open) with the :class:`QueueFull` that says why; the
+            caller fails both. Never raises :class:`QueueFull`, so the messages
+            before a full queue stay queued.
+
+        Raises:
+            ClientClosed: the client is closed (the items not queued yet are not).
+        """
+        deadline = Deadline(timeout)
+        dropped: List[T] = []
+        i, n = 0, len(items)
+        while i < n:
+            with self._lock:
+                if not self._accepting:
+                    raise ClientClosed("the client is closed") from self._closed_reason
+                if not self._open and not self._offline_ok:
+                    why = QueueFull("queue=False and the client is not open")
+                    return dropped, items[i:], why
+                room = self.capacity - len(self._items) - self._taken
+                wake = False
+                if room > 0:
+                    end = min(n, i + room)
+                    self._items.extend(items[i:end])
+                    i = end
+                    wake = not self.wake_pending
+                    self.wake_pending = True
+            if wake:
+                self._wake()
+            if i < n:
+                try:
+                    dropped.extend(self.put(items[i], deadline.remaining()))
+                except QueueFull as exc:
+                    return dropped, items[i:], exc
+                i += 1
+        return dropped, [], None
 
     def _full(self, item: T, timeout: Optional[float]) -> List[T]:
         # With _lock held: make room for ``item`` by the policy, or wait for it.
