@@ -3,6 +3,9 @@
 See DESIGN §2 for the contract; everything public is re-exported here.
 """
 
+import logging as _logging
+
+from . import logfields as _logfields
 from .client import TetherClient
 from .delivery import Delivery
 from .events import (
@@ -32,6 +35,15 @@ from .state import State
 from .stats import Stats
 from .subscription import Subscription
 from .version import __version__
+
+# A library leaves output to the application (DESIGN §8): with no logging
+# configured, nothing reaches stderr through logging.lastResort. Every record
+# carries the client's structured fields (see tether_sync.logfields).
+_logger = _logging.getLogger("tether_sync")
+if not any(isinstance(h, _logging.NullHandler) for h in _logger.handlers):
+    _logger.addHandler(_logging.NullHandler())
+_logfields.install(_logger)
+del _logger
 
 __all__ = [
     "Auth",

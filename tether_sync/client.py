@@ -819,6 +819,7 @@ class TetherClient:
             session_id=loop.continuity.session_id,
             extensions=session.features if session is not None else (),
             endpoint=loop.life.endpoint,
+            **c.snapshot(),
         )
 
     # ------------------------------------------------------------------ exit
