@@ -16,6 +16,8 @@ from typing import List
 
 import pytest
 
+from tests.support.recorder import eventually
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,3 +233,61 @@ def test_a_conftest_fixture_of_the_same_name_wins(
     )
     result = pytester.runpytest_subprocess(*_plugin_args(), "-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=1)
+
+
+def _readme_test() -> str:
+    """The test in README's "Testing your app" section."""
+    text = (ROOT / "README.rst").read_text(encoding="utf-8")
+    section = text.split("Testing your app\n----------------\n", 1)[1]
+    block = section.split(".. code-block:: python3\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines).strip() + "\n"
+
+
+@pytest.mark.timeout(120)
+def test_readme_testing_your_app_example(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = _readme_test()
+    assert "tether_server.kill()" in code
+    assert len(code.splitlines()) <= 20
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makepyfile(test_readme_example=code)
+    result = pytester.runpytest_subprocess(
+        *_plugin_args(), "-p", "no:cacheprovider", "--timeout", "60", "-q"
+    )
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.timeout(60)
+def test_record_client_then_replay(tmp_path: Path) -> None:
+    """A real client's inbound stream, recorded, replays into another client."""
+    from tether_sync import TetherClient
+    from tether_sync.testing import TetherTestServer, read_recording, record_client
+
+    path = tmp_path / "production.jsonl"
+    with TetherTestServer() as server:
+        with TetherClient(server.url) as client:
+            inbox = client.subscribe("ticks")
+            recording = record_client(client, path)
+            client.connect(wait=True, timeout=10)
+            assert server.wait_subscribed("ticks")
+            for n in range(5):
+                server.publish("ticks", {"n": n})
+            assert [inbox.get(timeout=5) for _ in range(5)] == [{"n": n} for n in range(5)]
+            # The recorder is a ``message`` handler: it runs on the dispatcher.
+            assert eventually(lambda: recording.count == 5)
+        assert recording.stop() == 5
+        assert [(c, p) for _, c, p in read_recording(path)] == [
+            ("ticks", {"n": n}) for n in range(5)
+        ]
+        with TetherClient(server.url) as other:
+            again = other.subscribe("ticks")
+            other.connect(wait=True, timeout=10)
+            assert server.wait_subscribed("ticks")
+            assert server.replay(path, speed=None) == 5
+            assert [again.get(timeout=5) for _ in range(5)] == [{"n": n} for n in range(5)]
