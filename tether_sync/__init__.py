@@ -3,9 +3,7 @@
 See DESIGN §2 for the contract; everything public is re-exported here.
 """
 
-import logging as _logging
-
-from . import logfields as _logfields
+from . import logfields  # noqa: F401  (importing it sets up the tether_sync logger: see below)
 from .client import TetherClient
 from .delivery import Delivery
 from .events import (
@@ -36,14 +34,10 @@ from .stats import Stats
 from .subscription import Subscription
 from .version import __version__
 
-# A library leaves output to the application (DESIGN §8): with no logging
-# configured, nothing reaches stderr through logging.lastResort. Every record
-# carries the client's structured fields (see tether_sync.logfields).
-_logger = _logging.getLogger("tether_sync")
-if not any(isinstance(h, _logging.NullHandler) for h in _logger.handlers):
-    _logger.addHandler(_logging.NullHandler())
-_logfields.install(_logger)
-del _logger
+# Logging (DESIGN §8): importing ``logfields`` gave the "tether_sync" logger a
+# NullHandler (a library leaves output to the application: with no logging
+# configured, nothing reaches stderr through logging.lastResort) and a filter
+# that gives every record the client's structured fields.
 
 __all__ = [
     "Auth",

@@ -128,10 +128,19 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def install(logger: logging.Logger) -> None:
-    """Put a :class:`ContextFilter` on ``logger`` (once)."""
+def install() -> None:
+    """Give the ``tether_sync`` logger a ``NullHandler`` and a :class:`ContextFilter` (once).
+
+    The ``NullHandler`` keeps the library silent unless the application
+    configures logging (then records propagate to its handlers as usual).
+    """
+    logger = logging.getLogger("tether_sync")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
     if not any(isinstance(f, ContextFilter) for f in logger.filters):
         logger.addFilter(ContextFilter())
 
+
+install()  # at import: ``import tether_sync`` imports this module first
 
 __all__ = ["FIELDS", "ContextFilter", "bind", "install", "redact_text", "redact_url"]

@@ -58,17 +58,16 @@ a reconnect is what lost the link before it (``connection_lost``,
 from __future__ import annotations
 
 import threading
+import urllib.parse
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
 
-from .logfields import redact_url
-from .stats import Counters, Stats
-from .version import __version__
+from tether_sync import Stats, __version__
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
 
-    from .client import TetherClient
+    from tether_sync import TetherClient
 
 
 class Instrumentation:
@@ -91,8 +90,9 @@ class Instrumentation:
 
         self._observation = Observation
         self._client: Optional[weakref.ReferenceType[TetherClient]] = weakref.ref(client)
-        # The I/O thread's counters (read-only here; the sample deques are drained).
-        self._counters: Counters = client._loop.counters
+        # The I/O thread's counters (tether_sync.stats.Counters): read-only here,
+        # but for the sample deques, which this drains.
+        self._counters: Any = client._loop.counters
         self._channels = channels
         self._base: Dict[str, Any] = {
             "url.full": redact_url(client.url),
@@ -301,6 +301,28 @@ class Instrumentation:
         ]
 
 
+def redact_url(url: str) -> str:
+    """``url`` without userinfo and with every query value replaced by ``***``.
+
+    The same rule as the log records' ``endpoint`` (``tether_sync.logfields``);
+    an integration imports only the public API, hence this copy until the
+    library's shared redaction is public.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError:
+        return "<unparsable url>"
+    query = "&".join(
+        f"{name}=***" if sep else name
+        for name, sep, _ in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
 def instrument(
     client: TetherClient,
     meter_provider: Optional[MeterProvider] = None,
@@ -332,4 +354,4 @@ def instrument(
     return Instrumentation(client, provider, channels)
 
 
-__all__ = ["Instrumentation", "instrument"]
+__all__ = ["Instrumentation", "instrument", "redact_url"]
