@@ -45,9 +45,9 @@ PKG = "tether_sync"
 
 # Integrations (issue 12) sit on top of the public API, import their toolkit (tkinter,
 # Qt, asyncio, flask) lazily, and no core module imports them: see the test below.
-INTEGRATIONS = frozenset({"dispatchers.py", "flask.py"})
+INTEGRATIONS = frozenset({"dispatchers.py", "flask.py", "otel.py"})  # otel: issue 21
 NOT_CORE_FILES = frozenset({"cli.py", "__main__.py"}) | INTEGRATIONS
-EXTRA_SUBPACKAGES = frozenset({"server", "demo"})
+EXTRA_SUBPACKAGES = frozenset({"server", "demo", "testing"})  # testing: the pytest plugin
 
 # The rank of each core module: a runtime import must go to a strictly lower rank.
 # int(rank) is the layer; inside L3 the loop's helpers are ordered below the loop.
@@ -90,6 +90,7 @@ RANK: Dict[str, float] = {
     "handoff": 2.7,
     "authflow": 2.8,
     "mailbox": 2.55,  # the loop's command inbox (lock, wake byte, refusal once ended)
+    "logfields": 2,  # log records' structured fields (a thread-local), URL redaction
     "lifecycle": 3.4,  # State, attempts, backoff, close() and the end, across connections
     "aftermath": 2.9,  # a lost link / failed attempt: carry, give back, retry or give up
     # L3: the socket adapter, then the loop

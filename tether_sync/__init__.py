@@ -3,6 +3,7 @@
 See DESIGN §2 for the contract; everything public is re-exported here.
 """
 
+from . import logfields  # noqa: F401  (importing it sets up the tether_sync logger: see below)
 from .client import TetherClient
 from .delivery import Delivery
 from .events import (
@@ -28,10 +29,16 @@ from .exceptions import (
     TetherError,
 )
 from .options import Auth, Backpressure, Heartbeat, Queue, Reconnect
+from .redact import redact_url
 from .state import State
 from .stats import Stats
 from .subscription import Subscription
 from .version import __version__
+
+# Logging (DESIGN §8): importing ``logfields`` gave the "tether_sync" logger a
+# NullHandler (a library leaves output to the application: with no logging
+# configured, nothing reaches stderr through logging.lastResort) and a filter
+# that gives every record the client's structured fields.
 
 __all__ = [
     "Auth",
@@ -63,4 +70,5 @@ __all__ = [
     "TetherClient",
     "TetherError",
     "__version__",
+    "redact_url",
 ]

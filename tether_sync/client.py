@@ -933,6 +933,7 @@ class TetherClient:
             session_id=loop.continuity.session_id,
             extensions=session.features if session is not None else (),
             endpoint=redact_url(loop.life.endpoint),
+            **c.snapshot(),
         )
 
     # ------------------------------------------------------------------ exit

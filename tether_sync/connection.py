@@ -30,6 +30,7 @@ from .outbox import Outbox
 from .poller import READ, WRITE, Poller
 from .routing import Router
 from .session import Continuity, Event, Session
+from .stats import Counters
 from .timers import TimerHeap
 from .transport import Link, read_size
 
@@ -55,6 +56,7 @@ class Parts:
     process: Callable[[], None]  # hands the session's events on (may end the connection)
     timers: TimerHeap  # the loop's timer heap (this connection's timers go there)
     poller: Poller  # the loop's selector (this socket's registration)
+    counters: Counters  # the client's counters (bytes sent and received)
 
 
 class Connection:
@@ -73,6 +75,7 @@ class Connection:
         self._process = parts.process
         self._timers = parts.timers
         self._poller = parts.poller
+        self._counters = parts.counters
         self._poller.watch(link, READ)
 
     @classmethod
@@ -109,6 +112,7 @@ class Connection:
             return
         if data is None:
             return
+        self._counters.bytes_received += len(data)
         now = self._clock.monotonic()
         if data:
             session.receive_data(data, now)
@@ -124,6 +128,7 @@ class Connection:
         """Write what the session has framed; the bytes written, or -1 if the socket failed."""
         total = self.link.send_some(self.session)
         if total > 0:
+            self._counters.bytes_sent += total
             # buffered_amount reads kernel_unsent (user threads may not ioctl the
             # socket): re-read it shortly once enough may sit there.
             link = self.link

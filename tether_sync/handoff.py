@@ -92,6 +92,7 @@ class Handoff:
         elif kind is s.RoundTrip:
             assert isinstance(event, s.RoundTrip)
             loop.last_rtt = event.rtt
+            self._counters.round_trip(event.rtt)
         elif kind is s.Problem:
             assert isinstance(event, s.Problem)
             self.error(event.error)

@@ -169,6 +169,7 @@ class Lifecycle:
     def connect(self) -> None:
         """Start one connection attempt (to the endpoint the backoff points at)."""
         self.set_state(State.CONNECTING)
+        self._p.counters.attempt_started(self._clock.monotonic())
         self._dialer.dial(self.endpoint)
 
     def on_reconnect_timer(self) -> None:
@@ -201,6 +202,7 @@ class Lifecycle:
             self._attempt_failed(timeout)
 
     def _attempt_failed(self, cause: BaseException) -> None:
+        self._p.counters.attempt_ended(self._clock.monotonic(), False, cause)
         self._p.handoff.attempt_failed(cause)
         flow = self._p.authflow
         refused, final = self._dialer.attempts.refused(cause, flow is not None)
@@ -216,6 +218,7 @@ class Lifecycle:
         p = self._p
         if self._opened_once:
             p.counters.reconnects += 1
+        p.counters.opened(self._clock.monotonic(), self._opened_once)
         self._opened_once = True
         self._opened_at = self._clock.monotonic()
         self.next_delay = None
@@ -234,6 +237,9 @@ class Lifecycle:
     def connection_closed(self, session: Session, event: Closed) -> None:
         """The session is over (the loop wrote what was left): carry, retry or finish."""
         self._host.release_socket()
+        self._p.counters.link_closed(
+            self._clock.monotonic(), event.code, event.reason, event.was_clean
+        )
         after = after_close(
             event,
             _deliveries(session.take_unfinished()),

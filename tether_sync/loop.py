@@ -33,6 +33,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional
 
 from . import commands as cmd
+from . import logfields
 from .auth import TokenRefresher
 from .authflow import AuthFlow
 from .clock import Clock, Deadline
@@ -135,6 +136,7 @@ class IoLoop:
             self.process_events,
             self._timers,
             self._poller,
+            self.counters,
         )
         self.last_rtt: Optional[float] = None
         life = self.life
@@ -221,6 +223,8 @@ class IoLoop:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        # Every record this thread logs carries the client's fields (DESIGN §8).
+        logfields.bind(lambda: (self.life.endpoint, self.attempt, self.counters.last_cause))
         try:
             self._guard(self.life.connect)
             while not self.stopped.is_set():

@@ -83,11 +83,13 @@ def is_secret_name(name: str) -> bool:
     return normal in SECRET_NAMES or normal.endswith(SECRET_SUFFIXES)
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str, *, every_value: bool = False) -> str:
     """``url`` with its password and secret query values replaced by ``***``.
 
     Args:
         url: Any URL (a malformed one is handled as far as it can be split).
+        every_value: Replace every query value, not only the secret ones (for
+            log fields and metric attributes: also bounds their cardinality).
 
     Returns:
         The URL to show: scheme, host, port, path, the user name and the other
@@ -111,7 +113,7 @@ def redact_url(url: str) -> str:
         netloc = f"{user}:{MASK}@{hostport}" if colon else netloc
     query = parts.query
     if query:
-        query = "&".join(_redact_pair(pair) for pair in query.split("&"))
+        query = "&".join(_redact_pair(pair, every_value) for pair in query.split("&"))
     fragment = parts.fragment
     if fragment and "=" in fragment:  # OAuth implicit flow puts tokens there
         fragment = "&".join(_redact_pair(pair) for pair in fragment.split("&"))
@@ -120,8 +122,8 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
-def _redact_pair(pair: str) -> str:
+def _redact_pair(pair: str, every_value: bool = False) -> str:
     name, eq, _value = pair.partition("=")
-    if eq and is_secret_name(unquote(name)):
+    if eq and (every_value or is_secret_name(unquote(name))):
         return f"{name}={MASK}"
     return pair

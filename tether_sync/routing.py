@@ -115,7 +115,7 @@ class Router:
         self, buf: InboundBuffer, channel: Optional[str], dropped: int, refused: bool
     ) -> None:
         if dropped:
-            self._counters.dropped_inbound += dropped
+            self._counters.inbound_dropped(buf.overflow, dropped)
         if (dropped or refused) and self._wants("backpressure"):
             self._emit(BackpressureEvent("inbound", len(buf), channel, dropped))
 

@@ -64,6 +64,11 @@ class InboundBuffer:
         return len(self._ring)
 
     @property
+    def overflow(self) -> str:
+        """The overflow policy (``stats().dropped_inbound_by_policy`` counts by it)."""
+        return self._ring.overflow
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -65,8 +65,9 @@ def test_close_from_callbacks_leaves_no_thread_behind(tether_server: TetherServe
 
 
 _INTERRUPTED = r"""
-import sys, time
+import logging, sys, time
 from tether_sync import TetherClient
+logging.basicConfig()         # the app shows warnings (the library's logger has a NullHandler)
 client = TetherClient(sys.argv[1], exit_flush_timeout=5.0)
 client.connect()
 for n in range(10):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from typing import Optional
@@ -35,6 +36,13 @@ def demo_main(
         0 after a clean stop; 1 if a port could not be bound.
     """
     configure_logging(verbose, quiet_unless_verbose=("werkzeug",))
+    if not verbose:
+        # The panel shows the demo client's failed attempts and reconnects; its
+        # WARNING lines would repeat them on the terminal (issue 21). The
+        # server's and the panel's own warnings still print.
+        logging.getLogger("tether_sync").setLevel(logging.ERROR)
+        for name in ("tether_sync.server", "tether_sync.demo"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     with stop_on_signals() as stop:
         return _run(host, port, server_port, config, stop)
 

@@ -1,0 +1,188 @@
+"""OpenTelemetry metrics (DESIGN §8): instruments move with 100 sends, a kill -9 and a reconnect.
+
+The server is a real ``tether-sync serve`` subprocess, killed with SIGKILL and
+started again on the same port; the metrics are read through the SDK's
+``InMemoryMetricReader``, as an exporter would see them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, Iterator, List
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk.metrics")
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from tests.support.recorder import eventually
+from tests.support.serve_process import ServeProcess
+from tether_sync import TetherClient
+from tether_sync.otel import instrument
+
+
+class Metrics:
+    """What the reader collected, by instrument name."""
+
+    def __init__(self, reader: InMemoryMetricReader) -> None:
+        data = reader.get_metrics_data()
+        self.points: Dict[str, List[Any]] = {}
+        self.units: Dict[str, str] = {}
+        assert data is not None
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                assert sm.scope.name == "tether_sync"
+                for metric in sm.metrics:
+                    self.points[metric.name] = list(metric.data.data_points)
+                    self.units[metric.name] = metric.unit
+
+    def value(self, name: str, **attrs: Any) -> Any:
+        """The sum of the points of ``name`` whose attributes include ``attrs``."""
+        return sum(
+            p.value
+            for p in self.points.get(name, [])
+            if all(p.attributes.get(k) == v for k, v in attrs.items())
+        )
+
+    def count(self, name: str, **attrs: Any) -> int:
+        """Histogram samples of ``name`` with ``attrs``."""
+        return sum(
+            p.count
+            for p in self.points.get(name, [])
+            if all(p.attributes.get(k) == v for k, v in attrs.items())
+        )
+
+
+@pytest.fixture
+def server() -> Iterator[ServeProcess]:
+    proc = ServeProcess().start()
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+@pytest.mark.timeout(90)
+def test_instruments_follow_sends_a_kill_and_a_reconnect(server: ServeProcess) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    token_url = server.url + "?token=very-secret-value"
+    client = TetherClient(
+        token_url,
+        reconnect={"base_delay": 0.05, "max_delay": 0.2},
+        heartbeat={"interval": 0.1, "timeout": 2.0},
+    )
+    states: List[str] = []
+    changed = threading.Condition()
+
+    def on_state(event: Any) -> None:
+        with changed:
+            states.append(event.current)
+            changed.notify_all()
+
+    client.on("state_change", on_state)
+    handle = instrument(client, provider)
+    try:
+        client.connect(wait=True, timeout=10)
+        deliveries = [client.send({"n": i}, channel="chat") for i in range(100)]
+        for d in deliveries:
+            d.result(timeout=10)  # acked by the server (it speaks DESIGN §5)
+        assert eventually(lambda: client.stats().last_rtt is not None)
+
+        m = Metrics(reader)
+        assert m.value("tether.client.messages.sent") == 100
+        assert m.value("tether.client.messages.acked") == 100
+        assert m.value("tether.client.bytes.sent") > 100 * len('{"n": 99}')
+        assert m.units["tether.client.bytes.sent"] == "By"
+        assert m.units["tether.client.messages.sent"] == "{message}"
+        assert m.value("tether.client.bytes.received") > 0  # hello-ok, acks, echoes, pongs
+        assert m.value("tether.client.connection.attempts") == 1
+        assert m.value("tether.client.connection.failures") == 0
+        assert m.count("tether.client.connection.duration", outcome="success") == 1
+        assert m.units["tether.client.round_trip_time"] == "s"
+        assert m.count("tether.client.round_trip_time") >= 1
+        assert m.value("tether.client.reconnects") == 0
+        assert m.value("tether.client.queue.depth") == 0
+        # Attributes: the endpoint redacted, the protocol; no channel by default.
+        attrs = m.points["tether.client.messages.sent"][0].attributes
+        assert attrs["url.full"] == server.url + "?token=***"
+        assert attrs["tether.protocol"] == "tether"
+        assert "tether.channel" not in m.points["tether.client.inbound.depth"][0].attributes
+
+        # kill -9: the link is lost; sends while down wait in the queue.
+        server.kill()
+        with changed:
+            assert changed.wait_for(lambda: "reconnecting" in states, 10)
+        later = [client.send({"n": 100 + i}, channel="chat") for i in range(10)]
+        m = Metrics(reader)
+        assert m.value("tether.client.queue.depth") == 10
+        assert client.stats().last_close is not None
+        assert client.stats().last_close[0] == 1006  # no close frame from a killed peer
+
+        server.start()  # same port
+        for d in later:
+            d.result(timeout=20)
+        m = Metrics(reader)
+        assert m.value("tether.client.reconnects", cause="connection_lost") == 1
+        assert m.value("tether.client.reconnects") == 1
+        assert m.value("tether.client.messages.sent") == 110
+        attempts = m.value("tether.client.connection.attempts")
+        failures = m.value("tether.client.connection.failures")
+        assert attempts >= 2 and attempts == failures + 2  # refused while down, then open
+        assert m.count("tether.client.connection.duration", outcome="success") == 2
+        assert m.count("tether.client.connection.duration", outcome="failure") == failures
+        assert m.value("tether.client.queue.depth") == 0
+        stats = client.stats()
+        assert m.value("tether.client.bytes.sent") == stats.bytes_sent
+        assert stats.reconnects_by_cause == {"connection_lost": 1}
+
+        handle.uninstrument()
+        assert not handle.active
+        assert Metrics(reader).points.get("tether.client.messages.sent", []) == []
+    finally:
+        client.close(5)
+
+
+def test_drops_by_direction_and_reason_and_channel_opt_in(make_server: Any) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    client = TetherClient(
+        "ws://127.0.0.1:9/",  # never reached: the queue's drop policy acts while not open
+        queue={"max_size": 2, "overflow": "drop-newest"},
+        reconnect={"base_delay": 10.0, "max_delay": 10.0},
+    )
+    instrument(client, provider)
+    try:
+        deliveries = [client.send(i) for i in range(5)]
+        assert sum(1 for d in deliveries if d.done() and d.exception() is not None) == 3
+        m = Metrics(reader)
+        assert (
+            m.value("tether.client.messages.dropped", direction="outbound", reason="drop-newest")
+            == 3
+        )
+    finally:
+        client.close(1)
+
+    # Inbound, per channel when opted in.
+    server = make_server()
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    client = TetherClient(server.url)
+    instrument(client, provider, channels=True)
+    try:
+        inbox = client.subscribe("news", buffer_size=1, overflow="drop-oldest")
+        client.connect(wait=True, timeout=10)
+        for i in range(5):
+            client.send(i, channel="news").result(timeout=5)  # echoed back on "news"
+        assert eventually(lambda: client.stats().dropped_inbound >= 4)
+        m = Metrics(reader)
+        assert (
+            m.value("tether.client.messages.dropped", direction="inbound", reason="drop-oldest")
+            == 4
+        )
+        assert m.value("tether.client.inbound.depth", **{"tether.channel": "news"}) == 1
+        assert inbox.get(timeout=1) == 4
+    finally:
+        client.close(5)
