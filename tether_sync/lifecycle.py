@@ -33,8 +33,8 @@ from .backoff import Backoff
 from .clock import Clock
 from .delivery import Delivery
 from .dialer import Dialer
-from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
-from .exceptions import ClientClosed, TetherError
+from .events import OpenEvent, ReconnectingEvent, StateChangeEvent
+from .exceptions import ClientClosed, ConnectTimeout, TetherError
 from .handoff import Handoff, _deliveries
 from .loopconfig import LoopConfig, Timer
 from .mailbox import Mailbox
@@ -132,6 +132,9 @@ class Lifecycle:
         self.shutdown = Shutdown()  # close() and flush() policy
         self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
         self.unsent = 0  # messages failed by the final close
+        # Set when connect_timeout ended the session of an attempt (before open):
+        # the cause its Closed event is reported with.
+        self._timed_out: Optional[ConnectTimeout] = None
 
     @property
     def endpoint(self) -> str:
@@ -160,8 +163,12 @@ class Lifecycle:
             self._emit(close)
 
     def error(self, exc: BaseException) -> None:
-        if self._wants("error"):
-            self._emit(ErrorEvent(exc))
+        """An ``error`` event for ``exc``, unless it was the last one reported (a
+        final auth refusal is reported when the session says so, then ends the client)."""
+        handoff = self._p.handoff
+        if exc is handoff.reported_error:
+            return
+        handoff.error(exc)
 
     # ------------------------------------------------------------ connecting
 
@@ -194,10 +201,24 @@ class Lifecycle:
             self._attempt_failed(c.error)
 
     def on_connect_timeout(self) -> None:
-        timeout = self._dialer.timed_out()
-        if timeout is not None:
-            log.info("connection to %s timed out", self.endpoint)
-            self._attempt_failed(timeout)
+        """``connect_timeout`` passed before ``open``: fail the attempt, naming its phase."""
+        session = self._host.session
+        if session is not None:
+            waiting_for = _waiting_for(session.phase, self._p.authflow)
+            if waiting_for is None:
+                return  # opened, or already closing: the attempt is over
+            timeout = self._dialer.timeout_error(waiting_for)
+            log.info("connection to %s: %s", self.endpoint, timeout)
+            self._timed_out = timeout  # the cause connection_closed reports
+            # No closing handshake: a peer that answers nothing would only add
+            # the close grace to the time the attempt already took.
+            session.abort(1006, "connect timed out")
+            self._host.process_events()
+            return
+        late = self._dialer.timed_out()
+        if late is not None:
+            log.info("connection to %s: %s", self.endpoint, late)
+            self._attempt_failed(late)
 
     def _attempt_failed(self, cause: BaseException) -> None:
         self._p.handoff.attempt_failed(cause)
@@ -217,6 +238,7 @@ class Lifecycle:
             p.counters.reconnects += 1
         self._opened_once = True
         self._opened_at = self._clock.monotonic()
+        self._timers.cancel(Timer.CONNECT_TIMEOUT)  # the attempt made it in time
         self.next_delay = None
         self._dialer.attempts.refusals = 0
         if p.handoff.store is not None:
@@ -233,6 +255,7 @@ class Lifecycle:
     def connection_closed(self, session: Session, event: Closed) -> None:
         """The session is over (the loop wrote what was left): carry, retry or finish."""
         self._host.release_socket()
+        timed_out = self._timed_out
         after = after_close(
             event,
             _deliveries(session.take_unfinished()),
@@ -250,11 +273,16 @@ class Lifecycle:
         self._p.outbox.give_back(after.give_back)
         self._p.handoff.connection_closed(event)
         log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
-        self.retry_or_finish(after.cause, terminal=after.terminal)
+        cause, self._timed_out = after.cause, None
+        if timed_out is not None and not after.terminal:
+            cause = timed_out
+            self._p.handoff.attempt_failed(cause)  # an error event, like a refused connect
+        self.retry_or_finish(cause, terminal=after.terminal)
 
     def retry_or_finish(self, cause: BaseException, terminal: bool = False) -> None:
         """After a failed attempt or a lost link: back off and retry, or give up."""
         self._host.release_socket()
+        self._timers.cancel(Timer.CONNECT_TIMEOUT)  # that attempt is over
         now = self._clock.monotonic()
         plan = plan_retry(
             cause,
@@ -356,6 +384,17 @@ class Lifecycle:
     def crashed(self, exc: BaseException) -> None:
         """The loop itself failed (a bug): end, never leave a waiter hanging."""
         self.finish(TetherError(f"I/O loop crashed: {exc!r}"), cause=exc)
+
+
+def _waiting_for(phase: Phase, flow: Optional[AuthFlow]) -> Optional[str]:
+    """What a session not yet open waits for, as a connect timeout names it."""
+    if phase is Phase.HELLO:
+        return "hello-ok"  # the reply that decides the extension (DESIGN §5)
+    if phase is Phase.AUTH:
+        if flow is not None and flow.fetching:
+            return "the token (get_token())"
+        return "auth-ok"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
