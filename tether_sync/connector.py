@@ -3,11 +3,13 @@
 The loop starts a short-lived connector thread per attempt (websocket-client's
 handshake is blocking) and posts what :func:`handshake` returns: a
 :class:`~tether_sync.commands.Connected` that hands the socket over, or a
-:class:`~tether_sync.commands.ConnectFailed`. This module starts no thread and
-touches no socket itself; :mod:`~tether_sync.transport` does the handshake.
+:class:`~tether_sync.commands.ConnectFailed`. This module starts no thread. It
+makes the TCP connection itself (:func:`open_socket`: abortable, see there) and
+:mod:`~tether_sync.transport` does the rest of the handshake with it.
 :class:`Attempts` is the loop's bookkeeping of the attempt in progress: its
-number (a late answer from an abandoned attempt is stale), its handshaker (so
-a timeout or close() can abort it), and the handshake auth refusals in a row.
+number (a late answer from an abandoned attempt is stale), its :class:`Dial`
+(so a timeout or close() can abort it, and a timeout can name what it was
+waiting for), and the handshake auth refusals in a row.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ ABORT_POLL = 0.05
 # websocket-client then connects on its own.
 _PROXY_KEYS = ("http_proxy_host", "proxy_type", "socket")
 
+# Seconds the connector's own timeouts run past connect_timeout. The bound of an
+# attempt is the loop's timer, which aborts the connector and names the phase;
+# these are a backstop that must not win the race against it.
+BACKSTOP = 1.0
+
 TCP = "the TCP connect"
 TLS = "the TLS handshake"
 UPGRADE = "the WebSocket handshake"
@@ -63,7 +70,7 @@ class Dial:
         self.ws: Any = transport.new_handshaker()
         self.stage = TCP
         self.sock: Optional[socket.socket] = None
-        self._aborted = threading.Event()
+        self._aborted = threading.Event()  # its one purpose: abort() was called
 
     @property
     def aborted(self) -> bool:
@@ -157,7 +164,7 @@ def handshake(
         sock = transport.handshake(
             ws,
             url,
-            timeout=cfg.connect_timeout,
+            timeout=cfg.connect_timeout + BACKSTOP,
             headers=headers,
             subprotocols=cfg.subprotocols,
             sslopt=cfg.sslopt,
@@ -202,7 +209,7 @@ def open_socket(dial: Dial, url: str, cfg: LoopConfig) -> Optional[socket.socket
         return None  # pragma: no cover
     if get_proxy_info(hostname, secure)[0]:
         return None
-    deadline = time.monotonic() + cfg.connect_timeout
+    deadline = time.monotonic() + cfg.connect_timeout + BACKSTOP
     addresses = socket.getaddrinfo(hostname, port, 0, socket.SOCK_STREAM, socket.SOL_TCP)
     error: Optional[OSError] = None
     for family, kind, proto, _, address in addresses:
@@ -218,7 +225,7 @@ def open_socket(dial: Dial, url: str, cfg: LoopConfig) -> Optional[socket.socket
                 raise
             error = exc  # the next address, as websocket-client does
             continue
-        sock.settimeout(cfg.connect_timeout)
+        sock.settimeout(cfg.connect_timeout + BACKSTOP)
         if secure:
             dial.stage = TLS
             assert _ssl_socket is not None
@@ -253,4 +260,4 @@ def _connect(dial: Dial, sock: socket.socket, address: Any, deadline: float) -> 
         raise OSError(err, os.strerror(err))
 
 
-__all__ = ["ABORT_POLL", "Attempts", "Dial", "handshake", "open_socket"]
+__all__ = ["ABORT_POLL", "BACKSTOP", "Attempts", "Dial", "handshake", "open_socket"]

@@ -62,12 +62,12 @@ class Dialer:
             finally:
                 self._connectors.pop(threading.current_thread(), None)
 
+        # The attempt's deadline, from before the TCP connect until open (the
+        # lifecycle cancels it when the session opens or the attempt ends).
+        self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, Timer.CONNECT_TIMEOUT)
         thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
         self._connectors[thread] = dial
         thread.start()
-        # The attempt's deadline: from the TCP connect until open (the lifecycle
-        # cancels it when the session opens or the attempt ends).
-        self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, Timer.CONNECT_TIMEOUT)
 
     def settle(self, c: Union[cmd.Connected, cmd.ConnectFailed]) -> bool:
         """A connector answered: True if for the attempt in progress (its deadline
@@ -95,9 +95,10 @@ class Dialer:
 
     def join(self, deadline: Deadline) -> List[threading.Thread]:
         """Abort and join every connector until ``deadline``; those still alive."""
-        # A connector may be between its TCP connect and the moment websocket-client
-        # publishes the socket, where one abort() finds nothing to shut down: abort
-        # again every few milliseconds until it ends or the deadline passes.
+        # A connector may be between two sockets (its TCP connect and TLS, or
+        # websocket-client's own connect through a proxy), where one abort() finds
+        # nothing to shut down: abort again every few milliseconds until it ends or
+        # the deadline passes. The abort flag ends the connector's own TCP connect.
         while self._connectors:
             for thread, dial in list(self._connectors.items()):
                 dial.abort()

@@ -7,7 +7,10 @@ what outlives one connection and decides what happens between them:
 
 * the public :class:`~tether_sync.state.State` and its events;
 * connection attempts (through the :class:`~tether_sync.dialer.Dialer`), their
-  failures and handshake auth refusals;
+  failures and handshake auth refusals, and their deadline: ``connect_timeout``
+  from the TCP connect until ``open`` (handshake, hello-ok, token, auth-ok),
+  whose :class:`~tether_sync.exceptions.ConnectTimeout` names what the attempt
+  was still waiting for;
 * the :class:`~tether_sync.backoff.Backoff` and the uptime that resets it, the
   unacked messages carried to the next link (DESIGN §5);
 * ``close()``: drain until the deadline (across reconnects), then close with 1000;
