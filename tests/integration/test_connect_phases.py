@@ -146,27 +146,34 @@ def _token() -> str:
     return mint_token("phase-user", ttl=300.0)
 
 
+BEATING = {"interval": 0.1, "timeout": 0.1}  # a heartbeat far shorter than the timeout
+
 CASES = [
-    ("no-http", "the WebSocket handshake", False),
-    ("silent", "hello-ok", False),
-    ("trickle", "hello-ok", False),
-    ("no-auth-ok", "auth-ok", True),
+    ("no-http", "the WebSocket handshake", False, False),
+    ("silent", "hello-ok", False, False),
+    ("silent-heartbeat", "hello-ok", False, True),
+    ("trickle", "hello-ok", False, False),
+    ("trickle-heartbeat", "hello-ok", False, True),
+    ("no-auth-ok", "auth-ok", True, False),
 ]
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize(("mode", "phase", "auth"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("mode", "phase", "auth", "beat"), CASES, ids=[c[0] for c in CASES])
 def test_a_stalled_phase_fails_the_attempt_in_time_naming_it_then_the_next_endpoint_opens(
     mode: str,
     phase: str,
     auth: bool,
+    beat: bool,
     stall_peer: Callable[[str], StallPeer],
     make_server: Callable[..., TetherServer],
     make_client: Callable[..., TetherClient],
 ) -> None:
-    peer = stall_peer(mode)
+    peer = stall_peer(mode.replace("-heartbeat", ""))
     server = make_server(require_auth=auth)
     options: dict[str, Any] = {"connect_timeout": TIMEOUT, "reconnect": FAST}
+    if beat:  # the heartbeat runs once open: the bound before that is connect_timeout
+        options["heartbeat"] = BEATING
     if auth:
         options["auth"] = Auth(_token)
     client = make_client([peer.url, server.url], **options)
@@ -199,6 +206,34 @@ def test_a_stalled_phase_fails_the_attempt_in_time_naming_it_then_the_next_endpo
     assert server.wait_for_data(1, timeout=5)
     assert server.broadcast("news", {"n": 1}) == 1
     assert got.wait_for(lambda items: {"n": 1} in items)
+
+
+@pytest.mark.timeout(30)
+def test_a_get_token_that_takes_too_long_fails_the_attempt_naming_it_then_opens(
+    make_server: Callable[..., TetherServer], make_client: Callable[..., TetherClient]
+) -> None:
+    server = make_server(require_auth=True)
+    gate, asked = threading.Event(), threading.Event()
+
+    def slow_token() -> str:
+        asked.set()
+        assert gate.wait(10), "the test never released get_token()"
+        return _token()
+
+    client = make_client(server.url, connect_timeout=TIMEOUT, auth=Auth(slow_token))
+    retries, opens = Recorder(), Recorder()
+    client.on("reconnecting", retries)
+    client.on("open", opens)
+    client.connect()
+    assert asked.wait(10)
+    assert retries.wait_count(1)
+    cause = retries.snapshot()[0].cause
+    assert isinstance(cause, ConnectTimeout)
+    assert str(cause) == f"connect timed out after {TIMEOUT}s waiting for the token (get_token())"
+    gate.set()
+    assert opens.wait_count(1)
+    assert client.send("with the token").result(timeout=5) is None
+    assert server.wait_for_data(1, timeout=5)
 
 
 @pytest.mark.timeout(30)
