@@ -51,6 +51,7 @@ class StallPeer:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.stalls = Recorder()
+        self.heard = threading.Event()  # the first bytes of a client arrived
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -99,8 +100,10 @@ class StallPeer:
             conn.sendall(bytes([0x80 | OP_TEXT, 126]) + (60000).to_bytes(2, "big"))
         while not self._stop.is_set():
             readable, _, _ = select.select([conn], [], [], 0.02)
-            if readable and not conn.recv(65536):
-                return
+            if readable:
+                if not conn.recv(65536):
+                    return
+                self.heard.set()
             if self.mode == "trickle":
                 conn.sendall(b"x")  # the frame never completes
 
@@ -297,6 +300,24 @@ def test_a_tcp_connect_that_never_completes_times_out_naming_it(
     assert str(cause) == f"connect timed out after {TIMEOUT}s waiting for the TCP connect"
 
 
+@pytest.mark.timeout(30)
+def test_a_tls_handshake_that_never_completes_times_out_naming_it(
+    stall_peer: Callable[[str], StallPeer], make_client: Callable[..., TetherClient]
+) -> None:
+    peer = stall_peer("no-http")  # takes the ClientHello, never answers it
+    url = peer.url.replace("ws://", "wss://")
+    client = make_client(url, connect_timeout=TIMEOUT, reconnect=FAST)
+    retries = Recorder()
+    client.on("reconnecting", retries)
+    client.connect()
+    assert peer.stalls.wait_count(1)
+    assert peer.stalls.snapshot()[0] <= TIMEOUT + SLACK
+    assert retries.wait_count(1)
+    cause = retries.snapshot()[0].cause
+    assert isinstance(cause, ConnectTimeout)
+    assert str(cause) == f"connect timed out after {TIMEOUT}s waiting for the TLS handshake"
+
+
 def _close_ends_every_thread_in_time(client: TetherClient, started: threading.Event) -> None:
     client.connect()
     assert started.wait(10)
@@ -319,12 +340,13 @@ def test_close_aborts_a_tcp_connect_in_progress_and_leaves_no_thread(
 
 
 @pytest.mark.timeout(30)
-def test_close_aborts_a_websocket_handshake_in_progress_and_leaves_no_thread(
-    stall_peer: Callable[[str], StallPeer],
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_close_aborts_a_websocket_or_tls_handshake_in_progress_and_leaves_no_thread(
+    scheme: str, stall_peer: Callable[[str], StallPeer]
 ) -> None:
     peer = stall_peer("no-http")
-    client = TetherClient(peer.url, connect_timeout=30.0, heartbeat=False)
-    connecting = threading.Event()
-    client.on("state_change", lambda e: connecting.set() if e.current == "connecting" else None)
-    _close_ends_every_thread_in_time(client, connecting)
+    url = peer.url.replace("ws://", f"{scheme}://")
+    client = TetherClient(url, connect_timeout=30.0, heartbeat=False)
+    # The upgrade request (or the TLS ClientHello) arrived: the connector waits for the answer.
+    _close_ends_every_thread_in_time(client, peer.heard)
     assert peer.stalls.wait_count(1)
