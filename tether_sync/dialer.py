@@ -95,10 +95,10 @@ class Dialer:
 
     def join(self, deadline: Deadline) -> List[threading.Thread]:
         """Abort and join every connector until ``deadline``; those still alive."""
-        # A connector may be between two sockets (its TCP connect and TLS, or
-        # websocket-client's own connect through a proxy), where one abort() finds
-        # nothing to shut down: abort again every few milliseconds until it ends or
-        # the deadline passes. The abort flag ends the connector's own TCP connect.
+        # A connector may be between two sockets (one address and the next, the
+        # plain socket and its TLS one, or inside websocket-client's own connect
+        # through a proxy), where one abort() finds nothing to shut down: abort
+        # again every few milliseconds until it ends or the deadline passes.
         while self._connectors:
             for thread, dial in list(self._connectors.items()):
                 dial.abort()
