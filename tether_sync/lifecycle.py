@@ -205,23 +205,13 @@ class Lifecycle:
 
     def on_connect_timeout(self) -> None:
         """``connect_timeout`` passed before ``open``: fail the attempt, naming its phase."""
-        session = self._host.session
-        if session is not None:
-            waiting_for = _waiting_for(session.phase, self._p.authflow)
-            if waiting_for is None:
-                return  # opened, or already closing: the attempt is over
-            timeout = self._dialer.timeout_error(waiting_for)
-            log.info("connection to %s: %s", self.endpoint, timeout)
-            self._timed_out = timeout  # the cause connection_closed reports
-            # No closing handshake: a peer that answers nothing would only add
-            # the close grace to the time the attempt already took.
-            session.abort(1006, "connect timed out")
-            self._host.process_events()
+        if self._host.session is not None:
+            self._session_timed_out(self._host.session)
             return
-        late = self._dialer.timed_out()
-        if late is not None:
-            log.info("connection to %s: %s", self.endpoint, late)
-            self._attempt_failed(late)
+        timeout = self._dialer.timed_out()
+        if timeout is not None:
+            log.info("connection to %s timed out", self.endpoint)
+            self._attempt_failed(timeout)
 
     def _attempt_failed(self, cause: BaseException) -> None:
         self._p.handoff.attempt_failed(cause)
@@ -258,7 +248,6 @@ class Lifecycle:
     def connection_closed(self, session: Session, event: Closed) -> None:
         """The session is over (the loop wrote what was left): carry, retry or finish."""
         self._host.release_socket()
-        timed_out = self._timed_out
         after = after_close(
             event,
             _deliveries(session.take_unfinished()),
@@ -276,11 +265,11 @@ class Lifecycle:
         self._p.outbox.give_back(after.give_back)
         self._p.handoff.connection_closed(event)
         log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
-        cause, self._timed_out = after.cause, None
+        timed_out, self._timed_out = self._timed_out, None
         if timed_out is not None and not after.terminal:
-            cause = timed_out
-            self._p.handoff.attempt_failed(cause)  # an error event, like a refused connect
-        self.retry_or_finish(cause, terminal=after.terminal)
+            self._attempt_failed(timed_out)  # as if the handshake had timed out
+            return
+        self.retry_or_finish(after.cause, terminal=after.terminal)
 
     def retry_or_finish(self, cause: BaseException, terminal: bool = False) -> None:
         """After a failed attempt or a lost link: back off and retry, or give up."""
@@ -379,6 +368,19 @@ class Lifecycle:
         self._p.mailbox.close(closed)
         self.shutdown.release_flush_waiters()
         self._resolve_refresh(closed)
+
+    def _session_timed_out(self, session: Session) -> None:
+        """The attempt's deadline passed after the handshake, before ``open``."""
+        waiting_for = _waiting_for(session.phase, self._p.authflow)
+        if waiting_for is None:
+            return  # opened, or already closing: the attempt is over
+        timeout = self._dialer.timeout_error(waiting_for)
+        log.info("connection attempt: %s", timeout)
+        self._timed_out = timeout  # the cause connection_closed reports
+        # No closing handshake: a peer that answers nothing would only add the
+        # close grace to the time the attempt already took.
+        session.abort(1006, "connect timed out")
+        self._host.process_events()
 
     def _resolve_refresh(self, error: Optional[BaseException]) -> None:
         if self._p.authflow is not None:
