@@ -42,6 +42,7 @@ class AuthFlow:
         self._round = 0  # numbers token requests, so stale answers are dropped
         self.force_next = False  # the next connection must fetch a fresh token
         self.expires_at: Optional[float] = None  # the accepted token's expiry (epoch seconds)
+        self.fetching = False  # a token was asked for and its answer has not come yet
         self._waiters: List[Waiter] = []
 
     @property
@@ -54,6 +55,7 @@ class AuthFlow:
         """A session needs a token: fetch it on the token thread."""
         self._round += 1
         round_id = self._round
+        self.fetching = True
         build = self.auth.options.message if self._protocol == "raw" else None
 
         def reply(token: Optional[str], exp: Optional[float], err: Optional[BaseException]) -> None:
@@ -74,8 +76,11 @@ class AuthFlow:
 
     def answer(self, c: cmd.Token, session: Optional[Session], now: float) -> None:
         """The token thread answered: give the token to the session that asked."""
-        if c.round != self._round or session is None:
-            return  # stale: a newer request, or the connection is gone
+        if c.round != self._round:
+            return  # stale: a newer request
+        self.fetching = False
+        if session is None:
+            return  # the connection that asked is gone
         if c.error is not None or c.token is None:
             session.token_failed(c.error or AuthError("get_token() returned nothing"), now)
         else:

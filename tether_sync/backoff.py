@@ -136,7 +136,11 @@ def ask_policy(
     """
     try:
         value: Any = policy(attempt, elapsed, reason)
-    except Exception as exc:
+    except BaseException as exc:
+        # Anything, BaseException included: the policy runs on the I/O thread,
+        # where a SystemExit would only end the loop (never the process) and a
+        # KeyboardInterrupt can only be the policy's own raise (Python delivers
+        # Ctrl-C to the main thread). Either is reported and the default used.
         problem = TetherError(
             f"reconnect policy raised {type(exc).__name__}: {exc}; using the default delay"
         )

@@ -12,13 +12,12 @@ threads still running, so that ``close()`` can abort and join them.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union
 
 from . import commands as cmd
-from . import transport
 from .auth import TokenRefresher
 from .clock import Clock, Deadline
-from .connector import Attempts, handshake
+from .connector import Attempts, Dial, handshake
 from .exceptions import ConnectTimeout
 from .loopconfig import LoopConfig, Timer
 from .timers import TimerHeap
@@ -47,51 +46,62 @@ class Dialer:
         self._timers = timers  # the connect timeout lives in the loop's timer heap
         self._clock = clock
         self.attempts = Attempts()  # the attempt in progress, its handshaker, refusals
-        # Connector threads still running, with the websocket-client object each
-        # one handshakes with (so close() can abort it). Connectors remove
-        # themselves; dict operations are atomic, so no lock is needed.
-        self._connectors: Dict[threading.Thread, Any] = {}
+        # Connector threads still running, with the attempt each one runs (so
+        # close() can abort it). Connectors remove themselves; dict operations
+        # are atomic, so no lock is needed.
+        self._connectors: Dict[threading.Thread, Dial] = {}
 
     def dial(self, url: str) -> None:
         """Start one attempt to ``url`` on a new connector thread, and its timeout."""
-        attempt, ws = self.attempts.begin()
+        attempt, dial = self.attempts.begin()
         cfg, auth, post = self._config, self._auth, self._post
 
         def connector() -> None:
             try:
-                post(handshake(attempt, ws, url, cfg, auth))
+                post(handshake(attempt, dial, url, cfg, auth))
             finally:
                 self._connectors.pop(threading.current_thread(), None)
 
-        thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
-        self._connectors[thread] = ws
-        thread.start()
+        # The attempt's deadline, from before the TCP connect until open (the
+        # lifecycle cancels it when the session opens or the attempt ends).
         self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, Timer.CONNECT_TIMEOUT)
+        thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
+        self._connectors[thread] = dial
+        thread.start()
 
     def settle(self, c: Union[cmd.Connected, cmd.ConnectFailed]) -> bool:
-        """A connector answered: True if for the attempt in progress (its timeout is
-        cancelled); a stale answer (abandoned after a timeout or close()) is dropped."""
+        """A connector answered: True if for the attempt in progress (its deadline
+        runs on until open); a stale answer (abandoned after a timeout or close())
+        is dropped."""
         if not self.attempts.settle(c.attempt):
             if isinstance(c, cmd.Connected):
                 c.sock.close()
             return False
-        self._timers.cancel(Timer.CONNECT_TIMEOUT)
         return True
 
     def timed_out(self) -> Optional[ConnectTimeout]:
-        """The connect timeout fired: abandon the attempt (None if it already ended)."""
-        if not self.attempts.abandon():  # the connector's late answer is now stale
+        """The connect timeout fired during the handshake: abandon the attempt
+        (None if no connector runs for it)."""
+        stage = self.attempts.abandon()  # the connector's late answer is now stale
+        if stage is None:
             return None
-        return ConnectTimeout(f"no handshake within {self._config.connect_timeout}s")
+        return self.timeout_error(stage)
+
+    def timeout_error(self, waiting_for: str) -> ConnectTimeout:
+        """The cause of an attempt that timed out ``waiting_for`` something."""
+        return ConnectTimeout(
+            f"connect timed out after {self._config.connect_timeout}s waiting for {waiting_for}"
+        )
 
     def join(self, deadline: Deadline) -> List[threading.Thread]:
         """Abort and join every connector until ``deadline``; those still alive."""
-        # A connector may be between its TCP connect and the moment websocket-client
-        # publishes the socket, where one abort() finds nothing to shut down: abort
+        # A connector may be between two sockets (one address and the next, the
+        # plain socket and its TLS one, or inside websocket-client's own connect
+        # through a proxy), where one abort() finds nothing to shut down: abort
         # again every few milliseconds until it ends or the deadline passes.
         while self._connectors:
-            for thread, ws in list(self._connectors.items()):
-                transport.abort(ws)
+            for thread, dial in list(self._connectors.items()):
+                dial.abort()
                 remaining = deadline.remaining()
                 thread.join(0.01 if remaining is None else min(0.01, remaining))
             if deadline.expired:

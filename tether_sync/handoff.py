@@ -56,6 +56,7 @@ class Handoff:
         self.pending_close: Optional[CloseEvent] = None  # emitted with the next state change
         self.last_failure: Optional[BaseException] = None  # the last failed attempt's cause
         self._reported: Optional[str] = None  # the last cause reported as an error event
+        self.reported_error: Optional[BaseException] = None  # the last error event's error
         self.failures = 0  # messages dropped or failed, ever
         self.store: Optional[DurableStore] = None  # the durable outbox, if any
 
@@ -157,6 +158,8 @@ class Handoff:
         self.fail(left, ClientClosed(f"message not sent: {why}"), reason, keep=True)
 
     def error(self, exc: BaseException) -> None:
+        """An ``error`` event (the lifecycle's too: it skips one already reported)."""
+        self.reported_error = exc
         if self._wants("error"):
             self._emit(ErrorEvent(exc))
 

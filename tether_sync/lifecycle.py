@@ -7,7 +7,10 @@ what outlives one connection and decides what happens between them:
 
 * the public :class:`~tether_sync.state.State` and its events;
 * connection attempts (through the :class:`~tether_sync.dialer.Dialer`), their
-  failures and handshake auth refusals;
+  failures and handshake auth refusals, and their deadline: ``connect_timeout``
+  from the TCP connect until ``open`` (handshake, hello-ok, token, auth-ok),
+  whose :class:`~tether_sync.exceptions.ConnectTimeout` names what the attempt
+  was still waiting for;
 * the :class:`~tether_sync.backoff.Backoff` and the uptime that resets it, the
   unacked messages carried to the next link (DESIGN §5);
 * ``close()``: drain until the deadline (across reconnects), then close with 1000;
@@ -33,8 +36,8 @@ from .backoff import Backoff
 from .clock import Clock
 from .delivery import Delivery
 from .dialer import Dialer
-from .events import ErrorEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
-from .exceptions import ClientClosed, TetherError
+from .events import OpenEvent, ReconnectingEvent, StateChangeEvent
+from .exceptions import ClientClosed, ConnectTimeout, TetherError
 from .handoff import Handoff, _deliveries
 from .loopconfig import LoopConfig, Timer
 from .mailbox import Mailbox
@@ -133,6 +136,9 @@ class Lifecycle:
         self.shutdown = Shutdown()  # close() and flush() policy
         self.fatal: Optional[BaseException] = None  # why the client ended, if not by close()
         self.unsent = 0  # messages failed by the final close
+        # Set when connect_timeout ended the session of an attempt (before open):
+        # the cause its Closed event is reported with.
+        self._timed_out: Optional[ConnectTimeout] = None
 
     @property
     def endpoint(self) -> str:
@@ -161,8 +167,12 @@ class Lifecycle:
             self._emit(close)
 
     def error(self, exc: BaseException) -> None:
-        if self._wants("error"):
-            self._emit(ErrorEvent(exc))
+        """An ``error`` event for ``exc``, unless it was the last one reported (a
+        final auth refusal is reported when the session says so, then ends the client)."""
+        handoff = self._p.handoff
+        if exc is handoff.reported_error:
+            return
+        handoff.error(exc)
 
     # ------------------------------------------------------------ connecting
 
@@ -196,6 +206,10 @@ class Lifecycle:
             self._attempt_failed(c.error)
 
     def on_connect_timeout(self) -> None:
+        """``connect_timeout`` passed before ``open``: fail the attempt, naming its phase."""
+        if self._host.session is not None:
+            self._session_timed_out(self._host.session)
+            return
         timeout = self._dialer.timed_out()
         if timeout is not None:
             log.info("connection to %s timed out", redact_url(self.endpoint))
@@ -221,6 +235,7 @@ class Lifecycle:
         p.counters.opened(self._clock.monotonic(), self._opened_once)
         self._opened_once = True
         self._opened_at = self._clock.monotonic()
+        self._timers.cancel(Timer.CONNECT_TIMEOUT)  # the attempt made it in time
         self.next_delay = None
         self._dialer.attempts.refusals = 0
         if p.handoff.store is not None:
@@ -257,11 +272,16 @@ class Lifecycle:
         self._p.outbox.give_back(after.give_back)
         self._p.handoff.connection_closed(event)
         log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
+        timed_out, self._timed_out = self._timed_out, None
+        if timed_out is not None and not after.terminal:
+            self._attempt_failed(timed_out)  # as if the handshake had timed out
+            return
         self.retry_or_finish(after.cause, terminal=after.terminal)
 
     def retry_or_finish(self, cause: BaseException, terminal: bool = False) -> None:
         """After a failed attempt or a lost link: back off and retry, or give up."""
         self._host.release_socket()
+        self._timers.cancel(Timer.CONNECT_TIMEOUT)  # that attempt is over
         now = self._clock.monotonic()
         plan = plan_retry(
             cause,
@@ -356,6 +376,19 @@ class Lifecycle:
         self.shutdown.release_flush_waiters()
         self._resolve_refresh(closed)
 
+    def _session_timed_out(self, session: Session) -> None:
+        """The attempt's deadline passed after the handshake, before ``open``."""
+        waiting_for = _waiting_for(session.phase, self._p.authflow)
+        if waiting_for is None:
+            return  # opened, or already closing: the attempt is over
+        timeout = self._dialer.timeout_error(waiting_for)
+        log.info("connection attempt: %s", timeout)
+        self._timed_out = timeout  # the cause connection_closed reports
+        # No closing handshake: a peer that answers nothing would only add the
+        # close grace to the time the attempt already took.
+        session.abort(1006, "connect timed out")
+        self._host.process_events()
+
     def _resolve_refresh(self, error: Optional[BaseException]) -> None:
         if self._p.authflow is not None:
             self._p.authflow.resolve(error)
@@ -363,6 +396,17 @@ class Lifecycle:
     def crashed(self, exc: BaseException) -> None:
         """The loop itself failed (a bug): end, never leave a waiter hanging."""
         self.finish(TetherError(f"I/O loop crashed: {exc!r}"), cause=exc)
+
+
+def _waiting_for(phase: Phase, flow: Optional[AuthFlow]) -> Optional[str]:
+    """What a session not yet open waits for, as a connect timeout names it."""
+    if phase is Phase.HELLO:
+        return "hello-ok"  # the reply that decides the extension (DESIGN §5)
+    if phase is Phase.AUTH:
+        if flow is not None and flow.fetching:
+            return "the token (get_token())"
+        return "auth-ok"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

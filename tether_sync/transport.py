@@ -12,15 +12,18 @@ here, and no selector: ``loop.py`` registers the socket.
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401 - see below
+import errno
 import logging
 import re
 import socket
 import ssl
 import sys
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 from urllib.parse import urlsplit
 
 import websocket
+from websocket._socket import DEFAULT_SOCKET_OPTION
+from websocket._url import get_proxy_info, parse_url
 
 from . import deflate
 from .exceptions import ProtocolError
@@ -339,3 +342,99 @@ def abort(ws: Any) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+# What a connection attempt waits for, as a connect timeout names it.
+TCP = "the TCP connect"
+TLS = "the TLS handshake"
+UPGRADE = "the WebSocket handshake"
+
+Track = Callable[[str, Optional[socket.socket]], bool]
+"""``track(stage, sock)``: the attempt is now waiting for ``stage``, blocked on
+``sock``; returns False if the attempt was aborted meanwhile."""
+
+# ws_options keys that put a proxy (or the user's own socket) in the way.
+_NOT_DIRECT = ("http_proxy_host", "proxy_type", "socket")
+
+_ssl_socket: Optional[Callable[[socket.socket, Dict[str, Any], str], ssl.SSLSocket]]
+try:  # websocket-client's own TLS wrapping (sslopt, SNI, its CA bundle variable)
+    from websocket._http import _ssl_socket
+except ImportError:  # pragma: no cover - then websocket-client connects wss:// itself
+    _ssl_socket = None
+
+
+def open_socket(
+    url: str,
+    *,
+    timeout: float,
+    ws_options: Dict[str, Any],
+    sslopt: Optional[Dict[str, Any]],
+    track: Track,
+) -> Optional[socket.socket]:
+    """The TCP connect (and TLS for ``wss://``) on sockets an abort can reach.
+
+    websocket-client makes its socket and connects it inside ``connect()``, where
+    no other thread can reach it: ``close()`` could not end a connect in progress
+    (the connector outlived close(timeout=2) by 9.7 s). Here every socket is
+    shown to ``track`` before the call that blocks on it, so :func:`abort` of the
+    socket (a shutdown()) ends that call: on Linux a shutdown() wakes a connect()
+    in progress as it wakes a recv(); elsewhere the connect ends at ``timeout``.
+    Pass the socket to :func:`handshake` (``extra={"socket": sock}``), which then
+    only does the upgrade.
+
+    Args:
+        timeout: Seconds for each blocking call.
+        ws_options: The client's ``ws_options`` (a proxy there: None).
+        sslopt: The client's TLS options.
+        track: Told each stage and socket; False stops the attempt.
+
+    Returns:
+        The connected socket, or None where websocket-client must connect on its
+        own: a proxy (in ``ws_options`` or the environment) or the user's own
+        socket. Name resolution blocks either way (getaddrinfo() cannot be aborted).
+
+    Raises:
+        OSError: the connect or TLS failed, timed out, or was aborted.
+    """
+    if _ssl_socket is None or any(key in ws_options for key in _NOT_DIRECT):
+        return None
+    hostname, port, _, secure = parse_url(url)
+    if get_proxy_info(hostname, secure)[0]:
+        return None
+    error: Optional[OSError] = None
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        hostname, port, 0, socket.SOCK_STREAM, socket.SOL_TCP
+    ):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            for option in DEFAULT_SOCKET_OPTION:
+                sock.setsockopt(*option)
+            if not track(TCP, sock):
+                raise _aborted()
+            sock.connect(address)
+        except OSError as exc:
+            track(TCP, None)
+            sock.close()
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH):
+                raise
+            error = exc  # the next address, as websocket-client does
+            continue
+        if not secure:
+            if not track(UPGRADE, sock):
+                raise _aborted()
+            return sock
+        # The TLS handshake once the TLS socket is shown (wrapping detaches the
+        # plain one, so an abort must reach the new one).
+        options = {**(sslopt or {}), "do_handshake_on_connect": False}
+        tls = _ssl_socket(sock, options, hostname)
+        if not track(TLS, tls):
+            raise _aborted()
+        tls.do_handshake()
+        track(UPGRADE, tls)
+        return tls
+    raise error or OSError(f"no address for {hostname}")
+
+
+def _aborted() -> ConnectionAbortedError:
+    return ConnectionAbortedError(errno.ECONNABORTED, "connection attempt aborted")

@@ -139,6 +139,22 @@ def test_policy_that_raises_falls_back_and_chains_the_exception() -> None:
     assert isinstance(problem.__cause__, ZeroDivisionError)
 
 
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_policy_raising_a_base_exception_falls_back_too(exc: BaseException) -> None:
+    # It runs on the I/O thread: a SystemExit there would only end the loop.
+    def policy(attempt: int, elapsed: float, reason: Optional[BaseException]) -> float:
+        raise exc
+
+    rng = TopRng()
+    delays, _, problems, after = run(Backoff(1.0, 10.0), 1, policy, rng)
+    assert delays == [2.0] and rng.calls == [(0.0, 2.0)]  # the default full jitter
+    problem = problems[0]
+    assert isinstance(problem, TetherError)
+    assert f"raised {type(exc).__name__}" in str(problem) and "default delay" in str(problem)
+    assert problem.__cause__ is exc
+    assert after.attempt == 1
+
+
 def test_full_jitter_policy_is_the_default_as_a_value() -> None:
     mirror = random.Random(5)
     jitter = FullJitter(0.3, 30.0, random.Random(5))
