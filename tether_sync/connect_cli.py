@@ -19,6 +19,12 @@ optionally keeps printing for ``--linger`` seconds, closes, and exits
 0 when every line was delivered; 1 when any line was not (the summary on stderr
 says how many: ``N of M lines not delivered``), when the input stalled for
 ``--wait`` seconds, or when the client gave up; 2 for a usage error; 130 on Ctrl-C.
+
+Like wscat and websocat, a first connection that cannot succeed (refused, no such
+host, an HTTP answer, a refused subprotocol or TLS certificate, a failing
+``--token-cmd``) ends the command at once with exit status 1 and one line that
+says why; ``--retry`` keeps trying instead. Once a connection was open, a lost
+link is always retried (``--max-attempts`` bounds it).
 """
 
 from __future__ import annotations
@@ -598,10 +604,10 @@ def connect_main(
     """Run ``tether-sync connect`` with parsed ``args`` (see :func:`add_arguments`).
 
     Returns:
-        The exit code: 0 after EOF with every line delivered; 1 if any line was
-        not delivered, the input stalled on a full queue for ``--wait`` seconds, or
-        the client gave up (auth refused, ``--max-attempts`` reached, bad options);
-        130 on Ctrl-C.
+        The exit code: 0 after EOF with every line delivered; 1 if the first
+        connection failed (without ``--retry``), any line was not delivered, the
+        input stalled on a full queue for ``--wait`` seconds, or the client gave
+        up (auth refused, ``--max-attempts`` reached, bad options); 130 on Ctrl-C.
     """
     from .client import TetherClient
     from .events import (
