@@ -680,6 +680,7 @@ def connect_main(
     blocked_since: List[Optional[float]] = [None]  # when the pending send() began
 
     opened = threading.Event()  # a connection was open at least once
+    settled = threading.Event()  # the first connection opened, or the client gave up
     first_failure: List[Optional[str]] = [None]  # why the first connection failed
     hints: set[str] = set()  # hints given (each once)
     queued_notice = threading.Event()  # "lines are queued" said in this offline episode
@@ -711,6 +712,7 @@ def connect_main(
 
     def on_open(event: OpenEvent) -> None:
         opened.set()
+        settled.set()
         queued_notice.clear()
         printer.news("open", f"connected to {event.url}", url=event.url)
 
@@ -746,6 +748,7 @@ def connect_main(
             if first_failure[0] is None:
                 first_failure[0] = reason(event.cause)
             gave_up.set()
+            settled.set()
             return
         printer.news(
             "reconnecting",
@@ -776,6 +779,7 @@ def connect_main(
     def on_state(event: StateChangeEvent) -> None:
         if event.current == "closed" and not stopping.is_set():
             gave_up.set()
+            settled.set()
 
     client.on("message", on_message)
     client.on("open", on_open)
@@ -882,6 +886,14 @@ def connect_main(
         if gave_up.is_set():
             return give_up()
         deadline = time.monotonic() + args.wait
+        # Even with nothing to send, the end of input is no success before a
+        # connection opened: wait for the first one to open or fail.
+        if not opened.is_set():
+            settled.wait(args.wait)
+            if not opened.is_set():
+                if not gave_up.is_set() and first_failure[0] is None:
+                    first_failure[0] = f"no connection within {args.wait:g}s"
+                return give_up()
         # Flush in slices, so that a client that gives up meanwhile ends the wait.
         while not gave_up.is_set():
             remaining = deadline - time.monotonic()
