@@ -38,7 +38,10 @@ autodoc_mock_imports: List[str] = []
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 html_title = f"tether_sync {release}"
-html_theme_options = {"description": "A resilient synchronous WebSocket client"}
+html_theme_options = {
+    "description": "A resilient synchronous WebSocket client",
+    "page_width": "1200px",  # room for the examples without a scroll bar
+}
 
 
 class OptionalModule(SphinxDirective):
