@@ -18,11 +18,11 @@ from sphinx.util.docutils import SphinxDirective
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from tether_sync.version import __version__  # noqa: E402
+from tether_sync.version import __version__
 
 project = "tether_sync"
 author = "tether_sync developers"
-copyright = "2026, tether_sync developers"  # noqa: A001 - Sphinx's name
+copyright = "2026, tether_sync developers"
 version = release = __version__
 
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon"]
@@ -32,8 +32,6 @@ napoleon_use_ivar = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}
-# Optional toolkits are imported only when a dispatcher is used; never at build time.
-autodoc_mock_imports: List[str] = []
 
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
