@@ -6,7 +6,7 @@ Start the bundled server in one terminal::
 
 then, in another::
 
-    python examples/subscriber.py ws://127.0.0.1:8765/ --channel news --count 3 --send hello
+    python examples/subscriber.py ws://127.0.0.1:8765/ --channel news --count 1 --send hello
 
 The bundled server echoes each client's own messages back and fans out what its
 owner broadcasts (``TetherServer.broadcast("news", ...)``); ``--send`` publishes a

@@ -134,7 +134,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Connect to URL, send every line read from stdin (queued while "
         "offline), print inbound messages with their channel. Status goes to stderr. "
         "At EOF it waits (--wait) until every line was delivered; the exit status is 1 "
-        "if any line was not, and the summary says how many.",
+        "if any line was not, and the summary says how many. A first connection that "
+        "fails exits 1 at once with the reason (--retry keeps trying).",
     )
     add_arguments(connect)
     for command in sub.choices.values():

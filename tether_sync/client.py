@@ -19,7 +19,7 @@ import sys
 import threading
 import uuid
 import weakref
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union, overload
 
 from . import commands as cmd
 from . import delivery as deliveries
@@ -54,6 +54,7 @@ from .transport import validate_url
 log = logging.getLogger("tether_sync")
 
 Handler = Callable[[Any], None]
+_H = TypeVar("_H", bound=Callable[[Any], Any])
 
 # Clients not closed by their owner; flushed and closed at interpreter exit.
 _live_clients: weakref.WeakSet[TetherClient] = weakref.WeakSet()
@@ -272,7 +273,15 @@ class TetherClient:
 
     # ------------------------------------------------------------------ events
 
-    def on(self, name: str, handler: Optional[Handler] = None) -> Any:
+    @overload
+    def on(self, name: str, handler: None = None) -> Callable[[_H], _H]: ...
+
+    @overload
+    def on(self, name: str, handler: Handler) -> Callable[[], None]: ...
+
+    def on(
+        self, name: str, handler: Optional[Handler] = None
+    ) -> Union[Callable[[], None], Callable[[_H], _H]]:
         """Register ``handler(event)`` for event ``name``.
 
         Handlers run on the dispatcher, in order, never on the I/O thread. A
@@ -289,7 +298,7 @@ class TetherClient:
             raise ValueError(f"unknown event {name!r}; one of {', '.join(EVENT_NAMES)}")
         if handler is None:
 
-            def decorator(fn: Handler) -> Handler:
+            def decorator(fn: _H) -> _H:
                 self.on(name, fn)
                 return fn
 

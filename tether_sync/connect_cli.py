@@ -19,6 +19,12 @@ optionally keeps printing for ``--linger`` seconds, closes, and exits
 0 when every line was delivered; 1 when any line was not (the summary on stderr
 says how many: ``N of M lines not delivered``), when the input stalled for
 ``--wait`` seconds, or when the client gave up; 2 for a usage error; 130 on Ctrl-C.
+
+Like wscat and websocat, a first connection that cannot succeed (refused, no such
+host, an HTTP answer, a refused subprotocol or TLS certificate, a failing
+``--token-cmd``) ends the command at once with exit status 1 and one line that
+says why; ``--retry`` keeps trying instead. Once a connection was open, a lost
+link is always retried (``--max-attempts`` bounds it).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import sys
 import threading
 import time
 from typing import IO, TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from .delivery import Delivery
@@ -106,6 +112,38 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
     return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds above 0."""
+    value = seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+PROXY_SCHEMES = ("http", "socks4", "socks4a", "socks5", "socks5h")
+
+
+def proxy_url(text: str) -> Dict[str, Any]:
+    """argparse type: a proxy URL → websocket-client's proxy options."""
+    try:
+        parts = urlsplit(text if "://" in text else f"http://{text}")
+        port = parts.port
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid proxy {text!r}: {exc}") from None
+    if parts.scheme not in PROXY_SCHEMES or not parts.hostname:
+        raise argparse.ArgumentTypeError(
+            f"invalid proxy {text!r}: expected http://host:port or socks5://host:port"
+        )
+    options: Dict[str, Any] = {
+        "http_proxy_host": parts.hostname,
+        "http_proxy_port": port or (1080 if parts.scheme.startswith("socks") else 8080),
+        "proxy_type": parts.scheme,
+    }
+    if parts.username is not None:
+        options["http_proxy_auth"] = (unquote(parts.username), unquote(parts.password or ""))
+    return options
 
 
 def readable_file(text: str) -> str:
@@ -206,6 +244,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="give up after N reconnect attempts in a row (default: never)",
     )
+    parser.add_argument(
+        "--retry",
+        action="store_true",
+        help="keep trying when the first connection fails (default: exit 1 at once, as "
+        "wscat and websocat do; after a connection was open, it always reconnects)",
+    )
+    parser.add_argument(
+        "--origin", metavar="URL", help="the Origin header of the handshake (wscat -o)"
+    )
+    parser.add_argument(
+        "--proxy",
+        type=proxy_url,
+        metavar="URL",
+        help="connect through this proxy: http://[user:password@]host:port or socks5://host:port "
+        "(default: the http_proxy / https_proxy environment)",
+    )
+    parser.add_argument(
+        "--cert", type=readable_file, metavar="PEM", help="client certificate for wss:// (mTLS)"
+    )
+    parser.add_argument(
+        "--key",
+        type=readable_file,
+        metavar="PEM",
+        help="private key of --cert, if it is not in the same file",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between heartbeat pings (default 15)",
+    )
+    parser.add_argument(
+        "--show-rtt",
+        action="store_true",
+        help="print the round-trip time of every heartbeat (see --ping-interval)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no status lines on stderr")
     parser.add_argument(
         "-v",
@@ -223,13 +298,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-V", "--version", action="version", version=f"tether-sync {__version__}")
 
 
-def token_command(cmd: str, timeout: float = 10.0) -> Callable[[], str]:
+def token_command(
+    cmd: str, timeout: float = 10.0, on_failure: Optional[Callable[[str], None]] = None
+) -> Callable[[], str]:
     """Return a ``get_token`` that runs the shell command ``cmd`` and returns its stdout.
+
+    Args:
+        cmd: A shell command that prints the token on stdout.
+        timeout: Seconds the command may run.
+        on_failure: Called with a one-line description (the exit status and the
+            last line of the command's stderr; never its stdout, which may hold a
+            token) each time the command fails.
 
     Raises (from the returned callable):
         AuthError: the command failed, timed out, or printed nothing.
     """
     from .exceptions import AuthError
+
+    def fail(text: str, cause: Optional[BaseException] = None) -> AuthError:
+        if on_failure is not None:
+            on_failure(text)
+        error = AuthError(f"--token-cmd {text}")
+        error.__cause__ = cause
+        return error
 
     def get_token() -> str:
         try:
@@ -237,13 +328,14 @@ def token_command(cmd: str, timeout: float = 10.0) -> Callable[[], str]:
                 cmd, shell=True, capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired as exc:
-            raise AuthError(f"--token-cmd did not finish within {timeout:g}s") from exc
+            raise fail(f"did not finish within {timeout:g}s", exc) from exc
         if proc.returncode != 0:
-            detail = proc.stderr.strip().splitlines()[-1:] or [""]
-            raise AuthError(f"--token-cmd exited with status {proc.returncode}: {detail[0]}")
+            lines = proc.stderr.strip().splitlines()
+            detail = f": {lines[-1].strip()[:200]}" if lines else " (nothing on stderr)"
+            raise fail(f"exited with status {proc.returncode}{detail}")
         token = proc.stdout.strip()
         if not token:
-            raise AuthError("--token-cmd printed no token")
+            raise fail("printed no token (exit status 0, empty stdout)")
         return token
 
     return get_token
@@ -260,6 +352,8 @@ _COLORS = {
     "closed": "31;1",
     "stalled": "31;1",
     "warning": "31;1",
+    "hint": "36",  # cyan
+    "queued": "33",
 }
 
 
@@ -279,8 +373,15 @@ class _Printer:
     """
 
     def __init__(
-        self, out: IO[str], err: IO[str], json_output: bool, quiet: bool, color: bool
+        self,
+        out: IO[str],
+        err: IO[str],
+        json_output: bool,
+        quiet: bool,
+        color: bool,
+        channels: bool = True,
     ) -> None:
+        self._channels = channels  # False with --raw: no "[default]" before every line
         self._out = out
         self._err = err
         self._json = json_output
@@ -316,7 +417,8 @@ class _Printer:
             text = payload
         else:
             text = json.dumps(payload, ensure_ascii=False)
-        self._write(self._out, text if channel is None else f"[{channel}] {text}")
+        prefix = channel is not None and self._channels
+        self._write(self._out, f"[{channel}] {text}" if prefix else text)
 
     def news(self, kind: str, text: str, *, always: bool = False, **fields: Any) -> None:
         """A status line: ``* text`` on stderr (unless quiet), a record on stdout with --json.
@@ -429,11 +531,68 @@ def _client_options(args: argparse.Namespace) -> Dict[str, Any]:
     if args.insecure:
         sslopt["cert_reqs"] = CERT_NONE
         sslopt["check_hostname"] = False
+    if args.cert:
+        sslopt["certfile"] = args.cert
+    if args.key:
+        sslopt["keyfile"] = args.key
     if sslopt:
         options["sslopt"] = sslopt
     if args.compression != "none":
         options["compression"] = args.compression
+    ws_options: Dict[str, Any] = {}
+    if args.origin:
+        ws_options["origin"] = args.origin
+    if args.proxy:
+        ws_options.update(args.proxy)
+    if ws_options:
+        options["ws_options"] = ws_options
+    if args.ping_interval is not None:
+        options["heartbeat"] = {"interval": args.ping_interval}
     return options
+
+
+def describe(error: BaseException, subprotocols: Optional[List[str]] = None) -> str:
+    """One line that says what went wrong, for a status line (never a whole HTTP page).
+
+    Args:
+        error: What ended a connection attempt, or an ``error`` event's exception.
+        subprotocols: The subprotocols offered (``-s``), to name them when the
+            server accepted none.
+    """
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int):
+        first = str(error).split(" -+-+- ", 1)[0]  # websocket-client: status, headers, body
+        reason = first.replace("Handshake status ", "", 1).strip()
+        text = f"HTTP {reason or status}: the server refused the WebSocket handshake"
+        if status == 400 and subprotocols:
+            text += f" (offered subprotocols: {', '.join(subprotocols)})"
+        elif status in (404, 200, 301, 302):
+            text += " (is the path a WebSocket endpoint?)"
+        return text
+    message = str(error)
+    if subprotocols and message == "Invalid WebSocket Header":
+        return f"the server accepted none of the offered subprotocols ({', '.join(subprotocols)})"
+    if not message:
+        return type(error).__name__
+    line = message.strip().splitlines()[0] if message.strip() else message
+    if len(line) > 200:
+        line = line[:197] + "..."
+    return f"{type(error).__name__}: {line}"
+
+
+def _is_own_protocol(payload: Any) -> bool:
+    """Whether an unrouted inbound message is one of our own protocol frames (an echo)."""
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except ValueError:
+            return False
+    if not isinstance(payload, dict):
+        return False
+    kind = payload.get("type")
+    return (isinstance(kind, str) and kind.startswith("tether:")) or (
+        kind in ("subscribe", "unsubscribe") and "channel" in payload
+    )
 
 
 def connect_main(
@@ -445,10 +604,10 @@ def connect_main(
     """Run ``tether-sync connect`` with parsed ``args`` (see :func:`add_arguments`).
 
     Returns:
-        The exit code: 0 after EOF with every line delivered; 1 if any line was
-        not delivered, the input stalled on a full queue for ``--wait`` seconds, or
-        the client gave up (auth refused, ``--max-attempts`` reached, bad options);
-        130 on Ctrl-C.
+        The exit code: 0 after EOF with every line delivered; 1 if the first
+        connection failed (without ``--retry``), any line was not delivered, the
+        input stalled on a full queue for ``--wait`` seconds, or the client gave
+        up (auth refused, ``--max-attempts`` reached, bad options); 130 on Ctrl-C.
     """
     from .client import TetherClient
     from .events import (
@@ -457,10 +616,11 @@ def connect_main(
         ErrorEvent,
         MessageEvent,
         OpenEvent,
+        QueuedEvent,
         ReconnectingEvent,
         StateChangeEvent,
     )
-    from .exceptions import ClientClosed, TetherError
+    from .exceptions import AuthError, ClientClosed, ServerError, TetherError
 
     stdin = sys.stdin if stdin is None else stdin
     err = sys.stderr if stderr is None else stderr
@@ -470,16 +630,26 @@ def connect_main(
         args.json_output,
         args.quiet,
         use_color(err, args.no_color),
+        channels=not args.raw,
     )
     _configure_logging(args.verbose, err)
     if args.insecure:
         printer.news("warning", INSECURE_WARNING, always=True)
     options = _client_options(args)
+    # The last --token-cmd failure, in the command's own words (the client's AuthError
+    # says only that get_token() failed: it never repeats what a token source raised).
+    token_failure: List[Optional[str]] = [None]
+
+    def on_token_failure(text: str) -> None:
+        token_failure[0] = text
+
     try:
         client = TetherClient(
             args.url,
             protocol="raw" if args.raw else "tether",
-            auth=token_command(args.token_cmd) if args.token_cmd else None,
+            auth=token_command(args.token_cmd, on_failure=on_token_failure)
+            if args.token_cmd
+            else None,
             reconnect={"max_attempts": args.max_attempts},
             queue=dict(QUEUE),
             # An interactive client must not lose what it prints: a full buffer
@@ -509,16 +679,60 @@ def connect_main(
     stopping = threading.Event()  # we are closing: the reader stops
     blocked_since: List[Optional[float]] = [None]  # when the pending send() began
 
+    opened = threading.Event()  # a connection was open at least once
+    settled = threading.Event()  # the first connection opened, or the client gave up
+    first_failure: List[Optional[str]] = [None]  # why the first connection failed
+    hints: set[str] = set()  # hints given (each once)
+    queued_notice = threading.Event()  # "lines are queued" said in this offline episode
+    interactive = bool(getattr(stdin, "isatty", lambda: False)())
+
     last_inbound = [time.monotonic()]
+
+    def hint(key: str, text: str) -> None:
+        if key not in hints:
+            hints.add(key)
+            printer.news("hint", text, hint=key)
+
+    def reason(error: Optional[BaseException]) -> str:
+        if isinstance(error, AuthError) and token_failure[0]:
+            return f"--token-cmd {token_failure[0]}"
+        if error is None:
+            return "unknown reason"
+        return describe(error, args.subprotocols)
 
     def on_message(event: MessageEvent) -> None:
         last_inbound[0] = time.monotonic()
+        if not args.raw and event.channel is None and _is_own_protocol(event.payload):
+            hint(
+                "raw",
+                "the server sent our own Tether protocol message back: it does not speak "
+                "the Tether protocol (an echo server?); use --raw for plain WebSocket",
+            )
         printer.message(event.channel, event.payload)
 
     def on_open(event: OpenEvent) -> None:
+        opened.set()
+        settled.set()
+        queued_notice.clear()
         printer.news("open", f"connected to {event.url}", url=event.url)
 
+    def on_queued(event: QueuedEvent) -> None:
+        if not opened.is_set():
+            return  # still connecting for the first time: not news
+        if interactive:
+            depth = client.queue_depth
+            printer.news(
+                "queued",
+                f"not connected: queued ({depth} waiting), sent once connected",
+                depth=depth,
+            )
+        elif not queued_notice.is_set():
+            queued_notice.set()
+            printer.news("queued", "not connected: lines are queued and sent once connected")
+
     def on_close(event: CloseEvent) -> None:
+        if not opened.is_set() and not args.retry:
+            return  # a failed first attempt: the "cannot connect" line says why
         reason = f" {event.reason!r}" if event.reason else ""
         printer.news(
             "close",
@@ -529,6 +743,13 @@ def connect_main(
         )
 
     def on_reconnecting(event: ReconnectingEvent) -> None:
+        if not opened.is_set() and not args.retry:
+            # The first connection failed: exit like wscat and websocat (--retry waits).
+            if first_failure[0] is None:
+                first_failure[0] = reason(event.cause)
+            gave_up.set()
+            settled.set()
+            return
         printer.news(
             "reconnecting",
             f"reconnecting: attempt {event.attempt} in {event.delay:.2f}s",
@@ -541,20 +762,30 @@ def connect_main(
 
     def on_error(event: ErrorEvent) -> None:
         error = event.error
-        printer.news(
-            "error",
-            f"error: {type(error).__name__}: {error}",
-            error=f"{type(error).__name__}: {error}",
-        )
+        if not opened.is_set() and not args.retry:
+            # A failed first attempt: the one "cannot connect" line says why.
+            first_failure[0] = first_failure[0] or reason(error)
+            return
+        text = reason(error)
+        printer.news("error", f"error: {text}", error=text)
+        if isinstance(error, ServerError) and "auth" in str(error).lower():
+            if not args.token_cmd:
+                hint(
+                    "token",
+                    "the server wants a token first: pass --token-cmd CMD, a command "
+                    "that prints one",
+                )
 
     def on_state(event: StateChangeEvent) -> None:
         if event.current == "closed" and not stopping.is_set():
             gave_up.set()
+            settled.set()
 
     client.on("message", on_message)
     client.on("open", on_open)
     client.on("close", on_close)
     client.on("reconnecting", on_reconnecting)
+    client.on("queued", on_queued)
     client.on("auth_refreshed", on_auth)
     client.on("error", on_error)
     client.on("state_change", on_state)
@@ -611,6 +842,26 @@ def connect_main(
             printer.news("delivered", f"all {ledger.lines} lines delivered", count=ledger.lines)
         return code
 
+    def give_up() -> int:
+        if first_failure[0] is not None and not opened.is_set():
+            printer.news(
+                "closed",
+                f"cannot connect to {args.url}: {first_failure[0]}",
+                always=True,
+                error=first_failure[0],
+            )
+        else:
+            printer.news("closed", "the client gave up (see the errors above)", always=True)
+        return finish(1, 1.0)
+
+    last_rtt: List[Optional[float]] = [None]
+
+    def show_rtt() -> None:
+        rtt = client.stats().last_rtt
+        if rtt is not None and rtt != last_rtt[0]:
+            last_rtt[0] = rtt
+            printer.news("rtt", f"round trip {rtt * 1000:.2f} ms", rtt=rtt)
+
     client.connect()
     reader = threading.Thread(target=read_stdin, name="tether-connect-stdin", daemon=True)
     reader.start()
@@ -618,6 +869,8 @@ def connect_main(
         # A timed wait keeps the main thread responsive to Ctrl-C everywhere.
         while not reader_done.wait(0.2):
             ledger.prune()
+            if args.show_rtt:
+                show_rtt()
             if gave_up.is_set():
                 break
             since = blocked_since[0]
@@ -631,13 +884,23 @@ def connect_main(
                 )
                 return finish(1, 1.0)
         if gave_up.is_set():
-            printer.news("closed", "the client gave up (see the errors above)", always=True)
-            return finish(1, 1.0)
+            return give_up()
         deadline = time.monotonic() + args.wait
-        client.flush(timeout=args.wait)
+        # Even with nothing to send, the end of input is no success before a
+        # connection opened: wait for the first one to open or fail.
+        if not opened.is_set():
+            settled.wait(args.wait)
+            if not opened.is_set():
+                if not gave_up.is_set() and first_failure[0] is None:
+                    first_failure[0] = f"no connection within {args.wait:g}s"
+                return give_up()
+        # Flush in slices, so that a client that gives up meanwhile ends the wait.
+        while not gave_up.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or client.flush(timeout=min(0.2, remaining)):
+                break
         if gave_up.is_set():
-            printer.news("closed", "the client gave up (see the errors above)", always=True)
-            return finish(1, 1.0)
+            return give_up()
         # Replies to the last lines may still be on their way (an echo server answers
         # each line): keep printing until inbound has been quiet for a moment.
         while not gave_up.is_set():

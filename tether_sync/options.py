@@ -13,7 +13,20 @@ import inspect
 import math
 import os
 import re
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Type, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Type,
+    TypeVar,
+    Union,
+    cast,
+)
 
 QUEUE_OVERFLOW = ("drop-oldest", "drop-newest", "reject", "block")
 INBOUND_OVERFLOW = ("drop-oldest", "sample-oldest", "drop-newest", "block")
@@ -103,7 +116,8 @@ class Reconnect:
     base_delay: float = 0.3
     max_delay: float = 30.0
     max_attempts: Optional[int] = None
-    terminal_codes: FrozenSet[int] = frozenset({1008})
+    # Given as ints and ranges; __post_init__ stores the frozenset of the codes they cover.
+    terminal_codes: Collection[Union[int, range]] = frozenset({1008})
     min_uptime: float = 2.0
     policy: Optional[RetryPolicy] = None
 
@@ -123,7 +137,7 @@ class Reconnect:
         return (
             f"Reconnect(base_delay={self.base_delay!r}, max_delay={self.max_delay!r}, "
             f"max_attempts={self.max_attempts!r}, "
-            f"terminal_codes={_describe_codes(self.terminal_codes)}, "
+            f"terminal_codes={_describe_codes(cast(FrozenSet[int], self.terminal_codes))}, "
             f"min_uptime={self.min_uptime!r}, policy={self.policy!r})"
         )
 

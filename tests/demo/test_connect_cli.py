@@ -90,7 +90,7 @@ def test_connect_raw_sends_frames_as_they_are(
 
 
 def test_connect_eof_with_lines_unsent_exits_1(dead_url: str, spawn: Callable[..., Any]) -> None:
-    proc = spawn("-m", "tether_sync", "connect", dead_url, "--wait", "0.5", "--json")
+    proc = spawn("-m", "tether_sync", "connect", dead_url, "--retry", "--wait", "0.5", "--json")
     proc.send_line("nobody listens")
     proc.send_line("nor here")
     proc.close_stdin()
@@ -100,7 +100,9 @@ def test_connect_eof_with_lines_unsent_exits_1(dead_url: str, spawn: Callable[..
 
 
 def test_connect_gives_up_after_max_attempts(dead_url: str, spawn: Callable[..., Any]) -> None:
-    proc = spawn("-m", "tether_sync", "connect", dead_url, "--max-attempts", "2", "--json")
+    proc = spawn(
+        "-m", "tether_sync", "connect", dead_url, "--retry", "--max-attempts", "2", "--json"
+    )  # fmt: skip
     proc.out.expect(_is("reconnecting", attempt=2), timeout=10)
     assert proc.wait(timeout=10) == 1
     proc.out.expect(_is("closed"), timeout=2)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+import shlex
+from typing import Any, Callable, List
+
+import pytest
+
+from .conftest import REPO
 
 EXAMPLES = "examples"
 
@@ -60,3 +65,25 @@ def test_subscriber_times_out_when_too_little_arrives(
     proc = spawn(f"{EXAMPLES}/subscriber.py", tether_server.url, "--count", "1", "--timeout", "1")
     assert proc.wait(timeout=10) == 1
     proc.err.expect(lambda line: "timed out: 0 of 1" in line, timeout=2)
+
+
+def _docstring_command(script: str) -> List[str]:
+    """The ``python examples/SCRIPT ...`` line of a script's own docstring, as argv."""
+    text = (REPO / EXAMPLES / script).read_text(encoding="utf-8")
+    docstring = text.split('"""')[1]
+    (line,) = [x.strip() for x in docstring.splitlines() if f"examples/{script}" in x]
+    words = shlex.split(line, comments=True)
+    assert words[0] in ("python", "python3") and words[1] == f"{EXAMPLES}/{script}"
+    return words[1:]
+
+
+@pytest.mark.parametrize("script", ["send_messages.py", "subscriber.py", "asyncio_bridge.py"])
+def test_the_command_in_each_examples_docstring_works_as_printed(
+    script: str, tether_server: Any, spawn: Callable[..., Any]
+) -> None:
+    argv = [
+        w.replace("ws://127.0.0.1:8765/", tether_server.url) for w in _docstring_command(script)
+    ]
+    proc = spawn(*argv)
+    proc.close_stdin()
+    assert proc.wait(timeout=20) == 0, proc.err.seen

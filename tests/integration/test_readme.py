@@ -25,7 +25,9 @@ def _python_blocks() -> List[str]:
 
 
 def test_readme_has_examples() -> None:
-    assert len(_python_blocks()) >= 3
+    assert (
+        len(_python_blocks()) >= 2
+    )  # a front page: the other examples live in docs/ (tests/test_docs.py runs them)
 
 
 @pytest.mark.timeout(30)

@@ -591,19 +591,34 @@ class DemoBackend:
         n = int(_bounded("count", count, 1, 1000, integer=True))
         pad = "x" * int(_bounded("size", size, 0, 64 * 1024, integer=True))
         state = client.state.value
-        where = "sent" if state == "open" else f"queued ({state})"
         # Logged first: the sends' own events (queued, flushed...) come after it.
-        result = self._action(f"Send burst: {n} message(s) {where}")
+        self._action(f"Send burst: {n} message(s) to send() (client {state})")
         burst = next(self._bursts)
         for index in range(n):
             client.send({"burst": burst, "index": index, "pad": pad}, channel=BURST_CHANNEL)
-        return result
+        # send() returning says only that the client took them: say where they are.
+        stats = client.stats()
+        where = [f"{stats.queue_depth} waiting in the queue"]
+        if stats.unacked:
+            where.append(f"{stats.unacked} awaiting the server's ack")
+        text = f"Send burst: {n} message(s) handed to send(); {', '.join(where)}"
+        if stats.state != "open":
+            text += f" (client {stats.state}: they go out once it is open)"
+        return {"ok": True, "message": text}
 
     def flood(self, count: Any = 500) -> Dict[str, Any]:
         """Ask the server for ``count`` messages on channel ``flood`` (the slow subscriber)."""
         client = self._require_client()
         n = int(_bounded("count", count, 1, 1000, integer=True))
-        result = self._action(f"Flood: asked the server for {n} messages on {FLOOD_CHANNEL!r}")
+        state = client.state.value
+        if state == "open":
+            text = f"Flood: asking the server for {n} messages on {FLOOD_CHANNEL!r}"
+        else:  # the request waits in the queue like any message
+            text = (
+                f"Flood: the request for {n} messages is queued (client {state}); "
+                "the server floods once it arrives"
+            )
+        result = self._action(text)
         client.send({"type": "tether:control", "action": "flood", "count": n}, CONTROL_CHANNEL)
         return result
 
@@ -622,22 +637,32 @@ class DemoBackend:
         return self._action(f"Set latency: {delay * 1000:.0f} ms on server replies{note}")
 
     def refresh_token(self) -> Dict[str, Any]:
-        """Rotate the token over the open socket, on a worker thread (the request returns)."""
+        """Rotate the token over the open socket and report the server's answer.
+
+        Refused at once while the client is not open (a rotation needs the open
+        socket); otherwise the request waits for ``refresh_auth()`` (at most 5 s)
+        so that the action line says how it ended.
+        """
         client = self._require_client()
-
-        def run() -> None:
-            started = time.monotonic()
-            try:
-                client.refresh_auth(timeout=5.0)
-            except Exception as exc:
-                self._append("error", "error", f"token refresh failed: {type(exc).__name__}: {exc}")
-            else:
-                took = (time.monotonic() - started) * 1000
-                self._append("info", "auth", f"refresh_auth() returned after {took:.0f} ms")
-
-        result = self._action("Force token refresh")
-        self._spawn("tether-demo-refresh", run)
-        return result
+        state = client.state.value
+        if state != "open":
+            raise ActionConflict(
+                f"the client is not connected ({state}): a token refresh needs the open socket"
+            )
+        self._action("Force token refresh")
+        started = time.monotonic()
+        try:
+            client.refresh_auth(timeout=5.0)
+        except Exception as exc:
+            text = f"token refresh failed: {type(exc).__name__}: {exc}"
+            self._append("error", "error", text)
+            raise ActionConflict(text) from exc
+        took = (time.monotonic() - started) * 1000
+        self._append("info", "auth", f"refresh_auth() returned after {took:.0f} ms")
+        return {
+            "ok": True,
+            "message": f"Force token refresh: the server accepted a new token ({took:.0f} ms)",
+        }
 
     def crash_burst(self, count: Any = 2000) -> Dict[str, Any]:
         """Send ``count`` numbered messages and kill the server hard in the middle.
