@@ -902,7 +902,9 @@ def connect_main(
         if gave_up.is_set():
             return give_up()
         # Replies to the last lines may still be on their way (an echo server answers
-        # each line): keep printing until inbound has been quiet for a moment.
+        # each line): keep printing until inbound has been quiet for a moment, counted
+        # from the flush at the earliest (a reply cannot come before its line left).
+        last_inbound[0] = max(last_inbound[0], time.monotonic())
         while not gave_up.is_set():
             quiet_for = time.monotonic() - last_inbound[0]
             wait = min(QUIET - quiet_for, deadline - time.monotonic())

@@ -507,7 +507,7 @@ def test_connect_cli_compression_deflate(
         )
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
-        assert proc.stdout.splitlines() == [f"[default] {line}"]
+        assert proc.stdout.splitlines() == [line]  # --raw: no channel prefix
         assert server.extensions()[0] is not None
         up, down = proxy.counts()
         assert up < len(line) // 4 + 1024 and down < len(line) // 4 + 1024, (up, down)
