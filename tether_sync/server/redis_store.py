@@ -169,11 +169,20 @@ class RedisStore(Store):
         self.url = url
         self.prefix = prefix
         self.lease = lease
-        self._r: Any = (
-            client
-            if client is not None
-            else redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
-        )
+        if client is None:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            # One immediate retry: a pooled connection that died with a Redis
+            # restart is replaced at once; a Redis that is down fails fast, so
+            # the connection is closed (1011) and the client backs off.
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=5.0,
+                socket_connect_timeout=2.0,
+                retry=Retry(NoBackoff(), 1),
+            )
+        self._r: Any = client
         self._claim = self._r.register_script(_CLAIM)
         self._commit = self._r.register_script(_COMMIT)
         self._settle = self._r.register_script(_SETTLE)
