@@ -20,7 +20,7 @@ import pytest
 import websocket
 
 from tether_sync import TetherClient
-from tether_sync.server import Hub, Message, MemoryStore, Store
+from tether_sync.server import Hub, MemoryStore, Message, Store
 
 FAST = {"base_delay": 0.05, "max_delay": 0.2}
 
