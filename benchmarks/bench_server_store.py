@@ -6,8 +6,11 @@ Run from the repository root (needs ``redis-server`` on PATH and redis-py)::
     python benchmarks/bench_server_store.py -n 100000 --repeat 3
 
 Starts a ``redis-server`` on a free loopback port (append-only, ``appendfsync
-everysec``: Redis' default durability, a temp dir) and two ``tether-sync serve``
-subprocesses: one with ``--store redis://...``, one with the default MemoryStore.
+everysec``: Redis' default durability, a temp dir) and, as subprocesses, two nodes
+of each kind: a user's python-websockets server around a ``Hub`` (the README's
+example, ``on_message`` counting), and the bundled ``tether-sync serve`` (which
+also echoes every message back, so it does about twice the work per message);
+one of each with ``--store redis://...``, one with the default MemoryStore.
 Each run: ``TetherClient(url)`` with default options sends N tether envelopes
 (64-byte payload) in a loop and ``close()``\\ s, which returns once every message
 was acknowledged; the rate counts from the first ``send()`` until then. Runs go
@@ -19,6 +22,7 @@ Targets: >= 20,000 acknowledged msg/s on Redis, and >= 50 % of MemoryStore's rat
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 import statistics
@@ -46,8 +50,10 @@ def free_port() -> int:
 def start_redis(directory: str) -> Tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        + ["--appendonly", "yes", "--dir", directory],
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "yes", "--dir", directory),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -80,6 +86,45 @@ def serve(args: List[str]) -> Tuple[subprocess.Popen[str], str]:
     return proc, match.group(0)
 
 
+HUB_NODE = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+from tether_sync.server import Hub, MemoryStore
+store = MemoryStore()
+if len(sys.argv) > 1:
+    from tether_sync.server import RedisStore
+    store = RedisStore(sys.argv[1])
+count = 0
+def on_message(msg):
+    global count
+    count += 1
+hub = Hub(store=store, on_message=on_message)
+async def main():
+    async with serve(hub.serve_websockets, "127.0.0.1", 0) as server:
+        print(f"listening on ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/", flush=True)
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def hub_node(args: List[str]) -> Tuple[subprocess.Popen[str], str]:
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUB_NODE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"ws://\S+", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"hub node did not start: {line!r}")
+    return proc, match.group(0)
+
+
 def run(url: str, n: int) -> float:
     client = TetherClient(url)
     client.connect(wait=True, timeout=10)
@@ -100,33 +145,45 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    print(f"send {args.n:,} tether envelopes then close(), one client, acknowledged")
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc, redis_url = start_redis(tmp)
-        on_redis, redis_node = serve(["--store", redis_url])
-        in_memory, memory_node = serve([])
-        redis: List[float] = []
-        memory: List[float] = []
         try:
-            for _ in range(args.repeat):
-                redis.append(run(redis_node, args.n))
-                memory.append(run(memory_node, args.n))
-                memory.append(run(memory_node, args.n))
-                redis.append(run(redis_node, args.n))
+            for title, start in (
+                ("Hub in a websockets server", hub_node),
+                ("tether-sync serve", serve),
+            ):
+                store_args = ["--store", redis_url] if start is serve else [redis_url]
+                compare(title, start(store_args), start([]), args.n, args.repeat)
         finally:
-            on_redis.terminate()
-            in_memory.terminate()
-            on_redis.wait(10)
-            in_memory.wait(10)
             redis_proc.terminate()
             redis_proc.wait(10)
+    return 0
+
+
+Node = Tuple[subprocess.Popen[str], str]
+
+
+def compare(title: str, on_redis: Node, in_memory: Node, n: int, repeat: int) -> None:
+    redis: List[float] = []
+    memory: List[float] = []
+    try:
+        for _ in range(repeat):  # ABBA: drift cancels out
+            redis.append(run(on_redis[1], n))
+            memory.append(run(in_memory[1], n))
+            memory.append(run(in_memory[1], n))
+            redis.append(run(on_redis[1], n))
+    finally:
+        for proc, _ in (on_redis, in_memory):
+            proc.terminate()
+            proc.wait(10)
     for name, rates in (("redis", redis), ("memory", memory)):
         print(f"  ({name}: {', '.join(f'{r / 1000:.1f}' for r in rates)} k/s)", file=sys.stderr)
     m_redis, m_memory = statistics.median(redis), statistics.median(memory)
-    print(f"send {args.n:,} tether envelopes then close(), one client, acknowledged")
-    print(f"  node on MemoryStore          {m_memory / 1000:7.1f} k/s")
-    print(f"  node on Redis                {m_redis / 1000:7.1f} k/s   (target >= 20 k/s)")
+    print(f"{title}:")
+    print(f"  on MemoryStore               {m_memory / 1000:7.1f} k/s")
+    print(f"  on Redis                     {m_redis / 1000:7.1f} k/s   (target >= 20 k/s)")
     print(f"  Redis / MemoryStore          {100 * m_redis / m_memory:6.1f} %   (target >= 50 %)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -739,6 +739,8 @@ class Hub:
 
     def _settle_broken(self, sid: str) -> None:
         """Settle the claim a store failure left open on this node, committing what it delivered."""
+        if not self._broken:  # the common case, read without the lock
+            return
         with self._lock:
             broken = self._broken.get(sid)
         if broken is None:
@@ -751,6 +753,9 @@ class Hub:
     def _claim(self, sid: str, owner: str, seqs: List[int]) -> List[int]:
         # Another owner (the session's old connection, here or on another node)
         # holds a claim: wait for its commit, or for its lease to end if it died.
+        fresh = self.store.claim(sid, owner, seqs)
+        if fresh is not None:
+            return fresh
         waited = threading.Event()
         delay = 0.002
         deadline = time.monotonic() + getattr(self.store, "lease", 5.0) + 5.0

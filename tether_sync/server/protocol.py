@@ -420,9 +420,12 @@ class Session:
         duplicate = False
         if frame.seq is not None:
             assert self.sid is not None  # ack_on is set by an accepted hello
-            flags, highest = await self._call(
-                self.host._accept_run, self.sid, self.owner, [frame.message]
-            )
+            if self.host.blocking_store:
+                flags, highest = await self._call(
+                    self.host._accept_run, self.sid, self.owner, [frame.message]
+                )
+            else:  # one process: no hop, as before the store existed
+                flags, highest = self.host._accept_run(self.sid, self.owner, [frame.message])
             self.highest = max(self.highest, highest)
             duplicate = not flags[0]
         await self._finish(frame, duplicate)
