@@ -206,3 +206,27 @@ def test_store_publication_round_trips_through_pub_sub(redis_server: Any, hubs: 
         "offset": 1,
         "epoch": pub.epoch,
     }
+
+
+def test_a_commit_lost_to_a_redis_restart_is_settled_before_the_next_claim(
+    redis_server: Any, hubs: List[Hub]
+) -> None:
+    from tether_sync.server import StoreUnavailable
+
+    hub = Hub(_store(redis_server), node="n")
+    hubs.append(hub)
+    delivered: List[int] = []
+
+    def deliver(msg: Message) -> None:
+        delivered.append(msg.seq or 0)
+        if msg.seq == 2:
+            redis_server.stop()  # Redis goes away between delivery and commit
+
+    with pytest.raises(StoreUnavailable):
+        hub._accept_run("s", "n/1", _messages("s", [1, 2]), deliver)
+    redis_server.start()
+    # The client reconnects (a new owner on this node) and resends 1-3: 1 and 2
+    # were delivered before the failure, so only 3 is new, and at once (no lease wait).
+    flags, highest = hub._accept_run("s", "n/2", _messages("s", [1, 2, 3]), deliver)
+    assert delivered == [1, 2, 3]
+    assert flags == [False, False, True] and highest == 3

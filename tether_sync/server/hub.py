@@ -27,20 +27,23 @@ together, read while the previous batch was being stored):
 A client that sends no ``tether:hello`` gets plain §3: its data reaches
 ``on_message`` without dedupe or ack, and subscriptions get plain envelopes.
 
-Locks: :attr:`Hub._lock` guards the node's subscriber registry and its
-per-channel positions, and is held while a publication is handed to peers so
-that every peer sees a channel in offset order (peers' ``post`` never blocks
-for long). The hub never calls the store while holding it.
+Locks: :attr:`Hub._lock` guards the node's subscriber registry, its
+per-channel positions, its live sessions and its broken claims, and is held
+while a publication is handed to peers so that every peer sees a channel in
+offset order (peers' ``post`` never blocks for long). The hub never calls the
+store while holding it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import math
 import os
+import queue
 import socket
 import threading
 import time
@@ -384,6 +387,8 @@ class Hub:
         self._subs: Dict[str, Dict[Peer, Union[List[Publication], Tuple[str, int]]]] = {}
         # channel -> (epoch, newest offset handed to this node's peers).
         self._positions: Dict[str, Tuple[str, int]] = {}
+        # sid -> open connections of it on this node (also under _lock).
+        self._live: Dict[str, int] = {}
         # sid -> (owner, delivered): claims a store failure left open (also under _lock).
         self._broken: Dict[str, Tuple[str, int]] = {}
         self._owners = itertools.count(1)
@@ -416,6 +421,7 @@ class Hub:
             if settle is not None:
                 self._settle = settle
             if not self._feeding:
+                self.store.keep_alive(self._live_sessions)
                 self.store.open(self.node, self._feed, self._resync)
                 self._feeding = True
             # Raises StoreUnavailable when the store is down: the hub then
@@ -644,16 +650,29 @@ class Hub:
     def _hello(self, sid: str) -> int:
         try:
             self.start()
-            return self.store.hello(sid)
+            acked = self.store.hello(sid)
         except StoreUnavailable:
             self.metrics.store_errors += 1
             raise
+        with self._lock:
+            self._live[sid] = self._live.get(sid, 0) + 1
+        return acked
 
     def _goodbye(self, sid: str) -> None:
+        with self._lock:
+            left = self._live.get(sid, 0) - 1
+            if left > 0:
+                self._live[sid] = left
+            else:
+                self._live.pop(sid, None)
         try:
             self.store.goodbye(sid)
         except StoreUnavailable:
             pass
+
+    def _live_sessions(self) -> List[str]:
+        with self._lock:
+            return list(self._live)
 
     def _accept_run(
         self,
@@ -902,6 +921,8 @@ class Hub:
                     break
         finally:
             reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reading
             conn.ended()
             peer.finish()
             try:
@@ -918,18 +939,12 @@ class Hub:
         and Flask-Sock / simple-websocket ones (``receive``/``send``).
         """
         self.start()
-        lock = threading.Lock()  # serialises writes from this and the feed's threads
         simple = not hasattr(ws, "recv") and hasattr(ws, "receive")
-
-        def write(text: str) -> bool:
-            try:
-                with lock:
-                    ws.send(text)
-                return True
-            except Exception:
-                return False
-
-        peer = _SyncPeer(write)
+        # Frames go out through one writer thread, so posting (under the hub's
+        # lock, from any thread) never waits for a slow client.
+        peer = _SyncPeer(ws.send)
+        writer = threading.Thread(target=peer.run, name="tether-hub-writer", daemon=True)
+        writer.start()
         conn = _Connection(self, peer)
         verdict: Optional[Tuple[int, str]] = None
         try:
@@ -946,7 +961,8 @@ class Hub:
                 verdict = conn.process(batch)
         finally:
             conn.ended()
-            peer.alive = False
+            peer.finish()
+            writer.join(5.0)
             if verdict is not None:
                 try:
                     if simple:
@@ -996,14 +1012,33 @@ async def _write_loop(peer: _AsyncPeer, send: Callable[[str], Awaitable[None]]) 
 
 
 class _SyncPeer(Peer):
-    """A peer on a blocking connection: frames are written by whoever posts them."""
+    """A peer on a blocking connection: frames queue for its writer thread (:meth:`run`)."""
 
-    def __init__(self, write: Callable[[str], bool]) -> None:
-        self.write = write
+    def __init__(self, send: Callable[[str], Any]) -> None:
+        self.send = send
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.alive = True
 
     def post(self, text: str) -> bool:
-        return self.alive and self.write(text)
+        if not self.alive:
+            return False
+        self.queue.put(text)
+        return True
+
+    def finish(self) -> None:
+        self.alive = False
+        self.queue.put(_END)
+
+    def run(self) -> None:
+        """The writer thread: send queued frames in order until :meth:`finish`."""
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                return
+            try:
+                self.send(item)
+            except Exception:  # the connection is gone: drain until finish()
+                self.alive = False
 
 
 def _sync_recv(ws: Any, simple: bool, timeout: Optional[float]) -> Optional[Data]:

@@ -43,6 +43,7 @@ number too big for a float (``1e400``) is read as infinity, which goes out as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -351,6 +352,8 @@ class Session:
                     return
         finally:
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _handle_batch(self, batch: List[Union[str, bytes]]) -> None:
         run: List[_Frame] = []

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .protocol import encode
@@ -194,6 +195,7 @@ class RedisStore(Store):
         self._node = ""
         self._feed: Optional[Feed] = None
         self._resync: Optional[Callable[[], None]] = None
+        self._live: Optional[Callable[[], Sequence[str]]] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -219,6 +221,14 @@ class RedisStore(Store):
         # The position outlives the history, so offsets do not restart after a
         # quiet spell; a day of silence starts a new epoch.
         return max(86400, int(self.history_age) * 2)
+
+    def keep_alive(self, live: Callable[[], Sequence[str]]) -> None:
+        """Refresh the TTL of the sessions ``live()`` names every third of ``session_ttl``.
+
+        A session key otherwise expires ``session_ttl`` after its last hello or
+        commit, even while a quiet connection of it is open.
+        """
+        self._live = live
 
     def open(self, node: str, feed: Feed, resync: Callable[[], None]) -> None:
         """Start the pub/sub thread that feeds every publication to ``feed``."""
@@ -261,10 +271,14 @@ class RedisStore(Store):
                     self._resync()  # what was published while the feed was down
                 first = False
                 delay = 0.05
+                refresh_at = time.monotonic()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None and message.get("type") == "pmessage":
                         self._deliver(message["channel"], message["data"])
+                    if self._live is not None and time.monotonic() >= refresh_at:
+                        refresh_at = time.monotonic() + max(1.0, self.session_ttl / 3)
+                        self.touch(self._live())
             except self._redis_mod.RedisError as exc:
                 ready.set()
                 first = False

@@ -111,6 +111,9 @@ class Store:
     def touch(self, sids: Sequence[str]) -> None:
         """Keep live sessions from expiring (called now and then by the hub)."""
 
+    def keep_alive(self, live: Callable[[], Sequence[str]]) -> None:
+        """Refresh the sessions ``live()`` names now and then (a store with its own TTLs)."""
+
     def claim(self, sid: str, owner: str, seqs: Sequence[int]) -> Optional[List[int]]:
         """Claim the new ``seqs`` of ``sid`` for ``owner``.
 
