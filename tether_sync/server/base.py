@@ -372,6 +372,12 @@ class ServerBase:
         ]
         return self.hub._accept_run(sid, owner, run, self._delivered)
 
+    def _accept_one(self, sid: str, owner: str, message: Dict[str, Any]) -> Tuple[bool, int]:
+        seq: int = message["seq"]
+        if self._record_fd is None:
+            return self.hub._accept_one(sid, owner, seq, None)
+        return self.hub._accept_one(sid, owner, seq, lambda: self._write_record(sid, message))
+
     def _highest(self, sid: str) -> int:
         return self._store.highest(sid)
 

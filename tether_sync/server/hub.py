@@ -750,6 +750,34 @@ class Hub:
             return flags, self.store.highest(sid) if sid is not None else 0
         return flags, highest
 
+    def _accept_one(
+        self, sid: str, owner: str, seq: int, deliver: Optional[Callable[[], Any]]
+    ) -> Tuple[bool, int]:
+        """:meth:`_accept_run` for one message, without building a :class:`Message`.
+
+        The bundled server's per-message path (one process, no batching).
+
+        Returns:
+            Whether it was delivered, and the session-wide highest to ack.
+        """
+        if self._broken:
+            self._settle_broken(sid)
+        fresh = self.store.claim(sid, owner, (seq,))
+        if fresh is None:
+            fresh = self._claim(sid, owner, [seq])
+        if not fresh:
+            self.metrics.duplicates_dropped += 1
+            return False, self.store.highest(sid)
+        if deliver is not None:
+            try:
+                deliver()
+            except Exception as exc:
+                self.store.commit(sid, owner, 0)
+                log.exception("delivery raised: the message is not acked")
+                raise _AppError() from exc
+        self.metrics.delivered += 1
+        return True, self.store.commit(sid, owner, seq)
+
     def _note_broken(self, sid: str, owner: str, done: int) -> None:
         with self._lock:
             previous = self._broken.get(sid)

@@ -49,7 +49,6 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -58,6 +57,7 @@ from typing import (
     Deque,
     Dict,
     List,
+    NamedTuple,
     Optional,
     Protocol,
     Tuple,
@@ -136,6 +136,9 @@ class SessionHost(Protocol):
         self, sid: str, owner: str, messages: List[Dict[str, Any]]
     ) -> Tuple[List[bool], int]:
         """Deliver data envelopes with a ``seq`` once: per message whether new, and the highest."""
+
+    def _accept_one(self, sid: str, owner: str, message: Dict[str, Any]) -> Tuple[bool, int]:
+        """:meth:`_accept_run` for one message: whether new, and the highest."""
 
     def _highest(self, sid: str) -> int:
         """The session's highest accepted ``seq``."""
@@ -221,8 +224,7 @@ def _clamp(value: Any, low: int, high: int, default: int) -> Union[int, float]:
     return min(max(number, low), high)
 
 
-@dataclass(frozen=True)
-class _Frame:
+class _Frame(NamedTuple):
     """One received message, parsed and classified, before it is recorded and answered."""
 
     data: Union[str, bytes]
@@ -427,10 +429,11 @@ class Session:
                 flags, highest = await self._call(
                     self.host._accept_run, self.sid, self.owner, [frame.message]
                 )
-            else:  # one process: no hop, as before the store existed
-                flags, highest = self.host._accept_run(self.sid, self.owner, [frame.message])
+                duplicate = not flags[0]
+            else:  # one process: no hop, no batch
+                delivered, highest = self.host._accept_one(self.sid, self.owner, frame.message)
+                duplicate = not delivered
             self.highest = max(self.highest, highest)
-            duplicate = not flags[0]
         await self._finish(frame, duplicate)
 
     def _prepare(self, data: Union[str, bytes]) -> _Frame:
