@@ -1,7 +1,8 @@
 """``Hub`` inside servers written as a user would, checked with the real ``TetherClient`` (§5).
 
 Each server is a few lines around :class:`~tether_sync.server.Hub`: a python-websockets
-asyncio server, a Starlette app under uvicorn, and a threaded ``websockets.sync`` server.
+asyncio server, a Starlette app under uvicorn, a threaded ``websockets.sync`` server and
+a Flask-Sock route under werkzeug.
 Each must give a client hello-ok, acks, dedupe and resume, and give a client that
 sends no hello plain §3. The only test scaffolding in them: a ``gate`` that turns
 connections away (so the test knows the client is offline while it publishes) and
@@ -99,9 +100,7 @@ def start_asgi(app: App) -> None:
             await websocket.close(1013)
             return
         loop = asyncio.get_running_loop()
-        app.closers.append(
-            lambda: asyncio.run_coroutine_threadsafe(websocket.close(1012), loop)
-        )
+        app.closers.append(lambda: asyncio.run_coroutine_threadsafe(websocket.close(1012), loop))
         await app.hub.serve_asgi(websocket)
 
     starlette_app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
@@ -147,10 +146,44 @@ def start_sync(app: App) -> None:
     app.stop = stop
 
 
-STARTERS = {"websockets": start_websockets, "asgi": start_asgi, "sync": start_sync}
+def start_flask_sock(app: App) -> None:
+    pytest.importorskip("flask_sock")
+    from flask import Flask
+    from flask_sock import Sock
+    from werkzeug.serving import make_server
+
+    flask_app = Flask(__name__)
+    sock = Sock(flask_app)
+
+    @sock.route("/ws")  # type: ignore[misc]
+    def tether(ws: Any) -> None:  # the user's Flask-Sock route, on a werkzeug thread
+        if app.gate.is_set():
+            ws.close(reason=1013)
+            return
+        app.closers.append(lambda: ws.close(reason=1012))
+        app.hub.serve_sync(ws)
+
+    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="test-werkzeug", daemon=True)
+    thread.start()
+    app.url = f"ws://127.0.0.1:{server.port}/ws"
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join(10)
+
+    app.stop = stop
 
 
-@pytest.fixture(params=["websockets", "asgi", "sync"])
+STARTERS = {
+    "websockets": start_websockets,
+    "asgi": start_asgi,
+    "sync": start_sync,
+    "flask-sock": start_flask_sock,
+}
+
+
+@pytest.fixture(params=list(STARTERS))
 def app(request: Any) -> Iterator[App]:
     made = App(MemoryStore())
     STARTERS[request.param](made)
