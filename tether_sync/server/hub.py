@@ -62,7 +62,7 @@ from typing import (
     Union,
 )
 
-from .protocol import encode, parse_json
+from .codec import encode, parse_json
 from .reliable import FEATURES, seq_of, valid_session
 from .store import MemoryStore, Publication, Store, StoreUnavailable
 
@@ -240,7 +240,7 @@ class ServerProtocol:
                 pong["ts"] = message["ts"]
             return [Send(encode(pong))]
         if kind == "tether:hello":
-            return self._hello(message, first)
+            return [self.hello(message, first)]
         if kind == "tether:auth":
             return [Auth(message.get("token"))]
         if "channel" not in message or kind not in ("data", "subscribe", "unsubscribe"):
@@ -271,7 +271,18 @@ class ServerProtocol:
             return [Subscribe(channel, message.get("epoch"), message.get("offset"), self.resume_on)]
         return [Unsubscribe(channel)]
 
-    def _hello(self, message: Dict[str, Any], first: bool) -> List[Event]:
+    @property
+    def pending_features(self) -> Tuple[str, ...]:
+        """The features a hello waiting for :meth:`hello_ok` will grant."""
+        return tuple(self._pending_hello[1]) if self._pending_hello is not None else ()
+
+    def hello(self, message: Dict[str, Any], first: bool) -> Union[Send, Hello]:
+        """Decide a ``tether:hello`` (rules 1-2): a :class:`Hello` to attach, or the error.
+
+        Args:
+            message: The parsed hello.
+            first: Whether it was the connection's first frame.
+        """
         sid = message.get("session")
         reason = None
         if not first or self.session is not None:
@@ -282,7 +293,7 @@ class ServerProtocol:
             error: Dict[str, Any] = {"type": "tether:error", "error": reason}
             if "id" in message:
                 error["id"] = message["id"]
-            return [Send(encode(error))]
+            return Send(encode(error))
         assert isinstance(sid, str)
         asked = message.get("features")
         granted: List[str] = []
@@ -290,7 +301,7 @@ class ServerProtocol:
             if isinstance(feature, str) and feature in self.features and feature not in granted:
                 granted.append(feature)
         self._pending_hello = (sid, granted)
-        return [Hello(sid)]
+        return Hello(sid)
 
     def hello_ok(self, acked: int) -> Send:
         """The store attached the session: take it and answer ``hello-ok`` (rules 1-2)."""

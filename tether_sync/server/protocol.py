@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -67,7 +66,9 @@ from typing import (
 
 from websockets.exceptions import ConnectionClosed
 
-from .reliable import FEATURES, seq_of, valid_session
+from .codec import encode, parse_json
+from .hub import Hello, ServerProtocol
+from .reliable import seq_of
 from .state import Received, TetherConnection
 from .store import StoreUnavailable
 from .tokens import decode_token, now_ms
@@ -156,58 +157,6 @@ class SessionHost(Protocol):
         """Blackhole or pause reading one connection for ``seconds``."""
 
 
-def _reject_constant(name: str) -> Any:
-    # JSON.parse refuses NaN and Infinity, so such text is "not JSON" for us too.
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def parse_json(data: Union[str, bytes]) -> Tuple[Any, bool]:
-    """Parse a text or binary message as JSON.
-
-    Returns:
-        ``(value, True)`` on success, ``(None, False)`` when it is not JSON
-        (including binary data that is not UTF-8).
-    """
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, parse_constant=_reject_constant), True
-    except (ValueError, RecursionError):
-        # ValueError: JSONDecodeError and UnicodeDecodeError. RecursionError:
-        # JSON nested too deep for the parser, e.g. "[[[[...", which is valid.
-        return None, False
-
-
-def _finite(value: Any) -> Any:
-    # JSON.stringify writes Infinity (what 1e400 parses to) as null.
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def encode(message: Any) -> str:
-    """Encode like ``JSON.stringify``: compact, key order kept, non-ASCII left as is.
-
-    A lone surrogate (possible when a client sent ``"\\ud800"``) cannot be
-    UTF-8 encoded for a text frame, so then it falls back to ``\\u`` escapes,
-    which is also what ``JSON.stringify`` does. An infinite number (a client's
-    ``1e400``) becomes ``null``, as there.
-    """
-    try:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError:  # an infinite float somewhere: rare, so checked only now
-        message = _finite(message)
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return text
-
-
 def _number(value: Any) -> Optional[Union[int, float]]:
     # JSON numbers only: strings, booleans and NaN count as missing (bug S5 not copied).
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -257,6 +206,8 @@ class Session:
         # session-wide highest the last accepted run reported.
         self.owner = host.hub._new_owner()
         self.highest = 0
+        # Rules 1-2 (which hello is answered, which features are granted).
+        self.proto = ServerProtocol()
 
     async def run(self) -> None:
         """Read and handle messages in arrival order until the connection ends."""
@@ -533,34 +484,24 @@ class Session:
     # The extension (DESIGN §5)
 
     async def hello(self, message: Dict[str, Any], first: bool) -> None:
-        """Answer a ``tether:hello``: ``hello-ok`` by rules 1-2, else ``tether:error``."""
-        sid = message.get("session")
-        reason = None
-        if not first or self.sid is not None:
-            reason = "hello must be the first frame"
-        elif not valid_session(sid):
-            reason = "hello needs a session id of 1 to 64 characters"
-        if reason is not None:
-            error: Dict[str, Any] = {"type": "tether:error", "error": reason}
-            if "id" in message:
-                error["id"] = message["id"]
-            await self.reply(error)
+        """Answer a ``tether:hello``: ``hello-ok`` by rules 1-2, else ``tether:error``.
+
+        The decision is the hub's sans-I/O :class:`~tether_sync.server.hub.ServerProtocol`'s,
+        the same every adapter uses; the session is attached through the hub's store.
+        """
+        event = self.proto.hello(message, first)
+        if not isinstance(event, Hello):
+            await self.reply(event.text)  # the tether:error of rule 2
             return
-        assert isinstance(sid, str)
-        asked = message.get("features")
-        granted: List[str] = []
-        for feature in asked if isinstance(asked, list) else ():
-            if isinstance(feature, str) and feature in FEATURES and feature not in granted:
-                granted.append(feature)
-        acked = await self._call(self.host._hello, self.conn, sid, tuple(granted))
+        granted = list(self.proto.pending_features)
+        acked = await self._call(self.host._hello, self.conn, event.session, tuple(granted))
         self.highest = acked
-        self.sid = sid
-        self.ack_on = "ack" in granted
-        self.resume_on = "resume" in granted
+        answer = self.proto.hello_ok(acked)
+        self.sid = self.proto.session
+        self.ack_on = self.proto.ack_on
+        self.resume_on = self.proto.resume_on
         log.info("connection %d: hello, features %s, acked %d", self.conn.id, granted, acked)
-        await self.reply(
-            {"type": "tether:hello-ok", "session": sid, "features": granted, "acked": acked}
-        )
+        await self.reply(answer.text)
 
     async def count_for_ack(self) -> None:
         """Note one more message with a seq; ack now at ``ACK_EVERY``, else arm the timer."""
@@ -586,7 +527,7 @@ class Session:
         # the session may have raised it). A remote store: the highest its
         # last commit for this connection reported, so no round trip per ack.
         highest = self.highest if self.host.blocking_store else self.host._highest(self.sid)
-        await self.reply({"type": "tether:ack", "seq": highest})
+        await self.reply(ServerProtocol.ack(highest).text)
 
     async def subscribe(self, channel: str, message: Dict[str, Any]) -> None:
         """Subscribe; a ``resume`` connection gets ``tether:subscribed``, then any replay.
@@ -660,9 +601,13 @@ class Session:
 
     # Output
 
-    async def reply(self, message: Dict[str, Any]) -> None:
-        """Send a reply through this connection's latency (pong, auth-ok, echo, error)."""
-        text = encode(message)
+    async def reply(self, message: Union[Dict[str, Any], str]) -> None:
+        """Send a reply through this connection's latency (pong, auth-ok, echo, error).
+
+        Args:
+            message: The reply, or its encoded text.
+        """
+        text = message if isinstance(message, str) else encode(message)
         delay = self.conn.latency
         if delay <= 0:
             await self.send(text)

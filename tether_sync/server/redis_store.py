@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .protocol import encode
+from .codec import encode
 from .store import Feed, Publication, Resume, Store, StoreUnavailable
 
 __all__ = ["RedisStore"]

@@ -250,7 +250,7 @@ class MemoryStore(Store):
 
     def publish(self, channel: str, envelope: Dict[str, Any]) -> Publication:
         """Number, keep and hand ``envelope`` to the feed, all under the store's lock."""
-        from .protocol import encode
+        from .codec import encode
 
         with self._lock:
             copy = self._channels.publish(channel, envelope)
