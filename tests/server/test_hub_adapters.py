@@ -328,3 +328,25 @@ def test_an_application_error_acks_nothing_and_closes_with_1011() -> None:
         if ws is not None:
             ws.close()
         made.stop()
+
+
+def test_auth_callable_guards_data_and_its_verdict_is_answered() -> None:
+    made = App(MemoryStore())
+    made.hub.auth = lambda token: token == "good"
+    start_websockets(made)
+    ws: Optional[websocket.WebSocket] = None
+    try:
+        ws = websocket.create_connection(made.url, timeout=10)
+        ws.send(json.dumps({"channel": "c", "type": "data", "payload": 0, "id": "early"}))
+        assert _recv_json(ws) == {"type": "tether:error", "error": "auth required", "id": "early"}
+        ws.send(json.dumps({"type": "tether:auth", "token": "bad"}))
+        assert _recv_json(ws) == {"type": "tether:auth-ok", "ok": False}
+        ws.send(json.dumps({"type": "tether:auth", "token": "good"}))
+        assert _recv_json(ws) == {"type": "tether:auth-ok", "ok": True}
+        ws.send(json.dumps({"channel": "c", "type": "data", "payload": 1, "id": "late"}))
+        assert made.wait_received(1)
+        assert [m.payload for m in made.received] == [1]
+    finally:
+        if ws is not None:
+            ws.close()
+        made.stop()
