@@ -314,6 +314,9 @@ class Session:
             frame = self._prepare(data)
             if frame.seq is not None:
                 run.append(frame)
+                if len(run) >= ACK_EVERY:  # rule 5: acked at the 64th (count_for_ack)
+                    await self._store_run(run)
+                    run = []
                 continue
             if run:
                 await self._store_run(run)
