@@ -109,6 +109,8 @@ def _public_names() -> Iterator[str]:
     yield "tether_sync.server.TetherServer"
     yield "tether_sync.server.mint_token"
     yield "tether_sync.otel.instrument"
+    for name in ("Hub", "MemoryStore", "RedisStore"):
+        yield f"tether_sync.server.{name}"
 
 
 def _is_enum_member(cls: type, attr: str) -> bool:

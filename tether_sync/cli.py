@@ -16,7 +16,7 @@ DESCRIPTION = (
     "shows each command's options."
 )
 
-EXTRAS = {"websockets": "server", "flask": "demo", "werkzeug": "demo"}
+EXTRAS = {"websockets": "server", "flask": "demo", "werkzeug": "demo", "redis": "redis"}
 """Optional dependency (top-level module) → the extra that installs it."""
 
 
@@ -107,6 +107,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="append every accepted data message to PATH as a JSON line, written before its ack",
     )
     serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep sessions and channel history in Redis (redis://HOST:PORT/DB): "
+        "nodes on one Redis are one service (default: in this process)",
+    )
+    serve.add_argument(
+        "--node",
+        metavar="NAME",
+        help="this node's name on a shared store, stable across restarts "
+        "(default: from --record, else host and pid)",
+    )
+    serve.add_argument(
         "--compression",
         choices=("none", "deflate"),
         default="none",
@@ -182,6 +194,8 @@ def _run(args: Any) -> int:
             history_max_age=args.history_max_age,
             record_path=args.record,
             compression=None if args.compression == "none" else args.compression,
+            store=args.store,
+            node=args.node,
         )
     if args.command == "demo":
         try:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
@@ -99,3 +105,89 @@ def connect() -> Iterator[Callable[..., Client]]:
     finally:
         for client in clients:
             client.close()
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, with its data in a temp dir.
+
+    Append-only file on (fsync on every write), no RDB snapshots: a
+    :meth:`restart` keeps everything that was acknowledged.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self.port = _free_port()
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            threading.Event().wait(0.02)  # polling a port that is not listening yet
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        """SHUTDOWN (SIGTERM): the append-only file is flushed."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh ``redis-server`` for one test (skipped when the binary is missing)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    pytest.importorskip("redis")
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = RedisServer(str(directory)).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import math
 import os
@@ -35,9 +36,10 @@ from typing import (
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.protocol import State
 
+from .hub import Hub, Message, Peer
 from .protocol import Session, encode
-from .reliable import ChannelHistory, Resume, SessionTable
 from .state import OutgoingData, Received, TetherConnection
+from .store import MemoryStore, Store, StoreUnavailable
 from .transport import GatedConnection, NoDebugLogger, connection_class
 
 __all__ = ["ServerBase", "is_data", "to_frame"]
@@ -66,6 +68,8 @@ class ServerBase:
         record_path: Optional[str] = None,
         compression: Optional[str] = None,
         clock: Callable[[], float] = time.monotonic,
+        store: Optional[Store] = None,
+        node: Optional[str] = None,
     ) -> None:
         """Configure the server; nothing listens until :meth:`start`."""
         if not math.isfinite(session_ttl) or session_ttl < 0:
@@ -86,10 +90,22 @@ class ServerBase:
         self.record_path = record_path
         self.compression = compression
         self._clock = clock
-        # DESIGN §5 state, under _cond. Sessions survive stop()/start(); the
-        # channel history restarts (new epochs) at every start().
-        self._sessions = SessionTable(session_ttl)
-        self._channels = ChannelHistory(history_size, history_max_age)
+        # DESIGN §5 state lives in the hub's store (its own lock). With the
+        # default MemoryStore sessions survive stop()/start() and the channel
+        # history restarts (new epochs) at every start(); a shared store
+        # (RedisStore) keeps both, as the service outlives one node.
+        self._store: Store = store if store is not None else MemoryStore(clock)
+        if node is None and record_path is not None:
+            # A node's record file is its identity across restarts (claims it
+            # left unfinished are settled against it at start()).
+            node = "record:" + os.path.abspath(record_path)
+        self.hub = Hub(
+            self._store,
+            history_size=history_size,
+            history_age=history_max_age,
+            session_ttl=session_ttl,
+            node=node,
+        )
         self._duplicates = 0
         self._record_fd: Optional[int] = None
         # One RLock-backed condition guards everything other threads read, so a
@@ -137,12 +153,17 @@ class ServerBase:
             if self._thread is not None:
                 raise RuntimeError("TetherServer is already running")
             if self.record_path is not None and self._record_fd is None:
+                _trim_partial_line(self.record_path)
                 # Raises OSError (like a busy port) when the file can't be opened.
                 self._record_fd = os.open(
                     self.record_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
                 )
-            with self._cond:
-                self._channels.clear()
+            self._store.reset_channels()
+            try:
+                self.hub.start(settle=self._recorded_highest)
+            except StoreUnavailable:
+                # Served anyway: hellos are refused (1011) until the store is back.
+                log.warning("store unavailable at start; hellos are refused until it is back")
             ready = threading.Event()
             self._start_error = None
             thread = threading.Thread(
@@ -158,6 +179,7 @@ class ServerBase:
                 self._thread = None
                 self._loop = None
                 self._close_record()
+                self.hub.close()
                 raise error
             log.info("listening on %s", self.url)
 
@@ -200,6 +222,7 @@ class ServerBase:
                 self._cond.notify_all()
             if not alive:
                 self._close_record()
+                self.hub.close()
             if alive:
                 raise TimeoutError("TetherServer thread did not stop in time")
             log.info("stopped")
@@ -273,7 +296,7 @@ class ServerBase:
 
     # Session host and transport hub interfaces (event-loop thread)
 
-    def _record(self, record: Received) -> None:
+    def _record(self, record: Received, write: bool = True) -> None:
         accepted = is_data(record) and not record.refused and not record.duplicate
         with self._cond:
             self._records.append(record)
@@ -285,46 +308,81 @@ class ServerBase:
             elif record.duplicate:
                 self._duplicates += 1
             self._cond.notify_all()
+        if accepted and write:
+            self._write_record(record.session, record.message)
+
+    def _write_record(self, session: Optional[str], message: Any) -> None:
         fd = self._record_fd
-        if accepted and fd is not None:
+        if fd is not None:
             # Written before anything else happens to the message, so before the
             # ack that covers it: after a kill -9 the file holds every acked one.
             line = encode(
                 {
-                    "session": record.session,
-                    "seq": record.seq,
-                    "channel": record.channel,
-                    "payload": record.payload,
+                    "session": session,
+                    "seq": message.get("seq"),
+                    "channel": message.get("channel"),
+                    "payload": message.get("payload"),
                 }
             )
             _write_all(fd, (line + "\n").encode("utf-8"))
+
+    def _delivered(self, message: Message) -> None:
+        # The hub's delivery of a data envelope with a seq, between its claim
+        # and its commit: what --record keeps exactly once.
+        self._write_record(message.session, message.envelope)
+
+    def _recorded_highest(self, sid: str) -> int:
+        """The highest ``seq`` of ``sid`` in the record file (settling this node's claims)."""
+        if self.record_path is None:
+            return 0
+        top = 0
+        for entry in _read_records(self.record_path):
+            seq = entry.get("seq")
+            if entry.get("session") == sid and isinstance(seq, int) and seq > top:
+                top = seq
+        return top
 
     def _close_record(self) -> None:
         fd, self._record_fd = self._record_fd, None
         if fd is not None:
             os.close(fd)
 
+    @property
+    def blocking_store(self) -> bool:
+        """Whether the store does network I/O (its calls then leave the event loop)."""
+        return self._store.blocking
+
     def _hello(self, conn: TetherConnection, sid: str, features: Tuple[str, ...]) -> int:
-        with self._cond:
-            acked = self._sessions.attach(sid, self._clock())
+        acked = self.hub._hello(sid)
         conn._set(_session=sid, _features=frozenset(features))
+        conn._peer.resume = "resume" in features
         return acked
 
     def _goodbye(self, sid: str) -> None:
+        self.hub._goodbye(sid)
         with self._cond:
-            self._sessions.detach(sid, self._clock())
             self._cond.notify_all()
 
-    def _accept(self, sid: str, seq: int) -> bool:
-        with self._cond:
-            return self._sessions.accept(sid, seq)
+    def _accept_run(
+        self, sid: str, owner: str, messages: List[Dict[str, Any]]
+    ) -> Tuple[List[bool], int]:
+        run = [
+            Message(sid, m.get("channel"), m.get("payload"), m.get("id"), m.get("seq"), m)
+            for m in messages
+        ]
+        return self.hub._accept_run(sid, owner, run, self._delivered)
+
+    def _accept_one(self, sid: str, owner: str, message: Dict[str, Any]) -> Tuple[bool, int]:
+        seq: int = message["seq"]
+        if self._record_fd is None:
+            return self.hub._accept_one(sid, owner, seq, None)
+        return self.hub._accept_one(sid, owner, seq, lambda: self._write_record(sid, message))
 
     def _highest(self, sid: str) -> int:
-        with self._cond:
-            return self._sessions.highest(sid)
+        return self._store.highest(sid)
 
     def _publish(self, channel: str, envelope: Dict[str, Any]) -> int:
-        """Number, keep and fan out one envelope (event-loop thread).
+        """Number, keep and fan out one envelope through the hub.
 
         Connections granted ``resume`` get the numbered copy (``offset``,
         ``epoch``), every other subscriber the plain §3 envelope.
@@ -332,31 +390,10 @@ class ServerBase:
         Returns:
             How many subscribers it was handed to (blackholed ones are skipped).
         """
-        numbered: Optional[str] = None
-        plain: Optional[str] = None
+        sent = self.hub._publish(channel, envelope)
         with self._cond:
-            if self.extensions:
-                copy = self._channels.publish(channel, envelope)
-                numbered = encode(copy)
-                self._channels.keep(channel, int(copy["offset"]), numbered, self._clock())
-            targets = [c for c in self._open.values() if channel in c._subscriptions]
             self._cond.notify_all()
-        sent = 0
-        for conn in sorted(targets, key=lambda c: c.id):
-            if conn._ws.blackholed:
-                continue
-            if numbered is not None and "resume" in conn._features:
-                conn._ws.sender.post(numbered)
-            else:
-                if plain is None:
-                    plain = encode(envelope)
-                conn._ws.sender.post(plain)
-            sent += 1
         return sent
-
-    def _resume(self, channel: str, epoch: Any, offset: Any) -> Resume:
-        with self._cond:
-            return self._channels.resume(channel, epoch, offset, self._clock())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -486,10 +523,12 @@ class ServerBase:
             self._open[conn.id] = conn
             self._history.append(conn)
             self._cond.notify_all()
+        conn._peer = _ConnPeer(conn, ws)
         log.info("connection %d opened from %s, path %r", conn.id, conn.remote_address, conn.path)
         try:
             await Session(self, conn, ws).run()
         finally:
+            self.hub._drop_peer(conn._peer)
             # The sans-I/O protocol's view works with every websockets >= 13.
             code = ws.protocol.close_code
             conn._set(
@@ -529,6 +568,58 @@ class ServerBase:
             except RuntimeError:  # loop closed under us
                 return default
             return future.result(timeout)
+
+
+class _ConnPeer(Peer):
+    """A bundled-server connection as the hub's fan-out sees it."""
+
+    def __init__(self, conn: TetherConnection, ws: GatedConnection) -> None:
+        self.conn = conn
+        self.ws = ws
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
+
+    def post(self, text: str) -> bool:
+        if not self.conn.open or self.ws.blackholed:
+            return False
+        if threading.get_ident() == self.thread:
+            self.ws.sender.post(text)
+        else:  # the store's feed thread (RedisStore)
+            try:
+                self.loop.call_soon_threadsafe(self.ws.sender.post, text)
+            except RuntimeError:
+                return False
+        return True
+
+
+def _read_records(path: str) -> List[Dict[str, Any]]:
+    """The complete JSON lines of a record file (a line cut by a kill is left out)."""
+    out: List[Dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict):
+                    out.append(entry)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _trim_partial_line(path: str) -> None:
+    """Cut a last line left without its newline by a kill, so appends start clean."""
+    try:
+        with open(path, "rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
 
 
 def to_frame(data: OutgoingData) -> Union[str, bytes]:

@@ -7,6 +7,7 @@ from typing import Optional
 
 from .core import TetherServer
 from .foreground import configure_logging, stop_on_signals, wait_for_stop
+from .store import Store
 
 __all__ = ["serve_main"]
 
@@ -24,6 +25,8 @@ def serve_main(
     history_max_age: float = 300.0,
     record_path: Optional[str] = None,
     compression: Optional[str] = None,
+    store: Optional[str] = None,
+    node: Optional[str] = None,
 ) -> int:
     """Run a :class:`TetherServer` in the foreground until SIGINT or SIGTERM.
 
@@ -43,6 +46,11 @@ def serve_main(
         history_max_age: Seconds a published message is kept.
         record_path: File that gets one JSON line per accepted data message.
         compression: ``"deflate"`` or None.
+        store: ``redis://HOST:PORT/DB`` to keep sessions and channel history in
+            Redis (nodes on one Redis are one service); None or ``"memory"``:
+            in this process.
+        node: This node's name among the nodes of one store, stable across its
+            restarts (default: from ``record_path`` when given, else host and pid).
 
     Returns:
         The process exit code: 0 after a clean stop, 1 if the port could not be
@@ -50,6 +58,7 @@ def serve_main(
     """
     configure_logging(verbose)
     try:
+        backend = _make_store(store)
         server = TetherServer(
             host,
             port,
@@ -61,6 +70,8 @@ def serve_main(
             history_max_age=history_max_age,
             record_path=record_path,
             compression=compression,
+            store=backend,
+            node=node,
         )
     except ValueError as exc:
         print(f"tether-sync serve: {exc}", file=sys.stderr)
@@ -78,3 +89,14 @@ def serve_main(
         wait_for_stop(stop)
         server.stop()
         return 0
+
+
+def _make_store(url: Optional[str]) -> Optional[Store]:
+    """The store a ``--store`` value names (ValueError for an unknown scheme)."""
+    if url is None or url == "memory":
+        return None
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisStore
+
+        return RedisStore(url)
+    raise ValueError("--store must be 'memory' or a redis:// URL")

@@ -213,8 +213,7 @@ class TetherServer(ServerBase):
     @property
     def sessions(self) -> Dict[str, int]:
         """Known sessions (live or within ``session_ttl``): ``{session id: highest seq}``."""
-        with self._cond:
-            return self._sessions.snapshot(self._clock())
+        return self._store.sessions()
 
     def session_acked(self, sid: str) -> int:
         """The highest ``seq`` accepted in session ``sid``: what ``hello-ok`` would say now.
@@ -225,14 +224,13 @@ class TetherServer(ServerBase):
 
     def reset_sessions(self) -> None:
         """Forget every session's highest ``seq``, as a server that lost its table would."""
+        self._store.reset_sessions()
         with self._cond:
-            self._sessions.clear()
             self._cond.notify_all()
 
     def channel_position(self, channel: str) -> Tuple[str, int]:
         """The channel's history ``(epoch, newest offset)``, as ``tether:subscribed`` reports it."""
-        with self._cond:
-            return self._channels.position(channel)
+        return self._store.position(channel)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Block until ``predicate()`` is true; it is re-checked on every server event.

@@ -43,18 +43,41 @@ number too big for a float (``1e400``) is read as infinity, which goes out as
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import math
 import time
-from typing import Any, Callable, Coroutine, Dict, List, Optional, Protocol, Tuple, Union
+from collections import deque
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Coroutine,
+    Deque,
+    Dict,
+    List,
+    NamedTuple,
+    Optional,
+    Protocol,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from websockets.exceptions import ConnectionClosed
 
-from .reliable import FEATURES, Resume, seq_of, valid_session
+from .codec import encode, parse_json
+from .hub import Hello, ServerProtocol
+from .reliable import seq_of
 from .state import Received, TetherConnection
+from .store import StoreUnavailable
 from .tokens import decode_token, now_ms
 from .transport import GatedConnection, send_text
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+_T = TypeVar("_T")
 
 __all__ = [
     "ACK_DELAY",
@@ -102,8 +125,21 @@ class SessionHost(Protocol):
     def _goodbye(self, sid: str) -> None:
         """A connection of session ``sid`` ended."""
 
-    def _accept(self, sid: str, seq: int) -> bool:
-        """Offer ``seq`` in ``sid``: True if new (now the highest), False if a duplicate."""
+    @property
+    def hub(self) -> Hub:
+        """The hub whose store keeps sessions and channel history."""
+
+    @property
+    def blocking_store(self) -> bool:
+        """Whether store calls do network I/O (they then run on a worker thread)."""
+
+    def _accept_run(
+        self, sid: str, owner: str, messages: List[Dict[str, Any]]
+    ) -> Tuple[List[bool], int]:
+        """Deliver data envelopes with a ``seq`` once: per message whether new, and the highest."""
+
+    def _accept_one(self, sid: str, owner: str, message: Dict[str, Any]) -> Tuple[bool, int]:
+        """:meth:`_accept_run` for one message: whether new, and the highest."""
 
     def _highest(self, sid: str) -> int:
         """The session's highest accepted ``seq``."""
@@ -111,69 +147,14 @@ class SessionHost(Protocol):
     def _publish(self, channel: str, envelope: Dict[str, Any]) -> int:
         """Publish ``envelope`` to the channel's subscribers (through history)."""
 
-    def _resume(self, channel: str, epoch: Any, offset: Any) -> Resume:
-        """Decide a resubscribe by rule 9."""
-
-    def _record(self, record: Received) -> None:
-        """Store a received message and wake waiters."""
+    def _record(self, record: Received, write: bool = True) -> None:
+        """Store a received message and wake waiters (``write``: also to the record file)."""
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` as a task the server tracks and cancels on stop."""
 
     def _local_fault(self, ws: GatedConnection, action: str, seconds: float) -> None:
         """Blackhole or pause reading one connection for ``seconds``."""
-
-
-def _reject_constant(name: str) -> Any:
-    # JSON.parse refuses NaN and Infinity, so such text is "not JSON" for us too.
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def parse_json(data: Union[str, bytes]) -> Tuple[Any, bool]:
-    """Parse a text or binary message as JSON.
-
-    Returns:
-        ``(value, True)`` on success, ``(None, False)`` when it is not JSON
-        (including binary data that is not UTF-8).
-    """
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, parse_constant=_reject_constant), True
-    except (ValueError, RecursionError):
-        # ValueError: JSONDecodeError and UnicodeDecodeError. RecursionError:
-        # JSON nested too deep for the parser, e.g. "[[[[...", which is valid.
-        return None, False
-
-
-def _finite(value: Any) -> Any:
-    # JSON.stringify writes Infinity (what 1e400 parses to) as null.
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def encode(message: Any) -> str:
-    """Encode like ``JSON.stringify``: compact, key order kept, non-ASCII left as is.
-
-    A lone surrogate (possible when a client sent ``"\\ud800"``) cannot be
-    UTF-8 encoded for a text frame, so then it falls back to ``\\u`` escapes,
-    which is also what ``JSON.stringify`` does. An infinite number (a client's
-    ``1e400``) becomes ``null``, as there.
-    """
-    try:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError:  # an infinite float somewhere: rare, so checked only now
-        message = _finite(message)
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return text
 
 
 def _number(value: Any) -> Optional[Union[int, float]]:
@@ -190,6 +171,18 @@ def _clamp(value: Any, low: int, high: int, default: int) -> Union[int, float]:
     if number is None:
         return default
     return min(max(number, low), high)
+
+
+class _Frame(NamedTuple):
+    """One received message, parsed and classified, before it is recorded and answered."""
+
+    data: Union[str, bytes]
+    message: Any
+    is_json: bool
+    kind: Optional[str]
+    refused: bool
+    seq: Optional[int]
+    first: bool = False
 
 
 class Session:
@@ -209,6 +202,12 @@ class Session:
         # Messages with a seq since the last ack went out, and the ack's timer.
         self.unacked = 0
         self.ack_timer: Optional[asyncio.TimerHandle] = None
+        # This connection as a claim owner in the hub's store, and the
+        # session-wide highest the last accepted run reported.
+        self.owner = host.hub._new_owner()
+        self.highest = 0
+        # Rules 1-2 (which hello is answered, which features are granted).
+        self.proto = ServerProtocol()
 
     async def run(self) -> None:
         """Read and handle messages in arrival order until the connection ends."""
@@ -222,6 +221,9 @@ class Session:
                 self.host._goodbye(self.sid)
 
     async def _read_loop(self) -> None:
+        if self.host.blocking_store:
+            await self._batched_loop()
+            return
         while True:
             try:
                 data = await self.ws.recv()
@@ -232,16 +234,112 @@ class Session:
                 # instead of failing the connection with 1007 as later versions do.
                 await self.ws.close(1007, "invalid UTF-8")
                 return
+            if not await self._guarded(self.handle(data)):
+                return
+
+    async def _guarded(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run one step of handling; False when the connection must end."""
+        try:
+            await work
+        except ConnectionClosed:
+            # A reply found the connection closed. Messages that arrived
+            # before the peer's close frame still wait in websockets' buffer:
+            # keep reading (and recording) them until recv() says there are none.
+            pass
+        except StoreUnavailable:
+            # Nothing the store did not confirm is acked: end the connection;
+            # the client reconnects (to this node or another) and resends.
+            log.warning("connection %d: store unavailable, closing with 1011", self.conn.id)
+            await self.ws.close(1011, "store unavailable")
+            return False
+        except Exception:
+            # One bad message must never end the connection, let alone the server.
+            log.exception("connection %d: error while handling a message", self.conn.id)
+        return True
+
+    async def _batched_loop(self) -> None:
+        """Read while the previous batch is being stored; store each batch's data as one run.
+
+        With a store on the network (Redis), a run of data envelopes costs one
+        claim and one commit whatever its length, and one ack covers it.
+        """
+        inbox: Deque[Union[str, bytes]] = deque()
+        wake = asyncio.Event()
+        room = asyncio.Event()
+        room.set()
+        ended = False
+
+        async def reader() -> None:
+            nonlocal ended
             try:
-                await self.handle(data)
-            except ConnectionClosed:
-                # A reply found the connection closed. Messages that arrived
-                # before the peer's close frame still wait in websockets' buffer:
-                # keep reading (and recording) them until recv() says there are none.
+                while True:
+                    await room.wait()
+                    try:
+                        data = await self.ws.recv()
+                    except ConnectionClosed:
+                        return
+                    except UnicodeDecodeError:
+                        await self.ws.close(1007, "invalid UTF-8")
+                        return
+                    inbox.append(data)
+                    if len(inbox) >= 512:
+                        room.clear()  # backpressure: read no further until handled
+                    wake.set()
+            finally:
+                ended = True
+                wake.set()
+
+        task = asyncio.get_running_loop().create_task(reader())
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if not inbox:
+                    if ended:
+                        return
+                    continue
+                batch = list(inbox)
+                inbox.clear()
+                room.set()
+                if not await self._guarded(self._handle_batch(batch)):
+                    return
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _handle_batch(self, batch: List[Union[str, bytes]]) -> None:
+        run: List[_Frame] = []
+        for data in batch:
+            frame = self._prepare(data)
+            if frame.seq is not None:
+                run.append(frame)
+                if len(run) >= ACK_EVERY:  # rule 5: acked at the 64th (count_for_ack)
+                    await self._store_run(run)
+                    run = []
                 continue
-            except Exception:
-                # One bad message must never end the connection, let alone the server.
-                log.exception("connection %d: error while handling a message", self.conn.id)
+            if run:
+                await self._store_run(run)
+                run = []
+            await self._finish(frame, False)
+        if run:
+            await self._store_run(run)
+        if self.unacked:
+            await self.send_ack()
+
+    async def _store_run(self, run: List[_Frame]) -> None:
+        assert self.sid is not None
+        messages = [frame.message for frame in run]
+        flags, highest = await self._call(self.host._accept_run, self.sid, self.owner, messages)
+        self.highest = max(self.highest, highest)
+        for frame, delivered in zip(run, flags):
+            await self._finish(frame, not delivered)
+
+    async def _call(self, func: Callable[..., _T], *args: Any) -> _T:
+        """Call a store-backed function: on a worker thread when the store does I/O."""
+        if not self.host.blocking_store:
+            return func(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, func, *args)
 
     # Dispatch
 
@@ -277,6 +375,23 @@ class Session:
 
     async def handle(self, data: Union[str, bytes]) -> None:
         """Record one message, then answer it as the protocol says."""
+        frame = self._prepare(data)
+        duplicate = False
+        if frame.seq is not None:
+            assert self.sid is not None  # ack_on is set by an accepted hello
+            if self.host.blocking_store:
+                flags, highest = await self._call(
+                    self.host._accept_run, self.sid, self.owner, [frame.message]
+                )
+                duplicate = not flags[0]
+            else:  # one process: no hop, no batch
+                delivered, highest = self.host._accept_one(self.sid, self.owner, frame.message)
+                duplicate = not delivered
+            self.highest = max(self.highest, highest)
+        await self._finish(frame, duplicate)
+
+    def _prepare(self, data: Union[str, bytes]) -> _Frame:
+        """Parse and classify one message; its ``seq`` when it must go through the store."""
         message, is_json = parse_json(data)
         first = self.frames == 0
         self.frames += 1
@@ -291,16 +406,20 @@ class Session:
         refused = (
             self.host.require_auth and kind in ("data", "subscribe") and not self.conn.authenticated
         )
-        # Dedupe before the record, so the record (and the --record file, which
-        # must hold every message an ack covers) says whether it was delivered.
+        # Dedupe (through the store) before the record, so the record (and the
+        # --record file, which must hold every message an ack covers) says
+        # whether it was delivered.
         seq: Optional[int] = None
-        duplicate = False
         if self.ack_on and kind in ("data", "tunnel") and not refused:
             seq = seq_of(message)
-            if seq is not None:
-                assert self.sid is not None  # ack_on is set by an accepted hello
-                duplicate = not self.host._accept(self.sid, seq)
+        return _Frame(data, message, is_json, kind, refused, seq, first)
+
+    async def _finish(self, frame: _Frame, duplicate: bool) -> None:
+        """Record one prepared message and answer it (``duplicate``: its seq was not new)."""
+        data, message, is_json = frame.data, frame.message, frame.is_json
+        kind, refused, seq = frame.kind, frame.refused, frame.seq
         # Record before replying: a client that got the echo may assert the record.
+        # A message with a seq was written to the --record file by its delivery.
         self.host._record(
             Received(
                 conn_id=self.conn.id,
@@ -312,7 +431,8 @@ class Session:
                 refused=refused,
                 session=self.sid,
                 duplicate=duplicate,
-            )
+            ),
+            seq is None,
         )
         if kind is None:
             log.debug("connection %d: ignored a message (%s)", self.conn.id, type(data).__name__)
@@ -329,7 +449,7 @@ class Session:
                 pong["ts"] = message["ts"]
             await self.reply(pong)
         elif kind == "hello":
-            await self.hello(message, first)
+            await self.hello(message, frame.first)
         elif kind == "auth":
             await self.auth(message.get("token"))
         elif kind == "control":
@@ -343,10 +463,11 @@ class Session:
         else:  # subscribe / unsubscribe: tracked, answered only on resume connections
             channel = message["channel"]
             if isinstance(channel, str):
-                if kind == "subscribe" and self.resume_on:
-                    self.resubscribe(channel, message)
+                if kind == "subscribe":
+                    await self.subscribe(channel, message)
                 else:
-                    self.conn._subscribe(channel, kind == "subscribe")
+                    self.conn._subscribe(channel, False)
+                    self.host.hub._unsubscribe(self.conn._peer, channel)
         if seq is not None:
             await self.count_for_ack()
 
@@ -366,33 +487,24 @@ class Session:
     # The extension (DESIGN §5)
 
     async def hello(self, message: Dict[str, Any], first: bool) -> None:
-        """Answer a ``tether:hello``: ``hello-ok`` by rules 1-2, else ``tether:error``."""
-        sid = message.get("session")
-        reason = None
-        if not first or self.sid is not None:
-            reason = "hello must be the first frame"
-        elif not valid_session(sid):
-            reason = "hello needs a session id of 1 to 64 characters"
-        if reason is not None:
-            error: Dict[str, Any] = {"type": "tether:error", "error": reason}
-            if "id" in message:
-                error["id"] = message["id"]
-            await self.reply(error)
+        """Answer a ``tether:hello``: ``hello-ok`` by rules 1-2, else ``tether:error``.
+
+        The decision is the hub's sans-I/O :class:`~tether_sync.server.hub.ServerProtocol`'s,
+        the same every adapter uses; the session is attached through the hub's store.
+        """
+        event = self.proto.hello(message, first)
+        if not isinstance(event, Hello):
+            await self.reply(event.text)  # the tether:error of rule 2
             return
-        assert isinstance(sid, str)
-        asked = message.get("features")
-        granted: List[str] = []
-        for feature in asked if isinstance(asked, list) else ():
-            if isinstance(feature, str) and feature in FEATURES and feature not in granted:
-                granted.append(feature)
-        acked = self.host._hello(self.conn, sid, tuple(granted))
-        self.sid = sid
-        self.ack_on = "ack" in granted
-        self.resume_on = "resume" in granted
+        granted = list(self.proto.pending_features)
+        acked = await self._call(self.host._hello, self.conn, event.session, tuple(granted))
+        self.highest = acked
+        answer = self.proto.hello_ok(acked)
+        self.sid = self.proto.session
+        self.ack_on = self.proto.ack_on
+        self.resume_on = self.proto.resume_on
         log.info("connection %d: hello, features %s, acked %d", self.conn.id, granted, acked)
-        await self.reply(
-            {"type": "tether:hello-ok", "session": sid, "features": granted, "acked": acked}
-        )
+        await self.reply(answer.text)
 
     async def count_for_ack(self) -> None:
         """Note one more message with a seq; ack now at ``ACK_EVERY``, else arm the timer."""
@@ -414,27 +526,22 @@ class Session:
             self.ack_timer = None
         self.unacked = 0
         assert self.sid is not None
-        await self.reply({"type": "tether:ack", "seq": self.host._highest(self.sid)})
+        # One process: read the session-wide highest (another connection of
+        # the session may have raised it). A remote store: the highest its
+        # last commit for this connection reported, so no round trip per ack.
+        highest = self.highest if self.host.blocking_store else self.host._highest(self.sid)
+        await self.reply(ServerProtocol.ack(highest).text)
 
-    def resubscribe(self, channel: str, message: Dict[str, Any]) -> None:
-        """Subscribe a ``resume`` connection: ``tether:subscribed``, then any replay.
+    async def subscribe(self, channel: str, message: Dict[str, Any]) -> None:
+        """Subscribe; a ``resume`` connection gets ``tether:subscribed``, then any replay.
 
-        Runs without an ``await`` from the history lookup to the last frame
-        handed over, so no live envelope can slip in before or into the replay.
+        The hub buffers live envelopes while it reads the history and merges
+        them after the replay, so none slips in before or into it.
         """
-        result = self.host._resume(channel, message.get("epoch"), message.get("offset"))
         self.conn._subscribe(channel, True)
-        answer = {
-            "type": "tether:subscribed",
-            "channel": channel,
-            "recovered": result.recovered,
-            "epoch": result.epoch,
-            "offset": result.offset,
-        }
-        sender = self.ws.sender
-        sender.post(encode(answer))
-        for text in result.replay:
-            sender.post(text)
+        epoch, offset = message.get("epoch"), message.get("offset")
+        hub = self.host.hub
+        await self._call(hub._subscribe, self.conn._peer, channel, epoch, offset, self.resume_on)
 
     async def auth(self, token: Any) -> None:
         """Check a presented token and answer ``tether:auth-ok``."""
@@ -497,9 +604,13 @@ class Session:
 
     # Output
 
-    async def reply(self, message: Dict[str, Any]) -> None:
-        """Send a reply through this connection's latency (pong, auth-ok, echo, error)."""
-        text = encode(message)
+    async def reply(self, message: Union[Dict[str, Any], str]) -> None:
+        """Send a reply through this connection's latency (pong, auth-ok, echo, error).
+
+        Args:
+            message: The reply, or its encoded text.
+        """
+        text = message if isinstance(message, str) else encode(message)
         delay = self.conn.latency
         if delay <= 0:
             await self.send(text)

@@ -148,6 +148,8 @@ class TetherConnection:
         self._close_reason: Optional[str] = None
         self._session: Optional[str] = None
         self._features: FrozenSet[str] = frozenset()
+        # The hub's view of this connection (set by the server once registered).
+        self._peer: Any = None
 
     def __repr__(self) -> str:
         # Deliberately no token here: reprs end up in logs and test reports.

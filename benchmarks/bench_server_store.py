@@ -1,0 +1,190 @@
+"""A node on Redis against the same node on MemoryStore (issue 20), side by side.
+
+Run from the repository root (needs ``redis-server`` on PATH and redis-py)::
+
+    python benchmarks/bench_server_store.py              # 50,000 messages per run
+    python benchmarks/bench_server_store.py -n 100000 --repeat 3
+
+Starts a ``redis-server`` on a free loopback port (append-only, ``appendfsync
+everysec``: Redis' default durability, a temp dir) and, as subprocesses, two nodes
+of each kind: a user's python-websockets server around a ``Hub`` (the README's
+example, ``on_message`` counting), and the bundled ``tether-sync serve`` (which
+also echoes every message back, so it does about twice the work per message);
+one of each with ``--store redis://...``, one with the default MemoryStore.
+Each run: ``TetherClient(url)`` with default options sends N tether envelopes
+(64-byte payload) in a loop and ``close()``\\ s, which returns once every message
+was acknowledged; the rate counts from the first ``send()`` until then. Runs go
+in ABBA order so drift cancels out; the medians are printed.
+
+Targets: >= 20,000 acknowledged msg/s on Redis, and >= 50 % of MemoryStore's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import List, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tether_sync import TetherClient
+
+PAYLOAD = "0123456789abcdef" * 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(directory: str) -> Tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "yes", "--dir", directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            threading.Event().wait(0.02)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def serve(args: List[str]) -> Tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tether_sync", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"ws://\S+", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"serve did not start: {line!r}")
+    return proc, match.group(0)
+
+
+HUB_NODE = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+from tether_sync.server import Hub, MemoryStore
+store = MemoryStore()
+if len(sys.argv) > 1:
+    from tether_sync.server import RedisStore
+    store = RedisStore(sys.argv[1])
+count = 0
+def on_message(msg):
+    global count
+    count += 1
+hub = Hub(store=store, on_message=on_message)
+async def main():
+    async with serve(hub.serve_websockets, "127.0.0.1", 0) as server:
+        print(f"listening on ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/", flush=True)
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def hub_node(args: List[str]) -> Tuple[subprocess.Popen[str], str]:
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUB_NODE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"ws://\S+", line)
+    if not match:
+        proc.kill()
+        raise RuntimeError(f"hub node did not start: {line!r}")
+    return proc, match.group(0)
+
+
+def run(url: str, n: int) -> float:
+    client = TetherClient(url)
+    client.connect(wait=True, timeout=10)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.send(PAYLOAD, channel="bench")
+    ok = client.close(timeout=300)
+    t1 = time.perf_counter()
+    if not ok:
+        raise RuntimeError("close() did not get every ack")
+    if client.stats().acked != n:
+        raise RuntimeError(f"acked {client.stats().acked} of {n}")
+    return n / (t1 - t0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    print(f"send {args.n:,} tether envelopes then close(), one client, acknowledged")
+    with tempfile.TemporaryDirectory() as tmp:
+        redis_proc, redis_url = start_redis(tmp)
+        try:
+            for title, start in (
+                ("Hub in a websockets server", hub_node),
+                ("tether-sync serve", serve),
+            ):
+                store_args = ["--store", redis_url] if start is serve else [redis_url]
+                compare(title, start(store_args), start([]), args.n, args.repeat)
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+    return 0
+
+
+Node = Tuple[subprocess.Popen[str], str]
+
+
+def compare(title: str, on_redis: Node, in_memory: Node, n: int, repeat: int) -> None:
+    redis: List[float] = []
+    memory: List[float] = []
+    try:
+        for _ in range(repeat):  # ABBA: drift cancels out
+            redis.append(run(on_redis[1], n))
+            memory.append(run(in_memory[1], n))
+            memory.append(run(in_memory[1], n))
+            redis.append(run(on_redis[1], n))
+    finally:
+        for proc, _ in (on_redis, in_memory):
+            proc.terminate()
+            proc.wait(10)
+    for name, rates in (("redis", redis), ("memory", memory)):
+        print(f"  ({name}: {', '.join(f'{r / 1000:.1f}' for r in rates)} k/s)", file=sys.stderr)
+    m_redis, m_memory = statistics.median(redis), statistics.median(memory)
+    print(f"{title}:")
+    print(f"  on MemoryStore               {m_memory / 1000:7.1f} k/s")
+    print(f"  on Redis                     {m_redis / 1000:7.1f} k/s   (target >= 20 k/s)")
+    print(f"  Redis / MemoryStore          {100 * m_redis / m_memory:6.1f} %   (target >= 50 %)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""JSON in and out, as the reference server reads and writes it (``JSON.parse``/``JSON.stringify``).
+
+Numbers: Python's JSON keeps integers integral (``1`` echoes as ``1``), and a
+number too big for a float (``1e400``) is read as infinity, which goes out as
+``null``, as ``JSON.stringify`` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Tuple, Union
+
+__all__ = ["encode", "parse_json"]
+
+
+def _reject_constant(name: str) -> Any:
+    # JSON.parse refuses NaN and Infinity, so such text is "not JSON" for us too.
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def parse_json(data: Union[str, bytes]) -> Tuple[Any, bool]:
+    """Parse a text or binary message as JSON.
+
+    Returns:
+        ``(value, True)`` on success, ``(None, False)`` when it is not JSON
+        (including binary data that is not UTF-8).
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, parse_constant=_reject_constant), True
+    except (ValueError, RecursionError):
+        # ValueError: JSONDecodeError and UnicodeDecodeError. RecursionError:
+        # JSON nested too deep for the parser, e.g. "[[[[...", which is valid.
+        return None, False
+
+
+def _finite(value: Any) -> Any:
+    # JSON.stringify writes Infinity (what 1e400 parses to) as null.
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def encode(message: Any) -> str:
+    """Encode like ``JSON.stringify``: compact, key order kept, non-ASCII left as is.
+
+    A lone surrogate (possible when a client sent ``"\\ud800"``) cannot be
+    UTF-8 encoded for a text frame, so then it falls back to ``\\u`` escapes,
+    which is also what ``JSON.stringify`` does. An infinite number (a client's
+    ``1e400``) becomes ``null``, as there.
+    """
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # an infinite float somewhere: rare, so checked only now
+        message = _finite(message)
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text
