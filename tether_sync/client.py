@@ -1006,7 +1006,7 @@ class TetherClient:
             if self._closing:
                 raise ClientClosed("the client is closed")
         if not self._autoconnect:
-            log.debug("send() on %s before connect(): connecting now", self._config.url)
+            log.debug("send() on %s before connect(): connecting now", redact_url(self._config.url))
         self._autoconnect = False
         self.connect()
 

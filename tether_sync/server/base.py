@@ -36,6 +36,8 @@ from typing import (
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.protocol import State
 
+from tether_sync.redact import redact_url
+
 from .hub import Hub, Message, Peer
 from .protocol import Session, encode
 from .state import OutgoingData, Received, TetherConnection
@@ -524,7 +526,12 @@ class ServerBase:
             self._history.append(conn)
             self._cond.notify_all()
         conn._peer = _ConnPeer(conn, ws)
-        log.info("connection %d opened from %s, path %r", conn.id, conn.remote_address, conn.path)
+        log.info(
+            "connection %d opened from %s, path %r",
+            conn.id,
+            conn.remote_address,
+            redact_url(conn.path),  # the query may carry a token
+        )
         try:
             await Session(self, conn, ws).run()
         finally:

@@ -23,6 +23,8 @@ from typing import (
     Union,
 )
 
+from tether_sync.redact import redact_url
+
 from .tokens import now_ms
 
 if TYPE_CHECKING:
@@ -154,7 +156,7 @@ class TetherConnection:
     def __repr__(self) -> str:
         # Deliberately no token here: reprs end up in logs and test reports.
         state = "open" if self._open else f"closed {self._close_code}"
-        return f"<TetherConnection {self.id} {self.path!r} {state}>"
+        return f"<TetherConnection {self.id} {redact_url(self.path)!r} {state}>"
 
     # Snapshots
 
