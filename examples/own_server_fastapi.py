@@ -1,4 +1,4 @@
-"""Reliable delivery in a FastAPI app (README, "Reliable delivery on your own server").
+"""Reliable delivery in a FastAPI app (docs/guides/own-server.rst).
 
 Run: ``python examples/own_server_fastapi.py [PORT]`` (or ``uvicorn own_server_fastapi:app``).
 """

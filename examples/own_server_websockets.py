@@ -1,4 +1,4 @@
-"""Reliable delivery on your own python-websockets server (README, "Reliable delivery ...").
+"""Reliable delivery on your own python-websockets server (docs/guides/own-server.rst).
 
 Run: ``python examples/own_server_websockets.py [PORT] [redis://127.0.0.1:6379/0]``.
 """

@@ -235,11 +235,10 @@ def test_a_conftest_fixture_of_the_same_name_wins(
     result.assert_outcomes(passed=1)
 
 
-def _readme_test() -> str:
-    """The test in README's "Testing your app" section."""
-    text = (ROOT / "README.rst").read_text(encoding="utf-8")
-    section = text.split("Testing your app\n----------------\n", 1)[1]
-    block = section.split(".. code-block:: python3\n\n", 1)[1]
+def _readme_test(page: str = "README.rst") -> str:
+    """The plugin test shown in README's "Testing your app" (or in ``page``)."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    block = text.split(".. code-block:: python3\n\n", 1)[1]
     lines = []
     for line in block.splitlines():
         if line and not line.startswith("    "):
@@ -249,10 +248,11 @@ def _readme_test() -> str:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("page", ["README.rst", "docs/guides/testing.rst"])
 def test_readme_testing_your_app_example(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    page: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    code = _readme_test()
+    code = _readme_test(page)
     assert "tether_server.kill()" in code
     assert len(code.splitlines()) <= 20
     monkeypatch.setenv("PYTHONPATH", str(ROOT))

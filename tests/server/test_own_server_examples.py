@@ -97,3 +97,18 @@ def test_the_example_acks_every_send_and_handles_each_once(
         assert client.close(timeout=5) is True
     printed = [example.next_line() for _ in range(3)]
     assert printed == [f"orders: {{'n': {n}}} (session {session}, seq {n + 1})" for n in range(3)]
+
+
+def test_the_own_server_guide_shows_the_examples_as_they_are() -> None:
+    """docs/guides/own-server.rst shows each example file verbatim (this file runs them)."""
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "guides" / "own-server.rst").read_text(
+        encoding="utf-8"
+    )
+    for name in ("own_server_fastapi.py", "own_server_websockets.py"):
+        assert f"examples/{name}" in guide
+        source = (Path(__file__).resolve().parents[2] / "examples" / name).read_text(
+            encoding="utf-8"
+        )
+        body = source.split('"""', 2)[2] if source.startswith('"""') else source
+        indented = "\n".join(("    " + line) if line else "" for line in body.strip().splitlines())
+        assert indented in guide, f"{name} differs from its copy in the guide"
