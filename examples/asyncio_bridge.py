@@ -45,7 +45,7 @@ def delivered(delivery: Delivery) -> asyncio.Future[Any]:
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(delivery.result())
+            future.set_result(None)  # Delivery.result() returns None once done
 
     # add_done_callback runs on whatever thread resolved the delivery: hop into the loop.
     delivery.add_done_callback(lambda d: loop.call_soon_threadsafe(settle, d))

@@ -4,6 +4,7 @@ Run: ``python examples/own_server_fastapi.py [PORT]`` (or ``uvicorn own_server_f
 """
 
 import sys
+from typing import Any, Dict
 
 from fastapi import FastAPI, WebSocket
 
@@ -24,7 +25,7 @@ async def tether(websocket: WebSocket) -> None:
 
 
 @app.post("/publish/{channel}")
-def publish(channel: str, payload: dict) -> dict:  # to every subscriber, with resume
+def publish(channel: str, payload: Dict[str, Any]) -> Dict[str, int]:  # to all, with resume
     return {"local_subscribers": hub.publish(channel, payload)}
 
 

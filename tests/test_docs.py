@@ -175,6 +175,25 @@ def test_every_example_passes_mypy_strict(tmp_path: Path) -> None:
         pytest.fail(f"mypy --strict on the docs' examples:\n{report}")
 
 
+@pytest.mark.timeout(300)
+def test_every_example_file_passes_mypy_strict(tmp_path: Path) -> None:
+    """examples/*.py (shown in the docs, run by tests/demo and tests/server) type-check."""
+    pytest.importorskip("mypy")
+    files = sorted(str(p) for p in (REPO / "examples").glob("*.py"))
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "mypy", "--strict", "--python-version", "3.10",
+            "--cache-dir", str(tmp_path / ".mypy_cache"), "--config-file", os.devnull,
+            "--follow-imports", "silent", "--ignore-missing-imports", *files,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"mypy --strict on examples/:\n{proc.stdout}"
+
+
 @pytest.fixture
 def quiet_logging() -> Iterator[None]:
     """An example may configure logging; the session's settings come back after it."""
