@@ -390,8 +390,12 @@ def test_every_passed_through_ws_option_is_a_websocket_client_connect_keyword() 
     import websocket._http as http
 
     source = "".join(inspect.getsource(m) for m in (core, http, handshake))
+    # Keys that websocket-client added after the oldest version installed on a
+    # supported Python (1.9.0 is the newest one Python 3.9 gets).
+    later = {"suppress_host"}
     for key in sorted(WS_OPTIONS):
-        assert f'"{key}"' in source or f"{key}:" in source, key
+        found = f'"{key}"' in source or f"{key}:" in source
+        assert found or key in later, key
     options = {"origin": "https://example.com", "redirect_limit": 2, "http_proxy_timeout": 3}
     client = TetherClient("ws://127.0.0.1:9/", ws_options=options)
     assert client._config.ws_options == options
