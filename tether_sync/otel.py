@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from tether_sync import Stats, __version__, redact_url
 
@@ -69,31 +69,29 @@ if TYPE_CHECKING:
     from tether_sync import TetherClient
 
 
+Measure = Callable[["Instrumentation", Stats], Iterable[Tuple[int, Dict[str, Any]]]]
+"""One client's ``(value, attributes)`` pairs for one instrument, from its snapshot."""
+
+
 class Instrumentation:
-    """The instruments :func:`instrument` registered for one client.
+    """What :func:`instrument` registered for one client.
 
     OpenTelemetry's API cannot unregister an observable instrument; after
-    :meth:`uninstrument` its callbacks report nothing, and the client is no
+    :meth:`uninstrument` this client is no longer reported, and it is no
     longer referenced (it can be garbage collected).
 
     Args:
         client: The client to observe.
-        meter_provider: Where the instruments are created.
         channels: Add ``tether.channel`` to the inbound depth.
     """
 
-    def __init__(
-        self, client: TetherClient, meter_provider: MeterProvider, channels: bool = False
-    ) -> None:
-        from opentelemetry.metrics import Observation
-
-        self._observation = Observation
+    def __init__(self, client: TetherClient, channels: bool = False) -> None:
         self._client: Optional[weakref.ReferenceType[TetherClient]] = weakref.ref(client)
         # The I/O thread's counters (tether_sync.stats.Counters): read-only here,
         # but for the sample deques, which this drains.
         self._counters: Any = client._loop.counters
         self._channels = channels
-        self._base: Dict[str, Any] = {
+        self.base: Dict[str, Any] = {
             "url.full": redact_url(client.url, every_value=True),
             "tether.protocol": client._config.protocol,
         }
@@ -108,129 +106,25 @@ class Instrumentation:
         self._counters.rtt_samples.clear()
         self._counters.attempt_samples.clear()
 
-        meter = meter_provider.get_meter("tether_sync", __version__)
-        self._rtt: Histogram = meter.create_histogram(
-            "tether.client.round_trip_time",
-            unit="s",
-            description="Heartbeat round-trip time, ping to pong.",
-        )
-        self._attempt: Histogram = meter.create_histogram(
-            "tether.client.connection.duration",
-            unit="s",
-            description="How long each connection attempt took until the link opened or failed.",
-        )
-        counters: List[tuple[str, str, str, Callable[[Stats], Iterable[Observation]]]] = [
-            (
-                "tether.client.messages.sent",
-                "{message}",
-                "Data messages written to the socket.",
-                self._one(lambda s: s.sent),
-            ),
-            (
-                "tether.client.messages.received",
-                "{message}",
-                "Inbound messages handed to the application.",
-                self._one(lambda s: s.received),
-            ),
-            (
-                "tether.client.messages.acked",
-                "{message}",
-                "Messages the server acknowledged.",
-                self._one(lambda s: s.acked),
-            ),
-            (
-                "tether.client.messages.resent",
-                "{message}",
-                "Messages written again after a reconnect because no ack came.",
-                self._one(lambda s: s.resent),
-            ),
-            (
-                "tether.client.messages.dropped",
-                "{message}",
-                "Messages dropped by an overflow policy, by direction and policy.",
-                self._dropped,
-            ),
-            (
-                "tether.client.bytes.sent",
-                "By",
-                "Bytes the kernel accepted (WebSocket frames after the handshake).",
-                self._one(lambda s: s.bytes_sent),
-            ),
-            (
-                "tether.client.bytes.received",
-                "By",
-                "Bytes read from the socket after the handshake.",
-                self._one(lambda s: s.bytes_received),
-            ),
-            (
-                "tether.client.reconnects",
-                "{reconnect}",
-                "Connections opened after the first, by what lost the link before.",
-                self._reconnects,
-            ),
-            (
-                "tether.client.connection.attempts",
-                "{attempt}",
-                "Connection attempts started.",
-                self._one(lambda s: s.connect_attempts),
-            ),
-            (
-                "tether.client.connection.failures",
-                "{attempt}",
-                "Connection attempts that ended before the link opened.",
-                self._one(lambda s: s.connect_failures),
-            ),
-        ]
-        for name, unit, text, fn in counters:
-            meter.create_observable_counter(
-                name, callbacks=[self._callback(fn)], unit=unit, description=text
-            )
-        gauges: List[tuple[str, str, str, Callable[[Stats], Iterable[Observation]]]] = [
-            (
-                "tether.client.queue.depth",
-                "{message}",
-                "Messages waiting in the outbound queue.",
-                self._one(lambda s: s.queue_depth),
-            ),
-            (
-                "tether.client.in_flight",
-                "{message}",
-                "Messages taken from the queue and not yet done.",
-                self._one(lambda s: s.in_flight),
-            ),
-            (
-                "tether.client.buffered",
-                "By",
-                "Bytes framed but not yet sent by the kernel (buffered_amount).",
-                self._one(lambda s: s.buffered_amount),
-            ),
-            (
-                "tether.client.inbound.depth",
-                "{message}",
-                "Inbound payloads waiting for the application.",
-                self._inbound,
-            ),
-        ]
-        for name, unit, text, fn in gauges:
-            meter.create_observable_up_down_counter(
-                name, callbacks=[self._callback(fn)], unit=unit, description=text
-            )
-
     @property
     def active(self) -> bool:
         """False once :meth:`uninstrument` was called (or the client was collected)."""
         return self._client is not None and self._client() is not None
 
     def uninstrument(self) -> None:
-        """Stop reporting: every callback returns nothing from now on (idempotent)."""
+        """Stop reporting: this client's measurements end from now on (idempotent)."""
         with self._lock:
             self._client = None
             self._snapshot = None
             self._taken_for = None
 
-    # ------------------------------------------------------------------ callbacks
+    def _observes(self, client: TetherClient) -> bool:
+        ref = self._client
+        return ref is not None and ref() is client
 
-    def _stats(self, collection: object) -> Optional[Stats]:
+    # ------------------------------------------------------------------ per collection
+
+    def _stats(self, collection: object, instruments: _Instruments) -> Optional[Stats]:
         """One ``stats()`` snapshot per collection, whatever thread collects."""
         with self._lock:
             ref = self._client
@@ -240,64 +134,216 @@ class Instrumentation:
             if self._snapshot is None or self._taken_for is not collection:
                 self._snapshot = client.stats()
                 self._taken_for = collection
-                self._record_samples()
+                self._record_samples(instruments)
             return self._snapshot
 
-    def _record_samples(self) -> None:
+    def _record_samples(self, instruments: _Instruments) -> None:
         # The I/O thread appends, we pop: deque operations are atomic.
         counters = self._counters
         rtt, attempts = counters.rtt_samples, counters.attempt_samples
         for _ in range(len(rtt)):
-            self._rtt.record(rtt.popleft(), self._base)
+            instruments.rtt.record(rtt.popleft(), self.base)
         for _ in range(len(attempts)):
             seconds, opened = attempts.popleft()
             outcome = "success" if opened else "failure"
-            self._attempt.record(seconds, {**self._base, "outcome": outcome})
+            instruments.attempt.record(seconds, {**self.base, "outcome": outcome})
 
-    def _callback(
-        self, fn: Callable[[Stats], Iterable[Observation]]
-    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            stats = self._stats(options)
-            return () if stats is None else list(fn(stats))
-
-        return callback
-
-    def _one(self, value: Callable[[Stats], int]) -> Callable[[Stats], Iterable[Observation]]:
-        def observe(stats: Stats) -> Iterable[Observation]:
-            return [self._observation(value(stats), self._base)]
-
-        return observe
-
-    def _dropped(self, stats: Stats) -> Iterable[Observation]:
+    def _dropped(self, stats: Stats) -> Iterable[Tuple[int, Dict[str, Any]]]:
         client = self._client() if self._client is not None else None
         out = []
         if client is not None:
             policy = client._loop.outbox.overflow
             out.append(
-                self._observation(
-                    stats.dropped_outbound,
-                    {**self._base, "direction": "outbound", "reason": policy},
-                )
+                (stats.dropped_outbound, {**self.base, "direction": "outbound", "reason": policy})
             )
         for policy, count in stats.dropped_inbound_by_policy.items():
-            attrs = {**self._base, "direction": "inbound", "reason": policy}
-            out.append(self._observation(count, attrs))
+            out.append((count, {**self.base, "direction": "inbound", "reason": policy}))
         return out
 
-    def _reconnects(self, stats: Stats) -> Iterable[Observation]:
+    def _reconnects(self, stats: Stats) -> Iterable[Tuple[int, Dict[str, Any]]]:
         return [
-            self._observation(count, {**self._base, "cause": cause})
+            (count, {**self.base, "cause": cause})
             for cause, count in stats.reconnects_by_cause.items()
         ]
 
-    def _inbound(self, stats: Stats) -> Iterable[Observation]:
+    def _inbound(self, stats: Stats) -> Iterable[Tuple[int, Dict[str, Any]]]:
         if not self._channels:
-            return [self._observation(sum(stats.inbound_depth.values()), self._base)]
+            return [(sum(stats.inbound_depth.values()), self.base)]
         return [
-            self._observation(depth, {**self._base, "tether.channel": channel})
+            (depth, {**self.base, "tether.channel": channel})
             for channel, depth in stats.inbound_depth.items()
         ]
+
+
+def _one(value: Callable[[Stats], int]) -> Measure:
+    def measure(inst: Instrumentation, stats: Stats) -> Iterable[Tuple[int, Dict[str, Any]]]:
+        return [(value(stats), inst.base)]
+
+    return measure
+
+
+COUNTERS: List[Tuple[str, str, str, Measure]] = [
+    (
+        "tether.client.messages.sent",
+        "{message}",
+        "Data messages written to the socket.",
+        _one(lambda s: s.sent),
+    ),
+    (
+        "tether.client.messages.received",
+        "{message}",
+        "Inbound messages handed to the application.",
+        _one(lambda s: s.received),
+    ),
+    (
+        "tether.client.messages.acked",
+        "{message}",
+        "Messages the server acknowledged.",
+        _one(lambda s: s.acked),
+    ),
+    (
+        "tether.client.messages.resent",
+        "{message}",
+        "Messages written again after a reconnect because no ack came.",
+        _one(lambda s: s.resent),
+    ),
+    (
+        "tether.client.messages.dropped",
+        "{message}",
+        "Messages dropped by an overflow policy, by direction and policy.",
+        lambda inst, stats: inst._dropped(stats),
+    ),
+    (
+        "tether.client.bytes.sent",
+        "By",
+        "Bytes the kernel accepted (WebSocket frames after the handshake).",
+        _one(lambda s: s.bytes_sent),
+    ),
+    (
+        "tether.client.bytes.received",
+        "By",
+        "Bytes read from the socket after the handshake.",
+        _one(lambda s: s.bytes_received),
+    ),
+    (
+        "tether.client.reconnects",
+        "{reconnect}",
+        "Connections opened after the first, by what lost the link before.",
+        lambda inst, stats: inst._reconnects(stats),
+    ),
+    (
+        "tether.client.connection.attempts",
+        "{attempt}",
+        "Connection attempts started.",
+        _one(lambda s: s.connect_attempts),
+    ),
+    (
+        "tether.client.connection.failures",
+        "{attempt}",
+        "Connection attempts that ended before the link opened.",
+        _one(lambda s: s.connect_failures),
+    ),
+]
+"""The observable counters: name, unit, description, measure."""
+
+GAUGES: List[Tuple[str, str, str, Measure]] = [
+    (
+        "tether.client.queue.depth",
+        "{message}",
+        "Messages waiting in the outbound queue.",
+        _one(lambda s: s.queue_depth),
+    ),
+    (
+        "tether.client.in_flight",
+        "{message}",
+        "Messages taken from the queue and not yet done.",
+        _one(lambda s: s.in_flight),
+    ),
+    (
+        "tether.client.buffered",
+        "By",
+        "Bytes framed but not yet sent by the kernel (buffered_amount).",
+        _one(lambda s: s.buffered_amount),
+    ),
+    (
+        "tether.client.inbound.depth",
+        "{message}",
+        "Inbound payloads waiting for the application.",
+        lambda inst, stats: inst._inbound(stats),
+    ),
+]
+"""The observable up-down counters: name, unit, description, measure."""
+
+
+class _Instruments:
+    """The instruments of one meter provider, and the clients they report.
+
+    OpenTelemetry keeps the first instrument of a name (a second one with the
+    same name gets no callback), so each provider gets its instruments once,
+    and their callbacks report every client instrumented on it. Clients whose
+    attributes are the same (the same endpoint) are reported as one series,
+    their values added.
+    """
+
+    def __init__(self, meter_provider: MeterProvider) -> None:
+        from opentelemetry.metrics import Observation
+
+        self._observation = Observation
+        # Guards _members (its one purpose: instrument() and collections race).
+        self._lock = threading.Lock()
+        self._members: List[Instrumentation] = []
+        meter = meter_provider.get_meter("tether_sync", __version__)
+        self.rtt: Histogram = meter.create_histogram(
+            "tether.client.round_trip_time",
+            unit="s",
+            description="Heartbeat round-trip time, ping to pong.",
+        )
+        self.attempt: Histogram = meter.create_histogram(
+            "tether.client.connection.duration",
+            unit="s",
+            description="How long each connection attempt took until the link opened or failed.",
+        )
+        for name, unit, text, measure in COUNTERS:
+            meter.create_observable_counter(
+                name, callbacks=[self._callback(measure)], unit=unit, description=text
+            )
+        for name, unit, text, measure in GAUGES:
+            meter.create_observable_up_down_counter(
+                name, callbacks=[self._callback(measure)], unit=unit, description=text
+            )
+
+    def add(self, client: TetherClient, channels: bool) -> Instrumentation:
+        """The client's handle: the one it has here already, else a new one."""
+        with self._lock:
+            self._members = [m for m in self._members if m.active]
+            for member in self._members:
+                if member._observes(client):
+                    return member
+            member = Instrumentation(client, channels)
+            self._members.append(member)
+            return member
+
+    def _callback(self, measure: Measure) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            with self._lock:
+                members = list(self._members)
+            totals: Dict[Tuple[Tuple[str, Any], ...], Tuple[int, Dict[str, Any]]] = {}
+            for member in members:
+                stats = member._stats(options, self)
+                if stats is None:
+                    continue
+                for value, attrs in measure(member, stats):
+                    key = tuple(sorted(attrs.items()))
+                    before = totals.get(key)
+                    totals[key] = (value + (before[0] if before else 0), attrs)
+            return [self._observation(value, attrs) for value, attrs in totals.values()]
+
+        return callback
+
+
+# Guards _providers (its one purpose): one _Instruments per meter provider.
+_providers_lock = threading.Lock()
+_providers: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
 
 
 def instrument(
@@ -315,6 +361,11 @@ def instrument(
         channels: Report the inbound depth per channel (``tether.channel``).
             Off by default: channels are often unbounded in number.
 
+    Several clients can be instrumented on one provider: each is reported
+    (clients with the same endpoint as one series, their values added). Called
+    again for a client already instrumented on the provider, it returns the
+    handle it has (and nothing is counted twice).
+
     Returns:
         A handle whose :meth:`~Instrumentation.uninstrument` stops the reporting.
 
@@ -328,7 +379,11 @@ def instrument(
             "tether_sync.otel needs opentelemetry-api: pip install tether-sync[otel]"
         ) from exc
     provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
-    return Instrumentation(client, provider, channels)
+    with _providers_lock:
+        instruments = _providers.get(provider)
+        if instruments is None:
+            instruments = _providers[provider] = _Instruments(provider)
+    return instruments.add(client, channels)
 
 
 __all__ = ["Instrumentation", "instrument"]

@@ -7,7 +7,9 @@ started again on the same port; the metrics are read through the SDK's
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from typing import Any, Dict, Iterator, List
 
 import pytest
@@ -186,3 +188,57 @@ def test_drops_by_direction_and_reason_and_channel_opt_in(make_server: Any) -> N
         assert inbox.get(timeout=1) == 4
     finally:
         client.close(5)
+
+
+def test_several_clients_on_one_provider_are_all_reported(tether_server: Any) -> None:
+    """Each client instrumented on a provider is reported; instrument() twice counts once.
+
+    OpenTelemetry keeps the first instrument of a name: on the code before,
+    the second client's instruments got no callback and it was never reported.
+    """
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    first = TetherClient(tether_server.url)
+    second = TetherClient(tether_server.url + "?room=2")
+    twin = TetherClient(tether_server.url)  # the same endpoint as ``first``
+    clients = [first, second, twin]
+    try:
+        handle = instrument(first, provider)
+        assert instrument(first, provider) is handle  # again: the same handle
+        instrument(second, provider)
+        instrument(twin, provider)
+        for client, count in zip(clients, (10, 30, 5)):
+            client.connect(wait=True, timeout=10)
+            for d in [client.send(i, channel="c") for i in range(count)]:
+                d.result(timeout=10)
+        m = Metrics(reader)
+        # ``first`` and ``twin`` share their attributes: one series, their sum.
+        assert m.value("tether.client.messages.sent", **{"url.full": tether_server.url}) == 15
+        second_url = tether_server.url + "?room=***"
+        assert m.value("tether.client.messages.sent", **{"url.full": second_url}) == 30
+        assert m.value("tether.client.connection.attempts") == 3
+
+        handle.uninstrument()  # only ``first`` stops being reported
+        m = Metrics(reader)
+        assert m.value("tether.client.messages.sent", **{"url.full": tether_server.url}) == 5
+        assert m.value("tether.client.messages.sent", **{"url.full": second_url}) == 30
+    finally:
+        for client in clients:
+            client.close(5)
+
+
+def test_a_closed_client_once_collected_is_no_longer_reported(tether_server: Any) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    client = TetherClient(tether_server.url)
+    handle = instrument(client, provider)
+    client.connect(wait=True, timeout=10)
+    client.send("x", channel="c").result(timeout=10)
+    assert Metrics(reader).value("tether.client.messages.sent") == 1
+    client.close(5)
+    ref = weakref.ref(client)
+    del client
+    gc.collect()
+    assert ref() is None  # the instruments do not keep it alive
+    assert not handle.active
+    assert Metrics(reader).points.get("tether.client.messages.sent", []) == []
