@@ -331,3 +331,29 @@ def test_record_covers_open_connections_once_per_publication(tmp_path: Path) -> 
                     {"px": 11},
                     {"px": 12},
                 ]
+
+
+@pytest.mark.timeout(60)
+def test_record_a_compressed_connection(tmp_path: Path) -> None:
+    """With the server's compression on and a client that asks for it, record() still works.
+
+    On the code before, compressed frames could not be parsed: nothing was
+    recorded (a logged exception per connection instead).
+    """
+    from tether_sync import TetherClient
+    from tether_sync.testing import TetherTestServer, read_recording
+
+    path = tmp_path / "inbound.jsonl"
+    big = {"text": "compressible " * 200}  # above the 1 KiB threshold: sent compressed
+    with TetherTestServer(compression="deflate") as server:
+        with TetherClient(server.url, compression="deflate") as client:
+            inbox = client.subscribe("news")
+            client.connect(wait=True, timeout=10)
+            assert server.wait_subscribed("news")
+            with server.record(path) as recording:
+                for n in range(3):
+                    server.publish("news", {**big, "n": n})
+                got = [inbox.get(timeout=5) for _ in range(3)]
+            assert got == [{**big, "n": n} for n in range(3)]
+            assert recording.count == 3
+    assert [p["n"] for _, _, p in read_recording(path)] == [0, 1, 2]

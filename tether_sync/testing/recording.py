@@ -32,7 +32,9 @@ from typing import (
     Union,
 )
 
-from ..frames import OP_TEXT, FrameParser, FrameProtocolError
+from ..deflate import DeflateParams, PerMessageDeflate, parse_extensions
+from ..exceptions import ProtocolError
+from ..frames import OP_TEXT, FrameParser, FrameProtocolError, Inflate
 
 if TYPE_CHECKING:
     from ..client import TetherClient
@@ -103,16 +105,39 @@ class Recording:
         self.stop()
 
 
+def _inflater(head: bytes) -> Optional[Inflate]:
+    """The ``inflate`` of a response head that agreed permessage-deflate, else None."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() != b"sec-websocket-extensions":
+            continue
+        try:
+            for ext, params in parse_extensions(value.decode("latin-1")):
+                if ext != "permessage-deflate":
+                    continue
+                agreed = dict(params)
+                bits = agreed.get("server_max_window_bits")
+                codec = PerMessageDeflate(
+                    DeflateParams(
+                        server_no_context_takeover="server_no_context_takeover" in agreed,
+                        server_max_window_bits=int(bits) if bits else 15,
+                    )
+                )
+                return codec.decode
+        except (ProtocolError, ValueError):
+            return None
+    return None
+
+
 class ServerTap:
     """Parses what the server sends on one connection; data envelopes go to the recording.
 
     Every connection has one from its start, recording or not, so that a
     recording started later still finds the frame boundaries: it covers the
     connections already open too. The bytes start with the HTTP response of the
-    opening handshake; after it, WebSocket frames (unmasked, not compressed:
-    the test server offers no compression unless asked to; a connection whose
-    frames cannot be parsed is not recorded, and says so once if a recording
-    is on).
+    opening handshake; after it, WebSocket frames (unmasked; inflated when the
+    handshake agreed permessage-deflate). A connection whose frames cannot be
+    parsed is not recorded, and says so once if a recording is on.
 
     Args:
         current: Returns the recording in progress, or None.
@@ -134,18 +159,15 @@ class ServerTap:
                 if len(self._head) > 65536:  # not an HTTP response: never mind
                     self._broken = True
                 return
-            data = self._head[end + 4 :]
+            head, data = self._head[:end], self._head[end + 4 :]
             self._head = b""
-            self._parser = FrameParser(max_message_size=2**31)
+            self._parser = FrameParser(max_message_size=2**31, inflate=_inflater(head))
         try:
             messages = self._parser.feed(data)
         except FrameProtocolError:
             self._broken = True
             if self._recording() is not None:
-                log.warning(
-                    "recording: a connection's frames could not be parsed (compressed?); "
-                    "its messages are not recorded"
-                )
+                log.warning("recording: a connection's frames could not be parsed; not recorded")
             return
         recording = self._recording() if messages else None
         if recording is None:
