@@ -16,7 +16,11 @@ SDK collects, so instrumentation adds no work per message. The two histograms
 (round-trip time and connection-attempt duration) are recorded at collection
 too, from the samples the I/O thread keeps once per heartbeat and per attempt
 (at most :data:`~tether_sync.stats.SAMPLES` between two collections). One
-collection takes one ``stats()`` snapshot, shared by all its callbacks.
+collection takes one ``stats()`` snapshot per client, shared by all its callbacks.
+
+The instruments are created once per meter provider (OpenTelemetry keeps the
+first instrument of a name and would ignore a second one's callbacks); every
+client instrumented on the provider is reported through them.
 
 Instruments (names follow OpenTelemetry's rules: lowercase, dot-separated,
 units in UCUM, counts in ``{...}`` annotations, durations in seconds):
