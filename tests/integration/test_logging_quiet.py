@@ -210,11 +210,12 @@ def test_records_off_the_io_thread_carry_their_clients_fields(
             assert all(r.attempt == 0 for r in raised)  # type: ignore[attr-defined]
 
     # send() that waits for room, on the caller's thread, while the link is down.
-    with TetherClient(
+    client = TetherClient(
         dead_url + "?key=hidden",
         queue={"max_size": 1},
         reconnect={"base_delay": 5.0, "max_delay": 5.0},
-    ) as client:
+    )
+    try:
         client.connect()
         client.send(1)
         with pytest.raises(QueueFull):
@@ -223,6 +224,10 @@ def test_records_off_the_io_thread_carry_their_clients_fields(
         assert waiting and waiting[0].threadName == threading.current_thread().name
         assert waiting[0].client is not None  # type: ignore[attr-defined]
         assert waiting[0].endpoint == dead_url + "?key=***"  # type: ignore[attr-defined]
+    finally:
+        client.close(0.5)  # the queued message cannot be sent: no need to wait for it
+    unsent = collected.wait("queued message(s) were not sent")
+    assert unsent and unsent[0].client == waiting[0].client  # type: ignore[attr-defined]
     assert collected.failures == []
 
 
