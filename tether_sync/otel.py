@@ -345,9 +345,32 @@ class _Instruments:
         return callback
 
 
-# Guards _providers (its one purpose): one _Instruments per meter provider.
+# Guards _providers and _global (their one purpose): one _Instruments per meter provider.
 _providers_lock = threading.Lock()
 _providers: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
+# The instruments of the global provider: made on the API's proxy when a client
+# is instrumented before the application sets its provider (the proxy then
+# hands them to it), else on that provider; every later global instrument()
+# uses them, so no second instrument of a name is made there.
+_global: Optional[_Instruments] = None
+
+
+def _instruments_for(meter_provider: Optional[MeterProvider]) -> _Instruments:
+    from opentelemetry import metrics
+
+    global _global
+    with _providers_lock:
+        current = metrics.get_meter_provider()
+        if meter_provider is None or meter_provider is current:
+            if _global is None:
+                _global = _providers.get(current)
+                if _global is None:
+                    _global = _providers[current] = _Instruments(current)
+            return _global
+        instruments = _providers.get(meter_provider)
+        if instruments is None:
+            instruments = _providers[meter_provider] = _Instruments(meter_provider)
+        return instruments
 
 
 def instrument(
@@ -361,7 +384,8 @@ def instrument(
     Args:
         client: The client to observe (connected or not).
         meter_provider: Where to create the instruments; the global one
-            (``opentelemetry.metrics.get_meter_provider()``) by default.
+            (``opentelemetry.metrics.get_meter_provider()``) by default, also
+            when the application sets it only later.
         channels: Report the inbound depth per channel (``tether.channel``).
             Off by default: channels are often unbounded in number.
 
@@ -377,17 +401,12 @@ def instrument(
         ImportError: ``opentelemetry-api`` is not installed (``tether-sync[otel]``).
     """
     try:
-        from opentelemetry import metrics
+        import opentelemetry.metrics  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "tether_sync.otel needs opentelemetry-api: pip install tether-sync[otel]"
         ) from exc
-    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
-    with _providers_lock:
-        instruments = _providers.get(provider)
-        if instruments is None:
-            instruments = _providers[provider] = _Instruments(provider)
-    return instruments.add(client, channels)
+    return _instruments_for(meter_provider).add(client, channels)
 
 
 __all__ = ["Instrumentation", "instrument"]

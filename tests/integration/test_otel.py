@@ -8,8 +8,12 @@ started again on the same port; the metrics are read through the SDK's
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import threading
 import weakref
+from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
@@ -242,3 +246,58 @@ def test_a_closed_client_once_collected_is_no_longer_reported(tether_server: Any
     assert ref() is None  # the instruments do not keep it alive
     assert not handle.active
     assert Metrics(reader).points.get("tether.client.messages.sent", []) == []
+
+
+GLOBAL_PROVIDER_SCRIPT = """
+import sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from tether_sync import TetherClient
+from tether_sync.otel import instrument
+
+url = sys.argv[1]
+a = TetherClient(url + "a")
+instrument(a)  # e.g. at import time, before the application sets its provider
+reader = InMemoryMetricReader()
+provider = MeterProvider(metric_readers=[reader])
+metrics.set_meter_provider(provider)
+b = TetherClient(url + "b")
+instrument(b)  # the global provider, now the SDK's
+c = TetherClient(url + "c")
+instrument(c, provider)  # the same provider, passed
+for client, n in ((a, 1), (b, 2), (c, 3)):
+    client.connect(wait=True, timeout=10)
+    for i in range(n):
+        client.send(i).result(timeout=10)
+sent = {}
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            if m.name == "tether.client.messages.sent":
+                for p in m.data.data_points:
+                    sent[p.attributes["url.full"][len(url):]] = p.value
+for client in (a, b, c):
+    client.close(5)
+print(sorted(sent.items()))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_global_provider_before_and_after_the_app_sets_it(tether_server: Any) -> None:
+    """Clients instrumented on the global provider, before and after it is set, all report.
+
+    On the code before, only the first one was reported: the others' instruments
+    had the same names, and OpenTelemetry kept the first ones' callbacks only.
+    """
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT, tether_server.url],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=str(root),
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[('a', 1), ('b', 2), ('c', 3)]", done.stderr
