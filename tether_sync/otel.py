@@ -334,7 +334,10 @@ class _Instruments:
             totals: Dict[Tuple[Tuple[str, Any], ...], Tuple[int, Dict[str, Any]]] = {}
             for member in members:
                 stats = member._stats(options, self)
-                if stats is None:
+                if stats is None:  # uninstrumented, or its client was collected
+                    with self._lock:
+                        if member in self._members:
+                            self._members.remove(member)
                     continue
                 for value, attrs in measure(member, stats):
                     key = tuple(sorted(attrs.items()))
