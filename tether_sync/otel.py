@@ -89,7 +89,7 @@ class Instrumentation:
         channels: Add ``tether.channel`` to the inbound depth.
     """
 
-    def __init__(self, client: TetherClient, channels: bool = False) -> None:
+    def __init__(self, client: TetherClient, channels: bool = False, fresh: bool = True) -> None:
         self._client: Optional[weakref.ReferenceType[TetherClient]] = weakref.ref(client)
         # The I/O thread's counters (tether_sync.stats.Counters): read-only here,
         # but for the sample deques, which this drains.
@@ -106,9 +106,9 @@ class Instrumentation:
         # object: a snapshot serves the collection that took it (the reference
         # is kept so that its id cannot be reused by a later collection's).
         self._taken_for: Optional[object] = None
-        # Samples taken before instrumenting are not reported as new ones.
-        self._counters.rtt_samples.clear()
-        self._counters.attempt_samples.clear()
+        if fresh:  # samples taken before instrumenting are not reported as new ones
+            self._counters.rtt_samples.clear()
+            self._counters.attempt_samples.clear()
 
     @property
     def active(self) -> bool:
@@ -317,13 +317,11 @@ class _Instruments:
             )
 
     def add(self, client: TetherClient, channels: bool) -> Instrumentation:
-        """The client's handle: the one it has here already, else a new one."""
+        """A new handle of ``client`` (counted once however many handles it has)."""
         with self._lock:
             self._members = [m for m in self._members if m.active]
-            for member in self._members:
-                if member._observes(client):
-                    return member
-            member = Instrumentation(client, channels)
+            fresh = not any(m._observes(client) for m in self._members)
+            member = Instrumentation(client, channels, fresh)
             self._members.append(member)
             return member
 
@@ -332,13 +330,17 @@ class _Instruments:
             with self._lock:
                 members = list(self._members)
             totals: Dict[Tuple[Tuple[str, Any], ...], Tuple[int, Dict[str, Any]]] = {}
+            counted = set()  # clients (by their counters) already counted: once each
             for member in members:
+                if id(member._counters) in counted:
+                    continue
                 stats = member._stats(options, self)
                 if stats is None:  # uninstrumented, or its client was collected
                     with self._lock:
                         if member in self._members:
                             self._members.remove(member)
                     continue
+                counted.add(id(member._counters))
                 for value, attrs in measure(member, stats):
                     key = tuple(sorted(attrs.items()))
                     before = totals.get(key)
@@ -394,8 +396,9 @@ def instrument(
 
     Several clients can be instrumented on one provider: each is reported
     (clients with the same endpoint as one series, their values added). Called
-    again for a client already instrumented on the provider, it returns the
-    handle it has (and nothing is counted twice).
+    again for a client already instrumented on the provider, it returns another
+    handle, and the client is still counted once, as long as any of its
+    handles is active.
 
     Returns:
         A handle whose :meth:`~Instrumentation.uninstrument` stops the reporting.
