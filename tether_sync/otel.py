@@ -68,7 +68,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 from tether_sync import Stats, __version__, redact_url
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
+    from opentelemetry.metrics import (
+        CallbackOptions,
+        Histogram,
+        Meter,
+        MeterProvider,
+        Observation,
+    )
 
     from tether_sync import TetherClient
 
@@ -279,6 +285,33 @@ GAUGES: List[Tuple[str, str, str, Measure]] = [
 """The observable up-down counters: name, unit, description, measure."""
 
 
+SECONDS_BUCKETS: Tuple[float, ...] = (
+    *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1),
+    *(0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0),
+)
+"""Bucket boundaries advised for the histograms, in seconds.
+
+The SDK's default boundaries (0, 5, 10, 25, ... 10000) suit milliseconds: a
+round trip of 1 ms would fall in the first bucket with everything else. These
+are OpenTelemetry's advice for request durations (semantic conventions), with
+sub-millisecond ones for a loopback or LAN round trip and longer ones for a
+connection attempt that waits out a timeout.
+"""
+
+
+def _histogram(meter: Meter, name: str, description: str) -> Histogram:
+    """A histogram in seconds, with :data:`SECONDS_BUCKETS` where the API takes advice."""
+    try:
+        return meter.create_histogram(
+            name,
+            unit="s",
+            description=description,
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        )
+    except TypeError:  # opentelemetry-api < 1.23: no advisory parameter
+        return meter.create_histogram(name, unit="s", description=description)
+
+
 class _Instruments:
     """The instruments of one meter provider, and the clients they report.
 
@@ -297,15 +330,15 @@ class _Instruments:
         self._lock = threading.Lock()
         self._members: List[Instrumentation] = []
         meter = meter_provider.get_meter("tether_sync", __version__)
-        self.rtt: Histogram = meter.create_histogram(
+        self.rtt: Histogram = _histogram(
+            meter,
             "tether.client.round_trip_time",
-            unit="s",
-            description="Heartbeat round-trip time, ping to pong.",
+            "Heartbeat round-trip time, ping to pong.",
         )
-        self.attempt: Histogram = meter.create_histogram(
+        self.attempt: Histogram = _histogram(
+            meter,
             "tether.client.connection.duration",
-            unit="s",
-            description="How long each connection attempt took until the link opened or failed.",
+            "How long each connection attempt took until the link opened or failed.",
         )
         for name, unit, text, measure in COUNTERS:
             meter.create_observable_counter(

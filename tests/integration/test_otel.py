@@ -304,3 +304,28 @@ def test_the_global_provider_before_and_after_the_app_sets_it(tether_server: Any
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[('a', 1), ('b', 2), ('c', 3)]", done.stderr
+
+
+def test_histograms_have_buckets_for_seconds(tether_server: Any) -> None:
+    """A 1 ms round trip is told apart from a 100 ms one.
+
+    On the code before, the SDK's default boundaries (0, 5, 10, 25 ...: made
+    for milliseconds) put every round trip and attempt in one bucket, 0 to 5 s.
+    """
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    client = TetherClient(tether_server.url, heartbeat={"interval": 0.05, "timeout": 2.0})
+    try:
+        instrument(client, provider)
+        client.connect(wait=True, timeout=10)
+        assert eventually(lambda: client.stats().last_rtt is not None)
+        m = Metrics(reader)
+        for name in ("tether.client.round_trip_time", "tether.client.connection.duration"):
+            (point,) = m.points[name]
+            bounds = list(point.explicit_bounds)
+            assert bounds[0] <= 0.001 and 1.0 in bounds and bounds[-1] >= 10.0, bounds
+            # Loopback: every sample is counted in a bucket ending at or under 0.5 s.
+            below_half = sum(c for b, c in zip(bounds, point.bucket_counts) if b <= 0.5)
+            assert point.count >= 1 and below_half == point.count
+    finally:
+        client.close(5)
