@@ -32,6 +32,7 @@ from .durable import DurableStore
 from .envelope import encode_data, encode_json
 from .events import EVENT_NAMES, ErrorEvent, MessageEvent, QueuedEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, QueueFull, TetherError
+from .logfields import LOG_CONTEXT
 from .loop import IoLoop, LoopConfig
 from .options import (
     INBOUND_OVERFLOW,
@@ -213,6 +214,11 @@ class TetherClient:
             auth=self._make_authenticator(),
             on_state=self._on_state,
         )
+        # Records logged by this client's methods on the caller's thread, and by
+        # its dispatcher and store threads, carry its log fields (DESIGN §8).
+        self._log_context = self._loop.log_context
+        if self._own_dispatcher is not None:
+            setattr(self._own_dispatcher, LOG_CONTEXT, self._log_context)
         self._store: Optional[DurableStore] = None
         queue_opt = self._config.queue
         if queue_opt is not None and queue_opt.path is not None:
@@ -220,6 +226,7 @@ class TetherClient:
             self._store = DurableStore(
                 queue_opt.path, fsync=queue_opt.fsync, on_commit_ref=self._committed
             )
+            setattr(self._store, LOG_CONTEXT, self._log_context)
             # See Outbox.linger: a durable send waits at most 2 ms for the I/O thread
             # (acks take up to 50 ms anyway); fewer wake-ups leave the GIL to senders.
             self._loop.outbox.linger = 0.002
@@ -253,6 +260,7 @@ class TetherClient:
                     type(error).__name__,
                 )
                 fb = ThreadDispatcher(self._report_error, "tether-dispatch-fallback")
+                setattr(fb, LOG_CONTEXT, self._log_context)
                 fb.start()
                 self._fallback = fb
                 report = True

@@ -96,6 +96,12 @@ class IoLoop:
             offline_ok=queue is not None,
             wake=self._poller.wake,
         )
+        # This client's log fields (DESIGN §8): the I/O thread binds them; records
+        # of the outbox (a send() that waits) find them through its attribute.
+        self.log_context = logfields.Context(
+            lambda: (self.life.endpoint, self.attempt, self.counters.last_cause)
+        )
+        setattr(self.outbox, logfields.LOG_CONTEXT, self.log_context)
         # Everything below is touched by the I/O thread only (ints read anywhere).
         self.counters = Counters()
         self.router = Router(self.counters, emit, wants)
@@ -224,7 +230,7 @@ class IoLoop:
 
     def _run(self) -> None:
         # Every record this thread logs carries the client's fields (DESIGN §8).
-        logfields.bind(lambda: (self.life.endpoint, self.attempt, self.counters.last_cause))
+        logfields.bind(self.log_context)
         try:
             self._guard(self.life.connect)
             while not self.stopped.is_set():

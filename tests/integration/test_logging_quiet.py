@@ -9,12 +9,15 @@ each of those logs a WARNING in the library.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import queue
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -131,3 +134,126 @@ def test_json_records_carry_client_endpoint_attempt_cause(tmp_path: Path) -> Non
     for r in ours:
         for key in ("endpoint", "cause"):
             assert "hunter2" not in r[key] and "s3cr3t" not in r[key]
+
+
+class _Collect(logging.Handler):
+    """Keeps each record and its text formatted with a format naming the four fields."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+        self.failures: List[str] = []
+        self.cond = threading.Condition()
+        self.setFormatter(logging.Formatter("%(client)s %(endpoint)s %(attempt)s %(cause)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.format(record)
+        except Exception as exc:  # a format naming the fields must work for every record
+            self.failures.append(f"{record.name}: {exc!r}")
+        with self.cond:
+            self.records.append(record)
+            self.cond.notify_all()
+
+    def wait(self, text: str, count: int = 1, timeout: float = 10.0) -> List[logging.LogRecord]:
+        def found() -> List[logging.LogRecord]:
+            return [r for r in self.records if text in r.getMessage()]
+
+        with self.cond:
+            self.cond.wait_for(lambda: len(found()) >= count, timeout)
+            return found()
+
+
+@pytest.fixture
+def collected() -> Iterator[_Collect]:
+    handler = _Collect()
+    logger = logging.getLogger("tether_sync")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.mark.timeout(60)
+def test_records_off_the_io_thread_carry_their_clients_fields(
+    collected: _Collect, dead_url: str
+) -> None:
+    """A callback that raised, on our dispatcher or the user's, and a send() that waits.
+
+    On the code before, those records (logged on the dispatcher's or the
+    caller's thread) had ``client`` None and ``endpoint`` "": a JSON log could
+    not tell which client they were about.
+    """
+    from tether_sync import QueueFull, TetherClient
+    from tether_sync.testing import TetherTestServer
+
+    tasks: queue.Queue[Any] = queue.Queue()
+    with TetherTestServer() as server:
+        own_url = server.url + "?token=s3cr3t"
+        with TetherClient(own_url) as own, TetherClient(server.url, dispatcher=tasks.put) as user:
+            for client in (own, user):
+                client.subscribe("news", lambda payload: 1 / 0)
+                client.connect(wait=True, timeout=10)
+            assert server.wait_subscribed("news", count=2)
+            server.publish("news", 1)
+            tasks.get(timeout=10)()  # the user's dispatcher runs the callback here
+            raised = collected.wait("exception in subscription callback", count=2)
+            assert len(raised) == 2
+            by_endpoint = {r.endpoint: r for r in raised}  # type: ignore[attr-defined]
+            assert set(by_endpoint) == {server.url + "?token=***", server.url}
+            names = {r.client for r in raised}  # type: ignore[attr-defined]
+            assert None not in names and len(names) == 2
+            assert all(r.attempt == 0 for r in raised)  # type: ignore[attr-defined]
+
+    # send() that waits for room, on the caller's thread, while the link is down.
+    client = TetherClient(
+        dead_url + "?key=hidden",
+        queue={"max_size": 1},
+        reconnect={"base_delay": 5.0, "max_delay": 5.0},
+    )
+    try:
+        client.connect()
+        client.send(1)
+        with pytest.raises(QueueFull):
+            client.send(2, timeout=0.2)
+        waiting = collected.wait("send() is waiting for room")
+        assert waiting and waiting[0].threadName == threading.current_thread().name
+        assert waiting[0].client is not None  # type: ignore[attr-defined]
+        assert waiting[0].endpoint == dead_url + "?key=***"  # type: ignore[attr-defined]
+    finally:
+        client.close(0.5)  # the queued message cannot be sent: no need to wait for it
+    unsent = collected.wait("queued message(s) were not sent")
+    assert unsent and unsent[0].client == waiting[0].client  # type: ignore[attr-defined]
+    assert collected.failures == []
+
+
+@pytest.mark.timeout(60)
+def test_a_format_naming_the_fields_works_for_the_bundled_servers_records(
+    collected: _Collect,
+) -> None:
+    """The server's records (its own loggers beneath tether_sync) have the four fields too.
+
+    On the code before, each of them made ``%(client)s`` fail (a logging
+    error on stderr per record), e.g. in an app's tests using the fixture.
+    """
+    from tether_sync import TetherClient
+    from tether_sync.testing import TetherTestServer
+
+    server_logger = logging.getLogger("tether_sync.server")
+    level = server_logger.level
+    server_logger.setLevel(logging.INFO)
+    try:
+        with TetherTestServer() as server:
+            with TetherClient(server.url) as client:
+                client.connect(wait=True, timeout=10)
+                client.send(1).result(timeout=10)
+    finally:
+        server_logger.setLevel(level)
+    servers = [r for r in collected.records if r.name.startswith("tether_sync.server")]
+    assert servers
+    assert collected.failures == []
+    assert all(r.client is None for r in servers)  # type: ignore[attr-defined]

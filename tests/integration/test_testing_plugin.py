@@ -291,3 +291,69 @@ def test_record_client_then_replay(tmp_path: Path) -> None:
             assert server.wait_subscribed("ticks")
             assert server.replay(path, speed=None) == 5
             assert [again.get(timeout=5) for _ in range(5)] == [{"n": n} for n in range(5)]
+
+
+@pytest.mark.timeout(60)
+def test_record_covers_open_connections_once_per_publication(tmp_path: Path) -> None:
+    """record() started while clients are connected records each publication once.
+
+    On the code before, only connections opened after record() were recorded
+    (a user who records mid-test got an empty file), and a publication that
+    went to two subscribers was recorded twice (and replayed twice).
+    """
+    from tether_sync import TetherClient
+    from tether_sync.testing import TetherTestServer, read_recording
+
+    path = tmp_path / "inbound.jsonl"
+    with TetherTestServer() as server:
+        with TetherClient(server.url) as one, TetherClient(server.url) as two:
+            inboxes = [one.subscribe("prices"), two.subscribe("prices")]
+            one.connect(wait=True, timeout=10)
+            two.connect(wait=True, timeout=10)
+            assert server.wait_subscribed("prices", count=2)
+            with server.record(path) as recording:  # the connections are open already
+                for px in (10, 11, 12):
+                    assert server.publish("prices", {"px": px}) == 2
+                for inbox in inboxes:
+                    assert [inbox.get(timeout=5) for _ in range(3)] == [
+                        {"px": 10},
+                        {"px": 11},
+                        {"px": 12},
+                    ]
+            assert recording.count == 3
+            assert [(c, p) for _, c, p in read_recording(path)] == [
+                ("prices", {"px": px}) for px in (10, 11, 12)
+            ]
+            assert server.replay(path, speed=None) == 3
+            for inbox in inboxes:
+                assert [inbox.get(timeout=5) for _ in range(3)] == [
+                    {"px": 10},
+                    {"px": 11},
+                    {"px": 12},
+                ]
+
+
+@pytest.mark.timeout(60)
+def test_record_a_compressed_connection(tmp_path: Path) -> None:
+    """With the server's compression on and a client that asks for it, record() still works.
+
+    On the code before, compressed frames could not be parsed: nothing was
+    recorded (a logged exception per connection instead).
+    """
+    from tether_sync import TetherClient
+    from tether_sync.testing import TetherTestServer, read_recording
+
+    path = tmp_path / "inbound.jsonl"
+    big = {"text": "compressible " * 200}  # above the 1 KiB threshold: sent compressed
+    with TetherTestServer(compression="deflate") as server:
+        with TetherClient(server.url, compression="deflate") as client:
+            inbox = client.subscribe("news")
+            client.connect(wait=True, timeout=10)
+            assert server.wait_subscribed("news")
+            with server.record(path) as recording:
+                for n in range(3):
+                    server.publish("news", {**big, "n": n})
+                got = [inbox.get(timeout=5) for _ in range(3)]
+            assert got == [{**big, "n": n} for n in range(3)]
+            assert recording.count == 3
+    assert [p["n"] for _, _, p in read_recording(path)] == [0, 1, 2]

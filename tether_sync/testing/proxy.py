@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Callable, Deque, List, Optional, Tuple
 
-log = logging.getLogger("tether_sync.testing")
+log = logging.getLogger("tether_sync")
 
 POLL = 0.05
 """Seconds a relay thread waits on its socket before it looks at its flags again."""

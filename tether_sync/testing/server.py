@@ -176,9 +176,12 @@ class TetherTestServer:
     def record(self, path: PathLike) -> Recording:
         """Record the data messages the server sends to clients, to ``path`` (JSON lines).
 
-        Covers the connections opened from now on, until ``.stop()`` on the
-        returned recording (or the end of its ``with`` block, or of the test).
-        Replay it with :meth:`replay`.
+        Covers every connection, those already open included, from now until
+        ``.stop()`` on the returned recording (or the end of its ``with``
+        block, or of the test). A publication (:meth:`publish`, or a client's
+        data the server relays to subscribers) is recorded once, however many
+        subscribers it went to and however often it was replayed to a client
+        that resumed. Replay it with :meth:`replay`.
         """
         if self._recording is not None:
             self._recording.stop()
@@ -227,10 +230,12 @@ class TetherTestServer:
         return f"<TetherTestServer {self.url} {state}, {self.connections} open>"
 
     def _tap(self) -> Optional[Tap]:
-        recording = self._recording
-        if recording is not None and recording.active:
-            return ServerTap(recording)
-        return None
+        # Every connection is parsed from its start, so that a recording begun
+        # while it is open finds the frame boundaries.
+        return ServerTap(self._current_recording)
+
+    def _current_recording(self) -> Optional[Recording]:
+        return self._recording
 
 
 __all__ = ["TetherTestServer"]
