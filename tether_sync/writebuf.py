@@ -18,7 +18,10 @@ from . import frames
 class Item(Protocol):
     """What the write buffer and the session need of a message (a ``Delivery``)."""
 
-    id: str
+    @property
+    def id(self) -> str:
+        """The message id."""
+
     _op: int
     _data: bytes
     _seq: int
