@@ -149,6 +149,8 @@ def sink_pair(
         on, off = rates["on"], rates["off"]
         rounds = [1 - (on[i] + on[i + 1]) / (off[i] + off[i + 1]) for i in range(0, len(on) - 1, 2)]
         out["paired_cost"] = statistics.median(rounds)
+        out["paired_cost_min"] = min(rounds)
+        out["paired_cost_max"] = max(rounds)
         print(
             f"  (cost per round: {', '.join(f'{100 * c:.1f}' for c in rounds)} %)", file=sys.stderr
         )
@@ -208,7 +210,11 @@ def sink_rows(n: int, repeat: int, pair: bool = True, pin: bool = False) -> int:
         cost = 100 * (1 - s_on / s_off)
         paired = 100 * rates["paired_cost"]
         print(f"  cost of acks, client side    {cost:6.1f} %   (medians of all runs)")
-        print(f"  cost of acks, paired rounds  {paired:6.1f} %   (target <= 15 %)")
+        lo, hi = 100 * rates["paired_cost_min"], 100 * rates["paired_cost_max"]
+        print(
+            f"  cost of acks, paired rounds  {paired:6.1f} %   (target <= 15 %; "
+            f"min {lo:.1f}, max {hi:.1f} over {repeat} ABBA rounds)"
+        )
     rate = rates["durable"] / 1000
     print(f"  durable outbox (fsync off)   {rate:7.1f} k/s  (target >= 20 k/s)")
     return 0

@@ -219,6 +219,63 @@ def send_tether(
     return {"rate": n / (t2 - t0), "call_rate": n / (t1 - t0), "pauses": pauses[0]}
 
 
+BIG_SIZES = (64 * 1024, 1024 * 1024)  # payload sizes of the big-message send rows
+
+
+def big_count(size: int, total: int) -> int:
+    """Messages of ``size`` bytes per big-message send run: ``total`` bytes, at least 20."""
+    return max(20, total // size)
+
+
+def send_big_all(base: str, size: int, n: int) -> Result:
+    """Send ``n`` binary messages of ``size`` bytes with each client, until the sink has them.
+
+    The three clients run one after the other within one repetition, so the
+    ratios are taken within a repetition (paired). Each is told to send a
+    ``bytes`` payload (a binary frame): what is timed is framing, masking and
+    writing, not UTF-8 encoding. Rates are in MB/s of payload.
+    """
+    payload = os.urandom(size)
+    expected = n * masked_frame_len(size)
+    out: Result = {}
+
+    ws = websocket.create_connection(f"{base}/sink?bytes={expected}", timeout=WAIT)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            ws.send_binary(payload)
+        _check_done(ws.recv(), expected)
+        out["wsc"] = n * size / (time.perf_counter() - t0) / 1e6
+    finally:
+        ws.close()
+
+    with websockets_connect(
+        f"{base}/sink?bytes={expected}", compression=None, open_timeout=WAIT, max_size=None
+    ) as wss:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            wss.send(payload)
+        _check_done(wss.recv(timeout=WAIT), expected)
+        out["websockets"] = n * size / (time.perf_counter() - t0) / 1e6
+
+    client = _tether(
+        f"{base}/sink?bytes={expected}",
+        queue={"max_size": n + 10, "overflow": "reject"},
+        max_message_size=max(size, 16 * 2**20),
+    )
+    try:
+        sub = client.subscribe("default")
+        client.connect(wait=True, timeout=10)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            client.send(payload)
+        _check_done(sub.get(timeout=WAIT), expected)
+        out["tether"] = n * size / (time.perf_counter() - t0) / 1e6
+    finally:
+        client.close(timeout=5)
+    return out
+
+
 def send_backpressure_pair(base: str, n: int) -> Result:
     """TetherClient send throughput, default high_water_mark vs 2**62 (off).
 
@@ -492,6 +549,13 @@ def run_all(base: str, args: argparse.Namespace, log: Callable[[str], None]) -> 
         ("recv.tether_block", lambda: recv_tether(base, n_recv, "block")),
         ("recv.tether_callback", lambda: recv_tether(base, n_recv, "callback")),
         ("rtt", lambda: rtt_all(base, n_rtt)),
+        *[
+            (
+                f"big.{size // 1024}k",
+                lambda size=size: send_big_all(base, size, big_count(size, args.big_bytes)),
+            )
+            for size in BIG_SIZES
+        ],
         ("bp", lambda: send_backpressure_pair(base, n_send)),
         ("mem.tether", lambda: memory_tether(n_mem)),
         ("mem.tether_protocol", lambda: memory_tether(n_mem, protocol="tether")),
@@ -675,6 +739,25 @@ def build_rows(samples: Dict[str, List[Result]]) -> List[Dict[str, Any]]:
         fmt=us,
     )
 
+    def mbps(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:,.0f} MB/s"
+
+    for size in BIG_SIZES:
+        name = f"big.{size // 1024}k"
+        runs = samples.get(name, [])
+        big_ratio = statistics.median(s["tether"] / s["websockets"] for s in runs) if runs else None
+        row(
+            f"send {size // 1024} KiB binary (ratio vs websockets, paired)",
+            "MB/s",
+            med(name, "tether"),
+            med(name, "wsc"),
+            med(name, "websockets"),
+            ">= 1x websockets",
+            None if big_ratio is None else big_ratio >= 1,
+            fmt=mbps,
+            r=big_ratio,
+        )
+
     def nbytes(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:,.0f} B"
 
@@ -685,6 +768,55 @@ def build_rows(samples: Dict[str, List[Result]]) -> List[Dict[str, Any]]:
         m = med(name, "bytes_per_msg")
         row(label, "bytes", m, None, None, "< 1024 B", None if m is None else m < 1024, nbytes)
     return rows
+
+
+#: (label, case, tether key, peer key): per-repetition ratios whose spread is shown.
+SPREADS: Tuple[Tuple[str, str, str, str], ...] = (
+    ("send 64B raw / wsc", "send.", "send.tether:rate", "send.wsc:rate"),
+    ("send 64B tether / wsc", "send.", "send.tether_protocol:rate", "send.wsc:rate"),
+    ("recv 64B buffer / wsc", "recv.", "recv.tether:rate", "recv.wsc:rate"),
+    ("rtt p50 raw, wsc / tether", "rtt", "rtt:wsc.p50", "rtt:tether.p50"),
+    ("rtt p50 raw, websockets / tether", "rtt", "rtt:websockets.p50", "rtt:tether.p50"),
+    ("rtt p99 raw, websockets / tether", "rtt", "rtt:websockets.p99", "rtt:tether.p99"),
+    ("rtt p50 tether, websockets / tether", "rtt", "rtt:websockets.p50", "rtt:tether_protocol.p50"),
+    *[
+        (
+            f"send {s // 1024} KiB, tether / websockets",
+            f"big.{s // 1024}k",
+            f"big.{s // 1024}k:tether",
+            f"big.{s // 1024}k:websockets",
+        )
+        for s in BIG_SIZES
+    ],
+)
+
+
+def spread_rows(samples: Dict[str, List[Result]]) -> List[Tuple[str, float, float, float, int]]:
+    """Per-repetition ratios (speed of tether over the peer: > 1 is faster): min, median, max.
+
+    Repetition i of one case is paired with repetition i of the other; the
+    cases of one repetition ran back to back (the RTT ones interleaved).
+    """
+    out = []
+    for label, _, a, b in SPREADS:
+        (ca, ka), (cb, kb) = a.split(":"), b.split(":")
+        if ca not in samples or cb not in samples:
+            continue
+        ratios = [x[ka] / y[kb] for x, y in zip(samples[ca], samples[cb]) if y[kb]]
+        if ratios:
+            out.append((label, min(ratios), statistics.median(ratios), max(ratios), len(ratios)))
+    return out
+
+
+def print_spreads(samples: Dict[str, List[Result]], out: Any = sys.stdout) -> None:
+    rows = spread_rows(samples)
+    if not rows:
+        return
+    print("\nratios per repetition (tether's speed over the peer's; > 1: tether faster)", file=out)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':<{width}}    min  median    max  (n)", file=out)
+    for label, lo, mid, hi, n in rows:
+        print(f"{label:<{width}}  {lo:5.2f}  {mid:6.2f}  {hi:5.2f}  ({n})", file=out)
 
 
 def print_table(rows: List[Dict[str, Any]], out: Any = sys.stdout) -> None:
@@ -841,6 +973,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--n-recv", type=int, help="messages per receive run")
     parser.add_argument("--n-rtt", type=int, help="round trips per RTT run")
     parser.add_argument("--n-mem", type=int, help="messages queued for the memory run")
+    parser.add_argument(
+        "--big-bytes", type=int, help="payload bytes per big-message send run (per client)"
+    )
     parser.add_argument("--only", help="comma-separated case prefixes (e.g. send,rtt,bp)")
     parser.add_argument("--profile", action="store_true", help="also cProfile TetherClient")
     parser.add_argument("--profile-only", action="store_true", help="only the cProfile runs")
@@ -852,8 +987,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-run progress lines")
     args = parser.parse_args(argv)
-    defaults = (20_000, 20_000, 500, 20_000) if args.quick else (200_000, 200_000, 2000, 100_000)
-    for attr, value in zip(("n_send", "n_recv", "n_rtt", "n_mem"), defaults):
+    defaults = (
+        (20_000, 20_000, 500, 20_000, 32 * 2**20)
+        if args.quick
+        else (200_000, 200_000, 2000, 100_000, 256 * 2**20)
+    )
+    for attr, value in zip(("n_send", "n_recv", "n_rtt", "n_mem", "big_bytes"), defaults):
         if getattr(args, attr) is None:
             setattr(args, attr, value)
     if args.repeat < 1:
@@ -918,6 +1057,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print()
     if rows:
         print_table(rows)
+        print_spreads(results["samples"])
     if profile_text:
         print(profile_text)
     if args.json:

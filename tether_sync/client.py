@@ -560,7 +560,10 @@ class TetherClient:
             raise ValueError(
                 f"message of {len(data)} bytes is larger than max_message_size ({limit})"
             )
-        return Delivery(msg_id, channel, payload, op, data, self._dispatch_fn)
+        # Protocol tether: the id is read back from the envelope when asked for,
+        # not kept twice (memory per queued message, issue 22).
+        kept = None if self._config.protocol == "tether" else msg_id
+        return Delivery(kept, channel, payload, op, data, self._dispatch_fn)
 
     def _queued(self, d: Delivery) -> None:
         # A message that has to wait because the client is not open.

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Union
 
 log = logging.getLogger("tether_sync")
 
-_PENDING, _DONE, _FAILED = 0, 1, 2
+# A Delivery's _state: one of these, or the exception it failed with.
+_PENDING = object()
+_DONE = object()
 
 # Guards only the lazy creation of a Delivery's condition and callback list, so
 # that two threads starting to wait at once make one condition. Never held while
@@ -33,6 +35,26 @@ def reset_after_fork() -> None:
     _create_lock = threading.Lock()
 
 
+Dispatch = Callable[[Callable[[], None]], Any]
+
+
+class _Waiting:
+    """What a Delivery keeps only once someone waits on it or adds a callback."""
+
+    __slots__ = ("callbacks", "cond", "dispatch")
+
+    def __init__(self, dispatch: Optional[Dispatch]) -> None:
+        self.dispatch = dispatch
+        self.cond: Optional[threading.Condition] = None
+        self.callbacks: Optional[List[Callable[[Delivery], Any]]] = None
+
+
+def envelope_id(data: bytes) -> str:
+    """The ``id`` of a data envelope as ``envelope.encode_data`` makes it (its last field)."""
+    start = data.rindex(b',"id":"') + 7
+    return data[start:-2].decode()
+
+
 class Delivery:
     """The fate of one message.
 
@@ -43,75 +65,125 @@ class Delivery:
 
     # _op and _data are the frame to send (opcode and encoded bytes), set by the
     # client in the caller's thread so that the I/O thread only frames and writes.
+    # Memory (issue 22): a queued message costs its Delivery, its _data and a
+    # queue slot, so the slots are few: _state is the outcome itself (pending,
+    # done, or the exception), what waiters need is made only when one waits
+    # (_hooks: the dispatch function, then a _Waiting that holds it too), and
+    # with protocol tether the id is read from the envelope when asked for
+    # (_id None) instead of being kept twice.
     __slots__ = (
-        "_callbacks",
-        "_cond",
         "_data",
-        "_dispatch",
-        "_exc",
+        "_hooks",
+        "_id",
         "_op",
         "_seq",
         "_state",
         "channel",
-        "id",
         "payload",
     )
 
     def __init__(
         self,
-        msg_id: str,
+        msg_id: Optional[str],
         channel: str,
         payload: Any,
         op: int = 1,
         data: bytes = b"",
-        dispatch: Optional[Callable[[Callable[[], None]], Any]] = None,
+        dispatch: Optional[Dispatch] = None,
     ) -> None:
-        self._dispatch = dispatch  # where done-callbacks run; None: where resolved
+        """Create a pending Delivery.
+
+        Args:
+            msg_id: The message id; None: ``data`` is a data envelope (protocol
+                tether) and the id is its ``id`` field.
+            channel: The channel.
+            payload: What the user sent.
+            op: The frame's opcode.
+            data: The frame's payload, encoded.
+            dispatch: Where done-callbacks run; None: where the Delivery is resolved.
+        """
+        self._hooks: Union[Dispatch, _Waiting, None] = dispatch
         self._op = op
         self._data = data
         self._seq = 0  # DESIGN §5: assigned when first written on an "ack" link
-        self.id = msg_id
+        self._id = msg_id
         self.channel = channel
         self.payload = payload
-        self._state = _PENDING
-        self._exc: Optional[BaseException] = None
-        self._cond: Optional[threading.Condition] = None
-        self._callbacks: Optional[List[Callable[[Delivery], Any]]] = None
+        # _PENDING, _DONE, or the exception the message failed with.
+        self._state: object = _PENDING
+
+    @property
+    def id(self) -> str:
+        """The message id (the envelope's ``id`` with protocol ``tether``)."""
+        msg_id = self._id
+        return msg_id if msg_id is not None else envelope_id(self._data)
+
+    @property
+    def _dispatch(self) -> Optional[Dispatch]:
+        """Where done-callbacks run (None: where the Delivery is resolved)."""
+        hooks = self._hooks
+        return hooks.dispatch if isinstance(hooks, _Waiting) else hooks
+
+    @_dispatch.setter
+    def _dispatch(self, dispatch: Optional[Dispatch]) -> None:
+        with _create_lock:
+            hooks = self._hooks
+            if isinstance(hooks, _Waiting):
+                hooks.dispatch = dispatch
+            else:
+                self._hooks = dispatch
+
+    def _waiting(self) -> _Waiting:
+        """With _create_lock held: the _Waiting, made now if needed."""
+        hooks = self._hooks
+        if isinstance(hooks, _Waiting):
+            return hooks
+        waiting = self._hooks = _Waiting(hooks)
+        return waiting
+
+    @property
+    def _exc(self) -> Optional[BaseException]:
+        state = self._state
+        return state if isinstance(state, BaseException) else None
 
     def __repr__(self) -> str:
-        status = ("pending", "done", "failed")[self._state]
+        state = self._state
+        status = "pending" if state is _PENDING else "done" if state is _DONE else "failed"
         return f"<Delivery id={self.id!r} channel={self.channel!r} {status}>"
 
     # -- resolution (I/O thread) -------------------------------------------------
 
-    def _finish(self, state: int, exc: Optional[BaseException]) -> bool:
-        if self._state != _PENDING:
+    def _finish(self, outcome: object) -> bool:
+        if self._state is not _PENDING:
             return False
-        self._exc = exc
-        # Publish the state first, then collect waiters under _create_lock: a
+        # Publish the outcome first, then collect waiters under _create_lock: a
         # waiter or callback registered before we took the lock is seen here, and
         # one registered after it sees the new state itself.
-        self._state = state
+        self._state = outcome
         with _create_lock:
-            cond = self._cond
-            callbacks, self._callbacks = self._callbacks, None
+            waiting = self._hooks
+            if not isinstance(waiting, _Waiting):
+                return True
+            cond = waiting.cond
+            callbacks, waiting.callbacks = waiting.callbacks, None
+            dispatch = waiting.dispatch
         if cond is not None:
             with cond:
                 cond.notify_all()
         if callbacks:
-            if self._dispatch is not None:
-                self._dispatch(lambda: self._run_callbacks(callbacks))
+            if dispatch is not None:
+                dispatch(lambda: self._run_callbacks(callbacks))
             else:
                 self._run_callbacks(callbacks)
         return True
 
     def set_result(self, result: None = None) -> bool:
         """Mark the message written; returns False if it was already resolved."""
-        return self._finish(_DONE, None)
+        return self._finish(_DONE)
 
     def set_exception(self, exc: BaseException) -> bool:
         """Mark the message failed with ``exc``; returns False if already resolved."""
-        return self._finish(_FAILED, exc)
+        return self._finish(exc)
 
     def _run_callbacks(self, callbacks: List[Callable[[Delivery], Any]]) -> None:
         for fn in callbacks:
@@ -127,10 +199,10 @@ class Delivery:
 
     def done(self) -> bool:
         """Whether the message was written or failed."""
-        return self._state != _PENDING
+        return self._state is not _PENDING
 
     def running(self) -> bool:
-        return self._state == _PENDING
+        return self._state is _PENDING
 
     def cancelled(self) -> bool:
         """Always False: a queued message cannot be cancelled (it may be on the wire)."""
@@ -141,16 +213,17 @@ class Delivery:
         return False
 
     def _wait(self, timeout: Optional[float]) -> None:
-        if self._state != _PENDING:
+        if self._state is not _PENDING:
             return
         with _create_lock:
-            if self._cond is None:
-                self._cond = threading.Condition(threading.Lock())
-            cond = self._cond
+            waiting = self._waiting()
+            if waiting.cond is None:
+                waiting.cond = threading.Condition(threading.Lock())
+            cond = waiting.cond
         try:
             with cond:
-                if self._state == _PENDING and not cond.wait_for(
-                    lambda: self._state != _PENDING, timeout
+                if self._state is _PENDING and not cond.wait_for(
+                    lambda: self._state is not _PENDING, timeout
                 ):
                     raise TimeoutError(f"message {self.id!r} not delivered within {timeout}s")
         except KeyboardInterrupt:
@@ -167,8 +240,9 @@ class Delivery:
             QueueFull, ClientClosed, ...: the reason it was dropped.
         """
         self._wait(timeout)
-        if self._exc is not None:
-            raise self._exc
+        state = self._state
+        if isinstance(state, BaseException):
+            raise state
         return None
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
@@ -183,9 +257,10 @@ class Delivery:
         the I/O thread.
         """
         with _create_lock:
-            if self._state == _PENDING:
-                if self._callbacks is None:
-                    self._callbacks = []
-                self._callbacks.append(fn)
+            if self._state is _PENDING:
+                waiting = self._waiting()
+                if waiting.callbacks is None:
+                    waiting.callbacks = []
+                waiting.callbacks.append(fn)
                 return
         self._run_callback(fn)

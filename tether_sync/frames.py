@@ -31,6 +31,8 @@ inflate function and set RSV1 on the frames of compressed messages::
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import struct
 from typing import Callable, Iterable, List, Optional, Protocol, Tuple, Union
@@ -54,6 +56,7 @@ __all__ = [
     "Message",
     "encode_close_payload",
     "encode_frame",
+    "encode_frame_header",
     "encode_frames",
     "is_valid_close_code",
     "mask_payload",
@@ -121,6 +124,46 @@ del _IDENTITY
 # Payload pieces smaller than this are copied into a shared bytearray
 # (see FrameParser._add); bigger ones are kept as they are, joined once.
 _COALESCE_BELOW = 4096
+
+#: Masks a payload with a 4-byte key, in C: ``(payload, key) -> bytes``.
+CMask = Callable[[BytesLike, bytes], bytes]
+
+
+def _load_c_mask() -> Optional[CMask]:
+    """websockets' compiled ``apply_mask``, if websockets is installed; else None.
+
+    Optional speedup: masking in pure Python runs at 200-370 MB/s, the C loop
+    at 20+ GB/s. Only the extension file (``websockets/speedups*.so``, self
+    contained, about 0.5 ms) is loaded, not the ``websockets`` package (about
+    30 ms, and it would import sockets and more into this pure module). Any
+    failure (not installed, no compiled file, a wrong answer on a known
+    input) leaves the pure-Python path.
+    """
+    try:
+        spec = importlib.util.find_spec("websockets")  # finds; does not import
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        for folder in spec.submodule_search_locations:
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                path = os.path.join(folder, "speedups" + suffix)
+                if not os.path.exists(path):
+                    continue
+                ext = importlib.util.spec_from_file_location("websockets.speedups", path)
+                if ext is None or ext.loader is None:
+                    return None
+                module = importlib.util.module_from_spec(ext)
+                ext.loader.exec_module(module)
+                apply_mask: CMask = module.apply_mask
+                if apply_mask(b"\x00\x01\x02\x03\x04", b"\x10\x20\x30\x40") != b"\x10!2C\x14":
+                    return None
+                return apply_mask
+    except Exception:  # any trouble: the pure path
+        return None
+    return None
+
+
+#: The compiled mask in use, or None: the pure-Python one (tests set it to None).
+_c_mask: Optional[CMask] = _load_c_mask()
 
 _pack_16 = struct.Struct("!BBH").pack
 _pack_64 = struct.Struct("!BBQ").pack
@@ -613,6 +656,9 @@ def mask_payload(payload: BytesLike, mask_key: bytes) -> bytes:
     Returns:
         The masked (or unmasked) data, same length as ``payload``.
     """
+    c_mask = _c_mask
+    if c_mask is not None:
+        return c_mask(payload, mask_key)
     n = len(payload)
     if n <= _INT_MASK_MAX:
         key = (mask_key * ((n >> 2) + 1))[:n]
@@ -676,6 +722,10 @@ def encode_frame(
         header = _pack_16(b0, 0xFE, n)
     else:
         header = _pack_64(b0, 0xFF, n)
+    c_mask = _c_mask
+    if c_mask is not None:
+        # One copy to mask, one to join (header and key: at most 14 bytes).
+        return b"".join((header, mask_key, c_mask(payload, mask_key)))
     if n <= _INT_MASK_MAX:
         key = (mask_key * ((n >> 2) + 1))[:n]
         masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
@@ -689,6 +739,44 @@ def encode_frame(
     out[h - 4 : h] = mask_key
     _strided_mask(out, h, payload, mask_key)
     return bytes(out)
+
+
+def encode_frame_header(
+    opcode: int, length: int, mask_key: bytes, fin: bool = True, rsv1: bool = False
+) -> bytes:
+    """The start of a client frame: header and masking key, without the payload.
+
+    For big payloads, so that the masked payload (:func:`mask_payload`) can be
+    written after it without being copied into one frame object. Together they
+    are byte for byte what :func:`encode_frame` returns.
+
+    Args:
+        opcode: One of the ``OP_*`` constants.
+        length: The payload length in bytes.
+        mask_key: The 4-byte masking key the payload is masked with.
+        fin: As :func:`encode_frame`.
+        rsv1: As :func:`encode_frame`.
+
+    Returns:
+        2 to 14 bytes: the header (minimal length encoding) and ``mask_key``.
+
+    Raises:
+        ValueError: As :func:`encode_frame`, or a negative ``length``.
+    """
+    if opcode not in _VALID_OPCODES or len(mask_key) != 4 or length < 0:
+        raise ValueError(f"invalid opcode {opcode!r}, length {length!r} or mask key")
+    if opcode & 0x8 and (length > MAX_CONTROL_PAYLOAD or not fin):
+        raise ValueError("control frames must be final and carry at most 125 bytes")
+    b0 = opcode | 0x80 if fin else opcode
+    if rsv1:
+        if opcode not in (OP_TEXT, OP_BINARY):
+            raise ValueError("RSV1 is only set on the first frame of a data message")
+        b0 |= 0x40
+    if length < 126:
+        return bytes((b0, 0x80 | length)) + mask_key
+    if length < 0x10000:
+        return _pack_16(b0, 0xFE, length) + mask_key
+    return _pack_64(b0, 0xFF, length) + mask_key
 
 
 def encode_frames(

@@ -966,8 +966,10 @@ class Session:
         if not done:
             return
         if self._barrier:
-            held = {id(i) for _, items in self._barrier for i in items}
-            done = [i for i in done if id(i) not in held]
+            # Every large message framed here waits in the barrier until a pong
+            # that follows it (see _write_items), so by size, not by a set of the
+            # held ids rebuilt per write (O(held) each: quadratic in a burst).
+            done = [i for i in done if len(i._data) < LARGE_MESSAGE]
         if done and not self._ack:
             self._events.append(Written(done))
 

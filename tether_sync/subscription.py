@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from .buffers import Ring
@@ -21,6 +22,9 @@ from .exceptions import ClientClosed
 log = logging.getLogger("tether_sync")
 
 Task = Callable[[], None]
+
+# Zero-length sleep: releases the GIL and takes it back (see offer_many).
+_yield_gil = time.sleep
 
 
 class InboundBuffer:
@@ -53,12 +57,13 @@ class InboundBuffer:
         self._dispatch = dispatch
         self._on_error = on_error
         self._on_resume = on_resume
-        # Guards _ring, _closed, _scheduled and _refused. The I/O thread holds it
+        # Guards _ring, _closed, _scheduled, _refused and _waiters. The I/O thread holds it
         # only for a push; consumers hold it only to pop, never while calling back.
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
         self._scheduled = False  # a drain task is queued on the dispatcher
         self._refused = False  # a "block" push was refused: someone waits for room
+        self._waiters = 0  # consumers blocked in get()
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -80,7 +85,7 @@ class InboundBuffer:
             how many of ``items`` were taken; a full ``block`` buffer takes only
             what fits, and the caller keeps the rest, in order.
         """
-        schedule = False
+        schedule = handed = False
         with self._cond:
             if self._closed:
                 return 0, len(items)
@@ -103,8 +108,17 @@ class InboundBuffer:
                 if self._callback is not None:
                     if not self._scheduled:
                         self._scheduled = schedule = True
-                else:
+                elif self._waiters:
                     self._cond.notify(len(items))
+                    handed = True
+        if handed:
+            # A consumer blocked in get() was just woken, but it needs the GIL,
+            # which this thread would otherwise keep for the rest of its loop
+            # iteration (until its next selector wait): a round trip's reply
+            # then waited for that too. Yield the GIL once so the consumer
+            # runs now (measured: echo p50 about 0.7 -> 0.9 of
+            # websocket-client's speed). A zero-length sleep: never blocks.
+            _yield_gil(0)
         if schedule:
             assert self._dispatch is not None
             self._dispatch(self._drain)
@@ -188,7 +202,11 @@ class InboundBuffer:
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"no message within {timeout}s")
-            self._cond.wait(remaining)
+            self._waiters += 1
+            try:
+                self._cond.wait(remaining)
+            finally:
+                self._waiters -= 1
         return self._ring.pop(), self._took()
 
     def reset_after_fork(self) -> None:

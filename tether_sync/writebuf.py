@@ -18,7 +18,10 @@ from . import frames
 class Item(Protocol):
     """What the write buffer and the session need of a message (a ``Delivery``)."""
 
-    id: str
+    @property
+    def id(self) -> str:
+        """The message id."""
+
     _op: int
     _data: bytes
     _seq: int
@@ -27,6 +30,11 @@ class Item(Protocol):
 Delivery = Item
 
 COALESCE_BYTES = 256 * 1024  # at most this many bytes are joined for one send()
+# A chunk this big is written as it is, never joined with others (a copy of it
+# would cost more than the send() it saves). Messages this big, uncompressed,
+# are queued as two chunks, header and masked payload: the payload is not
+# copied into a frame object.
+BIG_CHUNK = 64 * 1024
 _DATA_OPS = (frames.OP_TEXT, frames.OP_BINARY)  # what permessage-deflate may compress
 
 
@@ -83,22 +91,24 @@ class WriteBuffer:
         encode = frames.encode_frame
         next_key = self._keys.next
         codec = self._deflate
-        parts = []
+        parts: List[bytes] = []
         end = self._framed
         in_flight = self._in_flight
         for d, data in batch:
             if codec is not None and len(data) >= codec.threshold:
                 frame = _encode(d._op, data, next_key(), codec)
+            elif len(data) >= BIG_CHUNK:
+                end = self._add_big(parts, d._op, data, next_key(), end)
+                if track:
+                    in_flight.append((end, d))
+                continue
             else:
                 frame = encode(d._op, data, next_key())
             parts.append(frame)
             end += len(frame)
             if track:
                 in_flight.append((end, d))
-        chunk = b"".join(parts)
-        self._chunks.append(chunk)
-        self.size += len(chunk)
-        self._framed = end
+        self._end_batch(parts, end)
 
     def forget(self, item: Delivery) -> None:
         """Never report ``item`` written nor return it from :meth:`reset` (it was refused)."""
@@ -108,15 +118,19 @@ class WriteBuffer:
         """Frame ``batch`` into one chunk, so one ``send()`` writes them all."""
         encode = frames.encode_frame
         next_key = self._keys.next
-        parts = []
+        parts: List[bytes] = []
         end = self._framed
         in_flight = self._in_flight
         codec = self._deflate
         if codec is None:
             for d in batch:
-                frame = encode(d._op, d._data, next_key())
-                parts.append(frame)
-                end += len(frame)
+                data = d._data
+                if len(data) < BIG_CHUNK:
+                    frame = encode(d._op, data, next_key())
+                    parts.append(frame)
+                    end += len(frame)
+                else:
+                    end = self._add_big(parts, d._op, data, next_key(), end)
                 in_flight.append((end, d))
         else:
             # The same loop with the threshold test inline: a message below it
@@ -132,9 +146,24 @@ class WriteBuffer:
                 parts.append(frame)
                 end += len(frame)
                 in_flight.append((end, d))
-        chunk = b"".join(parts)
-        self._chunks.append(chunk)
-        self.size += len(chunk)
+        self._end_batch(parts, end)
+
+    def _add_big(self, parts: List[bytes], op: int, data: bytes, key: bytes, end: int) -> int:
+        """Queue a big frame as header and masked payload, after ``parts`` (emptied)."""
+        chunks = self._chunks
+        if parts:
+            chunks.append(b"".join(parts))
+            parts.clear()
+        header = frames.encode_frame_header(op, len(data), key)
+        chunks.append(header)
+        chunks.append(frames.mask_payload(data, key))
+        return end + len(header) + len(data)
+
+    def _end_batch(self, parts: List[bytes], end: int) -> None:
+        """Queue the rest of a batch (``parts``, one chunk); ``end``: the batch's end offset."""
+        if parts:
+            self._chunks.append(parts[0] if len(parts) == 1 else b"".join(parts))
+        self.size += end - self._framed
         self._framed = end
 
     def pending(self) -> memoryview:
@@ -150,7 +179,7 @@ class WriteBuffer:
             first = chunks.popleft()[self._offset :]
             rest: List[bytes] = []
             size = len(first)
-            while chunks and size < COALESCE_BYTES:
+            while chunks and size < COALESCE_BYTES and len(chunks[0]) < BIG_CHUNK:
                 size += len(chunks[0])
                 rest.append(chunks.popleft())
             chunks.appendleft(first + b"".join(rest))

@@ -255,3 +255,37 @@ def test_add_callback_vs_resolve_race_runs_each_callback_once() -> None:
         adder.join(WAIT)
         assert not adder.is_alive()
         assert sorted(calls) == [0, 1, 2, 3, 4], f"iteration {i}: {calls!r}"
+
+
+def test_without_an_id_the_id_is_the_envelopes() -> None:
+    from tether_sync.envelope import encode_data
+
+    data = encode_data('ch"an', {"id": "inner"}, "abc-123").encode()
+    d = Delivery(None, 'ch"an', {"id": "inner"}, data=data)
+    assert d.id == "abc-123"
+    assert "abc-123" in repr(d)
+
+
+def test_a_queued_delivery_is_small() -> None:
+    import sys
+
+    # Issue 22: 8 slots (a queued 64 B tether message costs at most 300 B in all).
+    assert sys.getsizeof(Delivery(None, "c", 1)) <= 96  # was 120 with 11 slots
+
+
+def test_callbacks_run_on_the_dispatch_given_even_after_a_waiter_came() -> None:
+    ran: List[Any] = []
+    d = Delivery("m", "c", 1, dispatch=lambda task: ran.append(task))
+    with pytest.raises(TimeoutError):
+        d.result(timeout=0.001)  # a waiter made its condition
+    got: List[Delivery] = []
+    d.add_done_callback(got.append)
+    assert d.set_result()
+    assert len(ran) == 1 and not got  # handed to the dispatcher, not run here
+    ran[0]()
+    assert got == [d]
+    d2 = Delivery("m2", "c", 1, dispatch=lambda task: ran.append(task))
+    d2._dispatch = None  # as after a fork: run where resolved
+    d2.add_done_callback(got.append)
+    d2.set_exception(ValueError("x"))
+    assert got == [d, d2] and isinstance(d2.exception(), ValueError)

@@ -518,9 +518,31 @@ def test_encode_close_payload() -> None:
 # --------------------------------------------------------------------------- encoding
 
 
+#: The compiled mask found at import (websockets' apply_mask), or None.
+C_MASK = frames._c_mask
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def mask_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the compiled mask (when found) and with the pure-Python one."""
+    if request.param == "compiled":
+        if C_MASK is None:
+            pytest.skip("no compiled mask (websockets is not installed)")
+        monkeypatch.setattr(frames, "_c_mask", C_MASK)
+    else:
+        monkeypatch.setattr(frames, "_c_mask", None)
+    return str(request.param)
+
+
+def test_compiled_mask_is_found_when_websockets_is_installed() -> None:
+    pytest.importorskip("websockets.speedups")
+    assert C_MASK is not None
+    assert frames._load_c_mask() is not None
+
+
 @pytest.mark.parametrize("length", [*LENGTHS, 2047, 2048, 2049, 4095, 4096, 4097])
 @pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY])
-def test_encode_frame_matches_websocket_client(length: int, opcode: int) -> None:
+def test_encode_frame_matches_websocket_client(length: int, opcode: int, mask_impl: str) -> None:
     payload = os.urandom(length)
     key = os.urandom(4)
     ours = encode_frame(opcode, payload, key)
@@ -576,12 +598,40 @@ def test_encode_frame_rejects_invalid() -> None:
 
 
 @pytest.mark.parametrize("length", [0, 1, 3, 4, 5, 64, 2047, 2048, 2049, 4096, 70001, 1 << 20])
-def test_mask_payload_matches_reference(length: int) -> None:
+def test_mask_payload_matches_reference(length: int, mask_impl: str) -> None:
     data = os.urandom(length)
     key = os.urandom(4)
     masked = mask_payload(data, key)
     assert masked == websocket.ABNF.mask(key, data)
     assert mask_payload(masked, key) == data
+    assert mask_payload(bytearray(data), key) == mask_payload(memoryview(data), key) == masked
+
+
+@pytest.mark.parametrize("length", [0, 5, 125, 126, 65535, 65536, 70001])
+@pytest.mark.parametrize("opcode", [OP_TEXT, OP_BINARY, OP_CONT])
+def test_frame_header_and_masked_payload_are_the_frame(
+    length: int, opcode: int, mask_impl: str
+) -> None:
+    payload = os.urandom(length)
+    key = os.urandom(4)
+    for fin in (True, False):
+        head = frames.encode_frame_header(opcode, length, key, fin)
+        assert len(head) == len(encode_frame(opcode, payload, key, fin)) - length
+        assert head + mask_payload(payload, key) == encode_frame(opcode, payload, key, fin)
+    if opcode != OP_CONT:
+        flagged = frames.encode_frame_header(opcode, length, key, rsv1=True)
+        assert flagged + mask_payload(payload, key) == encode_frame(opcode, payload, key, rsv1=True)
+
+
+def test_frame_header_rejects_what_encode_frame_rejects() -> None:
+    key = b"abcd"
+    for args in [(3, 1, key), (OP_TEXT, 1, b"abc"), (OP_TEXT, -1, key), (OP_PING, 126, key)]:
+        with pytest.raises(ValueError):
+            frames.encode_frame_header(*args)
+    with pytest.raises(ValueError):
+        frames.encode_frame_header(OP_PING, 1, key, fin=False)
+    with pytest.raises(ValueError, match="RSV1"):
+        frames.encode_frame_header(OP_PING, 1, key, rsv1=True)
 
 
 def test_encode_frames_coalesces() -> None:
