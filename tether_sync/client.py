@@ -39,6 +39,7 @@ from .options import (
     Heartbeat,
     Queue,
     Reconnect,
+    check_headers,
     check_ws_options,
     coerce,
     coerce_auth,
@@ -140,6 +141,8 @@ class TetherClient:
             raise TypeError("dispatcher must be callable")
         if headers is not None and not (callable(headers) or isinstance(headers, dict)):
             raise TypeError("headers must be a dict or a callable returning one")
+        if isinstance(headers, dict):
+            check_headers(headers)  # a callable's result is checked at each connect
         # Finite and positive: inf or 1e300 would overflow the timer arithmetic,
         # and NaN would make every comparison false.
         number("connect_timeout", connect_timeout)

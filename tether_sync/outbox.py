@@ -76,10 +76,14 @@ class Outbox(Generic[T]):
         # for that thread's whole iteration to get the GIL back, per message.
         self.linger = 0.0
         self._over_warned = False
-        # Whether the link was open when a send() last logged that it waits for
-        # room (None: none did since the queue was last empty): one line per
-        # episode, and one more if the reason changes (the link opened or dropped).
-        self._wait_logged: Optional[bool] = None
+        # Whether a send() logged that it waits for room while the link was open
+        # (it is slower than the producer) and while it was not (down): one line
+        # per reason per episode. An episode of a slow link ends when everything
+        # is done (nothing queued, nothing taken), not whenever the queue happens
+        # to be empty (a fast loop empties it hundreds of times); an outage ends
+        # when the link opens.
+        self._wait_logged_open = False
+        self._wait_logged_down = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -201,7 +205,7 @@ class Outbox(Generic[T]):
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
                 raise QueueFull(f"no room in the outbound queue within {timeout}s")
-            if self._wait_logged is not self._open:
+            if not (self._wait_logged_open if self._open else self._wait_logged_down):
                 self._log_first_wait()
             self._waiting += 1
             try:
@@ -233,7 +237,7 @@ class Outbox(Generic[T]):
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
                     raise QueueFull(f"no room in the outbound queue within {timeout}s")
-                if self._wait_logged is not self._open:
+                if not (self._wait_logged_open if self._open else self._wait_logged_down):
                     self._log_first_wait()
                 self._waiting += 1
                 try:
@@ -243,9 +247,9 @@ class Outbox(Generic[T]):
 
     def _log_first_wait(self) -> None:
         # With _lock held (logging takes only its own handler locks): the first
-        # send() of an episode that has to wait says so once.
-        self._wait_logged = self._open
+        # send() of an episode that has to wait says so once (per reason).
         if self._open:
+            self._wait_logged_open = True
             log.info(
                 "send() is waiting for room: the outbound queue is full (%d messages) "
                 "because the link takes messages slower than they are sent; it goes on "
@@ -253,6 +257,7 @@ class Outbox(Generic[T]):
                 self.capacity,
             )
         else:
+            self._wait_logged_down = True
             log.warning(
                 "send() is waiting for room: the outbound queue is full (%d messages) "
                 "while the link is not open; it goes on once the client reconnects "
@@ -313,7 +318,8 @@ class Outbox(Generic[T]):
                 self._room.notify_all()
             if not self._items and self._taken < self.capacity:
                 self._over_warned = False
-                self._wait_logged = None
+            if not self._items and not self._taken:
+                self._wait_logged_open = self._wait_logged_down = False
 
     def give_back(self, items: List[T]) -> None:
         """Taken messages that were not done go back to the head, in order."""
@@ -331,6 +337,8 @@ class Outbox(Generic[T]):
         with self._lock:
             if self._open != is_open:
                 self._open = is_open
+                if is_open:
+                    self._wait_logged_down = False  # the outage is over
                 self._room.notify_all()
 
     def stop(self, reason: Optional[BaseException] = None) -> None:

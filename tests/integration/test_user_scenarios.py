@@ -1,0 +1,209 @@
+"""Issue 18 as a demanding user tries it: default options, scripts as users write them.
+
+Each test is a scenario a user would run, against a real ``tether-sync serve``
+subprocess (``--record`` holds every data message the server's application
+accepted) or a real socket on 127.0.0.1, and checks what that user would
+notice: what arrived, what the log said, what was refused and how.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+from support.serve_process import ServeProcess
+
+from tether_sync import ErrorEvent, TetherClient
+
+
+@pytest.fixture
+def clients() -> Iterator[List[TetherClient]]:
+    made: List[TetherClient] = []
+    yield made
+    for client in made:
+        client.close(timeout=3)
+
+
+def _payloads(server: ServeProcess, channel: str) -> List[object]:
+    return [r["payload"] for r in server.records() if r["channel"] == channel]
+
+
+def _wait_lines(caplog: pytest.LogCaptureFixture) -> List[logging.LogRecord]:
+    return [r for r in caplog.records if "waiting for room" in r.getMessage()]
+
+
+@pytest.mark.timeout(120)
+def test_a_send_loop_faster_than_the_link_says_it_waits_once_not_hundreds_of_times(
+    tmp_path: Path, clients: List[TetherClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: connect() then a loop of sends logged "send() is waiting for
+    # room" at INFO every time the I/O thread had emptied the queue: 764 lines
+    # for 100,000 sends (about one per 130 messages), on a perfectly healthy link.
+    server = ServeProcess(record=tmp_path / "record.jsonl").start()
+    try:
+        client = TetherClient(server.url)
+        clients.append(client)
+        with caplog.at_level(logging.INFO, logger="tether_sync"):
+            client.connect()
+            for n in range(20_000):
+                client.send(n, channel="loop")
+            assert client.close(timeout=30)
+        assert _payloads(server, "loop") == list(range(20_000))
+        lines = _wait_lines(caplog)
+        assert lines, "a loop faster than the link waits for room, and says so"
+        # One line per reason (connecting, then a link slower than the loop),
+        # and a new episode only once everything was done.
+        assert len(lines) <= 4, [r.getMessage()[:80] for r in lines]
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+def test_an_outage_mid_loop_warns_once_per_outage_and_loses_nothing(
+    tmp_path: Path, clients: List[TetherClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server that goes away mid-loop (kill -9) and comes back: send() waits,
+    # one WARNING says why, the loop resumes, every message arrives (the
+    # bundled server forgets sessions when killed: duplicates are possible).
+    record = tmp_path / "record.jsonl"
+    server = ServeProcess(record=record).start()
+    restarted: List[ServeProcess] = []
+    client = TetherClient(server.url)
+    clients.append(client)
+    retried = threading.Event()  # an attempt failed while the server was down
+    client.on("reconnecting", lambda event: retried.set() if event.attempt >= 2 else None)
+    total = 20_000
+
+    def restart() -> None:
+        # The loop is blocked in send() meanwhile (the queue fills while down).
+        if retried.wait(30):
+            restarted.append(ServeProcess(port=server.port, record=record).start(60))
+
+    helper = threading.Thread(target=restart)
+    try:
+        with caplog.at_level(logging.INFO, logger="tether_sync"):
+            client.connect()
+            deliveries = []
+            for n in range(total):
+                if n == total // 2:
+                    server.kill()
+                    helper.start()
+                deliveries.append(client.send(n, channel="outage"))
+            assert client.flush(timeout=60)
+            assert client.close(timeout=10)
+        helper.join(90)
+        assert all(d.done() and d.exception() is None for d in deliveries)
+        got = Counter(p for p in _payloads(restarted[0], "outage"))
+        assert set(got) == set(range(total))
+        warnings = [r for r in _wait_lines(caplog) if r.levelno == logging.WARNING]
+        # At most one at the first connect and one for the outage.
+        assert 1 <= len(warnings) <= 2, [r.getMessage()[:80] for r in warnings]
+    finally:
+        server.kill()
+        helper.join(90) if helper.is_alive() else None
+        for again in restarted:
+            again.stop()
+
+
+# ---------------------------------------------------------------- headers
+
+
+@pytest.mark.parametrize(
+    "headers, kind, says",
+    [
+        ({"X-Trace": "a\r\nX-Admin: yes"}, ValueError, "headers['X-Trace'] must not contain CR"),
+        ({"X-Trace": "a\nb"}, ValueError, "must not contain CR, LF or NUL"),
+        ({"X-Count": 1}, TypeError, "headers['X-Count'] must be a str"),
+        ({"Bad Name": "v"}, ValueError, "'Bad Name' is not a valid header name"),
+        ({"": "v"}, ValueError, "is not a valid header name"),
+        ({1: "v"}, TypeError, "header names must be str"),
+    ],
+)
+def test_a_header_that_would_inject_a_line_or_fail_every_attempt_is_refused_at_construction(
+    headers: Dict[object, object], kind: type, says: str
+) -> None:
+    # Before: accepted. A value with CR LF wrote a header of its own into the
+    # handshake request; an int value failed every connect attempt, forever,
+    # with "sequence item 1: expected str instance, int found".
+    with pytest.raises(kind) as info:
+        TetherClient("ws://127.0.0.1:1/", headers=headers)  # type: ignore[arg-type]
+    assert says in str(info.value)
+
+
+def test_a_refused_header_value_is_never_in_the_message() -> None:
+    with pytest.raises(ValueError) as info:
+        TetherClient("ws://127.0.0.1:1/", headers={"Authorization": "Bearer s3cr3t\r\n"})
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_good_headers_are_accepted_as_given() -> None:
+    client = TetherClient(
+        "ws://127.0.0.1:1/", headers={"Authorization": "Bearer x", "X-Skip": None}
+    )  # type: ignore[dict-item]
+    client.close(timeout=1)
+
+
+class _HandshakeCatcher:
+    """Accepts TCP connections and keeps the bytes of each request's head."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: List[bytes] = []
+        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connected.set()
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.requests.append(conn.recv(65536))
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(5)
+
+
+@pytest.mark.timeout(30)
+def test_a_headers_callable_that_returns_a_bad_header_fails_the_attempt_naming_it() -> None:
+    # A callable is evaluated at every connect: its result is checked there,
+    # and the attempt fails with an error event that names headers(), before
+    # anything is written (nothing injected on the wire).
+    peer = _HandshakeCatcher()
+    errors: List[BaseException] = []
+    failed = threading.Event()
+
+    def on_error(event: ErrorEvent) -> None:
+        errors.append(event.error)
+        failed.set()
+
+    client = TetherClient(
+        f"ws://127.0.0.1:{peer.port}/",
+        headers=lambda: {"X-Trace": "a\r\nX-Admin: yes"},
+        connect_timeout=2,
+    )
+    try:
+        client.on("error", on_error)
+        client.connect()
+        assert failed.wait(10)
+        first: Optional[BaseException] = errors[0]
+        assert isinstance(first, ValueError)
+        assert "headers()['X-Trace'] must not contain CR" in str(first)
+    finally:
+        assert client.close(timeout=5) is not None
+        peer.close()
+    assert not any(b"X-Admin" in r for r in peer.requests)
