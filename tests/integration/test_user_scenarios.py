@@ -207,3 +207,33 @@ def test_a_headers_callable_that_returns_a_bad_header_fails_the_attempt_naming_i
         assert client.close(timeout=5) is not None
         peer.close()
     assert not any(b"X-Admin" in r for r in peer.requests)
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["connect", "ws://bob:pw-SECRET@127.0.0.1:abc/x?token=tok-SECRET"],
+        ["connect", "http://bob:pw-SECRET@127.0.0.1:80/x?token=tok-SECRET"],
+        ["connect", "ws://bob:pw-SECRET@127.0.0.1:0/x?access_token=tok-SECRET"],
+        ["connect", "ws://127.0.0.1:1/", "-H", "Authorization Bearer tok-SECRET"],
+        ["connect", "ws://127.0.0.1:1/", "-H", "X-Api-Key: tok-SECRET\r\nX: y"],
+    ],
+    ids=["bad-port", "bad-scheme", "port-0", "header-no-colon", "header-crlf"],
+)
+def test_the_cli_refuses_a_bad_url_or_header_without_printing_its_secrets(
+    argv: List[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: argparse printed the URL as typed, password and token included
+    # ("invalid URL 'ws://bob:pw-SECRET@...?token=tok-SECRET'"), and a header
+    # as typed (its value is often the credential).
+    from tether_sync.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid" in err
+    assert "SECRET" not in err, err
