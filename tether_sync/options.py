@@ -478,6 +478,52 @@ def check_headers(value: Any, where: str = "headers") -> Optional[Dict[str, Opti
     return out
 
 
+#: The ``sslopt`` keys websocket-client reads (``_http._ssl_socket`` and
+#: ``_wrap_sni_socket``, 1.x); any other key is ignored there, silently.
+SSL_OPTIONS = frozenset(
+    {
+        "ca_cert_path",
+        "ca_certs",
+        "cert_chain",
+        "cert_reqs",
+        "certfile",
+        "check_hostname",
+        "ciphers",
+        "context",
+        "ecdh_curve",
+        "keyfile",
+        "password",
+        "server_hostname",
+        "ssl_version",
+        "suppress_ragged_eofs",
+    }
+)
+
+
+def check_sslopt(value: Any) -> Optional[Dict[str, Any]]:
+    """``sslopt=``: a copy (None when empty), every key one websocket-client reads.
+
+    Raises:
+        TypeError: not a mapping, or a key not a str.
+        ValueError: a key websocket-client does not read: a typo (``ca_cert``
+            for ``ca_certs``) would otherwise be ignored, and the connection
+            made with other TLS settings than the user wrote.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"sslopt must be a dict, not {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"sslopt keys must be str, not {type(key).__name__}")
+        if key not in SSL_OPTIONS:
+            raise ValueError(
+                f"sslopt: unknown option {key!r}; websocket-client reads "
+                + ", ".join(sorted(SSL_OPTIONS))
+            )
+    return dict(value) or None
+
+
 def check_ws_options(value: Any) -> Dict[str, Any]:
     """``ws_options=``: a copy of the mapping, every key one websocket-client takes.
 

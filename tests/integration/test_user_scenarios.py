@@ -237,3 +237,18 @@ def test_the_cli_refuses_a_bad_url_or_header_without_printing_its_secrets(
     err = capsys.readouterr().err
     assert "invalid" in err
     assert "SECRET" not in err, err
+
+
+# ---------------------------------------------------------------- TLS options
+
+
+def test_a_misspelt_sslopt_key_is_refused_at_construction_naming_it() -> None:
+    # Before: accepted, and ignored by websocket-client: "ca_cert" for
+    # "ca_certs" connected with the default trust store instead of the CA the
+    # user named, and "cert_req" turned nothing off, without a word.
+    with pytest.raises(ValueError, match="sslopt: unknown option 'ca_cert'"):
+        TetherClient("wss://127.0.0.1:1/", sslopt={"ca_cert": "/etc/ssl/ca.pem"})
+    with pytest.raises(TypeError, match="sslopt must be a dict"):
+        TetherClient("wss://127.0.0.1:1/", sslopt="ca.pem")  # type: ignore[arg-type]
+    client = TetherClient("wss://127.0.0.1:1/", sslopt={"ca_certs": "ca.pem", "cert_reqs": 2})
+    client.close(timeout=1)
