@@ -408,8 +408,11 @@ class TetherClient:
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
                     last = self._loop.handoff.last_failure
+                    life = self._loop.life
+                    now = life.waiting_for()
+                    where = redact_url(life.endpoint) + (f", waiting for {now}" if now else "")
                     why = f": last attempt failed: {type(last).__name__}: {last}" if last else ""
-                    raise ConnectTimeout(f"not open within {timeout}s{why}") from last
+                    raise ConnectTimeout(f"not open within {timeout}s ({where}){why}") from last
                 self._state_cond.wait(remaining)
 
     def __enter__(self) -> TetherClient:
