@@ -57,6 +57,20 @@ log = logging.getLogger("tether_sync")
 
 Handler = Callable[[Any], None]
 
+
+def _shown(level: int) -> bool:
+    """Whether a record of ``level`` on the library's logger reaches a real handler."""
+    logger: Optional[logging.Logger] = log
+    while logger is not None:
+        for handler in logger.handlers:
+            if not isinstance(handler, logging.NullHandler) and level >= handler.level:
+                return True
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    return False
+
+
 # Clients not closed by their owner; flushed and closed at interpreter exit.
 _live_clients: weakref.WeakSet[TetherClient] = weakref.WeakSet()
 # Every client made in this process, so a forked child can reset them all.
@@ -968,6 +982,16 @@ class TetherClient:
             log.info("interpreter exit: flushing %s for up to %.1fs", redact_url(self.url), budget)
             self.flush(max(0.0, (deadline.remaining() or 0.0) - 0.05))
         self.close(timeout=deadline.remaining() or 0.0)
+        lost = self._loop.life.unsent
+        if lost and log.isEnabledFor(logging.WARNING) and not _shown(logging.WARNING):
+            # close() logged it, but no handler shows it (the library's logger
+            # has only its NullHandler): a script that loses messages as it ends
+            # must not end in silence (DESIGN §1: nothing is lost silently).
+            sys.stderr.write(
+                f"tether_sync: {lost} message(s) for {redact_url(self.url)} were not sent: "
+                "the interpreter exited and they could not be delivered within "
+                f"exit_flush_timeout={self._exit_flush_timeout}s\n"
+            )
 
     # ------------------------------------------------------------------ fork
 

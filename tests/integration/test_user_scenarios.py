@@ -9,7 +9,11 @@ notice: what arrived, what the log said, what was refused and how.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 from collections import Counter
 from pathlib import Path
@@ -317,3 +321,64 @@ def test_connect_wait_that_times_out_during_the_first_attempt_says_where_it_is_s
     finally:
         assert client.close(timeout=3)
         peer.close()
+
+
+# ---------------------------------------------------------------- exit without close()
+
+
+@pytest.mark.timeout(60)
+def test_a_script_that_ends_with_messages_it_could_not_send_says_so_on_stderr(
+    dead_url: str,
+) -> None:
+    # No close(), no logging configured, the server unreachable: the exit flush
+    # gives up after exit_flush_timeout. Before: exit 0 and an empty stderr (the
+    # library's warning went to its NullHandler): ten messages lost in silence.
+    url = dead_url.replace("ws://", "ws://bob:pw-SECRET@") + "?token=tok-SECRET"
+    script = textwrap.dedent(
+        f"""
+        from tether_sync import TetherClient
+        client = TetherClient({url!r})
+        for n in range(10):
+            client.send({{"n": n}})
+        print("queued")
+        """
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=40,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert done.stdout.strip() == "queued"
+    assert "10 message(s)" in done.stderr and "were not sent" in done.stderr, done.stderr
+    assert "SECRET" not in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_script_whose_messages_all_went_out_at_exit_prints_nothing(tmp_path: Path) -> None:
+    server = ServeProcess(record=tmp_path / "record.jsonl").start()
+    try:
+        script = textwrap.dedent(
+            f"""
+            from tether_sync import TetherClient
+            client = TetherClient({server.url!r})
+            for n in range(1000):
+                client.send(n, channel="exit")
+            """
+        )
+        root = str(Path(__file__).resolve().parents[2])
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=40,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": root},
+        )
+        assert done.returncode == 0 and done.stderr == ""
+        assert _payloads(server, "exit") == list(range(1000))
+    finally:
+        server.stop()
