@@ -204,7 +204,7 @@ class Outbox(Generic[T]):
                 deadline = Deadline(timeout)
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
-                raise QueueFull(f"no room in the outbound queue within {timeout}s")
+                raise self._no_room(timeout)
             if not (self._wait_logged_open if self._open else self._wait_logged_down):
                 self._log_first_wait()
             self._waiting += 1
@@ -236,7 +236,7 @@ class Outbox(Generic[T]):
                     deadline = Deadline(timeout)
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
-                    raise QueueFull(f"no room in the outbound queue within {timeout}s")
+                    raise self._no_room(timeout)
                 if not (self._wait_logged_open if self._open else self._wait_logged_down):
                     self._log_first_wait()
                 self._waiting += 1
@@ -244,6 +244,19 @@ class Outbox(Generic[T]):
                     self._room.wait(remaining)
                 finally:
                     self._waiting -= 1
+
+    def _no_room(self, timeout: Optional[float]) -> QueueFull:
+        # With _lock held: the error of a send(timeout=...) that found no room, and why.
+        why = (
+            "the link takes messages slower than they are sent"
+            if self._open
+            else "the link is not open: they are sent once the client reconnects"
+        )
+        return QueueFull(
+            f"no room in the outbound queue within {timeout}s: "
+            f"{len(self._items) + self._taken} messages queued or in flight, the bound is "
+            f"{self.capacity} ({why})"
+        )
 
     def _log_first_wait(self) -> None:
         # With _lock held (logging takes only its own handler locks): the first

@@ -23,7 +23,7 @@ import pytest
 from support.raw_server import accept_handshake
 from support.serve_process import ServeProcess
 
-from tether_sync import ConnectTimeout, ErrorEvent, TetherClient
+from tether_sync import ConnectTimeout, ErrorEvent, QueueFull, TetherClient
 
 
 @pytest.fixture
@@ -113,6 +113,22 @@ def test_an_outage_mid_loop_warns_once_per_outage_and_loses_nothing(
         helper.join(90) if helper.is_alive() else None
         for again in restarted:
             again.stop()
+
+
+@pytest.mark.timeout(30)
+def test_send_with_a_timeout_on_a_full_queue_while_down_says_why_there_is_no_room(
+    dead_url: str, clients: List[TetherClient]
+) -> None:
+    # Before: "no room in the outbound queue within 0.2s", nothing about the
+    # bound or that the link is down (which is what the user can act on).
+    client = TetherClient(dead_url)
+    clients.append(client)
+    for n in range(1000):
+        client.send(n)
+    with pytest.raises(QueueFull) as info:
+        client.send("one more", timeout=0.2)
+    text = str(info.value)
+    assert "within 0.2s" in text and "1000" in text and "not open" in text, text
 
 
 # ---------------------------------------------------------------- headers
