@@ -968,9 +968,10 @@ class TetherClient:
         # Ctrl-C: either it interrupted one of our waits, or it ended the script
         # elsewhere (the interpreter records an unhandled exception in
         # sys.last_value before it runs the exit hooks).
-        if deliveries.interrupted or isinstance(
+        interrupted = deliveries.interrupted or isinstance(
             getattr(sys, "last_value", None), KeyboardInterrupt
-        ):
+        )
+        if interrupted:
             log.warning(
                 "interrupted (Ctrl-C): not flushing at exit; %d queued, %d in flight left",
                 len(self._loop.outbox),
@@ -987,10 +988,15 @@ class TetherClient:
             # close() logged it, but no handler shows it (the library's logger
             # has only its NullHandler): a script that loses messages as it ends
             # must not end in silence (DESIGN §1: nothing is lost silently).
+            if budget > 0:
+                why = f"not delivered within exit_flush_timeout={budget}s"
+            elif interrupted:
+                why = "interrupted by Ctrl-C: no exit flush"
+            else:
+                why = "exit_flush_timeout=0: no exit flush"
             sys.stderr.write(
-                f"tether_sync: {lost} message(s) for {redact_url(self.url)} were not sent: "
-                "the interpreter exited and they could not be delivered within "
-                f"exit_flush_timeout={self._exit_flush_timeout}s\n"
+                f"tether_sync: {lost} message(s) for {redact_url(self.url)} were not sent "
+                f"before the interpreter exited ({why})\n"
             )
 
     # ------------------------------------------------------------------ fork

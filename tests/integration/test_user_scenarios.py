@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -398,3 +399,41 @@ def test_a_script_whose_messages_all_went_out_at_exit_prints_nothing(tmp_path: P
         assert _payloads(server, "exit") == list(range(1000))
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_in_a_send_loop_says_how_many_messages_were_not_sent(dead_url: str) -> None:
+    # Ctrl-C while send() waits for room (the server is unreachable): no exit
+    # flush (the user wants out), but the messages left behind are not lost
+    # in silence.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from tether_sync import TetherClient
+        client = TetherClient({dead_url!r})
+        for n in range(1000):
+            client.send(n)
+        print("full", flush=True)
+        client.send("waits for room")
+        """
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "full"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "KeyboardInterrupt" in err
+    assert "1000 message(s)" in err and "Ctrl-C" in err, err
