@@ -84,6 +84,7 @@ class Outbox(Generic[T]):
         # when the link opens.
         self._wait_logged_open = False
         self._wait_logged_down = False
+        self._was_open = False  # the link has been open at least once
 
     def __len__(self) -> int:
         return len(self._items)
@@ -271,12 +272,18 @@ class Outbox(Generic[T]):
             )
         else:
             self._wait_logged_down = True
-            log.warning(
+            # Before the first open this is the normal start of a script that
+            # sends at once (connect() returns before the link opens): INFO. A
+            # failed attempt says so itself, as a WARNING. Once the link was
+            # open, a full queue while down is an outage: WARNING.
+            log.log(
+                logging.WARNING if self._was_open else logging.INFO,
                 "send() is waiting for room: the outbound queue is full (%d messages) "
-                "while the link is not open; it goes on once the client reconnects "
+                "while the link is not open; it goes on once the client %s "
                 "(overflow='block': nothing is dropped; pass send(timeout=...) to "
                 "bound the wait, or choose a drop policy in Queue(overflow=...))",
                 self.capacity,
+                "reconnects" if self._was_open else "connects",
             )
 
     def _drop(self, item: T) -> List[T]:
@@ -352,6 +359,7 @@ class Outbox(Generic[T]):
                 self._open = is_open
                 if is_open:
                     self._wait_logged_down = False  # the outage is over
+                    self._was_open = True
                 self._room.notify_all()
 
     def stop(self, reason: Optional[BaseException] = None) -> None:
