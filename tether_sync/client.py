@@ -983,7 +983,10 @@ class TetherClient:
             log.info("interpreter exit: flushing %s for up to %.1fs", redact_url(self.url), budget)
             self.flush(max(0.0, (deadline.remaining() or 0.0) - 0.05))
         self.close(timeout=deadline.remaining() or 0.0)
-        lost = self._loop.life.unsent
+        life, outbox = self._loop.life, self._loop.outbox
+        # The final count once the I/O thread ended the client; else (a close cut
+        # short, e.g. 0.1 s after Ctrl-C) what it still held.
+        lost = life.unsent or len(outbox) + outbox.taken + len(life.carried)
         if lost and log.isEnabledFor(logging.WARNING) and not _shown(logging.WARNING):
             # close() logged it, but no handler shows it (the library's logger
             # has only its NullHandler): a script that loses messages as it ends
