@@ -40,6 +40,8 @@ from .options import (
     Heartbeat,
     Queue,
     Reconnect,
+    check_headers,
+    check_sslopt,
     check_ws_options,
     coerce,
     coerce_auth,
@@ -56,6 +58,20 @@ log = logging.getLogger("tether_sync")
 
 Handler = Callable[[Any], None]
 _H = TypeVar("_H", bound=Callable[[Any], Any])
+
+
+def _shown(level: int) -> bool:
+    """Whether a record of ``level`` on the library's logger reaches a real handler."""
+    logger: Optional[logging.Logger] = log
+    while logger is not None:
+        for handler in logger.handlers:
+            if not isinstance(handler, logging.NullHandler) and level >= handler.level:
+                return True
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    return False
+
 
 # Clients not closed by their owner; flushed and closed at interpreter exit.
 _live_clients: weakref.WeakSet[TetherClient] = weakref.WeakSet()
@@ -142,6 +158,8 @@ class TetherClient:
             raise TypeError("dispatcher must be callable")
         if headers is not None and not (callable(headers) or isinstance(headers, dict)):
             raise TypeError("headers must be a dict or a callable returning one")
+        if isinstance(headers, dict):
+            check_headers(headers)  # a callable's result is checked at each connect
         # Finite and positive: inf or 1e300 would overflow the timer arithmetic,
         # and NaN would make every comparison false.
         number("connect_timeout", connect_timeout)
@@ -167,7 +185,7 @@ class TetherClient:
             backpressure=bp,
             headers=headers,
             subprotocols=coerce_subprotocols(subprotocols),
-            sslopt=dict(sslopt) if sslopt else None,
+            sslopt=check_sslopt(sslopt),
             connect_timeout=float(connect_timeout),
             max_message_size=max_message_size,
             ws_options=check_ws_options(ws_options),
@@ -421,8 +439,11 @@ class TetherClient:
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
                     last = self._loop.handoff.last_failure
+                    life = self._loop.life
+                    now = life.waiting_for()
+                    where = redact_url(life.endpoint) + (f", waiting for {now}" if now else "")
                     why = f": last attempt failed: {type(last).__name__}: {last}" if last else ""
-                    raise ConnectTimeout(f"not open within {timeout}s{why}") from last
+                    raise ConnectTimeout(f"not open within {timeout}s ({where}){why}") from last
                 self._state_cond.wait(remaining)
 
     def __enter__(self) -> TetherClient:
@@ -967,9 +988,10 @@ class TetherClient:
         # Ctrl-C: either it interrupted one of our waits, or it ended the script
         # elsewhere (the interpreter records an unhandled exception in
         # sys.last_value before it runs the exit hooks).
-        if deliveries.interrupted or isinstance(
+        interrupted = deliveries.interrupted or isinstance(
             getattr(sys, "last_value", None), KeyboardInterrupt
-        ):
+        )
+        if interrupted:
             log.warning(
                 "interrupted (Ctrl-C): not flushing at exit; %d queued, %d in flight left",
                 len(self._loop.outbox),
@@ -981,6 +1003,24 @@ class TetherClient:
             log.info("interpreter exit: flushing %s for up to %.1fs", redact_url(self.url), budget)
             self.flush(max(0.0, (deadline.remaining() or 0.0) - 0.05))
         self.close(timeout=deadline.remaining() or 0.0)
+        life, outbox = self._loop.life, self._loop.outbox
+        # The final count once the I/O thread ended the client; else (a close cut
+        # short, e.g. 0.1 s after Ctrl-C) what it still held.
+        lost = life.unsent or len(outbox) + outbox.taken + len(life.carried)
+        if lost and log.isEnabledFor(logging.WARNING) and not _shown(logging.WARNING):
+            # close() logged it, but no handler shows it (the library's logger
+            # has only its NullHandler): a script that loses messages as it ends
+            # must not end in silence (DESIGN §1: nothing is lost silently).
+            if budget > 0:
+                why = f"not delivered within exit_flush_timeout={budget}s"
+            elif interrupted:
+                why = "interrupted by Ctrl-C: no exit flush"
+            else:
+                why = "exit_flush_timeout=0: no exit flush"
+            sys.stderr.write(
+                f"tether_sync: {lost} message(s) for {redact_url(self.url)} were not sent "
+                f"before the interpreter exited ({why})\n"
+            )
 
     # ------------------------------------------------------------------ fork
 

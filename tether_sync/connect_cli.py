@@ -66,29 +66,39 @@ INSECURE_WARNING = (
 
 
 def ws_url(text: str) -> str:
-    """argparse type: a ``ws://`` or ``wss://`` URL with a host and a valid port."""
+    """argparse type: a ``ws://`` or ``wss://`` URL with a host and a valid port.
+
+    The error shows the URL with its password and secret query values
+    redacted (argparse prints it, and it may end up in a CI log).
+    """
+    from .redact import redact_url
+
+    shown = repr(redact_url(text))
     try:
         parts = urlsplit(text)
         port = parts.port  # raises ValueError when out of range or not a number
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid URL {text!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(f"invalid URL {shown}: {exc}") from None
     if parts.scheme not in ("ws", "wss"):
-        raise argparse.ArgumentTypeError(
-            f"invalid URL {text!r}: the scheme must be ws:// or wss://"
-        )
+        raise argparse.ArgumentTypeError(f"invalid URL {shown}: the scheme must be ws:// or wss://")
     if not parts.hostname:
-        raise argparse.ArgumentTypeError(f"invalid URL {text!r}: no host")
+        raise argparse.ArgumentTypeError(f"invalid URL {shown}: no host")
     if port == 0:
-        raise argparse.ArgumentTypeError(f"invalid URL {text!r}: port 0")
+        raise argparse.ArgumentTypeError(f"invalid URL {shown}: port 0")
     return text
 
 
 def header(text: str) -> Tuple[str, str]:
-    """argparse type: ``"Name: value"`` → ``(name, value)``."""
+    """argparse type: ``"Name: value"`` → ``(name, value)``.
+
+    The error never shows the value (it is often a credential): only the name,
+    where there is one.
+    """
     name, sep, value = text.partition(":")
     name = name.strip()
     if not sep or not name or any(c in name for c in " \t\r\n") or "\n" in value or "\r" in value:
-        raise argparse.ArgumentTypeError(f"invalid header {text!r}: expected 'Name: value'")
+        shown = f" {name!r}" if sep and name and not any(c in name for c in " \t\r\n") else ""
+        raise argparse.ArgumentTypeError(f"invalid header{shown}: expected 'Name: value'")
     return name, value.strip()
 
 

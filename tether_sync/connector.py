@@ -21,6 +21,7 @@ from . import transport
 from .auth import TokenRefresher
 from .exceptions import AuthError
 from .loopconfig import LoopConfig
+from .options import check_headers
 
 # Seconds the connector's own timeouts run past connect_timeout. The bound of an
 # attempt is the loop's timer, which aborts the connector and names the phase;
@@ -123,7 +124,9 @@ def handshake(
     ws = dial.ws
     timeout = cfg.connect_timeout + BACKSTOP
     try:
-        headers = cfg.headers() if callable(cfg.headers) else cfg.headers
+        headers = cfg.headers
+        if callable(headers):
+            headers = check_headers(headers(), "headers()")
         if header_auth:
             assert auth is not None and auth.options.header
             token, exp = auth.get_blocking(auth.options.timeout)

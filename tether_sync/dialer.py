@@ -67,7 +67,11 @@ class Dialer:
         self._timers.schedule(self._clock.monotonic() + cfg.connect_timeout, Timer.CONNECT_TIMEOUT)
         thread = threading.Thread(target=connector, name="tether-connect", daemon=True)
         self._connectors[thread] = dial
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # e.g. no new threads at interpreter shutdown
+            self._connectors.pop(thread, None)
+            raise
 
     def settle(self, c: Union[cmd.Connected, cmd.ConnectFailed]) -> bool:
         """A connector answered: True if for the attempt in progress (its deadline
@@ -102,6 +106,11 @@ class Dialer:
         while self._connectors:
             for thread, dial in list(self._connectors.items()):
                 dial.abort()
+                if thread.ident is None:
+                    # Registered by dial() on the I/O thread and not started yet:
+                    # join() would raise (it did: close() failed with "cannot join
+                    # thread before it is started"). Aborted, it ends at once.
+                    continue
                 remaining = deadline.remaining()
                 thread.join(0.01 if remaining is None else min(0.01, remaining))
             if deadline.expired:

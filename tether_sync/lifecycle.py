@@ -140,6 +140,20 @@ class Lifecycle:
         # the cause its Closed event is reported with.
         self._timed_out: Optional[ConnectTimeout] = None
 
+    def waiting_for(self) -> Optional[str]:
+        """What the attempt in progress waits for (as a connect timeout names it), or None.
+
+        Read from a user thread for an error message (``connect(wait=True)``):
+        a snapshot of two references the I/O thread replaces, never changed here.
+        """
+        dial = self._dialer.attempts.handshaker
+        if dial is not None:
+            return dial.stage
+        session = self._host.session
+        if session is not None and not session.is_open:
+            return _waiting_for(session.phase, self._p.authflow)
+        return None
+
     @property
     def endpoint(self) -> str:
         """The URL connected to while open, else the one being tried or to be tried next."""

@@ -458,6 +458,86 @@ WS_OWN_OPTIONS = {
 }
 
 
+_HEADER_VALUE_BAD = re.compile(r"[\r\n\x00]")
+
+
+def check_headers(value: Any, where: str = "headers") -> Optional[Dict[str, Optional[str]]]:
+    """``headers=`` (or what a headers callable returned): a copy, checked.
+
+    Every name must be an HTTP token and every value a ``str`` (None leaves the
+    header out) without CR, LF or NUL: anything else would fail every connect
+    attempt later (websocket-client joins the lines), or write a header of the
+    caller's choosing into the request (``"a\r\nX-Admin: 1"``). The messages
+    name the header, never its value (it may be a credential).
+
+    Raises:
+        TypeError: not a dict, a name not a str, a value neither str nor None.
+        ValueError: a name that is not a token, a value with CR, LF or NUL.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{where} must be a dict, not {type(value).__name__}")
+    out: Dict[str, Optional[str]] = {}
+    for name, text in value.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{where}: header names must be str, not {type(name).__name__}")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"{where}: {name!r} is not a valid header name")
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"{where}[{name!r}] must be a str (or None), not {type(text).__name__}")
+        if text is not None and _HEADER_VALUE_BAD.search(text):
+            raise ValueError(f"{where}[{name!r}] must not contain CR, LF or NUL")
+        out[name] = text
+    return out
+
+
+#: The ``sslopt`` keys websocket-client reads (``_http._ssl_socket`` and
+#: ``_wrap_sni_socket``, 1.x); any other key is ignored there, silently.
+SSL_OPTIONS = frozenset(
+    {
+        "ca_cert_path",
+        "ca_certs",
+        "cert_chain",
+        "cert_reqs",
+        "certfile",
+        "check_hostname",
+        "ciphers",
+        "context",
+        "ecdh_curve",
+        "keyfile",
+        "password",
+        "server_hostname",
+        "ssl_version",
+        "suppress_ragged_eofs",
+    }
+)
+
+
+def check_sslopt(value: Any) -> Optional[Dict[str, Any]]:
+    """``sslopt=``: a copy (None when empty), every key one websocket-client reads.
+
+    Raises:
+        TypeError: not a mapping, or a key not a str.
+        ValueError: a key websocket-client does not read: a typo (``ca_cert``
+            for ``ca_certs``) would otherwise be ignored, and the connection
+            made with other TLS settings than the user wrote.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"sslopt must be a dict, not {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"sslopt keys must be str, not {type(key).__name__}")
+        if key not in SSL_OPTIONS:
+            raise ValueError(
+                f"sslopt: unknown option {key!r}; websocket-client reads "
+                + ", ".join(sorted(SSL_OPTIONS))
+            )
+    return dict(value) or None
+
+
 def check_ws_options(value: Any) -> Dict[str, Any]:
     """``ws_options=``: a copy of the mapping, every key one websocket-client takes.
 

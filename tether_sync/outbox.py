@@ -76,10 +76,15 @@ class Outbox(Generic[T]):
         # for that thread's whole iteration to get the GIL back, per message.
         self.linger = 0.0
         self._over_warned = False
-        # Whether the link was open when a send() last logged that it waits for
-        # room (None: none did since the queue was last empty): one line per
-        # episode, and one more if the reason changes (the link opened or dropped).
-        self._wait_logged: Optional[bool] = None
+        # Whether a send() logged that it waits for room while the link was open
+        # (it is slower than the producer) and while it was not (down): one line
+        # per reason per episode. An episode of a slow link ends when everything
+        # is done (nothing queued, nothing taken), not whenever the queue happens
+        # to be empty (a fast loop empties it hundreds of times); an outage ends
+        # when the link opens.
+        self._wait_logged_open = False
+        self._wait_logged_down = False
+        self._was_open = False  # the link has been open at least once
 
     def __len__(self) -> int:
         return len(self._items)
@@ -200,8 +205,8 @@ class Outbox(Generic[T]):
                 deadline = Deadline(timeout)
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
-                raise QueueFull(f"no room in the outbound queue within {timeout}s")
-            if self._wait_logged is not self._open:
+                raise self._no_room(timeout)
+            if not (self._wait_logged_open if self._open else self._wait_logged_down):
                 self._log_first_wait()
             self._waiting += 1
             try:
@@ -232,8 +237,8 @@ class Outbox(Generic[T]):
                     deadline = Deadline(timeout)
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
-                    raise QueueFull(f"no room in the outbound queue within {timeout}s")
-                if self._wait_logged is not self._open:
+                    raise self._no_room(timeout)
+                if not (self._wait_logged_open if self._open else self._wait_logged_down):
                     self._log_first_wait()
                 self._waiting += 1
                 try:
@@ -241,11 +246,24 @@ class Outbox(Generic[T]):
                 finally:
                     self._waiting -= 1
 
+    def _no_room(self, timeout: Optional[float]) -> QueueFull:
+        # With _lock held: the error of a send(timeout=...) that found no room, and why.
+        why = (
+            "the link takes messages slower than they are sent"
+            if self._open
+            else "the link is not open: they are sent once the client reconnects"
+        )
+        return QueueFull(
+            f"no room in the outbound queue within {timeout}s: "
+            f"{len(self._items) + self._taken} messages queued or in flight, the bound is "
+            f"{self.capacity} ({why})"
+        )
+
     def _log_first_wait(self) -> None:
         # With _lock held (logging takes only its own handler locks): the first
-        # send() of an episode that has to wait says so once.
-        self._wait_logged = self._open
+        # send() of an episode that has to wait says so once (per reason).
         if self._open:
+            self._wait_logged_open = True
             log.info(
                 "send() is waiting for room: the outbound queue is full (%d messages) "
                 "because the link takes messages slower than they are sent; it goes on "
@@ -253,12 +271,19 @@ class Outbox(Generic[T]):
                 self.capacity,
             )
         else:
-            log.warning(
+            self._wait_logged_down = True
+            # Before the first open this is the normal start of a script that
+            # sends at once (connect() returns before the link opens): INFO. A
+            # failed attempt says so itself, as a WARNING. Once the link was
+            # open, a full queue while down is an outage: WARNING.
+            log.log(
+                logging.WARNING if self._was_open else logging.INFO,
                 "send() is waiting for room: the outbound queue is full (%d messages) "
-                "while the link is not open; it goes on once the client reconnects "
+                "while the link is not open; it goes on once the client %s "
                 "(overflow='block': nothing is dropped; pass send(timeout=...) to "
                 "bound the wait, or choose a drop policy in Queue(overflow=...))",
                 self.capacity,
+                "reconnects" if self._was_open else "connects",
             )
 
     def _drop(self, item: T) -> List[T]:
@@ -313,7 +338,8 @@ class Outbox(Generic[T]):
                 self._room.notify_all()
             if not self._items and self._taken < self.capacity:
                 self._over_warned = False
-                self._wait_logged = None
+            if not self._items and not self._taken:
+                self._wait_logged_open = self._wait_logged_down = False
 
     def give_back(self, items: List[T]) -> None:
         """Taken messages that were not done go back to the head, in order."""
@@ -331,6 +357,9 @@ class Outbox(Generic[T]):
         with self._lock:
             if self._open != is_open:
                 self._open = is_open
+                if is_open:
+                    self._wait_logged_down = False  # the outage is over
+                    self._was_open = True
                 self._room.notify_all()
 
     def stop(self, reason: Optional[BaseException] = None) -> None:
