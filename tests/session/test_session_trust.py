@@ -173,7 +173,8 @@ def test_the_highest_numbered_counts_messages_given_up_after_their_number(
 ) -> None:
     # A durable outbox numbers at send() time, and a message given up after its
     # number leaves a gap: an ack up to the highest number is believed.
-    peer = open_peer(clock, session=make_session(clock, continuity=Continuity("s", last_seq=40)))
+    continuity = Continuity("sid-1", last_seq=40)
+    peer = open_peer(clock, session=make_session(clock, continuity=continuity))
     m = data_msg()
     m._seq = 45
     peer.session.send([m])
@@ -254,10 +255,21 @@ def test_a_lying_hello_ok_fails_the_link_and_resolves_nothing(
 
 def test_a_truthful_hello_ok_at_the_limits_is_believed(clock: FakeClock) -> None:
     peer, carried = carried_three(clock)
-    peer.send_json(hello_ok({"acked": 3, "session": "s" * 64, "features": ["ack", "x"]}))
+    session = peer.session.continuity.session_id
+    peer.send_json(hello_ok({"acked": 3, "session": session, "features": ["ack", "x"]}))
     assert peer.session.is_open and peer.of(Problem) == []
     assert acked_ids(peer) == ids(carried)
     assert peer.session.features == ("ack",)
+
+
+def test_a_hello_ok_for_another_session_is_a_lie(clock: FakeClock) -> None:
+    # Its acked counts another session's messages: believed, it would resolve
+    # messages this session's server never accepted.
+    peer, carried = carried_three(clock)
+    peer.send_json(hello_ok({"acked": 3, "session": "someone-else", "features": ["ack"]}))
+    error = the_protocol_error(peer)
+    assert "not the one the hello named" in str(error) and "someone-else" not in str(error)
+    assert acked_ids(peer) == []  # and the_protocol_error() saw the close 1002
 
 
 @pytest.mark.parametrize("acked", HUGE)
