@@ -265,7 +265,7 @@ def test_a_truthful_hello_ok_at_the_limits_is_believed(clock: FakeClock) -> None
 def test_a_hello_ok_for_another_session_is_a_lie(clock: FakeClock) -> None:
     # Its acked counts another session's messages: believed, it would resolve
     # messages this session's server never accepted.
-    peer, carried = carried_three(clock)
+    peer, _carried = carried_three(clock)
     peer.send_json(hello_ok({"acked": 3, "session": "someone-else", "features": ["ack"]}))
     error = the_protocol_error(peer)
     assert "not the one the hello named" in str(error) and "someone-else" not in str(error)
