@@ -191,28 +191,11 @@ class Outbox(Generic[T]):
                     self.capacity,
                 )
             return []
-        deadline: Optional[Deadline] = None
-        while True:
-            if not self._accepting:
-                raise ClientClosed("the client is closed") from self._closed_reason
-            if len(self._items) + self._taken < self.capacity:
-                return []
-            if not self._open and self.overflow != "block":
-                if not self._offline_ok:
-                    raise QueueFull("queue=False and the client is not open")
-                return self._drop(item)
-            if deadline is None:
-                deadline = Deadline(timeout)
-            remaining = deadline.remaining()
-            if remaining is not None and remaining <= 0:
-                raise self._no_room(timeout)
-            if not (self._wait_logged_open if self._open else self._wait_logged_down):
-                self._log_first_wait()
-            self._waiting += 1
-            try:
-                self._room.wait(remaining)
-            finally:
-                self._waiting -= 1
+        if self._await_room(timeout):
+            return []
+        if not self._offline_ok:
+            raise QueueFull("queue=False and the client is not open")
+        return self._drop(item)
 
     def wait_room(self, timeout: Optional[float] = None) -> None:
         """Wait until there is room, where :meth:`put` would wait for it (any thread).
@@ -227,24 +210,36 @@ class Outbox(Generic[T]):
         with self._lock:
             if getattr(in_callback, "active", False):
                 return
-            deadline: Optional[Deadline] = None
-            while len(self._items) + self._taken >= self.capacity:
-                if not self._accepting:
-                    raise ClientClosed("the client is closed") from self._closed_reason
-                if not self._open and self.overflow != "block":
-                    return
-                if deadline is None:
-                    deadline = Deadline(timeout)
-                remaining = deadline.remaining()
-                if remaining is not None and remaining <= 0:
-                    raise self._no_room(timeout)
-                if not (self._wait_logged_open if self._open else self._wait_logged_down):
-                    self._log_first_wait()
-                self._waiting += 1
-                try:
-                    self._room.wait(remaining)
-                finally:
-                    self._waiting -= 1
+            self._await_room(timeout)
+
+    def _await_room(self, timeout: Optional[float]) -> bool:
+        """With _lock held: wait until there is room (True), or until a drop policy
+        applies instead (False: full and not open, the policy is not ``block``).
+
+        Raises:
+            ClientClosed: the client is closed (or closed while waiting).
+            QueueFull: no room within ``timeout``.
+        """
+        deadline: Optional[Deadline] = None
+        while True:
+            if not self._accepting:
+                raise ClientClosed("the client is closed") from self._closed_reason
+            if len(self._items) + self._taken < self.capacity:
+                return True
+            if not self._open and self.overflow != "block":
+                return False
+            if deadline is None:
+                deadline = Deadline(timeout)
+            remaining = deadline.remaining()
+            if remaining is not None and remaining <= 0:
+                raise self._no_room(timeout)
+            if not (self._wait_logged_open if self._open else self._wait_logged_down):
+                self._log_first_wait()
+            self._waiting += 1
+            try:
+                self._room.wait(remaining)
+            finally:
+                self._waiting -= 1
 
     def _no_room(self, timeout: Optional[float]) -> QueueFull:
         # With _lock held: the error of a send(timeout=...) that found no room, and why.
