@@ -14,12 +14,12 @@ waiting for), and the handshake auth refusals in a row.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from . import commands as cmd
 from . import transport
 from .auth import TokenRefresher
-from .exceptions import AuthError
+from .exceptions import AuthError, SubprotocolRefused
 from .loopconfig import LoopConfig
 from .options import check_headers
 
@@ -160,8 +160,23 @@ def handshake(
         left, dial.sock = dial.sock, None
         if left is not None:
             left.close()
-        return cmd.ConnectFailed(attempt, exc)
+        return cmd.ConnectFailed(attempt, _refused_subprotocols(exc, cfg.subprotocols))
     return cmd.Connected(attempt, sock, exp, params)
+
+
+def _refused_subprotocols(exc: BaseException, offered: Optional[List[str]]) -> BaseException:
+    # websocket-client says only "Invalid WebSocket Header" when the server's
+    # answer names none of the offered subprotocols (its _validate). With
+    # subprotocols offered that is what it means in practice; a server whose
+    # upgrade headers are otherwise broken is not fixed by retrying either.
+    if offered and str(exc) == "Invalid WebSocket Header":
+        names = ", ".join(offered)
+        refused = SubprotocolRefused(
+            f"the server accepted none of the offered subprotocols ({names})", 1002
+        )
+        refused.__cause__ = exc
+        return refused
+    return exc
 
 
 __all__ = ["BACKSTOP", "Attempts", "Dial", "handshake"]

@@ -53,6 +53,14 @@ class ProtocolError(TetherError):
         self.close_code = close_code
 
 
+class SubprotocolRefused(ProtocolError):
+    """The server accepted none of the offered subprotocols: retrying cannot help.
+
+    A :class:`ProtocolError`; the client stops (state ``closed``) with it as
+    the ``error`` event, as after a final auth refusal.
+    """
+
+
 class ServerError(TetherError):
     """The server answered one of our messages with ``tether:error``.
 

@@ -37,7 +37,7 @@ from .clock import Clock
 from .delivery import Delivery
 from .dialer import Dialer
 from .events import OpenEvent, ReconnectingEvent, StateChangeEvent
-from .exceptions import ClientClosed, ConnectTimeout, TetherError
+from .exceptions import ClientClosed, ConnectTimeout, SubprotocolRefused, TetherError
 from .handoff import Handoff, _deliveries
 from .loopconfig import LoopConfig, Timer
 from .mailbox import Mailbox
@@ -233,6 +233,9 @@ class Lifecycle:
         self._p.counters.attempt_ended(self._clock.monotonic(), False, cause)
         self._p.handoff.attempt_failed(cause)
         flow = self._p.authflow
+        if isinstance(cause, SubprotocolRefused):  # the server's choice: a retry cannot help
+            self.finish(cause)
+            return
         refused, final = self._dialer.attempts.refused(cause, flow is not None)
         if final is not None:
             self.finish(final, cause=cause)
