@@ -8,7 +8,6 @@ message its application accepted, in arrival order.
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
-from support.raw_server import accept_handshake
+from support.raw_server import MutePeer
 from support.serve_process import ServeProcess
 
 from tether_sync import QueueFull, TetherClient, TetherError
@@ -170,46 +169,11 @@ def test_a_bad_payload_on_a_never_connected_client_starts_nothing(dead_url: str)
         client.close(timeout=5)
 
 
-class _StalledPeer:
-    """Completes the WebSocket handshake, then never reads: writes stall for good."""
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/"
-        self._conns: List[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            conn.settimeout(10)
-            try:
-                accept_handshake(conn)
-            except OSError:
-                conn.close()
-                continue
-            self._conns.append(conn)
-
-    def close(self) -> None:
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
-        self._thread.join(5)
-        for conn in self._conns:
-            conn.close()
-
-
 @pytest.mark.timeout(60)
 def test_the_exit_flush_ends_within_exit_flush_timeout() -> None:
     # Before: 5.38 s for exit_flush_timeout=5.0. A peer that never reads holds
     # the queue; the script ends; the interpreter must exit within the budget.
-    peer = _StalledPeer()
+    peer = MutePeer()  # never reads: writes stall for good
     try:
         script = textwrap.dedent(
             f"""

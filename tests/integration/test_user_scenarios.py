@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import pytest
-from support.raw_server import accept_handshake
+from support.raw_server import MutePeer
 from support.serve_process import ServeProcess
 
 from tether_sync import ConnectTimeout, ErrorEvent, QueueFull, TetherClient
@@ -283,41 +283,6 @@ def test_a_misspelt_sslopt_key_is_refused_at_construction_naming_it() -> None:
 # ---------------------------------------------------------------- connect(wait=True)
 
 
-class _MutePeer:
-    """Accepts TCP connections; completes the upgrade (or not), then says nothing."""
-
-    def __init__(self, upgrade: bool) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.upgrade = upgrade
-        self.conns: List[socket.socket] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            if self.upgrade:
-                try:
-                    accept_handshake(conn)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._thread.join(5)
-        for conn in self.conns:
-            conn.close()
-
-
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     "upgrade, phase",
@@ -330,7 +295,7 @@ def test_connect_wait_that_times_out_during_the_first_attempt_says_where_it_is_s
     # Default connect_timeout (10 s) and a shorter wait: the first attempt is
     # still in progress when connect(wait=True, timeout=1) gives up. Before:
     # "not open within 1s", nothing about where or what it waits for.
-    peer = _MutePeer(upgrade)
+    peer = MutePeer(upgrade)
     url = f"ws://bob:pw-SECRET@127.0.0.1:{peer.port}/?token=tok-SECRET"
     client = TetherClient(url)
     try:

@@ -146,3 +146,48 @@ def server_frame(
         key = b"\x01\x02\x03\x04"
         return head + key + mask_payload(payload, key)
     return head + payload
+
+
+class MutePeer:
+    """Accepts TCP connections, completes the upgrade (or not), then says nothing.
+
+    It never reads either: a client's writes stall once the kernel buffers fill.
+    Connections stay open until :meth:`close`.
+
+    Args:
+        upgrade: Complete the WebSocket handshake (False: no HTTP answer at all).
+    """
+
+    def __init__(self, upgrade: bool = True) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}/"
+        self.upgrade = upgrade
+        self.conns: List[socket.socket] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.upgrade:
+                conn.settimeout(10)
+                try:
+                    accept_handshake(conn)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        # shutdown() wakes a thread blocked in accept(); close() alone does not.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(5)
+        for conn in self.conns:
+            conn.close()
