@@ -96,7 +96,7 @@ def sink_pair(
 
     from bench_client import SinkServer, _pin, masked_frame_len
 
-    from tether_sync import envelope
+    from tether_sync.protocol import envelope
 
     server = SinkServer()
     if pin:

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import websocket
 from bench_client import PAYLOAD, SinkServer, masked_frame_len
 
-from tether_sync import TetherClient, envelope
+from tether_sync import TetherClient
+from tether_sync.protocol import envelope
 
 
 def _rss_kib() -> int:

@@ -54,7 +54,8 @@ import websockets
 from websockets.sync.client import connect as websockets_connect
 
 import tether_sync
-from tether_sync import TetherClient, envelope
+from tether_sync import TetherClient
+from tether_sync.protocol import envelope
 
 HERE = Path(__file__).resolve().parent
 PAYLOAD = "0123456789abcdef" * 4  # 64 bytes of ASCII text

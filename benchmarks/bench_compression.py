@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tether_sync import TetherClient, frames  # noqa: E402
-from tether_sync.deflate import DeflateParams, accept_response, client_offer  # noqa: E402
-from tether_sync.session import Continuity, Session, SessionConfig  # noqa: E402
+from tether_sync.protocol.deflate import DeflateParams, accept_response, client_offer  # noqa: E402
+from tether_sync.protocol.session import Continuity, Session, SessionConfig  # noqa: E402
 
 LIMIT = 0.05
 HOST = "127.0.0.1"

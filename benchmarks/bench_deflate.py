@@ -1,4 +1,4 @@
-"""Benchmark permessage-deflate (tether_sync.deflate) on the client's hot paths.
+"""Benchmark permessage-deflate (tether_sync.protocol.deflate) on the client's hot paths.
 
 Run from the repository root::
 
@@ -32,8 +32,8 @@ from typing import Callable, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tether_sync import frames
-from tether_sync.deflate import DeflateParams, PerMessageDeflate
+from tether_sync.protocol import frames
+from tether_sync.protocol.deflate import DeflateParams, PerMessageDeflate
 
 LIMIT = 0.05
 

@@ -1,4 +1,4 @@
-"""Benchmark tether_sync.frames against websocket-client's frame code.
+"""Benchmark tether_sync.protocol.frames against websocket-client's frame code.
 
 Run from the repository root::
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import websocket
 from websocket._abnf import continuous_frame, frame_buffer
 
-from tether_sync import frames
+from tether_sync.protocol import frames
 
 CHUNK = 256 * 1024
 

@@ -1,28 +1,23 @@
-"""The import graph of tether_sync follows the layers of STYLE.md §5.
+"""The tiers of DESIGN §4 are folders, and the import graph keeps to them.
 
-Every core module (``tether_sync/*.py`` except ``cli.py`` and ``__main__.py``; the
-``server/`` and ``demo/`` extras are not core) has a layer, and its imports, found by
-walking the ``ast`` (imports inside functions included), only go downwards:
+=================  ==========================================================================
+``protocol/``      sans-I/O: the session and its parts, frames, deflate, envelope, write buffer,
+                   token expiry. Imports only ``protocol/`` and ``exceptions``; none of
+                   ``threading``, ``socket``, ``selectors``, ``time`` (nor their relatives).
+``engine/``        the I/O thread and the helper threads it starts. Imported by ``client.py``
+                   alone (and by itself). Only ``engine/transport.py`` and ``engine/poller.py``
+                   touch ``socket``/``ssl``/``websocket``; only the poller uses a selector.
+top level          what user threads touch (client, options, events, exceptions, ...). Never
+                   imports ``engine/``, except ``client.py``.
+``cli/``           the ``tether-sync`` command, an application of the public API: no core module
+                   imports it (``__main__`` runs it).
+integrations       ``dispatchers``, ``flask``, ``otel``: on top of the public API; no core module
+                   imports them.
+=================  ==========================================================================
 
-=====  =========================================  ===========================================
-L0     events, clock, exceptions, version         stdlib only
-L1     options, backoff, state, envelope,         stdlib + L0. Pure: no threads, no I/O, no
-       buffers, tokens, timers, stats, frames,    clock (not threading, socket, selectors,
-       writebuf, session (sans-I/O protocol)      time, websocket, nor their relatives below)
-L2     auth, subscription, delivery, outbox,      L0-L1, threading, queue, concurrent; no socket
-       dispatch, commands, routing, handoff
-L3     transport                                  only transport may use socket/ssl/websocket
-L3     loop                                       everything below; the only selectors user
-L4     client                                     everything below
-L5     __init__                                   re-exports only, no logic
-L6     connect_cli (``tether-sync connect``)      an application of the public API, lazily
-                                                  imported by cli.py; no core module imports it
-=====  =========================================  ===========================================
-
-Imports under ``if TYPE_CHECKING:`` make no runtime edge, so they are exempt from the
-direction rule (the loop's mixins name ``LoopConfig`` that way), not from the others.
-Nothing in the core imports ``tether_sync.server``/``tether_sync.demo``, ``websockets``
-or ``flask``; ``import tether_sync`` works without them.
+There is no import circle, ``if TYPE_CHECKING:`` imports included. The extras (``server/``,
+``demo/``, ``testing/``) are not core; the core never imports them nor ``websockets``/``flask``,
+and its only third-party import is websocket-client.
 """
 
 from __future__ import annotations
@@ -35,7 +30,7 @@ import sys
 import sysconfig
 import textwrap
 from pathlib import Path
-from typing import Dict, FrozenSet, List, NamedTuple
+from typing import Dict, FrozenSet, List, NamedTuple, Set
 
 import pytest
 
@@ -43,85 +38,50 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG_DIR = ROOT / "tether_sync"
 PKG = "tether_sync"
 
-# Integrations (issue 12) sit on top of the public API, import their toolkit (tkinter,
-# Qt, asyncio, flask) lazily, and no core module imports them: see the test below.
-INTEGRATIONS = frozenset({"dispatchers.py", "flask.py", "otel.py"})  # otel: issue 21
-NOT_CORE_FILES = frozenset({"cli.py", "__main__.py"}) | INTEGRATIONS
-EXTRA_SUBPACKAGES = frozenset({"server", "demo", "testing"})  # testing: the pytest plugin
-
-# The rank of each core module: a runtime import must go to a strictly lower rank.
-# int(rank) is the layer; inside L3 the loop's helpers are ordered below the loop.
-RANK: Dict[str, float] = {
-    # L0
-    "events": 0,
-    "clock": 0,
-    "exceptions": 0,
-    "version": 0,
-    # L1
-    "options": 1,
-    "backoff": 1,
-    "state": 1,
-    "envelope": 1,
-    "buffers": 1,
-    "tokens": 1,
-    "timers": 1,
-    "stats": 1,
-    "frames": 1,
-    "deflate": 1,  # permessage-deflate codec (zlib only)
-    "redact": 1,  # credentials out of a URL before it is shown (urllib.parse only)
-    "heartbeat": 1,  # planned in STYLE §5
-    "router": 1,  # planned in STYLE §5
-    "writebuf": 1.2,  # framed bytes waiting for the socket, pure bookkeeping
-    "session": 1.5,  # one connection's protocol, sans I/O (DESIGN §4)
-    "flow": 1,  # outbound high-water-mark policy
-    "shutdown": 1,  # close()/flush() policy: drain until the deadline, flush waiters
-    "interest": 1,  # the socket's selector registration, as bookkeeping
-    "poller": 3.05,  # the selector and the wake pair: where the I/O thread blocks
-    "loopconfig": 1.6,  # LoopConfig, the loop's Timer names, the SessionConfig built from it
-    # L2
-    "auth": 2,
-    "subscription": 2,
-    "delivery": 2,
-    "outbox": 2,
-    "durable": 2,  # the durable outbox store (sqlite3, fcntl; no socket)
-    "dispatch": 2.1,
-    "commands": 2.5,
-    "routing": 2.6,
-    "handoff": 2.7,
-    "authflow": 2.8,
-    "mailbox": 2.55,  # the loop's command inbox (lock, wake byte, refusal once ended)
-    "logfields": 2,  # log records' structured fields (a thread-local), URL redaction
-    "lifecycle": 3.4,  # State, attempts, backoff, close() and the end, across connections
-    "aftermath": 2.9,  # a lost link / failed attempt: carry, give back, retry or give up
-    # L3: the socket adapter, then the loop
-    "transport": 3.0,
-    "connector": 3.1,  # one attempt's handshake, as run on a connector thread
-    "connection": 3.2,  # one open connection: its session, its link, the bytes between
-    "dialer": 3.3,  # connection attempts, each on a connector thread
-    "loop": 3.5,
-    # L4
-    "client": 4,
-    # L5
-    "__init__": 5,
-    # L6: command-line applications on top of the package (cli.py itself is not walked)
-    "connect_cli": 6,
-}
-LOOP = "loop"
-POLLER = "poller"  # the loop's selector and wake pair (where its thread blocks)
-DIALER = "dialer"  # starts the connector threads (the handshake is blocking)
+EXTRA_SUBPACKAGES = frozenset({"server", "demo", "testing"})
+TIERS = frozenset({"protocol", "engine", "cli"})
+INTEGRATIONS = frozenset({"tether_sync.dispatchers", "tether_sync.flask", "tether_sync.otel"})
+CLIENT = "tether_sync.client"
 
 THREADS = frozenset({"threading", "_thread", "queue", "concurrent", "multiprocessing"})
 IO = frozenset({"socket", "ssl", "selectors", "select", "asyncio", "subprocess", "websocket"})
-L1_FORBIDDEN = THREADS | IO | {"time"}
-L2_FORBIDDEN = IO
-L3_HELPER_FORBIDDEN = THREADS | {"selectors", "select", "asyncio"}
+PROTOCOL_FORBIDDEN = THREADS | IO | {"time"}
+SOCKET_OWNERS = frozenset({"tether_sync.engine.transport", "tether_sync.engine.poller"})
+SELECTOR_OWNERS = frozenset({"tether_sync.engine.poller"})
 EXTRAS = frozenset({"websockets", "flask", "werkzeug"})
 THIRD_PARTY_ALLOWED = frozenset({"websocket"})  # runtime dependency: websocket-client only
 
 
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def core_files() -> Dict[str, Path]:
+    """Every core module (not the extras), by dotted name."""
+    found: Dict[str, Path] = {}
+    for path in sorted(PKG_DIR.rglob("*.py")):
+        rel = path.relative_to(PKG_DIR).parts
+        if len(rel) > 1 and rel[0] in EXTRA_SUBPACKAGES:
+            continue
+        found[_module_name(path)] = path
+    return found
+
+
+CORE = core_files()
+
+
+def tier(module: str) -> str:
+    """ "protocol", "engine", "cli" or "top" (the package's own level)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in TIERS else "top"
+
+
 class Import(NamedTuple):
-    importer: str  # short name of the core module, e.g. "loop"
-    name: str  # absolute dotted module name, e.g. "tether_sync.clock" or "json"
+    importer: str  # dotted name of the importing module
+    name: str  # absolute dotted module name imported, e.g. "tether_sync.clock" or "json"
     line: int
     type_only: bool  # under "if TYPE_CHECKING:"
 
@@ -133,35 +93,8 @@ class Import(NamedTuple):
     def internal(self) -> bool:
         return self.top == PKG
 
-    @property
-    def target(self) -> str:
-        """For an internal import: the core module's short name ("__init__" for the package)."""
-        parts = self.name.split(".")
-        return parts[1] if len(parts) > 1 else "__init__"
-
     def __str__(self) -> str:
-        return f"tether_sync/{self.importer}.py:{self.line} imports {self.name}"
-
-
-def core_modules() -> List[str]:
-    return sorted(p.stem for p in PKG_DIR.glob("*.py") if p.name not in NOT_CORE_FILES)
-
-
-def _is_submodule(name: str) -> bool:
-    return (PKG_DIR / f"{name}.py").exists() or (PKG_DIR / name / "__init__.py").exists()
-
-
-def _from_targets(node: ast.ImportFrom) -> List[str]:
-    """Absolute module names that ``from X import a, b`` makes use of."""
-    if node.level == 0:
-        base = node.module or ""
-    elif node.level == 1:  # core modules sit directly in the package
-        base = PKG + ("." + node.module if node.module else "")
-    else:  # above the package: not ours, but report it as written
-        base = "." * node.level + (node.module or "")
-    if base == PKG:  # "from . import a, b" / "from tether_sync import a": maybe submodules
-        return [f"{PKG}.{a.name}" if _is_submodule(a.name) else PKG for a in node.names]
-    return [base]
+        return f"{self.importer}:{self.line} imports {self.name}"
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -171,8 +104,11 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 class _Collector(ast.NodeVisitor):
-    def __init__(self, module: str) -> None:
+    """Every import of one module (inside functions too), as absolute module names."""
+
+    def __init__(self, module: str, is_package: bool) -> None:
         self.module = module
+        self.package = module if is_package else module.rsplit(".", 1)[0]
         self.found: List[Import] = []
         self._type_only = 0
 
@@ -195,18 +131,39 @@ class _Collector(ast.NodeVisitor):
             self._add(alias.name, node.lineno)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        for name in _from_targets(node):
-            self._add(name, node.lineno)
+        if node.level:
+            base_parts = self.package.split(".")
+            base_parts = base_parts[: len(base_parts) - (node.level - 1)]
+            base = ".".join(base_parts + ([node.module] if node.module else []))
+        else:
+            base = node.module or ""
+        for alias in node.names:
+            sub = f"{base}.{alias.name}"
+            # "from . import frames": the submodule is what is used
+            self._add(sub if sub in CORE or _is_extra(sub) else base, node.lineno)
+
+
+def _is_extra(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) == 2 and parts[0] == PKG and parts[1] in EXTRA_SUBPACKAGES
 
 
 def imports_of(module: str) -> List[Import]:
-    path = PKG_DIR / f"{module}.py"
-    collector = _Collector(module)
+    path = CORE[module]
+    collector = _Collector(module, path.name == "__init__.py")
     collector.visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
     return collector.found
 
 
-ALL_IMPORTS: List[Import] = [imp for m in core_modules() for imp in imports_of(m)]
+ALL_IMPORTS: List[Import] = [imp for m in CORE for imp in imports_of(m)]
+
+
+def _internal_target(imp: Import) -> str:
+    """The core module an internal import lands in (a package counts as its __init__)."""
+    name = imp.name
+    while name not in CORE and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name
 
 
 def _is_stdlib(top: str) -> bool:
@@ -227,14 +184,6 @@ def _is_stdlib(top: str) -> bool:
     return in_stdlib and "site-packages" not in origin and "dist-packages" not in origin
 
 
-def _layer(module: str) -> int:
-    return int(RANK[module])
-
-
-def _is_loop_helper(module: str) -> bool:
-    return module in RANK and _layer(module) == 3 and module != LOOP
-
-
 def _fail(violations: List[str]) -> None:
     if violations:
         pytest.fail("layer rule broken:\n  " + "\n  ".join(violations), pytrace=False)
@@ -243,80 +192,196 @@ def _fail(violations: List[str]) -> None:
 # -- the walker itself ------------------------------------------------------------------------
 
 
-def test_import_walker_sees_known_edges() -> None:
+def test_the_walker_sees_known_edges() -> None:
     """Guard against a walker that silently finds nothing."""
-    assert {"threading", "tether_sync.connection"} <= {i.name for i in imports_of("loop")}
-    assert "selectors" in {i.name for i in imports_of("poller")}
-    assert "tether_sync.loop" in {i.name for i in imports_of("client")}
-    assert all(i.name.startswith("tether_sync.") for i in imports_of("__init__"))
+    loop = {i.name for i in imports_of("tether_sync.engine.loop")}
+    assert {"threading", "tether_sync.engine.connection"} <= loop
+    assert "selectors" in {i.name for i in imports_of("tether_sync.engine.poller")}
+    assert "tether_sync.engine.loop" in {i.name for i in imports_of(CLIENT)}
+    assert all(i.name.startswith("tether_sync.") for i in imports_of("tether_sync"))
+    assert {"protocol", "engine", "cli", "top"} == {tier(m) for m in CORE}
 
 
-def test_import_walker_marks_type_checking_imports() -> None:
+def test_the_walker_resolves_relative_and_type_checking_imports() -> None:
     tree = ast.parse(
         textwrap.dedent(
             """
             import json
             from typing import TYPE_CHECKING
             if TYPE_CHECKING:
-                from .loop import LoopConfig
+                from .loop import IoLoop
             else:
                 import time
             def f():
-                from . import clock
+                from ..protocol import frames
+                from .. import clock
             """
         )
     )
-    collector = _Collector("probe")
+    collector = _Collector("tether_sync.engine.probe", is_package=False)
     collector.visit(tree)
     got = {(i.name, i.type_only) for i in collector.found}
     assert got == {
         ("json", False),
         ("typing", False),
-        ("tether_sync.loop", True),
+        ("tether_sync.engine.loop", True),
         ("time", False),
+        ("tether_sync.protocol.frames", False),
         ("tether_sync.clock", False),
     }
 
 
-# -- every module has a layer ----------------------------------------------------------------
-
-
-def test_every_core_module_has_a_layer() -> None:
-    missing = [m for m in core_modules() if m not in RANK]
-    assert not missing, f"assign a layer (STYLE §5) in tests/test_layers.py to: {missing}"
-
-
-def test_only_the_extras_are_subpackages() -> None:
+def test_no_module_is_left_outside_the_tiers() -> None:
     subpackages = {p.parent.name for p in PKG_DIR.glob("*/__init__.py")}
-    assert subpackages <= EXTRA_SUBPACKAGES, (
-        f"new subpackage(s) {sorted(subpackages - EXTRA_SUBPACKAGES)}: give them a layer"
+    assert subpackages <= EXTRA_SUBPACKAGES | TIERS, (
+        f"new subpackage(s) {sorted(subpackages - EXTRA_SUBPACKAGES - TIERS)}: place them in a tier"
     )
 
 
-# -- direction -------------------------------------------------------------------------------
+# -- the tiers ---------------------------------------------------------------------------------
 
 
-def test_internal_imports_only_go_down() -> None:
+def test_protocol_is_sans_io() -> None:
     _fail(
         [
-            f"{imp} (L{_layer(imp.importer)} {imp.importer} may only import modules ranked"
-            f" below it; {imp.target} is L{_layer(imp.target)})"
+            f"{imp} (protocol/ is sans-I/O: no threads, sockets, selectors or time)"
             for imp in ALL_IMPORTS
-            if imp.internal
-            and not imp.type_only
-            and imp.importer in RANK
-            and imp.target in RANK
-            and RANK[imp.target] >= RANK[imp.importer]
+            if tier(imp.importer) == "protocol"
+            and not imp.internal
+            and (imp.top in PROTOCOL_FORBIDDEN or not _is_stdlib(imp.top))
         ]
     )
 
 
-def test_core_never_imports_the_extras() -> None:
+def test_protocol_imports_only_protocol_and_exceptions() -> None:
     _fail(
         [
-            f"{imp} (the core must not import the server/demo extras)"
+            f"{imp} (protocol/ may import protocol/ and tether_sync.exceptions only)"
             for imp in ALL_IMPORTS
-            if (imp.internal and imp.target in EXTRA_SUBPACKAGES) or imp.top in EXTRAS
+            if tier(imp.importer) == "protocol"
+            and imp.internal
+            and tier(_internal_target(imp)) != "protocol"
+            and _internal_target(imp) != "tether_sync.exceptions"
+        ]
+    )
+
+
+def test_only_the_client_imports_the_engine() -> None:
+    _fail(
+        [
+            f"{imp} (engine/ is reached through client.py only)"
+            for imp in ALL_IMPORTS
+            if imp.internal
+            and tier(_internal_target(imp)) == "engine"
+            and tier(imp.importer) != "engine"
+            and imp.importer != CLIENT
+        ]
+    )
+
+
+def test_the_engine_does_not_import_the_client_or_the_applications() -> None:
+    _fail(
+        [
+            f"{imp} (the engine sits below client.py, the CLI and the integrations)"
+            for imp in ALL_IMPORTS
+            if tier(imp.importer) == "engine"
+            and imp.internal
+            and (
+                _internal_target(imp) in {CLIENT, PKG} | INTEGRATIONS
+                or tier(_internal_target(imp)) == "cli"
+            )
+        ]
+    )
+
+
+def test_no_core_module_imports_the_cli_or_the_integrations() -> None:
+    _fail(
+        [
+            f"{imp} (the CLI and the integrations are applications of the public API)"
+            for imp in ALL_IMPORTS
+            if imp.internal
+            and tier(imp.importer) != "cli"
+            and imp.importer not in INTEGRATIONS | {"tether_sync.__main__"}
+            and (tier(_internal_target(imp)) == "cli" or _internal_target(imp) in INTEGRATIONS)
+        ]
+    )
+
+
+def test_only_the_transport_and_the_poller_touch_the_socket() -> None:
+    _fail(
+        [
+            f"{imp} (only engine/transport.py and engine/poller.py touch the socket)"
+            for imp in ALL_IMPORTS
+            if imp.top in ("socket", "ssl", "websocket")
+            and imp.importer not in SOCKET_OWNERS
+            and tier(imp.importer) != "cli"
+        ]
+    )
+
+
+def test_only_the_poller_uses_a_selector() -> None:
+    _fail(
+        [
+            f"{imp} (the I/O thread blocks in one place: engine/poller.py)"
+            for imp in ALL_IMPORTS
+            if imp.top in ("selectors", "select") and imp.importer not in SELECTOR_OWNERS
+        ]
+    )
+
+
+# -- the whole graph ---------------------------------------------------------------------------
+
+
+def _cycles() -> List[List[str]]:
+    graph: Dict[str, Set[str]] = {m: set() for m in CORE}
+    for imp in ALL_IMPORTS:
+        if imp.internal and not _is_extra(imp.name):
+            target = _internal_target(imp)
+            # a package's __init__ re-exporting its modules is not an edge back into it
+            if target != imp.importer and target in CORE and target != PKG:
+                graph[imp.importer].add(target)
+    found: List[List[str]] = []
+    state: Dict[str, int] = {}
+    stack: List[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                found.append([*stack[stack.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+# Being removed (issue 19): the hand-off of session events still names the loop for typing.
+KNOWN_CYCLES = frozenset(
+    {
+        "tether_sync.engine.loop -> tether_sync.engine.connection"
+        " -> tether_sync.engine.session_events -> tether_sync.engine.loop"
+    }
+)
+
+
+def test_no_import_circle_not_even_for_type_checking() -> None:
+    _fail([c for c in (" -> ".join(cycle) for cycle in _cycles()) if c not in KNOWN_CYCLES])
+
+
+def test_the_core_never_imports_the_extras() -> None:
+    _fail(
+        [
+            f"{imp} (the core must not import the server/demo/testing extras)"
+            for imp in ALL_IMPORTS
+            if (_is_extra(imp.name) or imp.top in EXTRAS)
+            and imp.importer not in INTEGRATIONS
+            and tier(imp.importer) != "cli"  # ``serve`` and ``demo`` import them lazily
         ]
     )
 
@@ -326,78 +391,17 @@ def test_core_third_party_imports_are_websocket_client_only() -> None:
         [
             f"{imp} (only the stdlib and websocket-client are runtime dependencies)"
             for imp in ALL_IMPORTS
-            if not imp.internal and not _is_stdlib(imp.top) and imp.top not in THIRD_PARTY_ALLOWED
+            if not imp.internal
+            and not _is_stdlib(imp.top)
+            and imp.top not in THIRD_PARTY_ALLOWED
+            and imp.importer not in INTEGRATIONS
         ]
     )
 
 
-# -- per layer -------------------------------------------------------------------------------
-
-
-def test_l0_is_stdlib_only() -> None:
-    _fail(
-        [
-            f"{imp} (L0 imports the stdlib only)"
-            for imp in ALL_IMPORTS
-            if RANK.get(imp.importer) == 0 and (imp.internal or not _is_stdlib(imp.top))
-        ]
-    )
-
-
-def test_l1_is_pure() -> None:
-    _fail(
-        [
-            f"{imp} (L1 is pure policy: no threads, no I/O, no clock)"
-            for imp in ALL_IMPORTS
-            if RANK.get(imp.importer) == 1
-            and not imp.internal
-            and (imp.top in L1_FORBIDDEN or not _is_stdlib(imp.top))
-        ]
-    )
-
-
-def test_l2_has_no_socket() -> None:
-    _fail(
-        [
-            f"{imp} (L2 may use threads but no socket, selectors or websocket)"
-            for imp in ALL_IMPORTS
-            if RANK.get(imp.importer) == 2 and imp.top in L2_FORBIDDEN
-        ]
-    )
-
-
-def test_loop_helpers_have_no_threads_or_selector() -> None:
-    _fail(
-        [
-            f"{imp} (the loop's helpers run on its thread; only loop.py starts it)"
-            for imp in ALL_IMPORTS
-            if _is_loop_helper(imp.importer)
-            and imp.top in L3_HELPER_FORBIDDEN
-            and not (imp.importer == POLLER and imp.top in ("selectors", "select"))
-            and not (imp.importer == DIALER and imp.top == "threading")
-        ]
-    )
-
-
-def test_only_loop_imports_selectors() -> None:
-    _fail(
-        [
-            f"{imp} (only loop.py and its poller may use a selector)"
-            for imp in ALL_IMPORTS
-            if imp.top in ("selectors", "select") and imp.importer not in (LOOP, POLLER)
-        ]
-    )
-
-
-def test_only_loop_and_transport_import_socket_and_websocket() -> None:
-    _fail(
-        [
-            f"{imp} (only loop.py and its transport touch the socket)"
-            for imp in ALL_IMPORTS
-            if imp.top in ("socket", "ssl", "websocket")
-            and imp.importer not in (LOOP, POLLER, "transport")
-        ]
-    )
+def test_the_top_level_stays_small() -> None:
+    top = sorted(m for m in CORE if tier(m) == "top" and m not in {PKG, "tether_sync.__main__"})
+    assert len(top) <= 20, f"{len(top)} modules at the top level: {top}"
 
 
 def test_package_init_only_re_exports() -> None:
@@ -451,16 +455,8 @@ def test_import_works_without_websockets_and_flask() -> None:
 
 
 def test_integrations_use_the_public_api_and_nothing_imports_them() -> None:
-    integrations = {name[: -len(".py")] for name in INTEGRATIONS}
-    _fail(
-        [
-            f"{imp} (the core must not import the integrations)"
-            for imp in ALL_IMPORTS
-            if imp.internal and imp.target in integrations
-        ]
-    )
     problems = []
-    for name in sorted(integrations):
+    for name in sorted(INTEGRATIONS):
         for imp in imports_of(name):
             if imp.internal and imp.name != PKG:
                 problems.append(f"{imp} (integrations import the public API: from tether_sync)")

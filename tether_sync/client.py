@@ -1,7 +1,7 @@
 """``TetherClient``: the public, blocking, thread-safe face of tether_sync.
 
 It validates options, encodes payloads in the caller's thread (so a bad payload
-fails in ``send()``, never later), and talks to the :class:`~tether_sync.loop.IoLoop`
+fails in ``send()``, never later), and talks to the :class:`~tether_sync.engine.loop.IoLoop`
 only through its queue and commands. Every wait takes its time from one
 :class:`~tether_sync.clock.Deadline`.
 """
@@ -21,19 +21,18 @@ import uuid
 import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union, overload
 
-from . import commands as cmd
 from . import delivery as deliveries
-from . import frames
-from .auth import TokenRefresher
 from .clock import Clock, Deadline, SystemClock
 from .delivery import Delivery
-from .dispatch import ThreadDispatcher, run_task
 from .durable import DurableStore
-from .envelope import encode_data, encode_json
+from .engine import commands as cmd
+from .engine.auth import TokenRefresher
+from .engine.dispatch import ThreadDispatcher, run_task
+from .engine.loop import IoLoop, LoopConfig
+from .engine.transport import validate_url
 from .events import EVENT_NAMES, ErrorEvent, MessageEvent, QueuedEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, QueueFull, TetherError
 from .logfields import LOG_CONTEXT
-from .loop import IoLoop, LoopConfig
 from .options import (
     INBOUND_OVERFLOW,
     Backpressure,
@@ -48,11 +47,12 @@ from .options import (
     coerce_subprotocols,
     number,
 )
+from .protocol import frames
+from .protocol.envelope import encode_data, encode_json
 from .redact import redact_url
 from .state import State
 from .stats import Stats
 from .subscription import InboundBuffer, Subscription
-from .transport import validate_url
 
 log = logging.getLogger("tether_sync")
 

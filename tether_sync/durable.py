@@ -141,7 +141,7 @@ APPLICATION_ID = 0x54455448
 #: ``PRAGMA user_version``: the newest file format this module reads and writes.
 FORMAT_VERSION = 1
 #: The ``format`` row of the ``meta`` table.
-FORMAT_NAME = "tether_sync.outbox"
+FORMAT_NAME = "tether_sync.engine.outbox"
 #: Numbers skipped after an unclean shutdown in ``fsync=False`` mode (see above).
 CRASH_SEQ_GAP = 1 << 20
 #: Transactions a leading appender commits at most before the background takes over.

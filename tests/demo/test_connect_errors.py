@@ -170,7 +170,7 @@ def test_a_failing_token_cmd_shows_its_exit_status_and_stderr(
 
 
 def test_describe_is_one_line_for_anything() -> None:
-    from tether_sync.connect_cli import describe
+    from tether_sync.cli.connect import describe
 
     assert describe(OSError("a\nb\nc")) == "OSError: a"
     assert describe(ValueError("x" * 500)).endswith("...")

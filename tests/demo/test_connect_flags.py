@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from tether_sync import cli
-from tether_sync.connect_cli import CERT_NONE, INSECURE_WARNING, _Printer, use_color
+from tether_sync.cli.connect import CERT_NONE, INSECURE_WARNING, _Printer, use_color
 
 from .conftest import REPO
 

@@ -125,7 +125,7 @@ def test_queue_replay_waits_for_auth_ok(
     first_data = kinds.index("data")
     assert kinds.index("subscribe") < first_data  # auth, subscriptions, queue
     # Nothing was sent before the server's (delayed) yes. A lower bound, which load cannot
-    # break; exactly (auth-ok on the budget's last tick): tests/session/test_session_timing.py::
+    # break; exactly (auth-ok on the budget's last tick): tests/protocol/test_session_timing.py::
     # test_nothing_but_hello_and_auth_goes_out_before_auth_ok_however_late
     assert records[first_data].at - records[1].at >= 0.25
     assert not any(r.refused for r in records)

@@ -26,10 +26,10 @@ from support.counting_proxy import CountingProxy
 from support.deflate_peer import DeflatePeer, compressed, deflate_bomb, server_frame
 
 from tether_sync import TetherClient
-from tether_sync.deflate import client_offer
 from tether_sync.events import CloseEvent, ErrorEvent
 from tether_sync.exceptions import ProtocolError
-from tether_sync.frames import OP_BINARY, OP_CLOSE, OP_TEXT
+from tether_sync.protocol.deflate import client_offer
+from tether_sync.protocol.frames import OP_BINARY, OP_CLOSE, OP_TEXT
 
 MiB = 2**20
 REPO = Path(__file__).resolve().parents[2]

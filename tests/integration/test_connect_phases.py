@@ -28,7 +28,7 @@ from tether_sync import (
     ReconnectingEvent,
     TetherClient,
 )
-from tether_sync.frames import OP_TEXT
+from tether_sync.protocol.frames import OP_TEXT
 from tether_sync.server import TetherServer, mint_token
 
 TIMEOUT = 1.0  # the connect_timeout under test

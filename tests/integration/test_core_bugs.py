@@ -13,7 +13,8 @@ import pytest
 from support.raw_server import ScriptedPeer
 from support.recorder import Recorder, wait_subscribed
 
-from tether_sync import Auth, AuthError, ClientClosed, Heartbeat, TetherClient, transport
+from tether_sync import Auth, AuthError, ClientClosed, Heartbeat, TetherClient
+from tether_sync.engine import transport
 from tether_sync.server import TetherServer, mint_token
 
 FAST = {"base_delay": 0.02, "max_delay": 0.1}
@@ -77,7 +78,7 @@ def test_a_timeout_at_or_above_the_interval_detects_a_blackholed_server(
     assert (first.code, first.was_clean) == (4000, False)
     # Detected at all (the bug: never), within a generous wall-clock bound. The exact
     # deadline (ping + timeout, then the 0.25 s close grace), timeout >= interval included,
-    # is in tests/session/: test_session_timing.py::
+    # is in tests/protocol/: test_session_timing.py::
     # test_a_silent_peer_is_closed_exactly_at_the_pong_deadline
     assert elapsed <= interval + timeout + 5.0, elapsed
     tether_server.blackhole(False)
@@ -138,7 +139,7 @@ def test_a_trickled_never_ending_frame_is_detected_as_dead(
         at, event = closes.snapshot()[0]
         assert (event.code, event.was_clean) == (4000, False)
         # A generous wall-clock bound; exactly at ping + timeout however the bytes trickle:
-        # tests/session/test_session_timing.py::test_a_trickled_frame_never_moves_a_deadline
+        # tests/protocol/test_session_timing.py::test_a_trickled_frame_never_moves_a_deadline
         assert at - opens.snapshot()[0] <= 0.5 + 0.5 + 5.0
         assert client._loop.thread is not None and client._loop.thread.is_alive()
     finally:

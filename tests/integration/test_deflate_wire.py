@@ -3,7 +3,7 @@
 The peer is python-websockets' threaded server with compression on (its
 default settings), on 127.0.0.1. websocket-client sends our offer header and
 exposes the response headers through ``getheaders()``; after that the raw
-socket carries frames built by ``tether_sync.frames`` and ``deflate``. This is
+socket carries frames built by ``tether_sync.protocol.frames`` and ``deflate``. This is
 the exact recipe the client's loop follows.
 """
 
@@ -18,8 +18,8 @@ import pytest
 import websocket
 from websockets.sync.server import Server, ServerConnection, serve
 
-from tether_sync.deflate import PerMessageDeflate, accept_response, client_offer
-from tether_sync.frames import (
+from tether_sync.protocol.deflate import PerMessageDeflate, accept_response, client_offer
+from tether_sync.protocol.frames import (
     OP_CLOSE,
     OP_TEXT,
     FrameParser,

@@ -13,7 +13,7 @@ from tether_sync.server import TetherServer
 
 INTERVAL, TIMEOUT = 0.4, 0.3
 # A wall-clock sanity bound only (a loaded machine must not fail the test): the exact
-# deadlines are tests/session/test_session_timing.py's, on a fake clock.
+# deadlines are tests/protocol/test_session_timing.py's, on a fake clock.
 SANITY = 5.0
 
 

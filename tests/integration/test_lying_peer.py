@@ -28,7 +28,7 @@ from support.raw_server import _read_frame, accept_handshake, server_frame
 from support.recorder import Recorder
 
 from tether_sync import ProtocolError, Queue, TetherClient
-from tether_sync.frames import OP_CLOSE, OP_TEXT
+from tether_sync.protocol.frames import OP_CLOSE, OP_TEXT
 from tether_sync.server import TetherServer
 
 pytestmark = pytest.mark.timeout(60)

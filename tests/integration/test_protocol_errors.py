@@ -10,7 +10,7 @@ from support.raw_server import ScriptedPeer, server_frame
 from support.recorder import Recorder
 
 from tether_sync import ProtocolError, TetherClient
-from tether_sync.frames import OP_BINARY, OP_CLOSE, OP_TEXT
+from tether_sync.protocol.frames import OP_BINARY, OP_CLOSE, OP_TEXT
 
 CASES = {
     # name: (bytes the server sends, close code the client must answer with)
@@ -57,7 +57,7 @@ def test_violation_fails_the_link_with_its_code_then_reconnects(
 def test_fragmented_message_with_a_ping_in_between(
     make_client: Callable[..., TetherClient],
 ) -> None:
-    from tether_sync.frames import OP_CONT, OP_PING, OP_PONG
+    from tether_sync.protocol.frames import OP_CONT, OP_PING, OP_PONG
 
     script = (
         server_frame(OP_TEXT, "héllo ".encode()[:2], fin=False)  # splits the é

@@ -152,7 +152,7 @@ def _assert_closes_within(client: TetherClient, timeout: float) -> None:
     # must not fail it). That draining plus the closing handshake never pass the deadline
     # is exact in tests/unit/test_close_and_retry_timing.py
     # (test_the_closing_handshake_grace_fits_inside_the_deadline) and the grace itself in
-    # tests/session/test_session_timing.py::test_our_close_ends_exactly_after_its_grace.
+    # tests/protocol/test_session_timing.py::test_our_close_ends_exactly_after_its_grace.
     assert elapsed < timeout + 5.0, f"close() took {elapsed:.2f}s"
     assert client.state == "closed"
     assert client_threads() == [], client_threads()

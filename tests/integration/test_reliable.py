@@ -17,8 +17,8 @@ from support.recorder import Recorder, eventually, wait_subscribed
 
 from tether_sync import TetherClient
 from tether_sync.events import RecoveryEvent  # not exported by tether_sync (yet)
+from tether_sync.protocol.session import CLOSE_GRACE
 from tether_sync.server import TetherServer
-from tether_sync.session import CLOSE_GRACE
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,7 +13,7 @@ import struct
 import threading
 from typing import List, Optional, Tuple
 
-from tether_sync.frames import mask_payload
+from tether_sync.protocol.frames import mask_payload
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 

@@ -1,4 +1,4 @@
-"""Tests of tether_sync.auth.TokenRefresher: single-flight get_token() off the I/O thread.
+"""Tests of tether_sync.engine.auth.TokenRefresher: single-flight get_token() off the I/O thread.
 
 Time comes from a fake clock; threads are waited for with Events and timeouts.
 """
@@ -12,7 +12,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
-from tether_sync.auth import TokenRefresher
+from tether_sync.engine.auth import TokenRefresher
 from tether_sync.exceptions import AuthError
 from tether_sync.options import Auth
 

@@ -1,4 +1,4 @@
-"""Tests of tether_sync.buffers.Ring: a bounded FIFO with overflow policies."""
+"""Tests of tether_sync.subscription.Ring: a bounded FIFO with overflow policies."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import List
 
 import pytest
 
-from tether_sync.buffers import Ring
+from tether_sync.subscription import Ring
 
 
 def filled(capacity: int, overflow: str, n: int) -> Ring[int]:

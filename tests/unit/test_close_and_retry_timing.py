@@ -1,12 +1,12 @@
 """The loop's timing policy, pure, on a fake clock: close() deadlines, retries, min_uptime.
 
-``tether_sync.shutdown.Shutdown`` decides when draining stops, how long the
+``tether_sync.engine.closing.Shutdown`` decides when draining stops, how long the
 closing handshake may take and how a retry fits inside close()'s deadline;
-``tether_sync.aftermath`` decides whether a link lived long enough to reset the
+``tether_sync.engine.retry`` decides whether a link lived long enough to reset the
 backoff (``min_uptime``) and the delay of the next attempt. The wall-clock
 versions of these assertions are in tests/integration/test_reconnect.py
 (``_assert_closes_within``, the backoff bounds) and test_delivery.py (a drained
-close returns at once); the inventory is in tests/session/test_session_timing.py.
+close returns at once); the inventory is in tests/protocol/test_session_timing.py.
 Backoff's own arithmetic is in test_backoff.py and test_retry_policy.py.
 """
 
@@ -18,13 +18,13 @@ from typing import List, Optional, Tuple
 import pytest
 from support.rng import TopRng
 
-from tether_sync.aftermath import GiveUp, Retry, after_close, plan_retry
 from tether_sync.backoff import Backoff
 from tether_sync.delivery import Delivery
+from tether_sync.engine.closing import Shutdown
+from tether_sync.engine.retry import GiveUp, Retry, after_close, plan_retry
 from tether_sync.exceptions import AuthError, ClientClosed, TetherError
 from tether_sync.options import Reconnect
-from tether_sync.session import Closed
-from tether_sync.shutdown import Shutdown
+from tether_sync.protocol.session import Closed
 
 NOW = 1000.0
 

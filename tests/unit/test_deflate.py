@@ -1,4 +1,4 @@
-"""Tests of tether_sync.deflate (RFC 7692), cross-checked against python-websockets.
+"""Tests of tether_sync.protocol.deflate (RFC 7692), cross-checked against python-websockets.
 
 The reference peer is websockets' sans-I/O ``ServerProtocol`` with its own
 ``ServerPerMessageDeflateFactory``: it negotiates against our offer header, and
@@ -23,8 +23,9 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
-from tether_sync import deflate
-from tether_sync.deflate import (
+from tether_sync.exceptions import ProtocolError
+from tether_sync.protocol import deflate
+from tether_sync.protocol.deflate import (
     DEFAULT_THRESHOLD,
     DeflateParams,
     PerMessageDeflate,
@@ -32,8 +33,7 @@ from tether_sync.deflate import (
     client_offer,
     parse_extensions,
 )
-from tether_sync.exceptions import ProtocolError
-from tether_sync.frames import (
+from tether_sync.protocol.frames import (
     OP_BINARY,
     OP_CONT,
     OP_PING,
@@ -613,7 +613,7 @@ def test_a_compressed_read_cannot_inflate_past_a_few_max_message_sizes(limit: in
     The densest deflate streams zlib makes (zeros, Z_RLE and level 9) decide
     how much a read of ``read_size(True, limit)`` bytes can inflate to.
     """
-    from tether_sync.transport import read_size
+    from tether_sync.engine.transport import read_size
 
     size = read_size(True, limit)
     assert read_size(False, limit) == 256 * 1024  # uncompressed: unchanged

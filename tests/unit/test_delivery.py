@@ -258,7 +258,7 @@ def test_add_callback_vs_resolve_race_runs_each_callback_once() -> None:
 
 
 def test_without_an_id_the_id_is_the_envelopes() -> None:
-    from tether_sync.envelope import encode_data
+    from tether_sync.protocol.envelope import encode_data
 
     data = encode_data('ch"an', {"id": "inner"}, "abc-123").encode()
     d = Delivery(None, 'ch"an', {"id": "inner"}, data=data)

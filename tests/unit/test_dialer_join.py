@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 
 from tether_sync.clock import Deadline, SystemClock
-from tether_sync.connector import Dial
-from tether_sync.dialer import Dialer
-from tether_sync.loopconfig import LoopConfig
-from tether_sync.timers import TimerHeap
+from tether_sync.engine.attempts import Dial, Dialer
+from tether_sync.engine.config import LoopConfig
+from tether_sync.engine.timers import TimerHeap
 
 
 def test_join_skips_a_connector_registered_but_not_started_yet() -> None:

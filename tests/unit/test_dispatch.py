@@ -1,4 +1,4 @@
-"""Tests of tether_sync.dispatch: ThreadDispatcher and run_task.
+"""Tests of tether_sync.engine.dispatch: ThreadDispatcher and run_task.
 
 Threads are waited for with Events and timeouts; nothing sleeps.
 """
@@ -11,7 +11,7 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from tether_sync.dispatch import ThreadDispatcher, run_task
+from tether_sync.engine.dispatch import ThreadDispatcher, run_task
 
 WAIT = 5.0
 

@@ -1,4 +1,4 @@
-"""Tests of tether_sync.envelope: the Tether wire codec (DESIGN §3, TETHER-WIRE.md)."""
+"""Tests of tether_sync.protocol.envelope: the Tether wire codec (DESIGN §3, TETHER-WIRE.md)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tether_sync import envelope
-from tether_sync.envelope import (
+from tether_sync.protocol import envelope
+from tether_sync.protocol.envelope import (
     AuthOk,
     Data,
     Ping,

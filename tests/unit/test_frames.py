@@ -1,4 +1,4 @@
-"""Tests of tether_sync.frames against websocket-client as the reference codec."""
+"""Tests of tether_sync.protocol.frames against websocket-client as the reference codec."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import websocket
 from websocket._abnf import frame_buffer
 
-from tether_sync import frames
 from tether_sync.exceptions import ProtocolError
-from tether_sync.frames import (
+from tether_sync.protocol import frames
+from tether_sync.protocol.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,

@@ -8,7 +8,7 @@ from typing import Iterator, Tuple
 
 import pytest
 
-from tether_sync.transport import Link
+from tether_sync.engine.transport import Link
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from typing import Iterator, Tuple
 
 import pytest
 
-from tether_sync.poller import READ, WRITE, Poller
-from tether_sync.transport import Link
+from tether_sync.engine.poller import READ, WRITE, Poller
+from tether_sync.engine.transport import Link
 
 BACKENDS = [pytest.param(True, id="epoll"), pytest.param(False, id="selectors")]
 if not hasattr(__import__("select"), "epoll"):

@@ -9,7 +9,13 @@ from typing import Any, List, Optional, Tuple
 import pytest
 from support.rng import TopRng
 
-from tether_sync.backoff import MAX_POLICY_DELAY, Backoff, FullJitter, ask_policy, check_delay
+from tether_sync.backoff import (
+    MAX_POLICY_DELAY,
+    Backoff,
+    FullJitter,
+    ask_policy,
+    check_delay,
+)
 from tether_sync.exceptions import TetherError
 from tether_sync.options import Reconnect, coerce
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
+from tether_sync.engine.routing import Router
 from tether_sync.events import MessageEvent
-from tether_sync.routing import Router
 from tether_sync.stats import Counters
 from tether_sync.subscription import InboundBuffer
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
-from tether_sync.dispatch import ThreadDispatcher
+from tether_sync.engine.dispatch import ThreadDispatcher
 from tether_sync.exceptions import ClientClosed
 from tether_sync.subscription import InboundBuffer, Subscription
 

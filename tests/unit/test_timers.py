@@ -1,8 +1,8 @@
-"""Tests of tether_sync.timers.TimerHeap: named one-shot timers, time passed in."""
+"""Tests of tether_sync.engine.timers.TimerHeap: named one-shot timers, time passed in."""
 
 from __future__ import annotations
 
-from tether_sync.timers import TimerHeap
+from tether_sync.engine.timers import TimerHeap
 
 
 def test_empty_heap() -> None:

@@ -1,4 +1,4 @@
-"""Tests of tether_sync.tokens: expiry from JWT ``exp`` (s) and Tether tokens (ms)."""
+"""Token expiry (tether_sync.protocol.token_expiry): JWT ``exp`` (s), Tether tokens (ms)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from typing import Any, Dict
 import pytest
 from freezegun import freeze_time
 
-from tether_sync.tokens import MIN_REFRESH_INTERVAL, expires_at, refresh_at, token_expiry
+from tether_sync.protocol.token_expiry import (
+    MIN_REFRESH_INTERVAL,
+    expires_at,
+    refresh_at,
+    token_expiry,
+)
 
 NOW = "2030-01-01T00:00:00Z"
 NOW_S = 1893456000.0  # NOW as seconds since the epoch

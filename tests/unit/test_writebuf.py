@@ -9,8 +9,8 @@ from typing import Any, List, Tuple
 import pytest
 from websocket._abnf import frame_buffer
 
-from tether_sync import frames
-from tether_sync.writebuf import BIG_CHUNK, WriteBuffer
+from tether_sync.protocol import frames
+from tether_sync.protocol.writebuf import BIG_CHUNK, WriteBuffer
 
 
 class Item:

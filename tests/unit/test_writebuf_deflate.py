@@ -7,10 +7,10 @@ import struct
 import zlib
 from typing import List, Tuple
 
-from tether_sync import frames
-from tether_sync.deflate import DeflateParams, PerMessageDeflate
-from tether_sync.session import Closed, Continuity, Received, Session, SessionConfig
-from tether_sync.writebuf import WriteBuffer
+from tether_sync.protocol import frames
+from tether_sync.protocol.deflate import DeflateParams, PerMessageDeflate
+from tether_sync.protocol.session import Closed, Continuity, Received, Session, SessionConfig
+from tether_sync.protocol.writebuf import WriteBuffer
 
 PARAMS = DeflateParams(client_max_window_bits=12)
 

@@ -14,7 +14,7 @@ import math
 import time
 from typing import Any, Dict, Optional
 
-from ..tokens import b64decode_lenient
+from ..protocol.token_expiry import b64decode_lenient
 
 __all__ = ["decode_token", "is_token_valid", "mint_token", "now_ms", "token_expiry_ms"]
 

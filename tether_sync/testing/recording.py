@@ -32,9 +32,9 @@ from typing import (
     Union,
 )
 
-from ..deflate import DeflateParams, PerMessageDeflate, parse_extensions
 from ..exceptions import ProtocolError
-from ..frames import OP_TEXT, FrameParser, FrameProtocolError, Inflate
+from ..protocol.deflate import DeflateParams, PerMessageDeflate, parse_extensions
+from ..protocol.frames import OP_TEXT, FrameParser, FrameProtocolError, Inflate
 
 if TYPE_CHECKING:
     from ..client import TetherClient

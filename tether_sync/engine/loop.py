@@ -1,0 +1,413 @@
+"""The I/O loop: the only owner of the socket and the only I/O thread.
+
+One thread runs :meth:`IoLoop._run`: it blocks in the
+:class:`~tether_sync.engine.poller.Poller` (a selector over the socket and a wake-up
+socketpair) until the socket is ready, a user thread woke it, or the next
+deadline of the timer heap or the session comes. Everything a connection means
+on the wire lives in its sans-I/O :class:`~tether_sync.protocol.session.Session`, and
+the bytes between it and the socket in the open
+:class:`~tether_sync.engine.connection.Connection`; the loop feeds it, writes what it
+framed once per iteration (never from inside a handler), and hands its events
+on. What outlives a connection (State, attempts, backoff, close() and the end)
+is the :class:`~tether_sync.engine.lifecycle.Lifecycle`'s.
+
+User threads never touch the socket: they put messages in the
+:class:`~tether_sync.engine.outbox.Outbox` or post a typed command in the
+:class:`~tether_sync.engine.commands.Mailbox`, which wakes the poller with one byte
+(PA ``_packet_queue``, KP ``sender.wakeup()``). Connection attempts run on
+connector threads (:class:`~tether_sync.engine.attempts.Dialer`) that hand the socket
+over with a command.
+
+Fault containment (DESIGN §4): every step of an iteration runs under
+:meth:`IoLoop._guard`. An exception while handling one message, timer or
+command fails that connection (an ``error`` event, then a reconnect), never the
+loop. If the loop itself ends, every waiter is released with ``ClientClosed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from typing import Any, Callable, Dict, List, Optional
+
+from .. import logfields
+from ..clock import Clock, Deadline
+from ..delivery import Delivery
+from ..durable import DurableStore
+from ..exceptions import AuthError, TetherError
+from ..protocol.session import Closed, Continuity, Phase, Session
+from ..state import State
+from ..stats import Counters
+from . import commands as cmd
+from .attempts import Dialer
+from .auth import AuthFlow, TokenRefresher
+from .commands import Mailbox
+from .config import LoopConfig, Timer
+from .connection import Connection, Parts
+from .lifecycle import Lifecycle, Wiring
+from .outbox import Outbox
+from .poller import READ, WRITE, Poller
+from .routing import Router
+from .session_events import Handoff
+from .timers import TimerHeap
+
+log = logging.getLogger("tether_sync")
+
+
+class IoLoop:
+    """The connection engine behind :class:`~tether_sync.TetherClient`.
+
+    Args:
+        config: The validated options.
+        emit: Hands an event to the dispatcher (only if someone listens).
+        wants: Whether anyone listens to an event name (to skip building events).
+        clock: Monotonic and wall time.
+        rng: Draws backoff delays.
+        auth: The token source, or None.
+        on_state: Called on the I/O thread after every state change.
+    """
+
+    def __init__(
+        self,
+        config: LoopConfig,
+        emit: Callable[[Any], None],
+        wants: Callable[[str], bool],
+        clock: Clock,
+        rng: random.Random,
+        auth: Optional[TokenRefresher] = None,
+        on_state: Optional[Callable[[State], None]] = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self.wall_time = clock.time  # epoch seconds (the handoff logs token expiry with it)
+        self._lock = threading.Lock()  # guards starting the thread
+        self._thread: Optional[threading.Thread] = None
+        self.stopped = threading.Event()  # set when the loop has ended for good
+        self._poller = Poller()  # the selector and the wake pair: where the loop blocks
+        self._mailbox = Mailbox(self._poller.wake)  # what user threads post
+        self.post = self._mailbox.post
+        queue = config.queue
+        self.outbox: Outbox[Delivery] = Outbox(
+            queue.max_size if queue else 1000,
+            queue.overflow if queue else "reject",
+            offline_ok=queue is not None,
+            wake=self._poller.wake,
+        )
+        # This client's log fields (DESIGN §8): the I/O thread binds them; records
+        # of the outbox (a send() that waits) find them through its attribute.
+        self.log_context = logfields.Context(
+            lambda: (self.life.endpoint, self.attempt, self.counters.last_cause)
+        )
+        setattr(self.outbox, logfields.LOG_CONTEXT, self.log_context)
+        # Everything below is touched by the I/O thread only (ints read anywhere).
+        self.counters = Counters()
+        self.router = Router(self.counters, emit, wants)
+        self.handoff = Handoff(self.counters, self.outbox, emit, wants)
+        self._timers = TimerHeap()
+        self.continuity = Continuity(session_id=uuid.uuid4().hex)
+        self.authflow = AuthFlow(auth, config.protocol, self.post) if auth is not None else None
+        self._conn: Optional[Connection] = None  # the open connection: session and socket
+        self._dialer = Dialer(config, auth, self.post, self._timers, clock)
+        wiring = Wiring(
+            self.counters,
+            self.outbox,
+            self.handoff,
+            self.router,
+            self._mailbox,
+            self.continuity,
+            self.authflow,
+        )
+        self.life = Lifecycle(
+            config,
+            self,
+            clock,
+            rng,
+            self._timers,
+            self._dialer,
+            wiring,
+            emit,
+            wants,
+            on_state,
+            self.stopped,
+        )
+        self._parts = Parts(  # what each connection is made with
+            config,
+            self.authflow,
+            self.continuity,
+            clock,
+            rng,
+            self.process_events,
+            self._timers,
+            self._poller,
+            self.counters,
+        )
+        self.last_rtt: Optional[float] = None
+        life = self.life
+        # Which method runs each command type (built once, looked up per command).
+        self._handlers: Dict[type, Callable[[Any], None]] = {
+            cmd.Connected: life.on_connected,
+            cmd.ConnectFailed: life.on_connect_failed,
+            cmd.Token: self._on_auth,
+            cmd.Refresh: self._on_auth,
+            cmd.Flush: lambda c: life.shutdown.add_flush_waiter(c.done),
+            cmd.Close: lambda c: life.request_close(c.deadline),
+            cmd.Subscribe: self._on_subscription,
+            cmd.Unsubscribe: self._on_subscription,
+            cmd.ResumeInbound: self._on_subscription,
+        }
+        # What each of the loop's timers does.
+        self._on_timer: Dict[Timer, Callable[[], object]] = {
+            Timer.CONNECT_TIMEOUT: life.on_connect_timeout,
+            Timer.RECONNECT: life.on_reconnect_timer,
+            Timer.CLOSE_DEADLINE: life.close_now,
+            Timer.LINGER: self.outbox.end_linger,  # what arrived meanwhile is pumped next
+            Timer.KERNEL_POLL: self._poll_kernel,
+        }
+
+    # ------------------------------------------------------------------ user side
+
+    def start(self) -> None:
+        """Start the I/O thread and the first connection attempt (any thread)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="tether-io", daemon=True)
+        self._thread.start()
+
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        return self._thread
+
+    @property
+    def state(self) -> State:
+        return self.life.state
+
+    def attach_store(self, store: DurableStore, restored: List[Delivery]) -> None:
+        """The durable outbox (before start): its session, its seq, its unacked messages."""
+        self.handoff.store = store
+        self.continuity.session_id = store.session_id
+        self.continuity.last_seq = store.last_seq
+        self.life.carried = restored  # resent first (or resolved by hello-ok's acked)
+        self.outbox.hold(restored)
+
+    @property
+    def buffered_amount(self) -> int:
+        """User-space bytes not yet written plus the kernel's unsent bytes (as last read)."""
+        conn = self._conn
+        return conn.buffered_amount if conn is not None else 0
+
+    @property
+    def session(self) -> Optional[Session]:
+        """The open connection's session, if any."""
+        conn = self._conn
+        return conn.session if conn is not None else None
+
+    @property
+    def attempt(self) -> int:
+        return 0 if self.life.state is State.OPEN else self.life.backoff.attempt
+
+    def join(self, timeout: Optional[float]) -> bool:
+        """Wait for the loop and connector threads; True if all ended in time."""
+        deadline = Deadline(timeout, self._clock)
+        me = threading.current_thread()
+        if self._thread is not None and self._thread is not me:
+            self._thread.join(deadline.remaining())
+        alive = self._dialer.join(deadline)
+        if self._thread is not None and self._thread is not me and self._thread.is_alive():
+            alive.append(self._thread)
+        return not [t for t in alive if t is not me]
+
+    def finish_unstarted(self) -> None:
+        """close() of a client whose loop never ran: the caller's thread does it."""
+        assert self._thread is None
+        self.life.finish(None)
+        self._poller.close()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        # Every record this thread logs carries the client's fields (DESIGN §8).
+        logfields.bind(self.log_context)
+        try:
+            self._guard(self.life.connect)
+            while not self.stopped.is_set():
+                self._select_once()
+        except BaseException as exc:  # a bug: never leave the user hanging
+            log.exception("tether_sync I/O loop crashed")
+            try:
+                self.life.crashed(exc)
+            except BaseException:
+                log.exception("cleaning up after the crash failed too")
+        finally:
+            self.life.stop_for_good()
+            self._poller.close()
+
+    def _select_once(self) -> None:
+        """One iteration: wait, then run only the steps that have something to do.
+
+        A round trip's latency is what this costs between the selector's wake-up
+        and the next wait (a woken user thread waits for the GIL until then), so
+        idle steps are skipped with a cheap test instead of being called.
+        """
+        conn = self._conn
+        due = self._timers.next_due()
+        if conn is not None:
+            when = conn.session.next_deadline()
+            if when is not None and (due is None or when < due):
+                due = when
+        timeout = None if due is None else max(0.0, due - self._clock.monotonic())
+        tls = conn is not None and conn.link.io.tls and not self.router.held
+        if tls and conn is not None and conn.link.tls_pending():
+            timeout = 0.0  # decrypted bytes already wait inside the SSL object
+        if self._mailbox.waiting:
+            timeout = 0.0  # commands put back after a failure (no wake byte came for them)
+        if conn is not None and conn.session.wants_write and not conn.link.io.want_write:
+            # A step after this iteration's write framed bytes (close() framing the
+            # close frame once the last ack came): write them now, not after a
+            # timer (without this, close() waited out the 1 s close grace).
+            timeout = 0.0
+        ready = self._poller.wait(timeout)
+        if (ready and ready[0] & READ) or (tls and self._tls_pending()):
+            self._guard(self._on_readable)
+        if due is not None and self._clock.monotonic() >= due:
+            self._guard(self._on_timers)
+        if self._mailbox.waiting:
+            self._guard(self._drain_commands)
+        conn = self._conn
+        if conn is not None:
+            if len(self.outbox):
+                self._guard(self._pump)
+            if conn.session.wants_write or conn.link.io.want_write:
+                self._guard(self._write)
+        shutdown = self.life.shutdown
+        if shutdown.requested:
+            self._guard(self.life.maybe_close)
+        if shutdown.flush_waiters:
+            self._guard(self._check_flush_waiters)
+        conn = self._conn
+        if conn is not None:
+            io = conn.link.io
+            mask = (0 if self.router.held else READ) | (WRITE if io.want_write else 0)
+            if io.mask != mask or io.registered != bool(mask):
+                self._guard(self._update_interest)
+
+    def _tls_pending(self) -> bool:
+        conn = self._conn
+        return conn is not None and conn.link.tls_pending()
+
+    def _guard(self, step: Callable[[], None]) -> None:
+        """Run one step; an exception costs at most this connection, never the loop."""
+        try:
+            step()
+        except Exception as exc:
+            if self.stopped.is_set():
+                raise
+            log.exception("tether_sync: %s failed; failing the connection", step.__name__)
+            err = TetherError(f"internal error in {step.__name__}: {exc!r}")
+            err.__cause__ = exc
+            self.life.error(err)
+            session = self.session
+            if session is not None and session.phase is not Phase.CLOSED:
+                session.abort(1011, "internal error")
+                self.process_events()
+            elif self.life.state is State.CONNECTING and session is None:
+                self.life.retry_or_finish(err)
+
+    def _drain_commands(self) -> None:
+        commands = self._mailbox.take()
+        handlers = self._handlers
+        for i, command in enumerate(commands):
+            try:
+                handlers[type(command)](command)
+            except Exception as exc:
+                # This command failed (the connection pays); answer the rest later.
+                cmd.refuse(command, exc)
+                self._mailbox.put_back(commands[i + 1 :])
+                raise
+        self.process_events()  # what the commands made the session do
+
+    def _on_timers(self) -> None:
+        now = self._clock.monotonic()
+        for name in self._timers.pop_due(now):
+            self._on_timer[Timer(name)]()
+        session = self.session
+        if session is not None:
+            when = session.next_deadline()
+            if when is not None and when <= now:
+                session.on_deadline(now)
+                self.process_events()
+
+    def _poll_kernel(self) -> None:
+        if self._conn is not None:
+            self._conn.poll_kernel()  # the iteration then re-runs _pump and the flush check
+
+    def _on_subscription(self, c: Any) -> None:
+        self.router.command(c, self.session)
+
+    def _on_auth(self, c: Any) -> None:
+        if self.authflow is not None:
+            self.authflow.command(c, self.session, self._clock.monotonic())
+        elif isinstance(c, cmd.Refresh):
+            c.waiter(AuthError("no auth configured"))
+
+    # ------------------------------------------------------------ the connection
+
+    def attach(self, c: cmd.Connected) -> Session:
+        """A connector handed a socket over: the connection for it (Host)."""
+        self._conn = conn = Connection.open(c, self.life.endpoint, self._parts)
+        return conn.session
+
+    def release_socket(self) -> None:
+        """Drop the connection, if any (Host)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.release(self.outbox)
+
+    def _on_readable(self) -> None:
+        conn = self._conn
+        if conn is not None and not self.router.held:
+            conn.readable(self.router)
+
+    def _write(self) -> None:
+        """Write what the session has framed (once per iteration, never from a handler)."""
+        if self._conn is not None:
+            self._conn.write()
+
+    def _update_interest(self) -> None:
+        if self._conn is not None:
+            self._conn.watch(not self.router.held)
+
+    def _pump(self) -> None:
+        """Move queued messages into the session while under the high-water mark."""
+        conn = self._conn
+        if conn is not None and conn.session.is_open and self.life.state is State.OPEN:
+            conn.pump(self.outbox, self.handoff)
+
+    def _check_flush_waiters(self) -> None:
+        if not self.life.has_work() and (self._conn is None or self._conn.drained()):
+            self.life.shutdown.release_flush_waiters()
+
+    def process_events(self) -> None:
+        """Hand on the session's events, including those that handling them caused."""
+        conn = self._conn
+        if conn is None:
+            return
+        session = conn.session
+        while True:
+            events = session.events()
+            if not events:
+                return
+            for event in events:
+                if type(event) is Closed:
+                    # The last-chance write (e.g. our close frame): what it took counts.
+                    conn.last_write(lambda late: self.handoff.handle(self, session, late))
+                    self.life.connection_closed(session, event)
+                else:
+                    self.handoff.handle(self, session, event)
+            if self._conn is not conn:
+                return
+
+
+__all__ = ["IoLoop", "LoopConfig", "Timer"]

@@ -1,0 +1,153 @@
+"""What the I/O thread blocks on: the selector over the socket and the wake pair.
+
+The I/O thread blocks in one place only, :meth:`Poller.wait`. User threads
+interrupt it by writing one byte to a socketpair (:meth:`Poller.wake`; the
+mailbox and the outbox write it only when none is pending). The socket's
+registration is kept exactly as the loop asks (STYLE §3.4): reading unless
+inbound is held, writing only while framed bytes wait; :class:`Interest`
+(in :mod:`.transport`, beside the
+socket it describes) records what is registered so the selector is called only on a change.
+
+On Linux the poller calls ``select.epoll`` itself: a round trip waits twice,
+and the generic :mod:`selectors` wrapper costs a few microseconds of Python
+each time. Elsewhere it uses :class:`selectors.DefaultSelector`.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import selectors
+import socket
+from typing import List, Optional
+
+from .transport import Change, Link
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+_EPOLL = hasattr(select, "epoll")
+
+
+class Poller:
+    """The selector and the wake pair of one loop (closed with it).
+
+    Args:
+        epoll: Use ``select.epoll`` directly (default: where it exists).
+    """
+
+    def __init__(self, epoll: bool = _EPOLL) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_fd = self._wake_r.fileno()
+        self._sock_fd = -1  # the socket registered (epoll keys by fd), and for what
+        self._sock_mask = 0
+        self._epoll: Optional[select.epoll] = None
+        self._selector: Optional[selectors.BaseSelector] = None
+        if epoll:
+            self._epoll = select.epoll()
+            self._epoll.register(self._wake_fd, select.EPOLLIN)
+        else:
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, READ, None)
+
+    def wake(self) -> None:
+        """Interrupt :meth:`wait` (any thread)."""
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full (the loop is already due to wake) or closed
+            pass
+
+    def wait(self, timeout: Optional[float]) -> List[int]:
+        """Block until the socket is ready, a wake byte came or ``timeout`` passed.
+
+        Returns the socket's ready events (a wake-up is consumed here).
+        """
+        ready: List[int] = []
+        woken = False
+        if self._epoll is not None:
+            if timeout is None:
+                wait = -1.0
+            else:  # epoll counts milliseconds: wait at least ``timeout``, never spin
+                wait = math.ceil(timeout * 1e3) * 1e-3 if timeout > 0 else 0.0
+            try:
+                events = self._epoll.poll(wait, 2)
+            except InterruptedError:
+                return ready
+            for fd, ev in events:
+                if fd == self._wake_fd:
+                    woken = True
+                else:  # as selectors maps them: anything but "out" reads, but "in" writes
+                    mask = (WRITE if ev & ~select.EPOLLIN else 0) | (
+                        READ if ev & ~select.EPOLLOUT else 0
+                    )
+                    ready.append(mask & self._sock_mask)
+        else:
+            assert self._selector is not None
+            for key, mask in self._selector.select(timeout):
+                if key.data is None:
+                    woken = True
+                else:
+                    ready.append(mask)
+        if woken:
+            # One recv is enough: a wake byte is written only when none is
+            # pending, so at most a few bytes wait.
+            try:
+                self._wake_r.recv(4096)
+            except OSError:  # BlockingIOError: a spurious wake-up
+                pass
+        return ready
+
+    def watch(self, link: Link, mask: int) -> None:
+        """Register ``link`` for exactly ``mask`` (0: unregister)."""
+        change = link.io.change(mask)
+        if change is None:
+            return
+        if self._epoll is not None:
+            flags = (select.EPOLLIN if mask & READ else 0) | (
+                select.EPOLLOUT if mask & WRITE else 0
+            )
+            if change is Change.UNREGISTER:
+                self._epoll.unregister(self._sock_fd)
+                self._sock_fd = -1
+            elif change is Change.REGISTER:
+                self._sock_fd = link.sock.fileno()
+                self._epoll.register(self._sock_fd, flags)
+            else:
+                self._epoll.modify(self._sock_fd, flags)
+            self._sock_mask = mask
+            return
+        assert self._selector is not None
+        if change is Change.UNREGISTER:
+            self._selector.unregister(link.sock)
+        elif change is Change.REGISTER:
+            self._selector.register(link.sock, mask, "sock")
+        else:
+            self._selector.modify(link.sock, mask, "sock")
+
+    def forget(self, link: Link) -> None:
+        """``link`` is closing: drop its registration, if any."""
+        if not link.io.registered:
+            return
+        link.io.registered = False
+        try:
+            if self._epoll is not None:
+                fd, self._sock_fd = self._sock_fd, -1
+                self._epoll.unregister(fd)
+            else:
+                assert self._selector is not None
+                self._selector.unregister(link.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+        if self._selector is not None:
+            self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+__all__ = ["READ", "WRITE", "Poller"]
