@@ -5,34 +5,37 @@ A :class:`Session` lives from "handshake done" to "closed". Bytes go in
 (:meth:`Session.data_to_send`, acknowledged with :meth:`Session.sent`), events
 come out (:meth:`Session.events`), and time moves only when the caller says so
 (:meth:`Session.next_deadline`, :meth:`Session.on_deadline` with ``now``). It
-owns the auth gate, the heartbeat, the closing handshake, the classification
-of inbound frames and the reliable-sessions extension of DESIGN §5 (``hello``,
-``seq``, acks, channel offsets). It imports no ``threading``, ``socket``,
-``selectors`` or ``time``: tests script it with frames and a fake clock, after
-python-websockets' ``Protocol``.
+imports no ``threading``, ``socket``, ``selectors`` or ``time``: tests script it
+with frames and a fake clock, after python-websockets' ``Protocol``.
 
-The loop (``loop.py``) is what is left: it moves bytes between this object and
-the socket, hands events to the application, and owns everything that outlives
-one connection (the queue, backoff, subscriptions). Whatever outlives a
-connection but belongs to the protocol (the session id and the last ``seq``,
+The session itself keeps the phase, the closing handshake and the
+classification of inbound frames; it owns three sub-machines, each with its own
+state and deadline, each in its own module:
+
+- :class:`~tether_sync.protocol.heartbeat.Heartbeat`: pings, pong deadlines,
+  liveness (DESIGN §1);
+- :class:`~tether_sync.protocol.auth_gate.AuthGate`: the token that opens the
+  link, its deadline, its rotation;
+- :class:`~tether_sync.protocol.reliability.Reliability`: the §5 extension
+  (hello, ``seq``, acks, resends, channel positions, the rule 12 checks).
+
+They decide, the session acts: a sub-machine never changes the phase or closes
+the link; it returns its verdict (a dead peer, a :class:`CloseLink`, a rule 12
+problem) and the session does. :meth:`Session.next_deadline` is the earliest of
+their deadlines (while closing, only the close deadline counts), and
+:meth:`Session.on_deadline` asks each in turn. Their deadlines are cleared in
+one place: :meth:`Session._set_phase`, when the link starts closing.
+
+The loop (``engine/loop.py``) is what is left: it moves bytes between this
+object and the socket, hands events to the application, and owns everything
+that outlives one connection (the queue, backoff, subscriptions). What outlives
+a connection but belongs to the protocol (the session id and the last ``seq``,
 the last offset seen per channel) lives in a :class:`Continuity` that the loop
 hands to each new session.
 
-Nothing is taken on trust (DESIGN §5 rule 12): an ack or a ``hello-ok``
-``acked`` must be an integer from 0 to the highest ``seq`` numbered so far
-(``Continuity.last_seq``, which a durable outbox seeds from its file); a
-session id and an epoch strings of 1 to 64 characters; an envelope's offset an
-integer >= 1 (a ``tether:subscribed`` offset >= 0: an empty channel). A lie
-fails the link with 1002 and a :class:`Problem` carrying a ``ProtocolError``,
-resolves nothing, and nothing the peer sends after it on that link counts but
-its close frame. A ``tether:subscribed`` that comes again while subscribed
-(rule 13) raises :class:`Recovery` when it says ``recovered: false``.
-
-Heartbeat (DESIGN §1): a ping goes out ``interval`` after the link opened, or
-after the previous ping was answered. Its pong deadline is fixed when it is
-sent and is never pushed by a later ping, so any ``(interval, timeout)`` pair
-detects a dead peer within ``interval + timeout``. Liveness counts whole
-messages, not bytes: a peer that trickles a never-ending frame is dead.
+A lie (DESIGN §5 rule 12, judged by the reliability part) fails the link with
+1002 and a :class:`Problem` carrying a ``ProtocolError``, resolves nothing, and
+nothing the peer sends after it on that link counts but its close frame.
 """
 
 from __future__ import annotations
@@ -42,13 +45,30 @@ import enum
 import json
 import logging
 import math
-from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..exceptions import AuthError, ProtocolError, ServerError, TetherError
+from ..exceptions import ProtocolError, ServerError, TetherError
 from . import envelope, frames
+from .auth_gate import AuthGate, CloseLink, UniformRng
 from .deflate import DeflateParams, PerMessageDeflate
-from .token_expiry import refresh_at
+from .events import (
+    Acked,
+    AuthAccepted,
+    AuthTrouble,
+    Closed,
+    Event,
+    Opened,
+    Output,
+    Problem,
+    Received,
+    Recovery,
+    Refused,
+    RoundTrip,
+    TokenNeeded,
+    Written,
+)
+from .heartbeat import Heartbeat
+from .reliability import FEATURES, LARGE_MESSAGE, MAX_ID_LENGTH, Continuity, Position, Reliability
 from .writebuf import Item, WriteBuffer
 
 log = logging.getLogger("tether_sync")
@@ -56,9 +76,6 @@ log = logging.getLogger("tether_sync")
 CLOSE_GRACE = 1.0  # seconds to wait for the peer's close frame after ours (RFC 6455 §7.1.1)
 HEARTBEAT_CLOSE_GRACE = 0.25  # seconds; after a missing pong the peer is presumed gone
 HEARTBEAT_CLOSE = (4000, "Heartbeat timeout")
-LARGE_MESSAGE = 64 * 1024  # bytes; without acks, such a message is confirmed by a ping barrier
-FEATURES = ("ack", "resume")
-MAX_ID_LENGTH = 64  # characters: the most a session id or an epoch may have (DESIGN §5)
 
 
 class Phase(enum.Enum):
@@ -84,12 +101,6 @@ ALLOWED: Dict[Phase, frozenset[Phase]] = {
     Phase.CLOSED: frozenset(),
 }
 """For each phase, the phases it may change to."""
-
-
-class UniformRng(Protocol):
-    """The part of :class:`random.Random` the session needs (refresh retries)."""
-
-    def uniform(self, a: float, b: float) -> float: ...
 
 
 # ---------------------------------------------------------------- configuration
@@ -123,164 +134,14 @@ class SessionConfig:
 
 
 @dataclasses.dataclass
-class Position:
-    """The last envelope seen on a channel (DESIGN §5 resume)."""
-
-    epoch: Optional[str]
-    offset: int
-
-
-@dataclasses.dataclass
-class Continuity:
-    """What outlives one connection but belongs to the protocol.
-
-    Owned by the loop (I/O thread), handed to every new :class:`Session`.
-
-    Attributes:
-        session_id: The §5 session id, kept for the client's whole life.
-        last_seq: The highest ``seq`` given to a message so far.
-        positions: Channel -> the last ``(epoch, offset)`` seen on it.
-        subscribed: Channels that asked to resume on this connection (rule 10).
-    """
-
-    session_id: str
-    last_seq: int = 0
-    positions: Dict[str, Position] = dataclasses.field(default_factory=dict)
-    resent: int = 0  # messages written again on a later link (for stats)
-
-
-# ---------------------------------------------------------------- events out
-
-
-@dataclasses.dataclass(frozen=True)
-class Opened:
-    """The link is usable (the token, if any, was accepted): subscribe, then drain."""
-
-    features: Tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenNeeded:
-    """Fetch a token (off the I/O thread) and answer with :meth:`Session.token_ready`."""
-
-    force: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class AuthAccepted:
-    """The server accepted a token (the first one of the link, or a rotation)."""
-
-    expires_at: Optional[float]
-
-
-@dataclasses.dataclass(frozen=True)
-class AuthTrouble:
-    """No token could be had, or the server did not answer in time; ``final`` ends the client."""
-
-    error: BaseException
-    final: bool = False
-
-
-class Received:
-    """Inbound application messages, in order: ``(channel, payload)`` pairs.
-
-    ``channel`` is None for frames that are no Tether message. Consecutive
-    messages share one event (the hot path: one event per read, not per message).
-    """
-
-    __slots__ = ("items",)
-
-    def __init__(self, items: List[Tuple[Optional[str], Any]]) -> None:
-        self.items = items
-
-    def __repr__(self) -> str:
-        return f"Received({len(self.items)} messages)"
-
-
-class Written:
-    """Messages whose frames the kernel took (done, where no ack is awaited).
-
-    Hot path: a plain slotted class, cheaper to make than a frozen dataclass.
-    """
-
-    __slots__ = ("items",)
-
-    def __init__(self, items: List[Item]) -> None:
-        self.items = items
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self.items)} messages)"
-
-
-class Acked(Written):
-    """Messages the server acknowledged (the ``ack`` extension, or a ping barrier)."""
-
-    __slots__ = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Refused:
-    """Messages that must not be resent: the server refused them."""
-
-    items: List[Item]
-    error: BaseException
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundTrip:
-    """A heartbeat pong arrived: ``rtt`` seconds after its ping."""
-
-    rtt: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """Something the application should hear about (an ``error`` event); the link goes on
-    unless a :class:`Closed` follows."""
-
-    error: BaseException
-
-
-@dataclasses.dataclass(frozen=True)
-class Recovery:
-    """What was missed on ``channel`` cannot be recovered: the answer to a resubscribe
-    (rule 10), or a server node that lost its position while subscribed (rule 13)."""
-
-    channel: str
-    recovered: bool
-    epoch: Optional[str]
-    offset: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Closed:
-    """The connection is over; the socket can be closed. Always the last event.
-
-    Attributes:
-        code, reason, was_clean: For the ``close`` event.
-        error: Set when the close must end the client (a final auth refusal).
-    """
+class _Closing:
+    """Our close frame is out: what the close will report, and until when we wait."""
 
     code: int
     reason: str
-    was_clean: bool
-    error: Optional[BaseException] = None
-
-
-Event = Union[
-    Opened,
-    TokenNeeded,
-    AuthAccepted,
-    AuthTrouble,
-    Received,
-    Written,
-    Acked,
-    Refused,
-    RoundTrip,
-    Problem,
-    Recovery,
-    Closed,
-]
+    error: Optional[BaseException]
+    deadline: float
+    clean: bool = True  # whether the peer's answering close frame makes the close clean
 
 
 # ---------------------------------------------------------------- the session
@@ -312,54 +173,33 @@ class Session:
         self.config = config
         self.continuity = continuity
         self.phase = Phase.HELLO
-        self._wall_offset = wall_offset
-        self._rng = rng
+        self.reading_paused = False
+        """Set by the loop while a "block" consumer is full (a late pong proves nothing)."""
         # permessage-deflate: one codec per connection, its context kept both ways;
         # inflating is bounded by max_message_size (a bomb fails with 1009).
         codec = PerMessageDeflate(config.deflate) if config.deflate is not None else None
         self._parser = frames.FrameParser(
             config.max_message_size, inflate=codec.decode if codec is not None else None
         )
-        self._out = WriteBuffer(keys if keys is not None else frames.MaskKeys(), codec)
-        self._events: List[Event] = []
-        self.features: Tuple[str, ...] = ()
-        self._ext_pending = False  # hello sent, its reply not decided yet
-        self._ack = False  # "ack" granted: deliveries wait for tether:ack
-        self._resume = False
-        self._unacked: List[Item] = []  # written, awaiting ack (seq order)
-        self._resend: List[Item] = []  # carried over from earlier connections
-        self._resend_due = False  # open, and the carried messages not framed yet
-        self._barrier: Deque[Tuple[int, List[Item]]] = deque()  # (ping ts, large items)
-        self._asked_resume: set[str] = set()
-        self._answered: set[str] = set()  # channels a tether:subscribed came for (rule 13)
-        self.messages_in = 0  # whole inbound messages (liveness)
+        tether = config.protocol == "tether"
+        out = self._output = Output(
+            WriteBuffer(keys if keys is not None else frames.MaskKeys(), codec), tether
+        )
+        self._heartbeat = Heartbeat(out, config.heartbeat, wall_offset)
+        self._auth = AuthGate(
+            out,
+            tether=tether,
+            rotates=config.auth,
+            timeout=config.auth_timeout,
+            refresh_before=config.refresh_before,
+            wall_offset=wall_offset,
+            rng=rng,
+        )
+        self._rel = Reliability(out, continuity, config.extensions if tether else ())
+        self._closing: Optional[_Closing] = None  # set while CLOSING
+        self._delivered = False  # the peer sent application data on this link
         self._violated = False  # the peer broke RFC 6455 (reported once)
         self._lied = False  # the peer broke a §5 rule 12 check: nothing more it says counts
-        self.resent = 0  # messages carried over from an earlier link and written again
-        self.reading_paused = False  # set by the loop while a "block" consumer is full
-        self.delivered_something = False  # the peer confirmed or sent application data
-        # Auth.
-        self._auth_busy = False
-        self._auth_deadline: Optional[float] = None
-        self._auth_refused = 0
-        self._pending_exp: Optional[float] = None
-        self._refresh_at: Optional[float] = None
-        self._refresh_failures = 0
-        self.expires_at: Optional[float] = None
-        # Heartbeat.
-        self._ping_due: Optional[float] = None
-        self._ping: Optional[Tuple[Any, float, int]] = None  # (ts, sent at, messages_in then)
-        self._pong_deadline: Optional[float] = None
-        self._ping_serial = 0  # numbers the barrier pings (their ts is -serial)
-        self._last_ping_ts = 0
-        self._hello_deadline: Optional[float] = None
-        self._hello_ping: Optional[int] = None  # ts of the ping that follows the hello
-        # Closing.
-        self._close_deadline: Optional[float] = None
-        self._closing: Tuple[int, str] = (1000, "")
-        self._closing_error: Optional[BaseException] = None
-        self._closing_clean_ok = True  # whether a peer's answer makes the close clean
-        self._start_now = now
 
     # ------------------------------------------------------------ phase
 
@@ -367,6 +207,17 @@ class Session:
         if new not in ALLOWED[self.phase]:
             raise RuntimeError(f"invalid phase transition {self.phase.value} -> {new.value}")
         self.phase = new
+        if new is Phase.CLOSING or new is Phase.CLOSED:
+            # The one place where the sub-machines' deadlines are cleared: from
+            # here on, only the close deadline is timed (set by close(), dropped
+            # below at CLOSED), nothing but a close frame is written, and a late
+            # pong, auth-ok or hello reply schedules nothing.
+            self._output.muted = True
+            self._heartbeat.stop()
+            self._auth.stop()
+            self._rel.stop()
+            if new is Phase.CLOSED:
+                self._closing = None
 
     @property
     def closed(self) -> bool:
@@ -376,11 +227,18 @@ class Session:
 
     @property
     def is_open(self) -> bool:
+        """Whether the link is usable (data flows)."""
         return self.phase is Phase.OPEN
 
     @property
-    def ack_enabled(self) -> bool:
-        return self._ack
+    def features(self) -> Tuple[str, ...]:
+        """The §5 features the server granted on this link."""
+        return self._rel.features
+
+    @property
+    def delivered_something(self) -> bool:
+        """The peer confirmed or sent application data (or answered a heartbeat) on this link."""
+        return self._delivered or self._rel.confirmed or self._heartbeat.answered
 
     # ------------------------------------------------------------ start
 
@@ -402,56 +260,32 @@ class Session:
             header_expiry: Protocol ``raw``: the expiry of the token the handshake
                 header carried (it counts as accepted).
         """
-        self._resend = list(resend)
         cfg = self.config
-        if cfg.protocol == "tether" and cfg.extensions:
-            self._ext_pending = True
-            self._send_text(
-                envelope.encode_json(
-                    {
-                        "type": "tether:hello",
-                        "session": self.continuity.session_id,
-                        "features": list(cfg.extensions),
-                    }
-                )
-            )
+        self._rel.start(resend)
         if cfg.protocol == "tether" and cfg.auth:
             self._set_phase(Phase.AUTH)
-            self._request_token(now, force_token)
+            self._auth.request(now, force_token)
             return
-        if self._ext_pending:
+        if self._rel.pending:
             # Rule 3: no auth, so a ping right after the hello decides (in order).
-            # The deadline is only a safety net for peers that answer nothing.
-            self._hello_ping = self._send_ping(now)
-            self._hello_deadline = now + self.config.auth_timeout
+            ts = self._heartbeat.stamp(now)
+            self._output.ping(ts)
+            self._rel.await_reply(ts, now + cfg.auth_timeout)
             return
         self._open(now)
         if header_expiry is not None:
-            self._accepted(header_expiry, now)
-
-    def _request_token(self, now: float, force: bool) -> None:
-        self._auth_busy = True
-        self._auth_deadline = now + self.config.auth_timeout
-        self._events.append(TokenNeeded(force))
+            self._auth.accepted(header_expiry, now)
 
     def _open(self, now: float) -> None:
         self._set_phase(Phase.OPEN)
-        self._ext_pending = False
-        hb = self.config.heartbeat
-        if hb is not None:
-            self._ping_due = now + hb[0]
-        self._events.append(Opened(self.features))
-        # Resends go out after the subscriptions the loop announces on Opened
-        # (DESIGN §5 order): framed by the next send() or data_to_send().
-        self._resend_due = bool(self._resend)
+        self._rel.open()
+        self._heartbeat.start(now)
+        self._output.emit(Opened(self._rel.features))
 
-    def _write_resends(self) -> None:
-        self._resend_due = False
-        if self._resend and self.phase is Phase.OPEN:
-            items, self._resend = self._resend, []
-            self.resent = len(items)
-            self.continuity.resent += len(items)
-            self._write_items(items, resend=True)
+    def _settle(self, now: float) -> None:
+        """Without auth, the link opens as soon as the extension is decided."""
+        if self.phase is Phase.HELLO and self._rel.decided:
+            self._open(now)
 
     # ------------------------------------------------------------ bytes in
 
@@ -466,24 +300,35 @@ class Session:
             # Deliver what arrived intact before the violation, then fail the link
             # with the code the violation calls for (RFC 6455 §7.1.7).
             error, messages = exc, exc.messages
-        self.messages_in += len(messages)
+        self._heartbeat.heard += len(messages)
         if self.config.protocol == "tether":
             self._receive_tether(messages, now)
         else:
-            self._receive_raw(messages, now)
+            # Protocol raw: every data frame goes to channel "default" (the hot
+            # path skips the general dispatch); control frames take the general path.
+            closed = Phase.CLOSED
+            for opcode, payload in messages:
+                if self.phase is closed:
+                    break
+                if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
+                    self._delivered = True
+                    self._received("default", payload)
+                else:
+                    self._on_message(opcode, payload, now)
         if error is not None and not self.closed:
             if self._violated:
                 return  # the parser is dead: later bytes repeat the first violation
             self._violated = True
             log.warning("protocol error: %s", error)
-            self._events.append(Problem(error))
+            self._output.emit(Problem(error))
             self.fail(error.close_code, str(error)[:100], now)
 
     def _receive_tether(self, messages: List[Tuple[int, Any]], now: float) -> None:
         # The hot path: a text frame is parsed once, and a plain data envelope (no
         # offset) goes straight into the open Received run, without an object of
-        # its own; everything else takes the general path, in order, and ends the
-        # run. Only the general path can close the session: nothing is handled after.
+        # its own; an ack goes straight to the reliability part; everything else
+        # takes the general path, in order, and ends the run. Only the general
+        # path can close the session: nothing is handled after.
         if self._lied:
             self._after_lie(messages, None)
             return
@@ -504,18 +349,19 @@ class Session:
                         channel = msg["channel"]
                         if run is None:
                             run = []
-                            self._events.append(Received(run))
-                            self.delivered_something = True
+                            self._output.events.append(Received(run))
+                            self._delivered = True
                         run.append(
                             (channel if type(channel) is str else str(channel), msg.get("payload"))
                         )
                         continue
                     if kind == "tether:ack":
-                        # A bulk send's other hot path: straight to the extension,
-                        # without classify() and the general dispatch on the way.
-                        self._on_extension(msg, now)
+                        # A bulk send's other hot path: without classify() and
+                        # the general dispatch on the way.
+                        problem = self._rel.on_ack(msg.get("seq"))
                         run = None
-                        if self._lied:
+                        if problem is not None:
+                            self._lie(problem, now)
                             self._after_lie(messages, payload)
                             return
                         continue
@@ -547,238 +393,100 @@ class Session:
             if opcode == frames.OP_CLOSE and not self.closed:
                 self._on_close_frame(payload)
 
-    def _receive_raw(self, messages: List[Tuple[int, Any]], now: float) -> None:
-        # Protocol raw: every data frame goes to channel "default" (the hot path
-        # skips the general dispatch); control frames take the general path.
-        closed = Phase.CLOSED
-        for opcode, payload in messages:
-            if self.phase is closed:
-                return
-            if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
-                self.delivered_something = True
-                self._received("default", payload)
-            else:
-                self._on_message(opcode, payload, now)
-
     def receive_eof(self, now: float) -> None:
         """The peer closed the TCP connection (or it broke)."""
         if self.phase is Phase.CLOSED:
             return
-        if self.phase is Phase.CLOSING:
-            code, reason = self._closing
-            self._closed(code, reason, False)
+        closing = self._closing
+        if closing is not None:
+            self._closed(closing.code, closing.reason, False)
             return
         self._closed(1006, "connection closed without a close frame", False)
 
     def _on_message(self, opcode: int, payload: Any, now: float) -> None:
         if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
             if self.config.protocol == "raw":
-                self.delivered_something = True
+                self._delivered = True
                 self._received("default", payload)
             else:
-                self._on_tether(payload, now)
+                self._on_decoded(envelope.decode(payload), payload, now)
         elif opcode == frames.OP_PING:
-            self._send_frame(frames.OP_PONG, payload)
+            self._output.frame(frames.OP_PONG, payload)
         elif opcode == frames.OP_PONG:
             if self.config.protocol == "raw":
                 self._on_pong(payload, now)
         elif opcode == frames.OP_CLOSE:
             self._on_close_frame(payload)
 
-    def _on_tether(self, payload: Any, now: float) -> None:
-        self._on_decoded(envelope.decode(payload), payload, now)
-
     def _on_decoded(self, msg: envelope.Inbound, payload: Any, now: float) -> None:
         kind = type(msg)
         if kind is envelope.Data:
             assert isinstance(msg, envelope.Data)
-            self._on_data(msg, payload, now)
+            channel = msg.channel if isinstance(msg.channel, str) else str(msg.channel)
+            verdict = self._rel.admit(channel, msg.offset, msg.epoch)
+            if isinstance(verdict, str):
+                self._lie(verdict, now)
+                return
+            self._delivered = True
+            if verdict:
+                self._received(channel, msg.payload)
         elif kind is envelope.Pong:
             assert isinstance(msg, envelope.Pong)
             self._on_pong(msg.ts, now)
         elif kind is envelope.Ping:
             assert isinstance(msg, envelope.Ping)
-            self._send_text(_pong_text(msg.ts))
+            self._output.text(_pong_text(msg.ts))
         elif kind is envelope.AuthOk:
             assert isinstance(msg, envelope.AuthOk)
-            self._decide_extension(None, 0, now)
-            self._on_auth_ok(msg.ok, now)
+            # Any reply but hello-ok decides the extension: off.
+            self._rel.decide(None)
+            self._settle(now)
+            verdict_ok = self._auth.on_auth_ok(msg.ok, now)
+            if isinstance(verdict_ok, CloseLink):
+                self.close(verdict_ok.code, verdict_ok.reason, now, error=verdict_ok.error)
+            elif verdict_ok and self.phase is Phase.AUTH:
+                self._open(now)
         elif kind is envelope.ServerErrorMsg:
             assert isinstance(msg, envelope.ServerErrorMsg)
-            self._decide_extension(None, 0, now)
-            self._on_server_error(msg)
+            self._rel.decide(None)
+            self._settle(now)
+            log.warning("server refused message %r: %s", msg.id, msg.error)
+            error = ServerError(msg.error, msg.id)
+            # Rule 6: a refused message is failed and never resent.
+            item = self._rel.refuse(msg.id) if msg.id is not None else None
+            if item is not None:
+                self._output.emit(Refused([item], error))
+            self._output.emit(Problem(error))
         else:
             value = msg.value if isinstance(msg, envelope.Unknown) else payload
-            if not self._on_extension(value, now):
+            handled = self._rel.on_extension(value)
+            if isinstance(handled, str):
+                self._lie(handled, now)
+                return
+            self._settle(now)
+            if not handled:
                 # Not ours to interpret: the message stream gets the frame unchanged.
                 self._received(None, payload)
 
-    def _on_data(self, msg: envelope.Data, raw: Any, now: float) -> None:
-        offset = msg.offset
-        if self._resume and offset is not None:
-            # Rule 12: with resume granted, a position must be one (it decides drops).
-            problem = _position_problem(offset, msg.epoch)
-            if problem is not None:
-                self._lie(f"a data envelope's {problem}", now)
-                return
-        channel = msg.channel if isinstance(msg.channel, str) else str(msg.channel)
-        self.delivered_something = True
-        if type(offset) is int:
-            epoch = msg.epoch if isinstance(msg.epoch, str) else None
-            positions = self.continuity.positions
-            last = positions.get(channel)
-            if last is not None and last.epoch == epoch and offset <= last.offset:
-                log.debug("dropping %s offset %d: already seen", channel, offset)
-                return
-            positions[channel] = Position(epoch, offset)
-        self._received(channel, msg.payload)
-
     def _received(self, channel: Optional[str], payload: Any) -> None:
-        events = self._events
+        events = self._output.events
         if events and type(events[-1]) is Received:
             events[-1].items.append((channel, payload))
         else:
             events.append(Received([(channel, payload)]))
 
-    def _on_server_error(self, msg: envelope.ServerErrorMsg) -> None:
-        log.warning("server refused message %r: %s", msg.id, msg.error)
-        error = ServerError(msg.error, msg.id)
-        # Rule 6: a refused message is failed and never resent.
-        if msg.id is not None:
-            tracked = [*self._unacked, *(i for _, items in self._barrier for i in items)]
-            for item in tracked:
-                if item.id == msg.id:
-                    self._drop_tracked(item)
-                    self._events.append(Refused([item], error))
-                    break
-        self._events.append(Problem(error))
-
-    def _drop_tracked(self, item: Item) -> None:
-        try:
-            self._unacked.remove(item)
-        except ValueError:
-            pass
-        self._out.forget(item)
-        for _, held in self._barrier:
-            if item in held:
-                held.remove(item)
-
-    # ------------------------------------------------------------ extension (§5)
-
-    def _on_extension(self, value: Any, now: float) -> bool:
-        """Handle ``hello-ok``, ``ack`` and ``subscribed``; False if ``value`` is none."""
-        if type(value) is not dict:
-            return False
-        kind = value.get("type")
-        if kind == "tether:ack":  # first: the one that comes in bulk
-            if self._ack:
-                seq = value.get("seq")
-                if type(seq) is int and 0 <= seq <= self.continuity.last_seq:
-                    self._on_ack(seq)
-                else:
-                    self._lie(f"tether:ack seq {_seq_problem(seq, self.continuity.last_seq)}", now)
-            return True
-        if kind == "tether:hello":
-            # Our own hello came back: an echo server, no extension.
-            self._decide_extension(None, 0, now)
-            return False
-        if kind == "tether:hello-ok":
-            if not self._ext_pending:
-                return True
-            cont = self.continuity
-            problem = _hello_ok_problem(value, cont.last_seq, cont.session_id)
-            if problem is not None:
-                self._lie(f"tether:hello-ok {problem}", now)
-                return True
-            features = value["features"]
-            granted = tuple(f for f in self.config.extensions if f in features)
-            self._decide_extension(granted, value["acked"], now)
-            return True
-        if kind == "tether:subscribed":
-            self._on_subscribed(value, now)
-            return True
-        return False
-
-    def _decide_extension(
-        self, granted: Optional[Tuple[str, ...]], acked: int = 0, now: float = 0.0
-    ) -> None:
-        """The reply that decides the extension arrived (hello-ok, or a later reply)."""
-        if not self._ext_pending:
+    def _on_pong(self, ts: Any, now: float) -> None:
+        if isinstance(ts, (bytes, bytearray)):
+            try:
+                ts = int(ts)
+            except ValueError:
+                return
+        if type(ts) is not int:
             return
-        self._ext_pending = False
-        self._hello_deadline = None
-        if granted is None:
-            log.debug("server does not speak the reliable-sessions extension")
-            if self.phase is Phase.HELLO:
-                self._hello_ping = None
-                self._open(now)
-            return
-        self.features = granted
-        self._ack = "ack" in granted
-        self._resume = "resume" in granted
-        cont = self.continuity
-        cont.last_seq = max(cont.last_seq, acked)
-        log.debug("extension on: %s, acked %d", ",".join(granted) or "-", acked)
-        if self._resend:
-            if self._ack:
-                done = [i for i in self._resend if 0 < i._seq <= acked]
-                self._resend = [i for i in self._resend if not 0 < i._seq <= acked]
-                if done:
-                    self.delivered_something = True
-                    self._events.append(Acked(done))
-        if self.phase is Phase.HELLO:
-            self._open(now)
-
-    def _on_ack(self, seq: int) -> None:
-        unacked = self._unacked
-        if not unacked or unacked[0]._seq > seq:
-            return
-        # Seqs grow by one (gaps only where a message was given up after its
-        # number): the guess is exact or too far, never too short.
-        n = min(len(unacked), seq - unacked[0]._seq + 1)
-        while unacked[n - 1]._seq > seq:
-            n -= 1
-        done = unacked[:n]
-        del unacked[:n]
-        if done:
-            self.delivered_something = True
-            events = self._events
-            if events and type(events[-1]) is Acked:
-                # Several acks in one read: one event, so one resolution pass
-                # (and one release of queue room) for all of them.
-                events[-1].items.extend(done)
-            else:
-                events.append(Acked(done))
-
-    def _on_subscribed(self, value: Dict[str, Any], now: float) -> None:
-        """Take the position a ``tether:subscribed`` gives (rules 9, 10 and 13).
-
-        It may come again while subscribed (rule 13: a server node that lost its
-        position): ``recovered: false`` raises :class:`Recovery` and the position
-        is taken; ``recovered: true`` means the replay from the offset asked for
-        follows, as at subscribe time.
-        """
-        problem = _subscribed_problem(value)
-        if problem is not None:
-            self._lie(f"tether:subscribed {problem}", now)
-            return
-        channel: str = value["channel"]
-        epoch: str = value["epoch"]
-        offset: int = value["offset"]
-        recovered: bool = value["recovered"]
-        asked = channel in self._asked_resume
-        self._asked_resume.discard(channel)
-        again = channel in self._answered  # rule 13: already subscribed on this link
-        self._answered.add(channel)
-        positions = self.continuity.positions
-        last = positions.get(channel)
-        # A replay that starts before what we saw keeps our position: the envelopes
-        # up to it are then dropped as duplicates (rule 10), not delivered twice.
-        if not (recovered and last is not None and last.epoch == epoch and last.offset > offset):
-            positions[channel] = Position(epoch, offset)
-        if not recovered and (asked or again):
-            log.warning("channel %r could not be recovered: messages were missed", channel)
-            self._events.append(Recovery(channel, recovered, epoch, offset))
+        if self._rel.on_pong(ts):
+            self._settle(now)  # the hello's ping was answered: the extension is off
+        else:
+            self._heartbeat.on_pong(ts, now)
 
     def _lie(self, what: str, now: float) -> None:
         """The peer broke DESIGN §5 rule 12: fail the link with 1002, believe nothing more.
@@ -790,11 +498,10 @@ class Session:
         if self._lied or self.phase is Phase.CLOSED:
             return
         self._lied = True
-        self._ext_pending = False
-        self._hello_ping = None
+        self._rel.on_lie()
         error = ProtocolError(f"the server broke the reliable-sessions protocol: {what}")
         log.warning("protocol error: %s", error)
-        self._events.append(Problem(error))
+        self._output.emit(Problem(error))
         self.fail(1002, "Protocol error", now)  # no-op while closing
 
     # ------------------------------------------------------------ auth
@@ -807,84 +514,17 @@ class Session:
         frame: Optional[Tuple[int, bytes]] = None,
     ) -> None:
         """The token asked for with :class:`TokenNeeded` (``frame``: raw rotation message)."""
-        if not self._auth_busy or self.phase in (Phase.CLOSING, Phase.CLOSED):
-            return
-        self._pending_exp = expires_at
-        if self.config.protocol == "tether":
-            self._send_text(envelope.encode_auth(token))  # never logged
-            log.debug("sent tether:auth")
-            return
-        # raw: an in-band rotation message; no confirmation can come back.
-        if frame is not None:
-            self._send_frame(*frame)
-        self._auth_busy = False
-        self._auth_deadline = None
-        self._accepted(expires_at, now)
+        self._auth.token_ready(token, expires_at, now, frame)
 
     def token_failed(self, error: BaseException, now: float) -> None:
         """``get_token()`` failed (or timed out) for the :class:`TokenNeeded` asked."""
-        if not self._auth_busy or self.phase in (Phase.CLOSING, Phase.CLOSED):
-            return
-        self._auth_trouble(error, now)
+        verdict = self._auth.failed(error, now, self.phase is not Phase.OPEN)
+        if verdict is not None:
+            self.close(verdict.code, verdict.reason, now, error=verdict.error)
 
     def refresh(self, now: float) -> bool:
         """Rotate the token now (``refresh_auth()``); False if it cannot happen on this link."""
-        if self.phase is not Phase.OPEN or not self._can_rotate():
-            return False
-        if not self._auth_busy:
-            self._request_token(now, True)
-        return True
-
-    def _can_rotate(self) -> bool:
-        return self.config.auth
-
-    def _on_auth_ok(self, ok: bool, now: float) -> None:
-        if not self._auth_busy:
-            log.debug("ignoring tether:auth-ok (ok=%s): none awaited", ok)
-            return
-        self._auth_busy = False
-        self._auth_deadline = None
-        if ok:
-            self._auth_refused = 0
-            self._refresh_failures = 0
-            self._accepted(self._pending_exp, now)
-            if self.phase is Phase.AUTH:
-                self._open(now)
-            return
-        self._auth_refused += 1
-        if self._auth_refused == 1:
-            log.warning("server refused the token: fetching a fresh one")
-            self._request_token(now, True)
-            return
-        err = AuthError("the server refused the token, and a fresh token too")
-        log.error("%s: giving up", err)
-        self._events.append(AuthTrouble(err, final=True))
-        self.close(1008, "Auth refused", now, error=err)
-
-    def _accepted(self, expires_at: Optional[float], now: float) -> None:
-        self.expires_at = expires_at
-        self._events.append(AuthAccepted(expires_at))
-        if expires_at is not None and self._can_rotate():
-            wall = now + self._wall_offset
-            at = refresh_at(expires_at, self.config.refresh_before, wall)
-            self._refresh_at = now + (at - wall)
-
-    def _auth_trouble(self, error: BaseException, now: float) -> None:
-        self._auth_busy = False
-        self._auth_deadline = None
-        if self.phase is Phase.AUTH:
-            # No usable token for this connection: close it and retry with backoff.
-            self._events.append(AuthTrouble(error))
-            self.close(1000, "Token unavailable", now)
-            return
-        # A refresh on an open link: keep the link (its token may still be valid)
-        # and retry the fetch with full-jitter backoff.
-        self._events.append(AuthTrouble(error))
-        self._refresh_failures += 1
-        cap = min(30.0, 0.5 * 2.0 ** min(self._refresh_failures, 10))
-        delay = self._rng.uniform(0.0, cap) if self._rng is not None else cap / 2
-        log.info("token refresh failed; retrying in %.2fs", delay)
-        self._refresh_at = now + delay
+        return self.phase is Phase.OPEN and self._auth.refresh(now)
 
     # ------------------------------------------------------------ bytes out
 
@@ -892,107 +532,53 @@ class Session:
         """Frame application messages (only while open; the loop checks)."""
         if self.phase is not Phase.OPEN:
             raise RuntimeError("send() on a session that is not open")
-        if self._resend_due:
-            self._write_resends()
-        self._write_items(items, resend=False)
-
-    def _write_items(self, items: Sequence[Item], resend: bool) -> None:
-        if self._ack:
-            cont = self.continuity
-            seq = cont.last_seq
-            framed: List[Tuple[Item, bytes]] = []
-            append = framed.append
-            for item in items:
-                n = item._seq
-                if n <= 0:
-                    seq += 1
-                    item._seq = n = seq
-                elif n > seq:
-                    seq = n  # numbered at send() time (the durable outbox)
-                # The data envelope with "seq": n added (it ends with "}").
-                append((item, b'%s,"seq":%d}' % (item._data[:-1], n)))
-            cont.last_seq = seq
-            self._out.add_framed(framed, track=False)
-            self._unacked.extend(items)
-            return
-        self._out.add_messages(items)
-        big = [i for i in items if len(i._data) >= LARGE_MESSAGE]
-        if big:
-            # No acks: a large message could be refused (1009) after the kernel
-            # took it. Hold its Delivery until a ping sent after it is answered:
-            # servers answer in order, so the pong proves it was taken.
-            ts = self._send_ping_barrier()
-            self._barrier.append((ts, big))
+        self._rel.write(items)
 
     def subscribe(self, channel: str, msg_id: str) -> None:
         """Announce a subscription (protocol ``tether``), resuming where we left off."""
         if self.config.protocol != "tether" or self.phase is not Phase.OPEN:
             return
-        msg: Dict[str, Any] = {"channel": channel, "type": "subscribe", "id": msg_id}
-        pos = self.continuity.positions.get(channel)
-        self._answered.discard(channel)  # its answer is the subscribe's, not rule 13's
-        if self._resume:
-            if pos is not None:
-                if pos.epoch is not None:
-                    msg["epoch"] = pos.epoch
-                msg["offset"] = pos.offset
-                self._asked_resume.add(channel)
-        self._send_text(envelope.encode_json(msg))
+        self._output.text(self._rel.subscribe_text(channel, msg_id))
 
     def unsubscribe(self, channel: str, msg_id: str) -> None:
+        """Announce leaving ``channel`` (protocol ``tether``); its position is forgotten."""
         if self.config.protocol != "tether" or self.phase is not Phase.OPEN:
             return
-        self._send_text(envelope.encode_subscription(channel, "unsubscribe", msg_id))
-        self.continuity.positions.pop(channel, None)
-        self._asked_resume.discard(channel)
-        self._answered.discard(channel)
-
-    def _send_text(self, text: str) -> None:
-        self._send_frame(frames.OP_TEXT, text.encode())
-
-    def _send_frame(self, opcode: int, payload: bytes) -> None:
-        if self.phase in (Phase.CLOSING, Phase.CLOSED) and opcode != frames.OP_CLOSE:
-            return
-        self._out.add_control(opcode, payload)
+        self._output.text(envelope.encode_subscription(channel, "unsubscribe", msg_id))
+        self._rel.unsubscribed(channel)
 
     def data_to_send(self) -> memoryview:
         """The bytes to write next (empty when nothing waits)."""
-        if self._resend_due:
-            self._write_resends()
-        return self._out.pending()
+        rel = self._rel
+        if rel.resend_due:
+            rel.write_resends()
+        return self._output.buffer.pending()
 
     def sent(self, n: int) -> None:
         """The kernel took ``n`` bytes of :meth:`data_to_send`."""
-        done = self._out.advance(n)
-        if not done:
-            return
-        if self._barrier:
-            # Every large message framed here waits in the barrier until a pong
-            # that follows it (see _write_items), so by size, not by a set of the
-            # held ids rebuilt per write (O(held) each: quadratic in a burst).
-            done = [i for i in done if len(i._data) < LARGE_MESSAGE]
-        if done and not self._ack:
-            self._events.append(Written(done))
+        done = self._output.buffer.advance(n)
+        if done:
+            self._rel.on_written(done)
 
     @property
     def wants_write(self) -> bool:
         """:meth:`data_to_send` has bytes (framed, or carried messages due to be framed)."""
-        return self._resend_due or self._out.size > 0
+        return self._rel.resend_due or self._output.buffer.size > 0
 
     @property
     def buffered(self) -> int:
         """User-space bytes framed and not yet written."""
-        return self._out.size
+        return self._output.buffer.size
 
     @property
     def unacked(self) -> int:
         """Messages written and awaiting the server's ack."""
-        return len(self._unacked) + len(self._resend)
+        return self._rel.unacked
 
     @property
     def in_flight(self) -> int:
         """Messages framed and not done: not fully written, or awaiting an ack."""
-        return self._out.in_flight + len(self._unacked) + sum(len(i) for _, i in self._barrier)
+        return self._output.buffer.in_flight + self._rel.held
 
     def take_unfinished(self) -> List[Item]:
         """After :class:`Closed`: every message not done, oldest first, to send again.
@@ -1000,139 +586,48 @@ class Session:
         Written-but-unacked messages keep their ``seq`` (rule 4), so the server's
         dedupe makes the resend safe.
         """
-        out: List[Item] = list(self._resend)
-        unacked = list(self._unacked)
-        unwritten = self._out.reset()
-        # Held (large, unconfirmed) messages that were written precede everything
-        # still unwritten: written bytes are a prefix of what was framed.
-        pending = {id(i) for i in unwritten}
-        held = [i for _, items in self._barrier for i in items if id(i) not in pending]
-        seen = set()
-        for item in [*unacked, *held, *unwritten]:
-            if id(item) not in seen:
-                seen.add(id(item))
-                out.append(item)
-        self._resend = []
-        self._unacked.clear()
-        self._barrier.clear()
-        out.sort(key=_resend_order)
-        return out
-
-    # ------------------------------------------------------------ heartbeat
-
-    def _send_ping(self, now: float) -> int:
-        # Epoch milliseconds, like tether-ws; never twice the same value.
-        ts = max(int((now + self._wall_offset) * 1000), self._last_ping_ts + 1)
-        self._last_ping_ts = ts
-        if self.config.protocol == "tether":
-            self._send_text(envelope.encode_ping(ts))
-        else:
-            self._send_frame(frames.OP_PING, str(ts).encode())
-        return ts
-
-    def _send_ping_barrier(self) -> int:
-        self._ping_serial += 1
-        ts = -self._ping_serial  # negative: never the heartbeat's
-        if self.config.protocol == "tether":
-            self._send_text(envelope.encode_ping(ts))
-        else:
-            self._send_frame(frames.OP_PING, str(ts).encode())
-        return ts
-
-    def _on_pong(self, ts: Any, now: float) -> None:
-        if isinstance(ts, (bytes, bytearray)):
-            try:
-                ts = int(ts)
-            except ValueError:
-                return
-        if type(ts) is not int:
-            return
-        if self._hello_ping is not None and ts == self._hello_ping:
-            self._hello_ping = None
-            self._decide_extension(None, 0, now)
-            return
-        if ts < 0:
-            self._on_barrier(ts)
-            return
-        ping = self._ping
-        if ping is not None and ts == ping[0]:
-            self.delivered_something = True
-            self._ping = None
-            self._pong_deadline = None
-            hb = self.config.heartbeat
-            if hb is not None:
-                self._ping_due = ping[1] + hb[0]
-            self._events.append(RoundTrip(now - ping[1]))
-
-    def _on_barrier(self, ts: int) -> None:
-        done: List[Item] = []
-        while self._barrier and self._barrier[0][0] >= ts:
-            # Barrier ts values decrease: everything up to this one was answered.
-            done.extend(self._barrier.popleft()[1])
-        if done:
-            self.delivered_something = True
-            self._events.append(Acked(done))
+        return self._rel.take_unfinished()
 
     # ------------------------------------------------------------ time
 
     def next_deadline(self) -> Optional[float]:
         """The earliest moment :meth:`on_deadline` has something to do, or None."""
-        best: Optional[float] = None
-        for when in (
-            self._ping_due if self._ping is None else None,
-            self._pong_deadline,
-            self._auth_deadline,
-            self._refresh_at if not self._auth_busy else None,
-            self._close_deadline,
-            self._hello_deadline,
-        ):
+        closing = self._closing
+        if closing is not None:
+            return closing.deadline  # the sub-machines were stopped: nothing else is timed
+        best = self._heartbeat.deadline()
+        for when in (self._auth.deadline(), self._rel.deadline()):
             if when is not None and (best is None or when < best):
                 best = when
         return best
 
     def on_deadline(self, now: float) -> None:
-        """Act on every deadline that has passed at ``now``."""
+        """Act on every deadline that has passed at ``now``.
+
+        In order: the close deadline (which ends everything), the hello safety
+        net (which may open the link), the auth gate (which may close it), then
+        the heartbeat, which runs only on an open link.
+        """
         if self.phase is Phase.CLOSED:
             return
-        if self._close_deadline is not None and now >= self._close_deadline:
-            self._close_deadline = None
-            code, reason = self._closing
-            self._closed(code, reason, False, self._closing_error)
+        closing = self._closing
+        if closing is not None:
+            if now >= closing.deadline:
+                self._closed(closing.code, closing.reason, False, closing.error)
             return
-        if self._hello_deadline is not None and now >= self._hello_deadline:
-            log.warning("no answer to tether:hello or its ping: extension off")
-            self._decide_extension(None, 0, now)
-        if self._auth_deadline is not None and now >= self._auth_deadline:
-            budget = self.config.auth_timeout
-            self._auth_trouble(TimeoutError(f"no token and auth-ok within {budget:g}s"), now)
-            if self.phase is not Phase.OPEN:
-                return
-        if self._refresh_at is not None and now >= self._refresh_at and not self._auth_busy:
-            self._refresh_at = None
-            if self.phase is Phase.OPEN:
-                self._request_token(now, True)
-        hb = self.config.heartbeat
-        if hb is None or self.phase is not Phase.OPEN:
+        self._rel.on_deadline(now)
+        self._settle(now)
+        verdict = self._auth.on_deadline(now, self.phase is not Phase.OPEN)
+        if verdict is not None:
+            self.close(verdict.code, verdict.reason, now, error=verdict.error)
             return
-        if self._pong_deadline is not None and now >= self._pong_deadline:
-            ping = self._ping
-            assert ping is not None
-            self._pong_deadline = None
-            self._ping = None
-            if self.messages_in > ping[2] or self.reading_paused:
-                # A whole message since the ping proves the peer alive; and while we
-                # hold reading back for a "block" consumer, the pong may sit unread.
-                self._ping_due = max(now, ping[1] + hb[0])
-            else:
-                log.warning("no pong within %.3fs: closing with 4000", hb[1])
-                self.close(*HEARTBEAT_CLOSE, now, grace=min(HEARTBEAT_CLOSE_GRACE, hb[1]))
-                self._closing_clean_ok = False
-                return
-        if self._ping is None and self._ping_due is not None and now >= self._ping_due:
-            ts = self._send_ping(now)
-            self._ping = (ts, now, self.messages_in)
-            self._pong_deadline = now + hb[1]
-            self._ping_due = None
+        if self.phase is Phase.OPEN and self._heartbeat.on_deadline(now, self.reading_paused):
+            hb = self.config.heartbeat
+            assert hb is not None
+            log.warning("no pong within %.3fs: closing with 4000", hb[1])
+            self.close(*HEARTBEAT_CLOSE, now, grace=min(HEARTBEAT_CLOSE_GRACE, hb[1]))
+            assert self._closing is not None
+            self._closing.clean = False  # the peer is presumed gone: no answer makes it clean
 
     # ------------------------------------------------------------ closing
 
@@ -1148,20 +643,15 @@ class Session:
         """Start the closing handshake: our close frame, then ``grace`` seconds for the peer's."""
         if self.phase in (Phase.CLOSING, Phase.CLOSED):
             return
-        self._send_frame(frames.OP_CLOSE, frames.encode_close_payload(code, reason))
+        self._output.frame(frames.OP_CLOSE, frames.encode_close_payload(code, reason))
         self._set_phase(Phase.CLOSING)
-        self._closing = (code, reason)
-        self._closing_error = error
-        self._close_deadline = now + max(0.0, grace)
-        self._auth_busy = False
-        self._auth_deadline = self._refresh_at = self._pong_deadline = None
-        # Only the close deadline is left (a pong arriving now schedules no ping).
-        self._hello_deadline = self._ping_due = self._ping = None
+        self._closing = _Closing(code, reason, error, now + max(0.0, grace))
 
     def fail(self, code: int, reason: str, now: float) -> None:
         """Fail the link (a protocol violation): close frame, short grace, unclean."""
         self.close(code, reason, now)
-        self._closing_clean_ok = False
+        if self._closing is not None:
+            self._closing.clean = False
 
     def abort(self, code: int, reason: str, error: Optional[BaseException] = None) -> None:
         """End now, without a handshake (the socket broke, or the loop gives up on it)."""
@@ -1178,50 +668,39 @@ class Session:
             code, reason = exc.close_code, str(exc)
             clean = False
             log.warning("protocol error: %s", exc)
-            self._events.append(Problem(exc))
-        if self.phase is Phase.CLOSING:
+            self._output.emit(Problem(exc))
+        closing = self._closing
+        if closing is not None:
             # The answer to our close frame: the closing handshake is complete.
-            mine = self._closing
-            self._closed(mine[0], mine[1], self._closing_clean_ok, self._closing_error)
+            self._closed(closing.code, closing.reason, closing.clean, closing.error)
             return
         # The server closes: echo its code (RFC 6455 §5.5.1), then end the link.
         echo = code if code not in (1005, 1006, 1015) else 1000
-        self._send_frame(frames.OP_CLOSE, frames.encode_close_payload(echo, ""))
+        self._output.frame(frames.OP_CLOSE, frames.encode_close_payload(echo, ""))
         log.info("server closed the connection: %d %s", code, reason)
         if code == 1009:
-            self._refuse_oversized()
+            # Fail the largest unconfirmed message, never resend it.
+            culprit = self._rel.refuse_largest()
+            if culprit is not None:
+                refusal = TetherError(
+                    f"the server refused a message of {len(culprit._data)} bytes"
+                    " as too big (close 1009)"
+                )
+                log.warning("%s", refusal)
+                self._output.emit(Refused([culprit], refusal))
         self._closed(code, reason, clean)
-
-    def _refuse_oversized(self) -> None:
-        """The server closed with 1009: fail the largest unconfirmed message, never resend it."""
-        candidates = [*self._unacked, *(i for _, items in self._barrier for i in items)]
-        if not candidates:
-            return
-        culprit = max(candidates, key=lambda i: len(i._data))
-        if len(culprit._data) < 1024:
-            return  # nothing big was in flight: not ours to blame
-        self._drop_tracked(culprit)
-        error = TetherError(
-            f"the server refused a message of {len(culprit._data)} bytes as too big (close 1009)"
-        )
-        log.warning("%s", error)
-        self._events.append(Refused([culprit], error))
 
     def _closed(
         self, code: int, reason: str, was_clean: bool, error: Optional[BaseException] = None
     ) -> None:
-        self.phase = Phase.CLOSED
-        self._close_deadline = self._auth_deadline = self._refresh_at = None
-        self._pong_deadline = self._ping_due = self._hello_deadline = None
-        self._auth_busy = False
-        self._events.append(Closed(code, reason, was_clean, error))
+        self._set_phase(Phase.CLOSED)
+        self._output.emit(Closed(code, reason, was_clean, error))
 
     # ------------------------------------------------------------ events out
 
     def events(self) -> List[Event]:
         """Take the events produced so far, in order."""
-        events, self._events = self._events, []
-        return events
+        return self._output.take()
 
 
 def _pong_text(ts: Any) -> str:
@@ -1248,109 +727,18 @@ def _pong_text(ts: Any) -> str:
         return '{"type":"tether:pong"}'
 
 
-def _describe(value: Any) -> str:
-    """A short, value-free description of what a field held (for error messages)."""
-    if value is None:
-        return "null"
-    if type(value) is bool:
-        return "a boolean"
-    if type(value) is int:
-        return str(value) if abs(value) < 10**20 else f"an integer of {value.bit_length()} bits"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return f"a string of {len(value)} characters"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _seq_problem(seq: Any, highest: int) -> str:
-    """What is wrong with an ack's ``seq`` or a ``hello-ok``'s ``acked`` (rule 12)."""
-    if type(seq) is not int:
-        return f"is {_describe(seq)}, not an integer"
-    if seq < 0:
-        return f"is {_describe(seq)}, below 0"
-    return f"is {_describe(seq)}, above the highest seq numbered ({highest})"
-
-
-def _id_problem(value: Any) -> Optional[str]:
-    """What is wrong with a session id or an epoch, or None (rule 12)."""
-    if not isinstance(value, str):
-        return f"is {_describe(value)}, not a string"
-    if not value:
-        return "is an empty string"
-    if len(value) > MAX_ID_LENGTH:
-        return f"is {_describe(value)}, more than {MAX_ID_LENGTH}"
-    return None
-
-
-def _hello_ok_problem(value: Dict[str, Any], highest: int, ours: str) -> Optional[str]:
-    """What is wrong with a ``tether:hello-ok``, or None if it can be believed (rule 12).
-
-    Its ``session`` must be the one the hello named: the ``acked`` of another
-    session's counter would resolve messages the server never accepted.
-    """
-    problem = _id_problem(value.get("session"))
-    if problem is not None:
-        return f"session {problem}"
-    if value["session"] != ours:
-        return "session is not the one the hello named"
-    features = value.get("features")
-    if type(features) is not list or not all(isinstance(f, str) for f in features):
-        return f"features is {_describe(features)}, not a list of strings"
-    acked = value.get("acked")
-    if type(acked) is not int or not 0 <= acked <= highest:
-        return f"acked {_seq_problem(acked, highest)}"
-    return None
-
-
-def _position_problem(offset: Any, epoch: Any) -> Optional[str]:
-    """What is wrong with an envelope's ``offset`` and ``epoch``, or None (rule 12).
-
-    The epoch may be absent (rule 9 reads that as an epoch of its own), never
-    anything but a string of 1 to 64 characters.
-    """
-    if type(offset) is not int or offset < 1:
-        return f"offset is {_describe(offset)}, not an integer >= 1"
-    if epoch is not None:
-        problem = _id_problem(epoch)
-        if problem is not None:
-            return f"epoch {problem}"
-    return None
-
-
-def _subscribed_problem(value: Dict[str, Any]) -> Optional[str]:
-    """What is wrong with a ``tether:subscribed``, or None (rules 9 and 12).
-
-    Its ``offset`` is the one the next envelope follows: 0 on a channel that
-    has published nothing yet, so it may be 0 where an envelope's may not.
-    """
-    if not isinstance(value.get("channel"), str):
-        return f"channel is {_describe(value.get('channel'))}, not a string"
-    if type(value.get("recovered")) is not bool:
-        return f"recovered is {_describe(value.get('recovered'))}, not a boolean"
-    problem = _id_problem(value.get("epoch"))
-    if problem is not None:
-        return f"epoch {problem}"
-    offset = value.get("offset")
-    if type(offset) is not int or offset < 0:
-        return f"offset is {_describe(offset)}, not an integer >= 0"
-    return None
-
-
-def _resend_order(item: Item) -> Tuple[int, int]:
-    # Numbered messages first, by seq (they went out first), then the rest in order.
-    return (0, item._seq) if item._seq > 0 else (1, 0)
-
-
 __all__ = [
     "ALLOWED",
+    "CLOSE_GRACE",
+    "FEATURES",
+    "HEARTBEAT_CLOSE",
+    "HEARTBEAT_CLOSE_GRACE",
+    "LARGE_MESSAGE",
+    "MAX_ID_LENGTH",
     "Acked",
     "AuthAccepted",
     "AuthTrouble",
+    "CloseLink",
     "Closed",
     "Continuity",
     "Event",
@@ -1365,5 +753,6 @@ __all__ = [
     "Session",
     "SessionConfig",
     "TokenNeeded",
+    "UniformRng",
     "Written",
 ]
