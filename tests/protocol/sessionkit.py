@@ -21,6 +21,7 @@ import struct
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from tether_sync.protocol import envelope, frames
+from tether_sync.protocol.events import Output
 from tether_sync.protocol.session import (
     Closed,
     Continuity,
@@ -29,6 +30,7 @@ from tether_sync.protocol.session import (
     Session,
     SessionConfig,
 )
+from tether_sync.protocol.writebuf import WriteBuffer
 
 T = TypeVar("T")
 
@@ -345,6 +347,29 @@ class Peer:
 
     def close_frames(self) -> List[Frame]:
         return [f for f in self.frames if f.opcode == frames.OP_CLOSE]
+
+
+class Wire:
+    """An :class:`Output` for one sub-machine tested alone, and what went through it."""
+
+    def __init__(self, tether: bool = True, seed: int = 0) -> None:
+        rnd = random.Random(seed)
+        self.output = Output(WriteBuffer(frames.MaskKeys(urandom=rnd.randbytes, batch=64)), tether)
+        self._parser = ClientFrames()
+
+    def frames(self) -> List[Frame]:
+        """The frames written since the last call (all of them taken by the "kernel")."""
+        buffer = self.output.buffer
+        out: List[Frame] = []
+        while buffer.size:
+            data = bytes(buffer.pending())
+            buffer.advance(len(data))
+            out.extend(self._parser.feed(data))
+        return out
+
+    def events(self) -> List[Event]:
+        """The events emitted since the last call."""
+        return self.output.take()
 
 
 def pong_for(frame: Frame) -> Optional[bytes]:

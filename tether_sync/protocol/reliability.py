@@ -195,8 +195,14 @@ class Reliability:
             self.decide(None)
 
     def stop(self) -> None:
-        """The link is closing: nothing is timed (the hello safety net goes)."""
+        """The link is closing: nothing is timed (the hello safety net goes).
+
+        The carried-over messages that were due stay unwritten (after our close
+        frame nothing else may go out): :meth:`take_unfinished` hands them back.
+        A hello reply that still arrives is believed (its ``acked`` resolves).
+        """
         self._hello_deadline = None
+        self.resend_due = False
 
     def on_lie(self) -> None:
         """The peer lied (rule 12): whatever it says next decides nothing."""
