@@ -153,7 +153,8 @@ class Session:
     Args:
         config: The options.
         continuity: State kept across connections (session id, ``seq``, offsets).
-        now: Monotonic seconds at the end of the handshake.
+        now: Monotonic seconds at the end of the handshake (nothing is timed
+            before :meth:`start`, which takes its own ``now``).
         wall_offset: ``wall - monotonic`` seconds, for ping timestamps and token
             expiry (wall-clock values), so the session needs one clock only.
         keys: Mask keys (drawn in bulk).
@@ -404,12 +405,9 @@ class Session:
         self._closed(1006, "connection closed without a close frame", False)
 
     def _on_message(self, opcode: int, payload: Any, now: float) -> None:
+        # What the hot loops leave: control frames, and (tether) binary frames.
         if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
-            if self.config.protocol == "raw":
-                self._delivered = True
-                self._received("default", payload)
-            else:
-                self._on_decoded(envelope.decode(payload), payload, now)
+            self._on_decoded(envelope.decode(payload), payload, now)
         elif opcode == frames.OP_PING:
             self._output.frame(frames.OP_PONG, payload)
         elif opcode == frames.OP_PONG:
@@ -476,6 +474,9 @@ class Session:
             events.append(Received([(channel, payload)]))
 
     def _on_pong(self, ts: Any, now: float) -> None:
+        # One ts sequence for every ping we send: the reliability part's (the
+        # hello's ping, negative barrier pings) are told apart from the
+        # heartbeat's by value, so the order of the checks does not matter.
         if isinstance(ts, (bytes, bytearray)):
             try:
                 ts = int(ts)
