@@ -159,6 +159,12 @@ class Session:
             expiry (wall-clock values), so the session needs one clock only.
         keys: Mask keys (drawn in bulk).
         rng: For full-jitter retries of a failed token refresh.
+
+    Attributes:
+        config: The options.
+        continuity: What outlives the link (shared with the loop).
+        phase: Where the link stands; changed only by ``_set_phase``.
+        reading_paused: Set by the loop (see ``__init__``).
     """
 
     def __init__(
