@@ -639,10 +639,11 @@ class ConnectCommand:
     - the client's dispatcher thread runs the ``_on_*`` event handlers, which
       print the news and set the flags the supervisor waits on.
 
-    Flags that one thread sets and another waits on are ``threading.Event`` s; the
-    few plain attributes shared between threads are written by one thread only
-    (named at each), single assignments that CPython makes atomic. Output goes
-    through :class:`_Printer`, whose lock keeps lines whole.
+    Flags that one thread sets and another waits on are ``threading.Event`` s. The
+    few plain attributes shared between threads are grouped below by the thread
+    that writes them; each write is one assignment (atomic in CPython), and a
+    reader needs only a recent value. Output goes through :class:`_Printer`, whose
+    lock keeps lines whole.
 
     Args:
         args: Parsed options (see :func:`add_arguments`).
@@ -684,9 +685,13 @@ class ConnectCommand:
         self._settled = threading.Event()  # the first connection opened, or the client gave up
         self._gave_up = threading.Event()  # the client reached state closed on its own
         self._queued_notice = threading.Event()  # "lines are queued" said in this offline episode
-        self._first_failure: Optional[str] = None  # why the first connection failed
+        # Why the first connection failed (or, from the main thread, that none opened
+        # within --wait: _await_first_connection).
+        self._first_failure: Optional[str] = None
         self._hints: Set[str] = set()  # hints given (each once)
-        self._last_inbound = time.monotonic()  # when the last message arrived
+        # When the last message arrived (the main thread moves it forward once, when
+        # the wait for replies begins: see _await_replies).
+        self._last_inbound = time.monotonic()
 
         # Set by the thread that runs get_token() (the client's token thread): the
         # last --token-cmd failure in the command's own words (the client's AuthError
