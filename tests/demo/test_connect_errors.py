@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
+from support.listener import Listener
 
 from .conftest import REPO
 
@@ -239,18 +240,8 @@ class _ConnectProxy:
     def __init__(self) -> None:
         self.tunnels: List[str] = []
         self.auth: List[str] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+        self._listener = Listener(self._tunnel, threaded=True, name="connect-proxy")
+        self.port = self._listener.port
 
     def _tunnel(self, client: socket.socket) -> None:
         with client:

@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Iterator, List
 
 import pytest
+from support.listener import Listener
 from support.raw_server import _read_frame, accept_handshake, server_frame
 from support.recorder import Recorder, client_threads
 
@@ -53,35 +54,15 @@ class StallPeer:
         self.stalls = Recorder()
         self.heard = threading.Event()  # the first bytes of a client arrived
         self._stop = threading.Event()
-        self._threads: List[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/"
-        self._spawn(self._serve)
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
+        self._listener = Listener(self._handle, threaded=True, name="staller")
+        self.url = self._listener.url
 
     def close(self) -> None:
         self._stop.set()
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
-        for thread in self._threads:
-            thread.join(5)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self._spawn(self._handle, conn, time.monotonic())
-
-    def _handle(self, conn: socket.socket, accepted: float) -> None:
+    def _handle(self, conn: socket.socket) -> None:
+        accepted = time.monotonic()
         with conn:
             try:
                 if self.mode != "no-http":

@@ -92,6 +92,8 @@ def test_a_timeout_at_or_above_the_interval_detects_a_blackholed_server(
 class TricklingPeer(ScriptedPeer):
     """After each handshake: the header of a 1 MB binary frame, then one byte per 0.1 s."""
 
+    threaded = True
+
     def __init__(self) -> None:
         self.done = threading.Event()
         self.connections = 0
@@ -101,25 +103,15 @@ class TricklingPeer(ScriptedPeer):
         self.done.set()
         super().close()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
+    def _talk(self, conn: socket.socket) -> None:
+        with self._cond:
             self.connections += 1
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
-
-    def _trickle(self, conn: socket.socket) -> None:
         with conn:
-            try:
-                conn.settimeout(10)
-                self._handshake(conn)
-                conn.sendall(b"\x82\x7f" + (10**6).to_bytes(8, "big"))
-                while not self.done.wait(0.1):  # the server's pace, not a test wait
-                    conn.sendall(b"x")
-            except OSError:
-                return
+            conn.settimeout(10)
+            self._handshake(conn)
+            conn.sendall(b"\x82\x7f" + (10**6).to_bytes(8, "big"))
+            while not self.done.wait(0.1):  # the server's pace, not a test wait
+                conn.sendall(b"x")
 
 
 @pytest.mark.timeout(30)

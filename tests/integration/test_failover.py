@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 import socket
-import threading
 from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
+from support.listener import Listener
 from support.recorder import Recorder
 
 from tether_sync import (
@@ -45,27 +45,15 @@ class Slammer:
     def __init__(self, name: str, log: Recorder) -> None:
         self.name = name
         self._log = log
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/"
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self._listener = Listener(self._slam, name=f"slammer-{name}")
+        self.url = self._listener.url
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self._log(self.name)
-            conn.close()
+    def _slam(self, conn: socket.socket) -> None:
+        self._log(self.name)
+        conn.close()
 
     def close(self) -> None:
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
-        self._thread.join(5)
 
 
 @pytest.fixture

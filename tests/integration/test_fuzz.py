@@ -155,6 +155,8 @@ def random_frame(rnd: random.Random) -> Tuple[bytes, bool]:
 class FuzzServer(ScriptedPeer):
     """Fuzzes each connection until ``TOTAL_FRAMES`` went out, then echoes like a Tether server."""
 
+    threaded = True
+
     def __init__(self, total: int, seed: int) -> None:
         self.total = total
         self.sent = 0
@@ -169,16 +171,9 @@ class FuzzServer(ScriptedPeer):
         self.stop.set()
         super().close()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
+    def _talk(self, conn: socket.socket) -> None:
+        with self._cond:
             self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
         lock = threading.Lock()
 
         def send(data: bytes) -> None:
@@ -186,19 +181,16 @@ class FuzzServer(ScriptedPeer):
                 conn.sendall(data)
 
         with conn:
-            try:
-                conn.settimeout(10)
-                self._handshake(conn)
-                echo = self.sent >= self.total
-                if echo:
-                    self.echo_connection.set()
-                reader = threading.Thread(target=self._read, args=(conn, send, echo), daemon=True)
-                reader.start()
-                if not echo:
-                    self._fuzz(send, conn)
-                reader.join(10)
-            except OSError:
-                return
+            conn.settimeout(10)
+            self._handshake(conn)
+            echo = self.sent >= self.total
+            if echo:
+                self.echo_connection.set()
+            reader = threading.Thread(target=self._read, args=(conn, send, echo), daemon=True)
+            reader.start()
+            if not echo:
+                self._fuzz(send, conn)
+            reader.join(10)
 
     def _fuzz(self, send: Callable[[bytes], None], conn: socket.socket) -> None:
         rnd = self.rnd

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
+from support.listener import Listener
 from support.raw_server import _read_frame, accept_handshake, server_frame
 from support.recorder import Recorder, eventually
 from support.serve_process import ServeProcess
@@ -302,48 +303,38 @@ class _HalfCloser:
         self.payloads: List[bytes] = []
         self.connections = 0
         self._cond = threading.Condition()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/"
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._listener = Listener(self._talk, name="half-closer")
+        self.url = self._listener.url
 
     def wait(self, n: int, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: len(self.payloads) >= n, timeout)
 
     def close(self) -> None:
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
 
-    def _serve(self) -> None:
-        while True:
+    def _talk(self, conn: socket.socket) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        with conn:
+            conn.settimeout(20)
+            accept_handshake(conn)
+            seen = 0
             try:
-                conn, _ = self._listener.accept()
+                while True:
+                    frame = _read_frame(conn)
+                    if frame is None or frame[0] == 8:
+                        if frame is not None:
+                            conn.sendall(server_frame(8, frame[1][:2]))
+                        break
+                    with self._cond:
+                        self.payloads.append(frame[1])
+                        self._cond.notify_all()
+                    seen += 1
+                    if first and seen == self.cut:
+                        conn.shutdown(socket.SHUT_WR)  # FIN, but keep reading
             except OSError:
-                return
-            self.connections += 1
-            first = self.connections == 1
-            with conn:
-                conn.settimeout(20)
-                accept_handshake(conn)
-                seen = 0
-                try:
-                    while True:
-                        frame = _read_frame(conn)
-                        if frame is None or frame[0] == 8:
-                            if frame is not None:
-                                conn.sendall(server_frame(8, frame[1][:2]))
-                            break
-                        with self._cond:
-                            self.payloads.append(frame[1])
-                            self._cond.notify_all()
-                        seen += 1
-                        if first and seen == self.cut:
-                            conn.shutdown(socket.SHUT_WR)  # FIN, but keep reading
-                except OSError:
-                    pass
+                pass
 
 
 @pytest.mark.timeout(60)

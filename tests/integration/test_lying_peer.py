@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
+from support.listener import Listener
 from support.raw_server import _read_frame, accept_handshake, server_frame
 from support.recorder import Recorder
 
@@ -114,39 +115,24 @@ class Liar:
         self.accepted: List[Any] = []
         self.failure: Optional[BaseException] = None
         self._cond = threading.Condition()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        port = self._listener.getsockname()[1]
+        self._count = 0  # connections so far, numbered under _cond
+        self._listener = Listener(self._talk, threaded=True, name="liar")
+        port = self._listener.port
         # Two spellings of one endpoint: the client takes them in turn.
         self.urls = [f"ws://127.0.0.1:{port}/first", f"ws://127.0.0.1:{port}/second"]
-        self._threads: List[threading.Thread] = []
-        self._accepting = threading.Thread(target=self._serve, name="liar", daemon=True)
-        self._accepting.start()
 
     def wait_closes(self, n: int, timeout: float = 20.0) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: len(self.close_codes) >= n, timeout)
 
     def close(self) -> None:
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
-        self._accepting.join(5)
-        for thread in self._threads:
-            thread.join(5)
 
-    def _serve(self) -> None:
-        n = 0
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            n += 1
-            thread = threading.Thread(target=self._connection, args=(conn, n), daemon=True)
-            self._threads.append(thread)
-            thread.start()
+    def _talk(self, conn: socket.socket) -> None:
+        with self._cond:
+            self._count += 1
+            n = self._count
+        self._connection(conn, n)
 
     def _connection(self, conn: socket.socket, n: int) -> None:
         with conn:
@@ -314,11 +300,9 @@ def test_a_node_that_lost_its_position_raises_recovery_and_the_client_follows(
     # Rule 13, over a real socket: a second tether:subscribed while subscribed.
     # recovered false: a `recovery` event, and the new position is taken (10 is
     # old, 11 new); recovered true: its replay follows, without duplicates.
-    listener = socket.create_server(("127.0.0.1", 0))
     done = threading.Event()
 
-    def serve() -> None:
-        conn, _ = listener.accept()
+    def serve(conn: socket.socket) -> None:
         with conn:
             conn.settimeout(20)
             accept_handshake(conn)
@@ -337,11 +321,9 @@ def test_a_node_that_lost_its_position_raises_recovery_and_the_client_follows(
             conn.sendall(b"".join(_text(m) for m in script))
             done.wait(20)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    listener = Listener(serve, name="lost-position")
     try:
-        url = f"ws://127.0.0.1:{listener.getsockname()[1]}/"
-        client = make_client(url)
+        client = make_client(listener.url)
         recoveries = Recorder()
         client.on("recovery", recoveries)
         errors = Recorder()
@@ -361,4 +343,3 @@ def test_a_node_that_lost_its_position_raises_recovery_and_the_client_follows(
     finally:
         done.set()
         listener.close()
-        thread.join(5)

@@ -427,48 +427,36 @@ def test_connect_wait_returns_against_a_server_that_closes_at_once(
     """
     import socket
     import struct
-    import threading
 
+    from support.listener import Listener
     from support.raw_server import accept_value, read_request, server_frame
 
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(20)
-    port = listener.getsockname()[1]
     accepted = Recorder()
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                request = read_request(conn)
-                key = next(
-                    line.split(b":", 1)[1].strip()
-                    for line in request.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key:")
-                )
-                conn.sendall(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                    + accept_value(key)
-                    + b"\r\n\r\n"
-                    + server_frame(0x8, struct.pack("!H", 1001))  # close, in the same write
-                )
-                accepted(1)
+    def close_at_once(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            request = read_request(conn)
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in request.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            )
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                + accept_value(key)
+                + b"\r\n\r\n"
+                + server_frame(0x8, struct.pack("!H", 1001))  # close, in the same write
+            )
+            accepted(1)
 
-    thread = threading.Thread(target=serve, name="closer", daemon=True)
-    thread.start()
+    listener = Listener(close_at_once, name="closer")
     try:
         for _ in range(3):
-            client = make_client(f"ws://127.0.0.1:{port}/", protocol="raw")
+            client = make_client(listener.url, protocol="raw")
             client.connect(wait=True, timeout=10)  # must not raise ConnectTimeout
             client.close(timeout=5)
         assert len(accepted.snapshot()) >= 3
     finally:
-        stop.set()
         listener.close()
-        thread.join(10)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 import pytest
+from support.listener import Listener
 from support.raw_server import MutePeer
 from support.serve_process import ServeProcess
 
@@ -178,30 +179,19 @@ class _HandshakeCatcher:
     """Accepts TCP connections and keeps the bytes of each request's head."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.requests: List[bytes] = []
         self.connected = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._listener = Listener(self._catch, name="handshake-catcher")
+        self.port = self._listener.port
 
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connected.set()
-            with conn:
-                conn.settimeout(2)
-                try:
-                    self.requests.append(conn.recv(65536))
-                except OSError:
-                    pass
+    def _catch(self, conn: socket.socket) -> None:
+        self.connected.set()
+        with conn:
+            conn.settimeout(2)
+            self.requests.append(conn.recv(65536))
 
     def close(self) -> None:
-        self.sock.close()
-        self._thread.join(5)
+        self._listener.close()
 
 
 @pytest.mark.timeout(30)

@@ -10,6 +10,8 @@ import socket
 import threading
 from typing import List, Tuple
 
+from .listener import Listener
+
 
 class CountingProxy:
     """Relays every connection to ``(host, port)``; counts bytes each way.
@@ -27,10 +29,8 @@ class CountingProxy:
         self.down = 0
         self._socks: List[socket.socket] = []
         self._threads: List[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}{path}"
-        self._accepter = threading.Thread(target=self._accept, name="count-proxy", daemon=True)
-        self._accepter.start()
+        self._listener = Listener(self._relay, name="count-proxy")
+        self.url = f"ws://127.0.0.1:{self._listener.port}{path}"
 
     def counts(self) -> Tuple[int, int]:
         """``(up, down)`` so far."""
@@ -38,11 +38,7 @@ class CountingProxy:
             return self.up, self.down
 
     def close(self) -> None:
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
+        self._listener.close()  # shuts down and closes the client sides too
         with self._lock:
             socks = list(self._socks)
         for sock in socks:
@@ -50,32 +46,27 @@ class CountingProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self._accepter.join(5)
         for thread in list(self._threads):
             thread.join(5)
         for sock in socks:
             sock.close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self._target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            with self._lock:
-                self._socks += [client, server]
-            for src, dst, up in ((client, server, True), (server, client, False)):
-                thread = threading.Thread(
-                    target=self._pump, args=(src, dst, up), name="count-pump", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
+    def _relay(self, client: socket.socket) -> None:
+        """Connect to the target for ``client``; one pump thread each way."""
+        try:
+            server = socket.create_connection(self._target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        server.settimeout(None)
+        with self._lock:
+            self._socks += [client, server]
+        for src, dst, up in ((client, server, True), (server, client, False)):
+            thread = threading.Thread(
+                target=self._pump, args=(src, dst, up), name="count-pump", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         while True:

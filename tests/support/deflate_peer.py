@@ -11,6 +11,7 @@ import threading
 import zlib
 from typing import List, Optional, Sequence, Tuple
 
+from .listener import Listener
 from .raw_server import _read_frame, accept_value, read_request, server_frame
 
 GiB = 2**30
@@ -55,12 +56,10 @@ class DeflatePeer:
         self.offers: List[Optional[str]] = []
         self.replies: List[Tuple[int, bytes]] = []
         self._cond = threading.Condition()  # guards the lists
-        self._conns: List[socket.socket] = []
-        self._threads: List[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/"
-        self._thread = threading.Thread(target=self._serve, name="deflate-peer", daemon=True)
-        self._thread.start()
+        # One thread per connection: a client that keeps its connection open
+        # must not hold up the next one's handshake.
+        self._listener = Listener(self._talk, threaded=True, name="deflate-peer")
+        self.url = self._listener.url
 
     @property
     def handshakes(self) -> int:
@@ -74,45 +73,14 @@ class DeflatePeer:
             )
 
     def close(self) -> None:
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
-        self._thread.join(5)
-        with self._cond:
-            conns, threads = list(self._conns), list(self._threads)
-        for conn in conns:  # wake the connection threads blocked in recv()
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(5)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            # One thread per connection: a client that keeps its connection open
-            # must not hold up the next one's handshake.
-            thread = threading.Thread(target=self._talk, args=(conn,), daemon=True)
-            with self._cond:
-                self._conns.append(conn)
-                self._threads.append(thread)
-            thread.start()
 
     def _talk(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(10)
-            try:
-                n = self._handshake(conn)
-                conn.sendall(self.scripts[min(n, len(self.scripts) - 1)])
-                reply = _read_frame(conn)
-            except OSError:
-                return
+            n = self._handshake(conn)
+            conn.sendall(self.scripts[min(n, len(self.scripts) - 1)])
+            reply = _read_frame(conn)
             if reply is not None:
                 with self._cond:
                     self.replies.append(reply)

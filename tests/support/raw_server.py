@@ -15,58 +15,51 @@ from typing import List, Optional, Tuple
 
 from tether_sync.protocol.frames import mask_payload
 
+from .listener import Listener
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 
 class ScriptedPeer:
     """Accepts connections; sends ``script`` after each handshake.
 
+    Connections are served one after the other; a subclass that keeps each
+    connection open sets ``threaded = True`` and overrides :meth:`_talk`.
+
     Attributes:
         replies: ``(opcode, payload)`` of the first frame each client sent back.
         handshakes: How many handshakes completed.
     """
+
+    threaded = False
+    """Serve each connection on a thread of its own (see :class:`Listener`)."""
 
     def __init__(self, script: bytes) -> None:
         self.script = script
         self.replies: List[Tuple[int, bytes]] = []
         self.handshakes = 0
         self._cond = threading.Condition()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self._listener.getsockname()[1]}/"
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self._listener = Listener(self._talk, threaded=self.threaded, name="scripted-peer")
+        self.url = self._listener.url
 
     def wait_replies(self, n: int, timeout: float = 10.0) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: len(self.replies) >= n, timeout)
 
     def close(self) -> None:
-        # shutdown() wakes a thread blocked in accept(); close() alone does not.
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
-        self._thread.join(5)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(10)
-                try:
-                    self._handshake(conn)
-                    conn.sendall(self.script)
-                    reply = _read_frame(conn)
-                except OSError:
-                    continue
-                if reply is not None:
-                    with self._cond:
-                        self.replies.append(reply)
-                        self._cond.notify_all()
+    def _talk(self, conn: socket.socket) -> None:
+        """Handshake, send the script, record the first frame that comes back."""
+        with conn:
+            conn.settimeout(10)
+            self._handshake(conn)
+            conn.sendall(self.script)
+            reply = _read_frame(conn)
+        if reply is not None:
+            with self._cond:
+                self.replies.append(reply)
+                self._cond.notify_all()
 
     def _handshake(self, conn: socket.socket) -> None:
         accept_handshake(conn)
@@ -159,35 +152,16 @@ class MutePeer:
     """
 
     def __init__(self, upgrade: bool = True) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"ws://127.0.0.1:{self.port}/"
         self.upgrade = upgrade
-        self.conns: List[socket.socket] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._listener = Listener(self._greet, name="mute-peer")
+        self.port = self._listener.port
+        self.url = self._listener.url
 
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            if self.upgrade:
-                conn.settimeout(10)
-                try:
-                    accept_handshake(conn)
-                except OSError:
-                    pass
+    def _greet(self, conn: socket.socket) -> None:
+        # The connection stays open: the listener closes it in close().
+        if self.upgrade:
+            conn.settimeout(10)
+            accept_handshake(conn)
 
     def close(self) -> None:
-        # shutdown() wakes a thread blocked in accept(); close() alone does not.
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        self._thread.join(5)
-        for conn in self.conns:
-            conn.close()
+        self._listener.close()

@@ -25,6 +25,15 @@ host, an HTTP answer, a refused subprotocol or TLS certificate, a failing
 ``--token-cmd``) ends the command at once with exit status 1 and one line that
 says why; ``--retry`` keeps trying instead. Once a connection was open, a lost
 link is always retried (``--max-attempts`` bounds it).
+
+What this module owns, top to bottom: the command's options (:func:`add_arguments`
+and the argparse types that validate each value, so that a bad value is a usage
+error, exit 2, before anything connects); :func:`token_command` (``--token-cmd``);
+the output (:class:`_Printer`: messages on stdout, news on stderr or as JSON);
+the count of delivered lines (:class:`_Ledger`); and the run itself
+(:class:`ConnectCommand`: build the client, read stdin, wait, shut down). The
+parser and the other sub-commands are in ``cli/__init__.py``. The library is
+imported when the command runs, not when the parser is built.
 """
 
 from __future__ import annotations
@@ -39,13 +48,24 @@ import subprocess
 import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import IO, TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
+    from ..client import TetherClient
     from ..delivery import Delivery
+    from ..events import (
+        AuthRefreshedEvent,
+        CloseEvent,
+        ErrorEvent,
+        MessageEvent,
+        OpenEvent,
+        QueuedEvent,
+        ReconnectingEvent,
+        StateChangeEvent,
+    )
 
-__all__ = ["add_arguments", "connect_main", "token_command"]
+__all__ = ["ConnectCommand", "add_arguments", "connect_main", "token_command"]
 
 QUEUE = {"max_size": 1000, "overflow": "block"}
 """The outbound queue of ``connect``: lossless for piped input (``send()`` waits for room)."""
@@ -605,242 +625,284 @@ def _is_own_protocol(payload: Any) -> bool:
     )
 
 
-def connect_main(
-    args: argparse.Namespace,
-    stdin: Optional[IO[str]] = None,
-    stdout: Optional[IO[str]] = None,
-    stderr: Optional[IO[str]] = None,
-) -> int:
-    """Run ``tether-sync connect`` with parsed ``args`` (see :func:`add_arguments`).
+class ConnectCommand:
+    """One run of ``tether-sync connect``: a client, a stdin reader and a supervisor.
 
-    Returns:
-        The exit code: 0 after EOF with every line delivered; 1 if the first
-        connection failed (without ``--retry``), any line was not delivered, the
-        input stalled on a full queue for ``--wait`` seconds, or the client gave
-        up (auth refused, ``--max-attempts`` reached, bad options); 130 on Ctrl-C.
+    Three threads take part, each through its own methods:
+
+    - the main thread runs :meth:`run`: it builds the client (:meth:`_build_client`),
+      starts the reader, then supervises (:meth:`_supervise`): it counts finished
+      deliveries, prints round trips, notices an input stalled on a full queue or a
+      client that gave up, and after EOF waits for delivery and for the replies;
+      the shutdown (:meth:`_finish`, :meth:`_give_up`) runs here too;
+    - the reader thread (:meth:`_read_stdin`) sends every line read from stdin;
+    - the client's dispatcher thread runs the ``_on_*`` event handlers, which
+      print the news and set the flags the supervisor waits on.
+
+    Flags that one thread sets and another waits on are ``threading.Event`` s. The
+    few plain attributes shared between threads are grouped below by the thread
+    that writes them; each write is one assignment (atomic in CPython), and a
+    reader needs only a recent value. Output goes through :class:`_Printer`, whose
+    lock keeps lines whole.
+
+    Args:
+        args: Parsed options (see :func:`add_arguments`).
+        stdin: Where lines come from (default ``sys.stdin``).
+        stdout: Where messages go (default ``sys.stdout``).
+        stderr: Where status lines go (default ``sys.stderr``).
     """
-    from ..client import TetherClient
-    from ..events import (
-        AuthRefreshedEvent,
-        CloseEvent,
-        ErrorEvent,
-        MessageEvent,
-        OpenEvent,
-        QueuedEvent,
-        ReconnectingEvent,
-        StateChangeEvent,
-    )
-    from ..exceptions import AuthError, ClientClosed, ServerError, TetherError
 
-    stdin = sys.stdin if stdin is None else stdin
-    err = sys.stderr if stderr is None else stderr
-    printer = _Printer(
-        sys.stdout if stdout is None else stdout,
-        err,
-        args.json_output,
-        args.quiet,
-        use_color(err, args.no_color),
-        channels=not args.raw,
-    )
-    _configure_logging(args.verbose, err)
-    if args.insecure:
-        printer.news("warning", INSECURE_WARNING, always=True)
-    options = _client_options(args)
-    # The last --token-cmd failure, in the command's own words (the client's AuthError
-    # says only that get_token() failed: it never repeats what a token source raised).
-    token_failure: List[Optional[str]] = [None]
-
-    def on_token_failure(text: str) -> None:
-        token_failure[0] = text
-
-    try:
-        client = TetherClient(
-            args.url,
-            protocol="raw" if args.raw else "tether",
-            auth=token_command(args.token_cmd, on_failure=on_token_failure)
-            if args.token_cmd
-            else None,
-            reconnect={"max_attempts": args.max_attempts},
-            queue=dict(QUEUE),
-            # An interactive client must not lose what it prints: a full buffer
-            # stops reading, and TCP makes the server wait.
-            backpressure={"inbound_buffer_size": 1000, "inbound_overflow": "block"},
-            exit_flush_timeout=0,
-            **options,
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        stdin: Optional[IO[str]] = None,
+        stdout: Optional[IO[str]] = None,
+        stderr: Optional[IO[str]] = None,
+    ) -> None:
+        self.args = args
+        self._stdin = sys.stdin if stdin is None else stdin
+        self._err = sys.stderr if stderr is None else stderr
+        self._printer = _Printer(
+            sys.stdout if stdout is None else stdout,
+            self._err,
+            args.json_output,
+            args.quiet,
+            use_color(self._err, args.no_color),
+            channels=not args.raw,
         )
-    except TypeError as exc:
-        if "compression" in options and "compression" in str(exc):
-            print(
-                "tether-sync connect: --compression deflate is not supported by this "
-                "version of tether_sync",
-                file=err,
+        self._interactive = bool(getattr(self._stdin, "isatty", lambda: False)())
+        self._ledger = _Ledger()
+        self._client: Optional[TetherClient] = None
+        self._reader: Optional[threading.Thread] = None
+
+        # Set by the reader thread.
+        self._reader_done = threading.Event()  # EOF on stdin (or the reader stopped)
+        self._eof = threading.Event()  # the input was read to its end
+        self._blocked_since: Optional[float] = None  # when the pending send() began
+
+        # Set by the event handlers (the dispatcher thread).
+        self._opened = threading.Event()  # a connection was open at least once
+        self._settled = threading.Event()  # the first connection opened, or the client gave up
+        self._gave_up = threading.Event()  # the client reached state closed on its own
+        self._queued_notice = threading.Event()  # "lines are queued" said in this offline episode
+        # Why the first connection failed (or, from the main thread, that none opened
+        # within --wait: _await_first_connection).
+        self._first_failure: Optional[str] = None
+        self._hints: Set[str] = set()  # hints given (each once)
+        # When the last message arrived (the main thread moves it forward once, when
+        # the wait for replies begins: see _await_replies).
+        self._last_inbound = time.monotonic()
+
+        # Set by the thread that runs get_token() (the client's token thread): the
+        # last --token-cmd failure in the command's own words (the client's AuthError
+        # says only that get_token() failed: it never repeats what a token source raised).
+        self._token_failure: Optional[str] = None
+
+        # Set by the main thread.
+        self._stopping = threading.Event()  # we are closing: the reader stops
+        self._last_rtt: Optional[float] = None  # the round trip printed last
+
+    # ------------------------------------------------------------------ the main thread
+
+    def run(self) -> int:
+        """Connect, send stdin, print what arrives; the exit code (see :func:`connect_main`)."""
+        _configure_logging(self.args.verbose, self._err)
+        if self.args.insecure:
+            self._printer.news("warning", INSECURE_WARNING, always=True)
+        client = self._build_client()
+        if client is None:
+            return 1
+        self._client = client
+        self._watch(client)
+        client.connect()
+        self._reader = threading.Thread(
+            target=self._read_stdin, name="tether-connect-stdin", daemon=True
+        )
+        self._reader.start()
+        try:
+            return self._supervise()
+        except KeyboardInterrupt:
+            return self._finish(130, 1.0)
+
+    def _build_client(self) -> Optional[TetherClient]:
+        """The client the options describe, or None (the reason printed) if they are refused."""
+        from ..client import TetherClient
+
+        args = self.args
+        options = _client_options(args)
+        try:
+            return TetherClient(
+                args.url,
+                protocol="raw" if args.raw else "tether",
+                auth=token_command(args.token_cmd, on_failure=self._on_token_failure)
+                if args.token_cmd
+                else None,
+                reconnect={"max_attempts": args.max_attempts},
+                queue=dict(QUEUE),
+                # An interactive client must not lose what it prints: a full buffer
+                # stops reading, and TCP makes the server wait.
+                backpressure={"inbound_buffer_size": 1000, "inbound_overflow": "block"},
+                exit_flush_timeout=0,
+                **options,
+            )
+        except TypeError as exc:
+            if "compression" in options and "compression" in str(exc):
+                print(
+                    "tether-sync connect: --compression deflate is not supported by this "
+                    "version of tether_sync",
+                    file=self._err,
+                )
+            else:
+                print(f"tether-sync connect: {exc}", file=self._err)
+            return None
+        except ValueError as exc:
+            print(f"tether-sync connect: {exc}", file=self._err)
+            return None
+
+    def _watch(self, client: TetherClient) -> None:
+        """Route the client's events to the ``_on_*`` handlers; subscribe to the channel."""
+        client.on("message", self._on_message)
+        client.on("open", self._on_open)
+        client.on("close", self._on_close)
+        client.on("reconnecting", self._on_reconnecting)
+        client.on("queued", self._on_queued)
+        client.on("auth_refreshed", self._on_auth)
+        client.on("error", self._on_error)
+        client.on("state_change", self._on_state)
+        if not self.args.raw:
+            # Announce the channel so that the server's broadcasts on it reach us; the
+            # message handler prints them (in arrival order with everything else).
+            client.subscribe(self.args.channel, lambda payload: None)
+
+    def _supervise(self) -> int:
+        """From the start of input to the exit code: the order of the waits after EOF."""
+        if not self._watch_input():
+            return self._stalled()
+        if self._gave_up.is_set():
+            return self._give_up()
+        # One budget of --wait for everything after EOF, bar the first connection.
+        deadline = time.monotonic() + self.args.wait
+        if not self._await_first_connection():
+            return self._give_up()
+        if not self._flush(deadline):
+            return self._give_up()
+        self._await_replies(deadline)
+        if self.args.linger > 0:
+            self._gave_up.wait(self.args.linger)
+        return self._finish(0, max(1.0, deadline - time.monotonic()))
+
+    def _watch_input(self) -> bool:
+        """Wait while the reader reads; False if a ``send()`` waited for room over ``--wait``.
+
+        Returns True at EOF, when the reader stopped, or when the client gave up.
+        """
+        # A timed wait keeps the main thread responsive to Ctrl-C everywhere.
+        while not self._reader_done.wait(0.2):
+            self._ledger.prune()
+            if self.args.show_rtt:
+                self._show_rtt()
+            if self._gave_up.is_set():
+                break
+            since = self._blocked_since
+            if since is not None and time.monotonic() - since > self.args.wait:
+                return False
+        return True
+
+    def _show_rtt(self) -> None:
+        assert self._client is not None
+        rtt = self._client.stats().last_rtt
+        if rtt is not None and rtt != self._last_rtt:
+            self._last_rtt = rtt
+            self._printer.news("rtt", f"round trip {rtt * 1000:.2f} ms", rtt=rtt)
+
+    def _await_first_connection(self) -> bool:
+        """Whether a connection was open, waiting up to ``--wait`` for the first one.
+
+        Even with nothing to send, the end of input is no success before a
+        connection opened: wait for the first one to open or fail.
+        """
+        if self._opened.is_set():
+            return True
+        self._settled.wait(self.args.wait)
+        if self._opened.is_set():
+            return True
+        if not self._gave_up.is_set() and self._first_failure is None:
+            self._first_failure = f"no connection within {self.args.wait:g}s"
+        return False
+
+    def _flush(self, deadline: float) -> bool:
+        """Wait until every line left or ``deadline``; False if the client gave up meanwhile."""
+        assert self._client is not None
+        # Flush in slices, so that a client that gives up meanwhile ends the wait.
+        while not self._gave_up.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._client.flush(timeout=min(0.2, remaining)):
+                break
+        return not self._gave_up.is_set()
+
+    def _await_replies(self, deadline: float) -> None:
+        """Keep printing until inbound was quiet for ``QUIET`` seconds (or ``deadline``).
+
+        Replies to the last lines may still be on their way (an echo server answers
+        each line). The quiet is counted from the flush at the earliest: a reply
+        cannot come before its line left.
+        """
+        self._last_inbound = max(self._last_inbound, time.monotonic())
+        while not self._gave_up.is_set():
+            quiet_for = time.monotonic() - self._last_inbound
+            wait = min(QUIET - quiet_for, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            self._gave_up.wait(wait)
+
+    # ------------------------------------------------------------------ the shutdown
+
+    def _stalled(self) -> int:
+        """The input waited for room over ``--wait``: say so, close, exit 1."""
+        self._printer.news(
+            "stalled",
+            f"no room in the queue for {self.args.wait:g}s (the server is not taking "
+            "messages): giving up",
+            always=True,
+            seconds=self.args.wait,
+        )
+        return self._finish(1, 1.0)
+
+    def _give_up(self) -> int:
+        """The client gave up (or never connected): say why, close, exit 1."""
+        if self._first_failure is not None and not self._opened.is_set():
+            self._printer.news(
+                "closed",
+                f"cannot connect to {self.args.url}: {self._first_failure}",
+                always=True,
+                error=self._first_failure,
             )
         else:
-            print(f"tether-sync connect: {exc}", file=err)
-        return 1
-    except ValueError as exc:
-        print(f"tether-sync connect: {exc}", file=err)
-        return 1
+            self._printer.news("closed", "the client gave up (see the errors above)", always=True)
+        return self._finish(1, 1.0)
 
-    ledger = _Ledger()
-    reader_done = threading.Event()  # EOF on stdin (or the reader stopped)
-    eof = threading.Event()  # the input was read to its end
-    gave_up = threading.Event()  # the client reached state closed on its own
-    stopping = threading.Event()  # we are closing: the reader stops
-    blocked_since: List[Optional[float]] = [None]  # when the pending send() began
+    def _finish(self, code: int, close_timeout: float) -> int:
+        """Close the client, stop the reader, print the summary; the exit code.
 
-    opened = threading.Event()  # a connection was open at least once
-    settled = threading.Event()  # the first connection opened, or the client gave up
-    first_failure: List[Optional[str]] = [None]  # why the first connection failed
-    hints: set[str] = set()  # hints given (each once)
-    queued_notice = threading.Event()  # "lines are queued" said in this offline episode
-    interactive = bool(getattr(stdin, "isatty", lambda: False)())
-
-    last_inbound = [time.monotonic()]
-
-    def hint(key: str, text: str) -> None:
-        if key not in hints:
-            hints.add(key)
-            printer.news("hint", text, hint=key)
-
-    def reason(error: Optional[BaseException]) -> str:
-        if isinstance(error, AuthError) and token_failure[0]:
-            return f"--token-cmd {token_failure[0]}"
-        if error is None:
-            return "unknown reason"
-        return describe(error, args.subprotocols)
-
-    def on_message(event: MessageEvent) -> None:
-        last_inbound[0] = time.monotonic()
-        if not args.raw and event.channel is None and _is_own_protocol(event.payload):
-            hint(
-                "raw",
-                "the server sent our own Tether protocol message back: it does not speak "
-                "the Tether protocol (an echo server?); use --raw for plain WebSocket",
-            )
-        printer.message(event.channel, event.payload)
-
-    def on_open(event: OpenEvent) -> None:
-        opened.set()
-        settled.set()
-        queued_notice.clear()
-        printer.news("open", f"connected to {event.url}", url=event.url)
-
-    def on_queued(event: QueuedEvent) -> None:
-        if not opened.is_set():
-            return  # still connecting for the first time: not news
-        if interactive:
-            depth = client.queue_depth
-            printer.news(
-                "queued",
-                f"not connected: queued ({depth} waiting), sent once connected",
-                depth=depth,
-            )
-        elif not queued_notice.is_set():
-            queued_notice.set()
-            printer.news("queued", "not connected: lines are queued and sent once connected")
-
-    def on_close(event: CloseEvent) -> None:
-        if not opened.is_set() and not args.retry:
-            return  # a failed first attempt: the "cannot connect" line says why
-        reason = f" {event.reason!r}" if event.reason else ""
-        printer.news(
-            "close",
-            f"connection closed: {event.code}{reason}{'' if event.was_clean else ' (unclean)'}",
-            code=event.code,
-            reason=event.reason,
-            was_clean=event.was_clean,
-        )
-
-    def on_reconnecting(event: ReconnectingEvent) -> None:
-        if not opened.is_set() and not args.retry:
-            # The first connection failed: exit like wscat and websocat (--retry waits).
-            if first_failure[0] is None:
-                first_failure[0] = reason(event.cause)
-            gave_up.set()
-            settled.set()
-            return
-        printer.news(
-            "reconnecting",
-            f"reconnecting: attempt {event.attempt} in {event.delay:.2f}s",
-            attempt=event.attempt,
-            delay=round(event.delay, 3),
-        )
-
-    def on_auth(event: AuthRefreshedEvent) -> None:
-        printer.news("auth", "token accepted", expires_at=event.expires_at)
-
-    def on_error(event: ErrorEvent) -> None:
-        error = event.error
-        if not opened.is_set() and not args.retry:
-            # A failed first attempt: the one "cannot connect" line says why.
-            first_failure[0] = first_failure[0] or reason(error)
-            return
-        text = reason(error)
-        printer.news("error", f"error: {text}", error=text)
-        if isinstance(error, ServerError) and "auth" in str(error).lower():
-            if not args.token_cmd:
-                hint(
-                    "token",
-                    "the server wants a token first: pass --token-cmd CMD, a command "
-                    "that prints one",
-                )
-
-    def on_state(event: StateChangeEvent) -> None:
-        if event.current == "closed" and not stopping.is_set():
-            gave_up.set()
-            settled.set()
-
-    client.on("message", on_message)
-    client.on("open", on_open)
-    client.on("close", on_close)
-    client.on("reconnecting", on_reconnecting)
-    client.on("queued", on_queued)
-    client.on("auth_refreshed", on_auth)
-    client.on("error", on_error)
-    client.on("state_change", on_state)
-    if not args.raw:
-        # Announce the channel so that the server's broadcasts on it reach us; the
-        # message handler above prints them (in arrival order with everything else).
-        client.subscribe(args.channel, lambda payload: None)
-
-    def read_stdin() -> None:
-        try:
-            for line in stdin:
-                if stopping.is_set() or gave_up.is_set():
-                    return
-                text = line.rstrip("\r\n")
-                if not text:
-                    continue
-                payload = text if args.raw else _payload(text, args.text)
-                # With overflow "block", send() waits here while the queue is full.
-                blocked_since[0] = time.monotonic()
-                try:
-                    delivery = client.send(payload, channel=args.channel)
-                except ClientClosed as exc:
-                    ledger.refused(exc)
-                    return
-                except (TetherError, TypeError, ValueError) as exc:
-                    ledger.refused(exc)
-                    printer.news("error", f"not sent: {exc}", error=str(exc))
-                else:
-                    ledger.add(delivery)
-                finally:
-                    blocked_since[0] = None
-            eof.set()
-        finally:
-            reader_done.set()
-
-    def finish(code: int, close_timeout: float) -> int:
-        stopping.set()
-        client.close(timeout=close_timeout)
+        Args:
+            code: The exit code if every line was delivered.
+            close_timeout: Seconds ``close()`` may take to deliver what is queued.
+        """
+        assert self._client is not None and self._reader is not None
+        self._stopping.set()
+        self._client.close(timeout=close_timeout)
         # A send() that waited for room fails with ClientClosed now: count it too.
-        reader.join(0.5)
+        self._reader.join(0.5)
+        return self._summarise(code)
+
+    def _summarise(self, code: int) -> int:
+        """Print how many lines were (not) delivered; ``code``, or 1 if any line was not."""
+        ledger = self._ledger
         ledger.settle()
         if ledger.failed:
             first = f" (first: {ledger.first_failure})" if ledger.first_failure else ""
-            unread = "" if eof.is_set() else "; the rest of the input was not read"
-            printer.news(
+            unread = "" if self._eof.is_set() else "; the rest of the input was not read"
+            self._printer.news(
                 "unsent",
                 f"{ledger.failed} of {ledger.lines} lines not delivered{first}{unread}",
                 always=True,
@@ -849,80 +911,179 @@ def connect_main(
             )
             return max(code, 1)
         if ledger.lines:
-            printer.news("delivered", f"all {ledger.lines} lines delivered", count=ledger.lines)
+            self._printer.news(
+                "delivered", f"all {ledger.lines} lines delivered", count=ledger.lines
+            )
         return code
 
-    def give_up() -> int:
-        if first_failure[0] is not None and not opened.is_set():
-            printer.news(
-                "closed",
-                f"cannot connect to {args.url}: {first_failure[0]}",
-                always=True,
-                error=first_failure[0],
-            )
+    # ------------------------------------------------------------------ the reader thread
+
+    def _read_stdin(self) -> None:
+        """Send every non-empty line of stdin until EOF, or until we stop or the client gave up."""
+        try:
+            for line in self._stdin:
+                if self._stopping.is_set() or self._gave_up.is_set():
+                    return
+                text = line.rstrip("\r\n")
+                if text and not self._send_line(text):
+                    return
+            self._eof.set()
+        finally:
+            self._reader_done.set()
+
+    def _send_line(self, text: str) -> bool:
+        """Send one line and follow its delivery; False once the client is closed."""
+        from ..exceptions import ClientClosed, TetherError
+
+        assert self._client is not None
+        payload = text if self.args.raw else _payload(text, self.args.text)
+        # With overflow "block", send() waits here while the queue is full; the
+        # supervisor watches how long (--wait).
+        self._blocked_since = time.monotonic()
+        try:
+            delivery = self._client.send(payload, channel=self.args.channel)
+        except ClientClosed as exc:
+            self._ledger.refused(exc)
+            return False
+        except (TetherError, TypeError, ValueError) as exc:
+            self._ledger.refused(exc)
+            self._printer.news("error", f"not sent: {exc}", error=str(exc))
         else:
-            printer.news("closed", "the client gave up (see the errors above)", always=True)
-        return finish(1, 1.0)
+            self._ledger.add(delivery)
+        finally:
+            self._blocked_since = None
+        return True
 
-    last_rtt: List[Optional[float]] = [None]
+    # ------------------------------------------------------------------ the event handlers
 
-    def show_rtt() -> None:
-        rtt = client.stats().last_rtt
-        if rtt is not None and rtt != last_rtt[0]:
-            last_rtt[0] = rtt
-            printer.news("rtt", f"round trip {rtt * 1000:.2f} ms", rtt=rtt)
+    def _on_token_failure(self, text: str) -> None:
+        self._token_failure = text
 
-    client.connect()
-    reader = threading.Thread(target=read_stdin, name="tether-connect-stdin", daemon=True)
-    reader.start()
-    try:
-        # A timed wait keeps the main thread responsive to Ctrl-C everywhere.
-        while not reader_done.wait(0.2):
-            ledger.prune()
-            if args.show_rtt:
-                show_rtt()
-            if gave_up.is_set():
-                break
-            since = blocked_since[0]
-            if since is not None and time.monotonic() - since > args.wait:
-                printer.news(
-                    "stalled",
-                    f"no room in the queue for {args.wait:g}s (the server is not taking "
-                    "messages): giving up",
-                    always=True,
-                    seconds=args.wait,
+    def _hint(self, key: str, text: str) -> None:
+        """Print a hint, once per ``key``."""
+        if key not in self._hints:
+            self._hints.add(key)
+            self._printer.news("hint", text, hint=key)
+
+    def _reason(self, error: Optional[BaseException]) -> str:
+        """One line that says why an attempt failed (a --token-cmd failure in its own words)."""
+        from ..exceptions import AuthError
+
+        if isinstance(error, AuthError) and self._token_failure:
+            return f"--token-cmd {self._token_failure}"
+        if error is None:
+            return "unknown reason"
+        return describe(error, self.args.subprotocols)
+
+    def _first_attempt_failing(self) -> bool:
+        """Whether events are about a first connection that failed (exit at once, no news).
+
+        Like wscat and websocat; ``--retry`` waits for it instead.
+        """
+        return not self._opened.is_set() and not self.args.retry
+
+    def _on_message(self, event: MessageEvent) -> None:
+        self._last_inbound = time.monotonic()
+        if not self.args.raw and event.channel is None and _is_own_protocol(event.payload):
+            self._hint(
+                "raw",
+                "the server sent our own Tether protocol message back: it does not speak "
+                "the Tether protocol (an echo server?); use --raw for plain WebSocket",
+            )
+        self._printer.message(event.channel, event.payload)
+
+    def _on_open(self, event: OpenEvent) -> None:
+        self._opened.set()
+        self._settled.set()
+        self._queued_notice.clear()
+        self._printer.news("open", f"connected to {event.url}", url=event.url)
+
+    def _on_queued(self, event: QueuedEvent) -> None:
+        if not self._opened.is_set():
+            return  # still connecting for the first time: not news
+        if self._interactive:
+            assert self._client is not None
+            depth = self._client.queue_depth
+            self._printer.news(
+                "queued",
+                f"not connected: queued ({depth} waiting), sent once connected",
+                depth=depth,
+            )
+        elif not self._queued_notice.is_set():
+            self._queued_notice.set()
+            self._printer.news("queued", "not connected: lines are queued and sent once connected")
+
+    def _on_close(self, event: CloseEvent) -> None:
+        if self._first_attempt_failing():
+            return  # the "cannot connect" line says why
+        reason = f" {event.reason!r}" if event.reason else ""
+        self._printer.news(
+            "close",
+            f"connection closed: {event.code}{reason}{'' if event.was_clean else ' (unclean)'}",
+            code=event.code,
+            reason=event.reason,
+            was_clean=event.was_clean,
+        )
+
+    def _on_reconnecting(self, event: ReconnectingEvent) -> None:
+        if self._first_attempt_failing():
+            if self._first_failure is None:
+                self._first_failure = self._reason(event.cause)
+            self._gave_up.set()
+            self._settled.set()
+            return
+        self._printer.news(
+            "reconnecting",
+            f"reconnecting: attempt {event.attempt} in {event.delay:.2f}s",
+            attempt=event.attempt,
+            delay=round(event.delay, 3),
+        )
+
+    def _on_auth(self, event: AuthRefreshedEvent) -> None:
+        self._printer.news("auth", "token accepted", expires_at=event.expires_at)
+
+    def _on_error(self, event: ErrorEvent) -> None:
+        from ..exceptions import ServerError
+
+        error = event.error
+        if self._first_attempt_failing():
+            # The one "cannot connect" line says why.
+            self._first_failure = self._first_failure or self._reason(error)
+            return
+        text = self._reason(error)
+        self._printer.news("error", f"error: {text}", error=text)
+        if isinstance(error, ServerError) and "auth" in str(error).lower():
+            if not self.args.token_cmd:
+                self._hint(
+                    "token",
+                    "the server wants a token first: pass --token-cmd CMD, a command "
+                    "that prints one",
                 )
-                return finish(1, 1.0)
-        if gave_up.is_set():
-            return give_up()
-        deadline = time.monotonic() + args.wait
-        # Even with nothing to send, the end of input is no success before a
-        # connection opened: wait for the first one to open or fail.
-        if not opened.is_set():
-            settled.wait(args.wait)
-            if not opened.is_set():
-                if not gave_up.is_set() and first_failure[0] is None:
-                    first_failure[0] = f"no connection within {args.wait:g}s"
-                return give_up()
-        # Flush in slices, so that a client that gives up meanwhile ends the wait.
-        while not gave_up.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or client.flush(timeout=min(0.2, remaining)):
-                break
-        if gave_up.is_set():
-            return give_up()
-        # Replies to the last lines may still be on their way (an echo server answers
-        # each line): keep printing until inbound has been quiet for a moment, counted
-        # from the flush at the earliest (a reply cannot come before its line left).
-        last_inbound[0] = max(last_inbound[0], time.monotonic())
-        while not gave_up.is_set():
-            quiet_for = time.monotonic() - last_inbound[0]
-            wait = min(QUIET - quiet_for, deadline - time.monotonic())
-            if wait <= 0:
-                break
-            gave_up.wait(wait)
-        if args.linger > 0:
-            gave_up.wait(args.linger)
-        return finish(0, max(1.0, deadline - time.monotonic()))
-    except KeyboardInterrupt:
-        return finish(130, 1.0)
+
+    def _on_state(self, event: StateChangeEvent) -> None:
+        if event.current == "closed" and not self._stopping.is_set():
+            self._gave_up.set()
+            self._settled.set()
+
+
+def connect_main(
+    args: argparse.Namespace,
+    stdin: Optional[IO[str]] = None,
+    stdout: Optional[IO[str]] = None,
+    stderr: Optional[IO[str]] = None,
+) -> int:
+    """Run ``tether-sync connect`` with parsed ``args`` (see :func:`add_arguments`).
+
+    Args:
+        args: Parsed options.
+        stdin: Where lines come from (default ``sys.stdin``).
+        stdout: Where messages go (default ``sys.stdout``).
+        stderr: Where status lines go (default ``sys.stderr``).
+
+    Returns:
+        The exit code: 0 after EOF with every line delivered; 1 if the first
+        connection failed (without ``--retry``), any line was not delivered, the
+        input stalled on a full queue for ``--wait`` seconds, or the client gave
+        up (auth refused, ``--max-attempts`` reached, bad options); 130 on Ctrl-C.
+    """
+    return ConnectCommand(args, stdin, stdout, stderr).run()
