@@ -29,7 +29,6 @@ from .config import LoopConfig, Timer, session_config
 from .flow_control import Resume
 from .outbox import Outbox
 from .poller import READ, WRITE, Poller
-from .routing import Router
 from .session_events import Handoff
 from .timers import TimerHeap
 from .transport import Link, read_size
@@ -101,8 +100,12 @@ class Connection:
         """User-space bytes not yet written plus the kernel's unsent bytes (as last read)."""
         return self.session.buffered + self.link.kernel_unsent
 
-    def readable(self, router: Router) -> None:
-        """Read what the socket has into the session (the socket was readable)."""
+    def readable(self) -> None:
+        """Read what the socket has into the session (the socket was readable).
+
+        The session's events are handed on before this returns (``process``),
+        inbound messages included: the loop then hands them to their buffers.
+        """
         session = self.session
         try:
             data = self.link.recv()
@@ -111,7 +114,7 @@ class Connection:
             self._process()
             return
         if data is None:
-            return
+            return  # would block (TLS wanted more, or a spurious wake-up)
         self._counters.bytes_received += len(data)
         now = self._clock.monotonic()
         if data:
@@ -119,10 +122,6 @@ class Connection:
         else:
             session.receive_eof(now)
         self._process()
-        # Handed over at once (measured: handing over at the end of the loop's
-        # iteration instead cost 10-30 % of receive throughput).
-        router.flush()  # what arrived before a close is still delivered
-        session.reading_paused = router.holding
 
     def send_some(self) -> int:
         """Write what the session has framed; the bytes written, or -1 if the socket failed."""

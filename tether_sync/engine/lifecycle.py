@@ -32,8 +32,9 @@ from typing import Any, Callable, List, Optional, Protocol
 from ..backoff import Backoff
 from ..clock import Clock
 from ..delivery import Delivery
-from ..events import OpenEvent, ReconnectingEvent, StateChangeEvent
+from ..events import AuthRefreshedEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from ..exceptions import ClientClosed, ConnectTimeout, SubprotocolRefused, TetherError
+from ..protocol import session as s
 from ..protocol.session import Closed, Continuity, Phase, Session
 from ..redact import redact_url
 from ..state import State, check
@@ -247,6 +248,7 @@ class Lifecycle:
     def opened(self, session: Session) -> None:
         """The session says the link is usable: subscriptions, then the queue drains."""
         p = self._p
+        p.handoff.opened()  # a later failed attempt is reported again
         if self._opened_once:
             p.counters.reconnects += 1
         p.counters.opened(self._clock.monotonic(), self._opened_once)
@@ -263,6 +265,36 @@ class Lifecycle:
             self._emit(OpenEvent(redact_url(self.endpoint), self.backoff.endpoint))
         for channel in p.router.routes:
             session.subscribe(channel, str(uuid.uuid4()))
+
+    # ------------------------------------------------------------ auth (session events)
+
+    def token_needed(self, event: s.TokenNeeded) -> None:
+        """The session needs a token: the token thread fetches it (never this thread)."""
+        flow = self._p.authflow
+        assert flow is not None  # a session asks only when auth is configured
+        flow.request(event.force)
+
+    def auth_accepted(self, event: s.AuthAccepted) -> None:
+        """The server took a token: count it, answer ``refresh_auth()``, tell the app."""
+        flow = self._p.authflow
+        assert flow is not None
+        self._p.counters.auth_refreshes += 1
+        flow.accepted(event.expires_at, self._clock.time())
+        if self._wants("auth_refreshed"):
+            self._emit(AuthRefreshedEvent(event.expires_at))
+
+    def auth_trouble(self, event: s.AuthTrouble) -> None:
+        """No token, or no answer to it: an ``error`` event, and ``refresh_auth()`` hears it.
+
+        ``final``: the session's ``Closed`` follows with the same error and ends
+        the client; ``fatal`` records the reason already.
+        """
+        flow = self._p.authflow
+        assert flow is not None
+        self._p.handoff.error(event.error)
+        flow.resolve(event.error)
+        if event.final:
+            self.fatal = event.error
 
     # ------------------------------------------------------------ losing a link
 

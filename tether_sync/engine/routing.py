@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from ..events import BackpressureEvent, MessageEvent
-from ..protocol.session import Session
+from ..protocol.session import Received, Session
 from ..stats import Counters
 from ..subscription import InboundBuffer
 from . import commands as cmd
@@ -56,6 +56,14 @@ class Router:
     def holding(self) -> bool:
         """Whether payloads wait for a full ``block`` consumer (reading must stop)."""
         return bool(self.held)
+
+    def received(self, event: Received) -> None:
+        """The session's :class:`~tether_sync.protocol.session.Received` (the loop's table).
+
+        Collected only: :meth:`flush` hands them over once the read that
+        produced them is fully parsed (one batch per buffer per read).
+        """
+        self.deliver_many(event.items)
 
     def deliver(self, channel: Optional[str], payload: Any) -> None:
         """Route one inbound payload (``channel`` None: no Tether message, stream only)."""
