@@ -197,7 +197,7 @@ def test_the_walker_sees_known_edges() -> None:
     loop = {i.name for i in imports_of("tether_sync.engine.loop")}
     assert {"threading", "tether_sync.engine.connection"} <= loop
     assert "selectors" in {i.name for i in imports_of("tether_sync.engine.poller")}
-    assert "tether_sync.engine.loop" in {i.name for i in imports_of(CLIENT)}
+    assert "tether_sync.engine" in {i.name for i in imports_of(CLIENT)}
     assert all(i.name.startswith("tether_sync.") for i in imports_of("tether_sync"))
     assert {"protocol", "engine", "cli", "top"} == {tier(m) for m in CORE}
 
@@ -275,6 +275,23 @@ def test_only_the_client_imports_the_engine() -> None:
             and tier(_internal_target(imp)) == "engine"
             and tier(imp.importer) != "engine"
             and imp.importer != CLIENT
+        ]
+    )
+
+
+# What client.py may import of the engine: the interface (engine/__init__.py: Engine and
+# what the client needs before any thread runs) and the commands it posts.
+ENGINE_INTERFACE = frozenset({"tether_sync.engine", "tether_sync.engine.commands"})
+
+
+def test_the_client_reaches_the_engine_through_its_interface() -> None:
+    _fail(
+        [
+            f"{imp} (client.py uses the Engine interface: tether_sync.engine, its commands)"
+            for imp in imports_of(CLIENT)
+            if imp.internal
+            and tier(_internal_target(imp)) == "engine"
+            and _internal_target(imp) not in ENGINE_INTERFACE
         ]
     )
 
