@@ -14,9 +14,19 @@ is the :class:`~tether_sync.engine.lifecycle.Lifecycle`'s.
 User threads never touch the socket: they put messages in the
 :class:`~tether_sync.engine.outbox.Outbox` or post a typed command in the
 :class:`~tether_sync.engine.commands.Mailbox`, which wakes the poller with one byte
-(PA ``_packet_queue``, KP ``sender.wakeup()``). Connection attempts run on
-connector threads (:class:`~tether_sync.engine.attempts.Dialer`) that hand the socket
-over with a command.
+(PA ``_packet_queue``, KP ``sender.wakeup()``); they reach the loop only through
+:class:`~tether_sync.engine.Engine`. Connection attempts run on connector threads
+(:class:`~tether_sync.engine.attempts.Dialer`) that hand the socket over with a
+command.
+
+Three tables say what the loop does, each built once in ``__init__`` and looked
+up by type: one for commands (command class -> handler), one for the loop's own
+timers (:class:`~tether_sync.engine.config.Timer` -> handler), one for session
+events (event class -> handler). A handler is a method of the narrowest part
+that can act on it (the lifecycle, the router, the hand-off, the auth flow);
+no part is handed the loop itself. The parts reach back only through what they
+were given: the lifecycle through its :class:`~tether_sync.engine.lifecycle.Host`
+protocol, a connection through the ``process`` callable (the loop's event step).
 
 Fault containment (DESIGN §4): every step of an iteration runs under
 :meth:`IoLoop._guard`. An exception while handling one message, timer or
@@ -269,6 +279,20 @@ class IoLoop:
         A round trip's latency is what this costs between the selector's wake-up
         and the next wait (a woken user thread waits for the GIL until then), so
         idle steps are skipped with a cheap test instead of being called.
+
+        The order of the steps is deliberate:
+
+        1. read: what arrived in time counts before a deadline judges it (a pong
+           read now moves the heartbeat deadline the timers step would fire), and
+           acks read now free room in the queue before the pump;
+        2. timers, the loop's and the session's;
+        3. commands (a Close, a Subscribe, a handed-over socket);
+        4. pump the queue into the session, then write: everything the steps
+           above framed (acks, pongs, pings, messages) goes out in one write per
+           iteration, never from inside a handler;
+        5. close() and flush() checks, which need this iteration's writes done;
+        6. the selector registration, last, from what the steps left: reading
+           unless inbound is held, writing only while framed bytes wait.
         """
         conn = self._conn
         due = self._timers.next_due()
@@ -277,6 +301,9 @@ class IoLoop:
             if when is not None and (due is None or when < due):
                 due = when
         timeout = None if due is None else max(0.0, due - self._clock.monotonic())
+        # TLS: the SSL object may hold decrypted bytes that the selector cannot
+        # see: check it before sleeping, or they wait for the next packet
+        # (STYLE §3.4). Not while inbound is held: nothing would read them.
         tls = conn is not None and conn.link.io.tls and not self.router.held
         if tls and conn is not None and conn.link.tls_pending():
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
@@ -322,16 +349,20 @@ class IoLoop:
             step()
         except Exception as exc:
             if self.stopped.is_set():
-                raise
+                raise  # the end itself failed: _run's handler releases the waiters
             log.exception("tether_sync: %s failed; failing the connection", step.__name__)
             err = TetherError(f"internal error in {step.__name__}: {exc!r}")
             err.__cause__ = exc
             self.life.error(err)
             session = self.session
             if session is not None and session.phase is not Phase.CLOSED:
+                # Fail the link the ordinary way: its Closed event makes the
+                # lifecycle carry the unacked messages and retry.
                 session.abort(1011, "internal error")
                 self.process_events()
             elif self.life.state is State.CONNECTING and session is None:
+                # No session to fail (a step between attempts): count it as a
+                # failed attempt, which retries or gives up.
                 self.life.retry_or_finish(err)
 
     def _drain_commands(self) -> None:
@@ -349,6 +380,8 @@ class IoLoop:
 
     def _on_timers(self) -> None:
         now = self._clock.monotonic()
+        # The loop's timers first (e.g. the close deadline), then the session's
+        # own deadlines (heartbeat, auth), which the session keeps itself.
         for name in self._timers.pop_due(now):
             self._on_timer[Timer(name)]()
         session = self.session
@@ -359,6 +392,7 @@ class IoLoop:
                 self.process_events()
 
     def _poll_kernel(self) -> None:
+        # No event reports the kernel's send queue draining: a timer re-reads it.
         if self._conn is not None:
             self._conn.poll_kernel()  # the iteration then re-runs _pump and the flush check
 
@@ -366,6 +400,8 @@ class IoLoop:
         self.router.command(c, self.session)
 
     def _on_auth(self, c: Any) -> None:
+        # Token (the token thread's answer) and Refresh (refresh_auth()); without
+        # auth there is no token thread, so only a Refresh can come: refuse it.
         if self.authflow is not None:
             self.authflow.command(c, self.session, self._clock.monotonic())
         elif isinstance(c, cmd.Refresh):
@@ -379,7 +415,11 @@ class IoLoop:
         return conn.session
 
     def release_socket(self) -> None:
-        """Drop the connection, if any (Host)."""
+        """Drop the connection, if any (Host).
+
+        From here on ``self._conn`` is None: process_events() stops handing on
+        the released session's events (it checks after each batch).
+        """
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.release(self.outbox)
@@ -414,6 +454,8 @@ class IoLoop:
             conn.pump(self.outbox, self.handoff)
 
     def _check_flush_waiters(self) -> None:
+        # flush() returns once the queue, the session's buffer (and its unacked
+        # messages: has_work counts them as taken) and the kernel are empty.
         if not self.life.has_work() and (self._conn is None or self._conn.drained()):
             self.life.shutdown.release_flush_waiters()
 
