@@ -18,7 +18,17 @@ what outlives one connection and decides what happens between them:
 
 The pure decisions are in :mod:`~tether_sync.engine.retry` (:func:`after_close`,
 :func:`plan_retry`) and :class:`~tether_sync.engine.closing.Shutdown`; this class
-applies them. It reaches the loop only through :class:`Host`.
+applies them. It reaches the loop only through :class:`Host` (the open
+connection's session, attach and release a socket, hand on events), and the
+loop's other parts only through :class:`Wiring`: it never sees the loop's
+thread, selector or socket. The loop's event table routes the session's
+``Opened``, auth and ``Closed`` events here.
+
+Who may touch what: everything here runs on the I/O thread, except
+:meth:`Lifecycle.finish` for a client that never started (the caller's thread,
+with no I/O thread alive) and the reads that user threads make through
+:class:`~tether_sync.engine.Engine` (``state``, ``fatal``, ``unsent``,
+``next_delay``: references and ints, replaced whole).
 """
 
 from __future__ import annotations
@@ -165,17 +175,23 @@ class Lifecycle:
         return bool(len(outbox) or outbox.taken)
 
     def set_state(self, new: State) -> None:
+        """The one place the public state changes (STYLE §3.11): checked, logged, told."""
         old = self.state
         if old is new:
             return
-        check(old, new)
+        check(old, new)  # a transition the table does not allow is a bug: raise
         self.state = new
+        # Before anyone hears of it: senders blocked for room re-evaluate with
+        # the new state (the drop policies apply only while not open).
         self._p.outbox.set_open(new is State.OPEN)
         log.debug("state %s -> %s", old.value, new.value)
         if self._on_state is not None:
             self._on_state(new)
         if self._wants("state_change"):
             self._emit(StateChangeEvent(old.value, new.value))
+        # The close event of the link that just ended goes out after the
+        # state_change it caused (open -> reconnecting, then close), in one place,
+        # whichever path (retry or finish) made the change.
         handoff = self._p.handoff
         close, handoff.pending_close = handoff.pending_close, None
         if close is not None and self._wants("close"):
@@ -207,6 +223,9 @@ class Lifecycle:
         log.info("connected to %s", redact_url(self.endpoint))
         session = self._host.attach(c)
         flow = self._p.authflow
+        # The messages the last link left unacked go first, before anything
+        # still queued (DESIGN §5): the session resends them once hello-ok says
+        # which ones the server already has.
         carried, self.carried = self.carried, []
         force = False
         if flow is not None:
@@ -231,6 +250,8 @@ class Lifecycle:
             self._attempt_failed(timeout)
 
     def _attempt_failed(self, cause: BaseException) -> None:
+        # Counted and reported (each distinct cause once per run of failures)
+        # before deciding, so the error event precedes reconnecting or closed.
         self._p.counters.attempt_ended(self._clock.monotonic(), False, cause)
         self._p.handoff.attempt_failed(cause)
         flow = self._p.authflow
@@ -300,6 +321,8 @@ class Lifecycle:
 
     def connection_closed(self, session: Session, event: Closed) -> None:
         """The session is over (the loop wrote what was left): carry, retry or finish."""
+        # The socket goes first: nothing below writes to it, and the poller holds
+        # one socket's registration at a time (the next link's comes later).
         self._host.release_socket()
         self._p.counters.link_closed(
             self._clock.monotonic(), event.code, event.reason, event.was_clean
@@ -318,9 +341,13 @@ class Lifecycle:
         self._opened_at = None
         if after.carried:
             self.carried = after.carried
+        # Taken but never numbered: back to the head of the queue, in order,
+        # ahead of what senders queued meanwhile.
         self._p.outbox.give_back(after.give_back)
         self._p.handoff.connection_closed(event)
         log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
+        # A session ended by connect_timeout (before open) is a failed attempt,
+        # reported with the ConnectTimeout that names its phase, not as a lost link.
         timed_out, self._timed_out = self._timed_out, None
         if timed_out is not None and not after.terminal:
             self._attempt_failed(timed_out)  # as if the handshake had timed out
@@ -348,6 +375,8 @@ class Lifecycle:
             self.finish(plan.reason, cause=cause)
             return
         self.backoff = plan.backoff
+        # While close() drains, the retry comes within its deadline (the queue
+        # may still go out on the next link).
         delay = self.next_delay = self.shutdown.retry_delay(plan.delay, now)
         self.set_state(State.RECONNECTING)
         attempt, url = self.backoff.attempt, redact_url(self.endpoint)
@@ -366,6 +395,7 @@ class Lifecycle:
         self.maybe_close()
 
     def maybe_close(self) -> None:
+        """close() was asked: close now if nothing is left to drain (else later)."""
         if self.stopped.is_set() or not self.shutdown.drained(
             self.has_work(), self._clock.monotonic()
         ):
@@ -373,6 +403,7 @@ class Lifecycle:
         self.close_now()
 
     def close_now(self) -> None:
+        """Drained, or close()'s deadline passed: the closing handshake, or the end."""
         if self.stopped.is_set():
             return
         session = self._host.session
@@ -395,6 +426,8 @@ class Lifecycle:
         p = self._p
         session = self._host.session
         self._host.release_socket()
+        # Every message not done fails, in order: carried ones (oldest), what
+        # the session still held, then the queue. Nothing fails silently.
         left = list(self.carried)
         if session is not None:
             session.abort(1006, "client closed")
@@ -403,7 +436,7 @@ class Lifecycle:
         if reason is not None:
             log.warning("client closed: %s", reason)
             self.error(reason)
-        p.outbox.stop(reason)
+        p.outbox.stop(reason)  # first: senders blocked for room wake and raise
         left.extend(p.outbox.drain())
         self.carried = []
         self.unsent = len(left)
@@ -412,6 +445,8 @@ class Lifecycle:
         p.router.flush()  # what was read before the end is still handed over
         p.router.close_all()
         self._timers.cancel_all()
+        # CLOSED before stopped is set: a close() waiting on stopped then reads
+        # the final state and unsent count.
         self.set_state(State.CLOSED)
         self.stop_for_good()
 
