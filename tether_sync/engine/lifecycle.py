@@ -132,6 +132,8 @@ class Lifecycle:
         self._wants = wants
         self._on_state = on_state
         self.stopped = stopped
+        # The backoff is an immutable value (STYLE §3.2), replaced at each
+        # attempt and reset once a link lived long enough (after_close decides).
         rc = config.reconnect
         self.backoff = Backoff(
             rc.base_delay if rc else 1.0,
@@ -241,6 +243,9 @@ class Lifecycle:
 
     def on_connect_timeout(self) -> None:
         """``connect_timeout`` passed before ``open``: fail the attempt, naming its phase."""
+        # One deadline covers the whole attempt: with a session, the handshake
+        # is done and the session waits (hello-ok, the token, auth-ok); without
+        # one, the connector is still handshaking and is abandoned.
         if self._host.session is not None:
             self._session_timed_out(self._host.session)
             return
@@ -452,6 +457,8 @@ class Lifecycle:
 
     def stop_for_good(self) -> None:
         """Refuse later commands and answer the pending ones (idempotent)."""
+        # Also the loop's last act (its finally), crash or not: whatever ended
+        # it, no flush(), refresh_auth() or posted command waits for ever.
         self.stopped.set()
         closed = ClientClosed("the client is closed")
         if self.fatal is not None:

@@ -112,6 +112,8 @@ class IoLoop:
         )
         setattr(self.outbox, logfields.LOG_CONTEXT, self.log_context)
         # Everything below is touched by the I/O thread only (ints read anywhere).
+        # Built leaves first: each part gets the parts it needs, never the loop;
+        # the Lifecycle gets them as a Wiring, a connection as Parts.
         self.counters = Counters()
         self.router = Router(self.counters, emit, wants)
         self.handoff = Handoff(self.counters, self.outbox, emit, wants)
@@ -155,6 +157,7 @@ class IoLoop:
         )
         life = self.life
         # Which method runs each command type (built once, looked up per command).
+        # A lambda adapts a command to a part that takes plain values.
         self._handlers: Dict[type, Callable[[Any], None]] = {
             cmd.Connected: life.on_connected,
             cmd.ConnectFailed: life.on_connect_failed,

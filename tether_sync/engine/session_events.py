@@ -101,7 +101,7 @@ class Handoff:
         self.error(event.error)
 
     def recovery(self, event: s.Recovery) -> None:
-        """:class:`~tether_sync.protocol.session.Recovery`: what a channel missed is lost."""
+        """:class:`~tether_sync.protocol.session.Recovery`: was a channel's gap recovered?"""
         if self._wants("recovery"):
             self._emit(RecoveryEvent(event.channel, event.recovered, event.epoch, event.offset))
 
@@ -119,11 +119,14 @@ class Handoff:
         counters.flushed += len(items)
         if acked:
             counters.acked += len(items)
-        flushed = self._wants("flushed")
+        flushed = self._wants("flushed")  # asked once per batch, not per message
         for d in items:
+            # set_result() wakes waiters and hands the Delivery's callbacks to the
+            # dispatcher it carries: no user code runs here (DESIGN §4).
             d.set_result()
             if flushed:
                 self._emit(FlushedEvent(d.id, d.channel, d.payload))
+        # One release per batch (one lock, one notify of senders waiting for room).
         self._outbox.release(len(items))
         self._discard(items)
 
@@ -152,8 +155,9 @@ class Handoff:
             return
         if not keep:
             self._discard(items)
-        self.failures += len(items)
+        self.failures += len(items)  # flush() and close() return False after any
         for d in items:
+            # Chained to a cause, each message gets its own copy of the error.
             exc = type(error)(*error.args) if cause is not None else error
             if cause is not None:
                 exc.__cause__ = cause
@@ -186,9 +190,11 @@ class Handoff:
             self.error(cause)
 
     def connection_closed(self, event: s.Closed) -> None:
+        """Keep the ``close`` event: it goes out after the state change it causes."""
         self.pending_close = CloseEvent(event.code, event.reason, event.was_clean)
 
     def outbound_pressure(self, depth: int) -> None:
+        """The queue stopped draining at the high-water mark (once per episode)."""
         log.debug("outbound paused at %d bytes", depth)
         if self._wants("backpressure"):
             self._emit(BackpressureEvent("outbound", depth))
