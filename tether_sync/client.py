@@ -346,7 +346,7 @@ class TetherClient:
                 self._handlers[name] = tuple(handlers)
                 engine = self._loop
                 stream = engine.message_buffer
-                if name == "message" and not handlers and stream:
+                if name == "message" and not handlers and stream is not None:
                     stream.close()
                     engine.message_buffer = None
 

@@ -78,12 +78,6 @@ def test_a_message_handler_sets_the_stream_buffer_through_the_engine(
     assert engine.message_buffer is first  # one stream, however many handlers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="off() tests the buffer's truth, i.e. its length: an empty stream buffer stays "
-    "after the last message handler is removed (found in issue 19; not fixed: no "
-    "behaviour change in that refactor)",
-)
 def test_removing_the_last_message_handler_drops_the_stream_buffer(
     client: TetherClient,
 ) -> None:
