@@ -499,3 +499,11 @@ def test_integrations_import_without_their_toolkits() -> None:
         timeout=60,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_the_architecture_page_maps_every_module() -> None:
+    """docs/architecture.rst lists every core module, and no module that is gone."""
+    text = (ROOT / "docs" / "architecture.rst").read_text(encoding="utf-8")
+    listed = {line.split("``")[1] for line in text.splitlines() if line.startswith("   * - ``")}
+    files = {str(path.relative_to(PKG_DIR)) for path in CORE.values()}
+    assert listed == files, f"missing: {sorted(files - listed)}; gone: {sorted(listed - files)}"
