@@ -130,5 +130,8 @@ def test_the_exit_flush_never_overshoots_its_timeout(budget: float, dead_url: st
     start = time.monotonic()
     proc.communicate(timeout=20)
     took = time.monotonic() - start
-    # Interpreter shutdown itself takes a few ms; the flush may take the budget.
-    assert took <= budget + 0.1 + 0.15, f"exit took {took:.2f}s for a {budget}s budget"
+    # Interpreter shutdown itself takes a few ms on a quiet machine, but up to ~0.3 s
+    # when other processes share the 2 cores (measured at load 8); the flush may take
+    # the budget. A flush that ignored its timeout would wait for the dead server's
+    # retries (seconds), far above this margin.
+    assert took <= budget + 0.6, f"exit took {took:.2f}s for a {budget}s budget"

@@ -193,7 +193,9 @@ def test_the_exit_flush_ends_within_exit_flush_timeout() -> None:
         proc.wait(30)
         took = time.monotonic() - started
         assert proc.returncode == 0
-        assert 1.8 <= took <= 2.0 + 0.25, f"exit took {took:.3f}s for exit_flush_timeout=2.0"
+        # The margin is interpreter teardown, which takes up to ~0.4 s more when other
+        # processes share the cores (measured at load 5-8); the bug took 5.38 s.
+        assert 1.8 <= took <= 2.0 + 0.75, f"exit took {took:.3f}s for exit_flush_timeout=2.0"
     finally:
         peer.close()
 
