@@ -155,6 +155,8 @@ def test_flask_app_under_gunicorn_preload_two_workers(
     exited = [line for line in lines if "Worker exiting" in line]
     assert len(exited) == 2, lines
     assert not [line for line in lines if BAD_LOG_LINE.search(line)], lines
-    assert took < 3.0, f"gunicorn took {took:.1f}s to stop"
+    # A worker that hung in its client's shutdown would hold gunicorn until its graceful
+    # timeout (30 s); 3.5 s was seen on a loaded machine with nothing wrong.
+    assert took < 6.0, f"gunicorn took {took:.1f}s to stop"
     # Every worker closed its client at exit: the server saw them all go.
     assert tether_server.wait_for(lambda: tether_server.connection_count == 0, 10)
