@@ -43,13 +43,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tether_sync import Queue, TetherClient
 
 PAYLOAD = "0123456789abcdef" * 4
+#: Messages per ``send_many()`` call in the durable ``send_many`` row.
+BATCH = 1000
 
 
 def serve(args: List[str]) -> tuple[subprocess.Popen[str], str]:
@@ -105,7 +107,8 @@ def sink_pair(
     tmp = tempfile.TemporaryDirectory()
     files: List[str] = []
 
-    def one(path: str, outbox: bool = False) -> float:
+    def one(path: str, count: int, outbox: bool = False, batch: int = 0) -> Tuple[float, float]:
+        """Send ``count`` messages; (rate until acknowledged and closed, rate of the calls)."""
         url = f"{server.base}/{path}"
         if outbox:
             files.append(os.path.join(tmp.name, f"outbox{len(files)}.sqlite"))
@@ -116,26 +119,41 @@ def sink_pair(
         client.on("message", lambda e: got.set() if str(e.payload).startswith("done:") else None)
         client.connect(wait=True, timeout=10)
         t0 = time.perf_counter()
-        for _ in range(n):
-            client.send(PAYLOAD, channel="bench")
+        if batch:
+            payloads = [PAYLOAD] * batch
+            for _ in range(count // batch):
+                client.send_many(payloads, channel="bench")
+        else:
+            for _ in range(count):
+                client.send(PAYLOAD, channel="bench")
+        t_calls = time.perf_counter()
         if not got.wait(300):
             raise TimeoutError(path)
         ok = client.close(timeout=60)
         t1 = time.perf_counter()
         if not ok:
             raise RuntimeError(f"close() False on {path}")
-        return n / (t1 - t0)
+        return count / (t1 - t0), count / (t_calls - t0)
 
-    rates: Dict[str, List[float]] = {"off": [], "on": [], "durable": []}
+    rates: Dict[str, List[float]] = {
+        key: []
+        for key in ("off", "on", "durable", "durable_calls", "durable_many", "durable_many_calls")
+    }
+    n_many = n - n % BATCH
     try:
         for _ in range(repeat):
-            if pair:
-                rates["on"].append(one(f"acksink?n={n}"))
-                rates["off"].append(one(f"sink?bytes={n * frame}"))
-                rates["off"].append(one(f"sink?bytes={n * frame}"))
-                rates["on"].append(one(f"acksink?n={n}"))
+            if pair:  # ABBA within each round
+                rates["on"].append(one(f"acksink?n={n}", n)[0])
+                rates["off"].append(one(f"sink?bytes={n * frame}", n)[0])
+                rates["off"].append(one(f"sink?bytes={n * frame}", n)[0])
+                rates["on"].append(one(f"acksink?n={n}", n)[0])
             if durable:
-                rates["durable"].append(one(f"acksink?n={n}", outbox=True))
+                done, calls = one(f"acksink?n={n}", n, outbox=True)
+                rates["durable"].append(done)
+                rates["durable_calls"].append(calls)
+                done, calls = one(f"acksink?n={n_many}", n_many, outbox=True, batch=BATCH)
+                rates["durable_many"].append(done)
+                rates["durable_many_calls"].append(calls)
     finally:
         server.stop()
         tmp.cleanup()
@@ -143,6 +161,9 @@ def sink_pair(
         if got:
             print(f"  ({key}: {', '.join(f'{r / 1000:.1f}' for r in got)} k/s)", file=sys.stderr)
     out = {key: statistics.median(got) for key, got in rates.items() if got}
+    for key, got in rates.items():
+        if got:
+            out[f"{key}_min"], out[f"{key}_max"] = min(got), max(got)
     if pair:
         # Each ABBA round on its own: on/off within a round shares the machine's
         # state, so the median of the rounds' costs is what drift cannot move.
@@ -160,7 +181,7 @@ def sink_pair(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=["sink", "durable"], help="just the sink rows")
     parser.add_argument(
         "--pin",
@@ -203,10 +224,17 @@ def main() -> int:
 def sink_rows(n: int, repeat: int, pair: bool = True, pin: bool = False) -> int:
     rates = sink_pair(n, repeat, pair=pair, durable=True, pin=pin)
     print(f"send {n:,} tether envelopes, sink_server.py (the server is not the bottleneck):")
+
+    def side(key: str) -> str:
+        lo, mid, hi = rates[f"{key}_min"], rates[key], rates[f"{key}_max"]
+        return f"{mid / 1000:7.1f} k/s  (min {lo / 1000:.1f}, max {hi / 1000:.1f})"
+
+    where = "pinned: client CPU 0, sink the last CPU" if pin else "not pinned"
+    print(f"({where}; {repeat} rounds; spread over all runs of a side)")
     if pair:
         s_off, s_on = rates["off"], rates["on"]
-        print(f"  extension off (written)      {s_off / 1000:7.1f} k/s")
-        print(f"  extension on  (acknowledged) {s_on / 1000:7.1f} k/s")
+        print(f"  extension off (written)      {side('off')}")
+        print(f"  extension on  (acknowledged) {side('on')}")
         cost = 100 * (1 - s_on / s_off)
         paired = 100 * rates["paired_cost"]
         print(f"  cost of acks, client side    {cost:6.1f} %   (medians of all runs)")
@@ -215,8 +243,12 @@ def sink_rows(n: int, repeat: int, pair: bool = True, pin: bool = False) -> int:
             f"  cost of acks, paired rounds  {paired:6.1f} %   (target <= 15 %; "
             f"min {lo:.1f}, max {hi:.1f} over {repeat} ABBA rounds)"
         )
-    rate = rates["durable"] / 1000
-    print(f"  durable outbox (fsync off)   {rate:7.1f} k/s  (target >= 20 k/s)")
+    print("durable outbox (fsync off), to /acksink; 'calls': until the send loop returned (every")
+    print("message committed to the file), 'acked': until the sink had all and close() returned")
+    print(f"  send(), calls                {side('durable_calls')}  target >= 20 k/s")
+    print(f"  send(), acked                {side('durable')}")
+    print(f"  send_many({BATCH}), calls       {side('durable_many_calls')}  target >= 100 k/s")
+    print(f"  send_many({BATCH}), acked       {side('durable_many')}")
     return 0
 
 
