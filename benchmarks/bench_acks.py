@@ -85,13 +85,20 @@ def run(url: str, n: int, queue: Optional[Dict[str, object]] = None) -> Dict[str
 
 
 def sink_pair(
-    n: int, repeat: int, pair: bool = True, durable: bool = True, pin: bool = False
+    n: int,
+    repeat: int,
+    pair: bool = True,
+    durable: bool = True,
+    pin: bool = False,
+    max_size: Optional[int] = None,
 ) -> Dict[str, float]:
     """Client-side cost: the same default client to /sink (off) and /acksink (on);
     and a durable outbox to /acksink. Medians (k/s) under "off", "on", "durable".
 
     ``pin``: this process on the first CPU, the sink on the last (as
     ``bench_client.py --pin``), so the sink never competes with the client.
+    ``max_size``: the clients' ``Queue(max_size=...)`` (None: the default, 1000);
+    unacknowledged messages count against it, so with acks it is the window.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import threading
@@ -110,11 +117,12 @@ def sink_pair(
     def one(path: str, count: int, outbox: bool = False, batch: int = 0) -> Tuple[float, float]:
         """Send ``count`` messages; (rate until acknowledged and closed, rate of the calls)."""
         url = f"{server.base}/{path}"
+        size = {} if max_size is None else {"max_size": max_size}
         if outbox:
             files.append(os.path.join(tmp.name, f"outbox{len(files)}.sqlite"))
-            client = TetherClient(url, queue=Queue(path=files[-1]))
+            client = TetherClient(url, queue=Queue(path=files[-1], **size))
         else:
-            client = TetherClient(url)
+            client = TetherClient(url, queue=Queue(**size))
         got = threading.Event()
         client.on("message", lambda e: got.set() if str(e.payload).startswith("done:") else None)
         client.connect(wait=True, timeout=10)
@@ -190,9 +198,16 @@ def main() -> int:
         help="sink rows: client on the first CPU, sink on the last (default; --no-pin: "
         "let the OS place them, the sink then competes with the client for a CPU)",
     )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        help="sink rows: Queue(max_size=...) of the clients (default: the option's default)",
+    )
     args = parser.parse_args()
     if args.only is not None:
-        return sink_rows(args.n, args.repeat, pair=args.only == "sink", pin=args.pin)
+        return sink_rows(
+            args.n, args.repeat, pair=args.only == "sink", pin=args.pin, max_size=args.max_size
+        )
     on_proc, on_url = serve([])
     off_proc, off_url = serve(["--no-extensions"])
     on: List[float] = []
@@ -218,11 +233,13 @@ def main() -> int:
     print(f"  cost of acks                 {100 * (1 - m_on / m_off):6.1f} %   (target <= 15 %)")
     rate = statistics.median(durable) / 1000
     print(f"  durable outbox (fsync off)   {rate:7.1f} k/s  (target >= 20 k/s)")
-    return sink_rows(args.n, args.repeat, pin=args.pin)
+    return sink_rows(args.n, args.repeat, pin=args.pin, max_size=args.max_size)
 
 
-def sink_rows(n: int, repeat: int, pair: bool = True, pin: bool = False) -> int:
-    rates = sink_pair(n, repeat, pair=pair, durable=True, pin=pin)
+def sink_rows(
+    n: int, repeat: int, pair: bool = True, pin: bool = False, max_size: Optional[int] = None
+) -> int:
+    rates = sink_pair(n, repeat, pair=pair, durable=True, pin=pin, max_size=max_size)
     print(f"send {n:,} tether envelopes, sink_server.py (the server is not the bottleneck):")
 
     def side(key: str) -> str:
@@ -230,7 +247,8 @@ def sink_rows(n: int, repeat: int, pair: bool = True, pin: bool = False) -> int:
         return f"{mid / 1000:7.1f} k/s  (min {lo / 1000:.1f}, max {hi / 1000:.1f})"
 
     where = "pinned: client CPU 0, sink the last CPU" if pin else "not pinned"
-    print(f"({where}; {repeat} rounds; spread over all runs of a side)")
+    queue = "default" if max_size is None else f"{max_size:,}"
+    print(f"({where}; Queue max_size {queue}; {repeat} rounds; spread over all runs of a side)")
     if pair:
         s_off, s_on = rates["off"], rates["on"]
         print(f"  extension off (written)      {side('off')}")
