@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -91,7 +91,7 @@ def sink_pair(
     durable: bool = True,
     pin: bool = False,
     max_size: Optional[int] = None,
-) -> Dict[str, float]:
+) -> Dict[str, Any]:
     """Client-side cost: the same default client to /sink (off) and /acksink (on);
     and a durable outbox to /acksink. Medians (k/s) under "off", "on", "durable".
 
@@ -143,13 +143,39 @@ def sink_pair(
             raise RuntimeError(f"close() False on {path}")
         return count / (t1 - t0), count / (t_calls - t0)
 
+    text = envelope.encode_data("bench", PAYLOAD, "x" * 36)
+
+    def wsc() -> float:
+        """websocket-client sending the same envelope text (no acks): the reference."""
+        import websocket
+
+        ws = websocket.create_connection(f"{server.base}/sink?bytes={n * frame}", timeout=60)
+        try:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                ws.send(text)
+            if ws.recv() != f"done:{n * frame}":
+                raise RuntimeError("wsc: wrong done")
+            return n / (time.perf_counter() - t0)
+        finally:
+            ws.close()
+
     rates: Dict[str, List[float]] = {
         key: []
-        for key in ("off", "on", "durable", "durable_calls", "durable_many", "durable_many_calls")
+        for key in (
+            "wsc",
+            "off",
+            "on",
+            "durable",
+            "durable_calls",
+            "durable_many",
+            "durable_many_calls",
+        )
     }
     n_many = n - n % BATCH
     try:
         for _ in range(repeat):
+            rates["wsc"].append(wsc())
             if pair:  # ABBA within each round
                 rates["on"].append(one(f"acksink?n={n}", n)[0])
                 rates["off"].append(one(f"sink?bytes={n * frame}", n)[0])
@@ -168,7 +194,12 @@ def sink_pair(
     for key, got in rates.items():
         if got:
             print(f"  ({key}: {', '.join(f'{r / 1000:.1f}' for r in got)} k/s)", file=sys.stderr)
-    out = {key: statistics.median(got) for key, got in rates.items() if got}
+    out: Dict[str, Any] = {key: statistics.median(got) for key, got in rates.items() if got}
+    out["on_runs"] = rates["on"]
+    out["wsc_runs2"] = [w for w in rates["wsc"] for _ in (0, 1)]  # two "on" runs a round
+    for key in ("durable_calls", "durable_many_calls"):
+        if rates[key]:
+            out[f"{key}_vs_wsc"] = [d / w for d, w in zip(rates[key], rates["wsc"])]
     for key, got in rates.items():
         if got:
             out[f"{key}_min"], out[f"{key}_max"] = min(got), max(got)
@@ -249,10 +280,16 @@ def sink_rows(
     where = "pinned: client CPU 0, sink the last CPU" if pin else "not pinned"
     queue = "default" if max_size is None else f"{max_size:,}"
     print(f"({where}; Queue max_size {queue}; {repeat} rounds; spread over all runs of a side)")
+    print(f"  websocket-client (no acks)   {side('wsc')}  (the same envelope text)")
     if pair:
         s_off, s_on = rates["off"], rates["on"]
         print(f"  extension off (written)      {side('off')}")
         print(f"  extension on  (acknowledged) {side('on')}")
+        ratios = [o / w for o, w in zip(rates["on_runs"], rates["wsc_runs2"])]
+        print(
+            f"  on / websocket-client        min {min(ratios):.2f}, median "
+            f"{statistics.median(ratios):.2f}, max {max(ratios):.2f} (per run, same round)"
+        )
         cost = 100 * (1 - s_on / s_off)
         paired = 100 * rates["paired_cost"]
         print(f"  cost of acks, client side    {cost:6.1f} %   (medians of all runs)")
@@ -263,6 +300,12 @@ def sink_rows(
         )
     print("durable outbox (fsync off), to /acksink; 'calls': until the send loop returned (every")
     print("message committed to the file), 'acked': until the sink had all and close() returned")
+    for key in ("durable_calls", "durable_many_calls"):
+        r = rates[f"{key}_vs_wsc"]
+        print(
+            f"  ({key} / websocket-client: min {min(r):.2f}, median {statistics.median(r):.2f},"
+            f" max {max(r):.2f})"
+        )
     print(f"  send(), calls                {side('durable_calls')}  target >= 20 k/s")
     print(f"  send(), acked                {side('durable')}")
     print(f"  send_many({BATCH}), calls       {side('durable_many_calls')}  target >= 100 k/s")
