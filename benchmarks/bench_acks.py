@@ -114,8 +114,14 @@ def sink_pair(
     tmp = tempfile.TemporaryDirectory()
     files: List[str] = []
 
+    cpu: Dict[str, List[float]] = {"off": [], "on": []}  # CPU seconds of this process per message
+
     def one(path: str, count: int, outbox: bool = False, batch: int = 0) -> Tuple[float, float]:
-        """Send ``count`` messages; (rate until acknowledged and closed, rate of the calls)."""
+        """Send ``count`` messages; (rate until acknowledged and closed, rate of the calls).
+
+        Also records this process's CPU time per message (every thread of the
+        client; the sink is another process) under "on" or "off" for the pair runs.
+        """
         url = f"{server.base}/{path}"
         size = {} if max_size is None else {"max_size": max_size}
         if outbox:
@@ -127,6 +133,7 @@ def sink_pair(
         client.on("message", lambda e: got.set() if str(e.payload).startswith("done:") else None)
         client.connect(wait=True, timeout=10)
         t0 = time.perf_counter()
+        c0 = time.process_time()
         if batch:
             payloads = [PAYLOAD] * batch
             for _ in range(count // batch):
@@ -139,8 +146,11 @@ def sink_pair(
             raise TimeoutError(path)
         ok = client.close(timeout=60)
         t1 = time.perf_counter()
+        c1 = time.process_time()
         if not ok:
             raise RuntimeError(f"close() False on {path}")
+        if not outbox:
+            cpu["on" if path.startswith("acksink") else "off"].append((c1 - c0) / count)
         return count / (t1 - t0), count / (t_calls - t0)
 
     text = envelope.encode_data("bench", PAYLOAD, "x" * 36)
@@ -208,6 +218,21 @@ def sink_pair(
         # state, so the median of the rounds' costs is what drift cannot move.
         on, off = rates["on"], rates["off"]
         rounds = [1 - (on[i] + on[i + 1]) / (off[i] + off[i + 1]) for i in range(0, len(on) - 1, 2)]
+        # CPU per message is what acks cost the client itself, whatever the
+        # sink's speed (the acking sink needs far more CPU than /sink, and on a
+        # busy machine it, not the client, may set the pace of the "on" runs).
+        con, coff = cpu["on"], cpu["off"]
+        cpu_rounds = [
+            (con[i] + con[i + 1]) / (coff[i] + coff[i + 1]) - 1 for i in range(0, len(con) - 1, 2)
+        ]
+        out["cpu_on_us"] = 1e6 * statistics.median(con)
+        out["cpu_off_us"] = 1e6 * statistics.median(coff)
+        out["cpu_cost"] = cpu_rounds
+        print(
+            f"  (client CPU per message, on: {', '.join(f'{1e6 * c:.1f}' for c in con)} us;"
+            f" off: {', '.join(f'{1e6 * c:.1f}' for c in coff)} us)",
+            file=sys.stderr,
+        )
         out["paired_cost"] = statistics.median(rounds)
         out["paired_cost_min"] = min(rounds)
         out["paired_cost_max"] = max(rounds)
@@ -297,6 +322,13 @@ def sink_rows(
         print(
             f"  cost of acks, paired rounds  {paired:6.1f} %   (target <= 15 %; "
             f"min {lo:.1f}, max {hi:.1f} over {repeat} ABBA rounds)"
+        )
+    if pair:
+        c = [100 * x for x in rates["cpu_cost"]]
+        print(
+            f"  client CPU per message       off {rates['cpu_off_us']:.1f} us, on "
+            f"{rates['cpu_on_us']:.1f} us: acks cost {statistics.median(c):.1f} % "
+            f"(min {min(c):.1f}, max {max(c):.1f}; paired rounds; target <= 15 %)"
         )
     print("durable outbox (fsync off), to /acksink; 'calls': until the send loop returned (every")
     print("message committed to the file), 'acked': until the sink had all and close() returned")
