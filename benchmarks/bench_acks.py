@@ -43,13 +43,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tether_sync import Queue, TetherClient
 
 PAYLOAD = "0123456789abcdef" * 4
+#: Messages per ``send_many()`` call in the durable ``send_many`` row.
+BATCH = 1000
 
 
 def serve(args: List[str]) -> tuple[subprocess.Popen[str], str]:
@@ -83,13 +85,20 @@ def run(url: str, n: int, queue: Optional[Dict[str, object]] = None) -> Dict[str
 
 
 def sink_pair(
-    n: int, repeat: int, pair: bool = True, durable: bool = True, pin: bool = False
-) -> Dict[str, float]:
+    n: int,
+    repeat: int,
+    pair: bool = True,
+    durable: bool = True,
+    pin: bool = False,
+    max_size: Optional[int] = None,
+) -> Dict[str, Any]:
     """Client-side cost: the same default client to /sink (off) and /acksink (on);
     and a durable outbox to /acksink. Medians (k/s) under "off", "on", "durable".
 
     ``pin``: this process on the first CPU, the sink on the last (as
     ``bench_client.py --pin``), so the sink never competes with the client.
+    ``max_size``: the clients' ``Queue(max_size=...)`` (None: the default, 1000);
+    unacknowledged messages count against it, so with acks it is the window.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import threading
@@ -105,49 +114,125 @@ def sink_pair(
     tmp = tempfile.TemporaryDirectory()
     files: List[str] = []
 
-    def one(path: str, outbox: bool = False) -> float:
+    cpu: Dict[str, List[float]] = {"off": [], "on": []}  # CPU seconds of this process per message
+
+    def one(path: str, count: int, outbox: bool = False, batch: int = 0) -> Tuple[float, float]:
+        """Send ``count`` messages; (rate until acknowledged and closed, rate of the calls).
+
+        Also records this process's CPU time per message (every thread of the
+        client; the sink is another process) under "on" or "off" for the pair runs.
+        """
         url = f"{server.base}/{path}"
+        size = {} if max_size is None else {"max_size": max_size}
         if outbox:
             files.append(os.path.join(tmp.name, f"outbox{len(files)}.sqlite"))
-            client = TetherClient(url, queue=Queue(path=files[-1]))
+            client = TetherClient(url, queue=Queue(path=files[-1], **size))
         else:
-            client = TetherClient(url)
+            client = TetherClient(url, queue=Queue(**size))
         got = threading.Event()
         client.on("message", lambda e: got.set() if str(e.payload).startswith("done:") else None)
         client.connect(wait=True, timeout=10)
         t0 = time.perf_counter()
-        for _ in range(n):
-            client.send(PAYLOAD, channel="bench")
+        c0 = time.process_time()
+        if batch:
+            payloads = [PAYLOAD] * batch
+            for _ in range(count // batch):
+                client.send_many(payloads, channel="bench")
+        else:
+            for _ in range(count):
+                client.send(PAYLOAD, channel="bench")
+        t_calls = time.perf_counter()
         if not got.wait(300):
             raise TimeoutError(path)
         ok = client.close(timeout=60)
         t1 = time.perf_counter()
+        c1 = time.process_time()
         if not ok:
             raise RuntimeError(f"close() False on {path}")
-        return n / (t1 - t0)
+        if not outbox:
+            cpu["on" if path.startswith("acksink") else "off"].append((c1 - c0) / count)
+        return count / (t1 - t0), count / (t_calls - t0)
 
-    rates: Dict[str, List[float]] = {"off": [], "on": [], "durable": []}
+    text = envelope.encode_data("bench", PAYLOAD, "x" * 36)
+
+    def wsc() -> float:
+        """websocket-client sending the same envelope text (no acks): the reference."""
+        import websocket
+
+        ws = websocket.create_connection(f"{server.base}/sink?bytes={n * frame}", timeout=60)
+        try:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                ws.send(text)
+            if ws.recv() != f"done:{n * frame}":
+                raise RuntimeError("wsc: wrong done")
+            return n / (time.perf_counter() - t0)
+        finally:
+            ws.close()
+
+    rates: Dict[str, List[float]] = {
+        key: []
+        for key in (
+            "wsc",
+            "off",
+            "on",
+            "durable",
+            "durable_calls",
+            "durable_many",
+            "durable_many_calls",
+        )
+    }
+    n_many = n - n % BATCH
     try:
         for _ in range(repeat):
-            if pair:
-                rates["on"].append(one(f"acksink?n={n}"))
-                rates["off"].append(one(f"sink?bytes={n * frame}"))
-                rates["off"].append(one(f"sink?bytes={n * frame}"))
-                rates["on"].append(one(f"acksink?n={n}"))
+            rates["wsc"].append(wsc())
+            if pair:  # ABBA within each round
+                rates["on"].append(one(f"acksink?n={n}", n)[0])
+                rates["off"].append(one(f"sink?bytes={n * frame}", n)[0])
+                rates["off"].append(one(f"sink?bytes={n * frame}", n)[0])
+                rates["on"].append(one(f"acksink?n={n}", n)[0])
             if durable:
-                rates["durable"].append(one(f"acksink?n={n}", outbox=True))
+                done, calls = one(f"acksink?n={n}", n, outbox=True)
+                rates["durable"].append(done)
+                rates["durable_calls"].append(calls)
+                done, calls = one(f"acksink?n={n_many}", n_many, outbox=True, batch=BATCH)
+                rates["durable_many"].append(done)
+                rates["durable_many_calls"].append(calls)
     finally:
         server.stop()
         tmp.cleanup()
     for key, got in rates.items():
         if got:
             print(f"  ({key}: {', '.join(f'{r / 1000:.1f}' for r in got)} k/s)", file=sys.stderr)
-    out = {key: statistics.median(got) for key, got in rates.items() if got}
+    out: Dict[str, Any] = {key: statistics.median(got) for key, got in rates.items() if got}
+    out["on_runs"] = rates["on"]
+    out["wsc_runs2"] = [w for w in rates["wsc"] for _ in (0, 1)]  # two "on" runs a round
+    for key in ("durable_calls", "durable_many_calls"):
+        if rates[key]:
+            out[f"{key}_vs_wsc"] = [d / w for d, w in zip(rates[key], rates["wsc"])]
+    for key, got in rates.items():
+        if got:
+            out[f"{key}_min"], out[f"{key}_max"] = min(got), max(got)
     if pair:
         # Each ABBA round on its own: on/off within a round shares the machine's
         # state, so the median of the rounds' costs is what drift cannot move.
         on, off = rates["on"], rates["off"]
         rounds = [1 - (on[i] + on[i + 1]) / (off[i] + off[i + 1]) for i in range(0, len(on) - 1, 2)]
+        # CPU per message is what acks cost the client itself, whatever the
+        # sink's speed (the acking sink needs far more CPU than /sink, and on a
+        # busy machine it, not the client, may set the pace of the "on" runs).
+        con, coff = cpu["on"], cpu["off"]
+        cpu_rounds = [
+            (con[i] + con[i + 1]) / (coff[i] + coff[i + 1]) - 1 for i in range(0, len(con) - 1, 2)
+        ]
+        out["cpu_on_us"] = 1e6 * statistics.median(con)
+        out["cpu_off_us"] = 1e6 * statistics.median(coff)
+        out["cpu_cost"] = cpu_rounds
+        print(
+            f"  (client CPU per message, on: {', '.join(f'{1e6 * c:.1f}' for c in con)} us;"
+            f" off: {', '.join(f'{1e6 * c:.1f}' for c in coff)} us)",
+            file=sys.stderr,
+        )
         out["paired_cost"] = statistics.median(rounds)
         out["paired_cost_min"] = min(rounds)
         out["paired_cost_max"] = max(rounds)
@@ -160,7 +245,7 @@ def sink_pair(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=["sink", "durable"], help="just the sink rows")
     parser.add_argument(
         "--pin",
@@ -169,9 +254,16 @@ def main() -> int:
         help="sink rows: client on the first CPU, sink on the last (default; --no-pin: "
         "let the OS place them, the sink then competes with the client for a CPU)",
     )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        help="sink rows: Queue(max_size=...) of the clients (default: the option's default)",
+    )
     args = parser.parse_args()
     if args.only is not None:
-        return sink_rows(args.n, args.repeat, pair=args.only == "sink", pin=args.pin)
+        return sink_rows(
+            args.n, args.repeat, pair=args.only == "sink", pin=args.pin, max_size=args.max_size
+        )
     on_proc, on_url = serve([])
     off_proc, off_url = serve(["--no-extensions"])
     on: List[float] = []
@@ -197,16 +289,32 @@ def main() -> int:
     print(f"  cost of acks                 {100 * (1 - m_on / m_off):6.1f} %   (target <= 15 %)")
     rate = statistics.median(durable) / 1000
     print(f"  durable outbox (fsync off)   {rate:7.1f} k/s  (target >= 20 k/s)")
-    return sink_rows(args.n, args.repeat, pin=args.pin)
+    return sink_rows(args.n, args.repeat, pin=args.pin, max_size=args.max_size)
 
 
-def sink_rows(n: int, repeat: int, pair: bool = True, pin: bool = False) -> int:
-    rates = sink_pair(n, repeat, pair=pair, durable=True, pin=pin)
+def sink_rows(
+    n: int, repeat: int, pair: bool = True, pin: bool = False, max_size: Optional[int] = None
+) -> int:
+    rates = sink_pair(n, repeat, pair=pair, durable=True, pin=pin, max_size=max_size)
     print(f"send {n:,} tether envelopes, sink_server.py (the server is not the bottleneck):")
+
+    def side(key: str) -> str:
+        lo, mid, hi = rates[f"{key}_min"], rates[key], rates[f"{key}_max"]
+        return f"{mid / 1000:7.1f} k/s  (min {lo / 1000:.1f}, max {hi / 1000:.1f})"
+
+    where = "pinned: client CPU 0, sink the last CPU" if pin else "not pinned"
+    queue = "default" if max_size is None else f"{max_size:,}"
+    print(f"({where}; Queue max_size {queue}; {repeat} rounds; spread over all runs of a side)")
+    print(f"  websocket-client (no acks)   {side('wsc')}  (the same envelope text)")
     if pair:
         s_off, s_on = rates["off"], rates["on"]
-        print(f"  extension off (written)      {s_off / 1000:7.1f} k/s")
-        print(f"  extension on  (acknowledged) {s_on / 1000:7.1f} k/s")
+        print(f"  extension off (written)      {side('off')}")
+        print(f"  extension on  (acknowledged) {side('on')}")
+        ratios = [o / w for o, w in zip(rates["on_runs"], rates["wsc_runs2"])]
+        print(
+            f"  on / websocket-client        min {min(ratios):.2f}, median "
+            f"{statistics.median(ratios):.2f}, max {max(ratios):.2f} (per run, same round)"
+        )
         cost = 100 * (1 - s_on / s_off)
         paired = 100 * rates["paired_cost"]
         print(f"  cost of acks, client side    {cost:6.1f} %   (medians of all runs)")
@@ -215,8 +323,25 @@ def sink_rows(n: int, repeat: int, pair: bool = True, pin: bool = False) -> int:
             f"  cost of acks, paired rounds  {paired:6.1f} %   (target <= 15 %; "
             f"min {lo:.1f}, max {hi:.1f} over {repeat} ABBA rounds)"
         )
-    rate = rates["durable"] / 1000
-    print(f"  durable outbox (fsync off)   {rate:7.1f} k/s  (target >= 20 k/s)")
+    if pair:
+        c = [100 * x for x in rates["cpu_cost"]]
+        print(
+            f"  client CPU per message       off {rates['cpu_off_us']:.1f} us, on "
+            f"{rates['cpu_on_us']:.1f} us: acks cost {statistics.median(c):.1f} % "
+            f"(min {min(c):.1f}, max {max(c):.1f}; paired rounds; target <= 15 %)"
+        )
+    print("durable outbox (fsync off), to /acksink; 'calls': until the send loop returned (every")
+    print("message committed to the file), 'acked': until the sink had all and close() returned")
+    for key in ("durable_calls", "durable_many_calls"):
+        r = rates[f"{key}_vs_wsc"]
+        print(
+            f"  ({key} / websocket-client: min {min(r):.2f}, median {statistics.median(r):.2f},"
+            f" max {max(r):.2f})"
+        )
+    print(f"  send(), calls                {side('durable_calls')}  target >= 20 k/s")
+    print(f"  send(), acked                {side('durable')}")
+    print(f"  send_many({BATCH}), calls       {side('durable_many_calls')}  target >= 100 k/s")
+    print(f"  send_many({BATCH}), acked       {side('durable_many')}")
     return 0
 
 

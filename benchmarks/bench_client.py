@@ -228,19 +228,21 @@ def big_count(size: int, total: int) -> int:
     return max(20, total // size)
 
 
-def send_big_all(base: str, size: int, n: int) -> Result:
+def send_big_all(base: str, size: int, n: int, hwms: Tuple[int, ...] = ()) -> Result:
     """Send ``n`` binary messages of ``size`` bytes with each client, until the sink has them.
 
     The three clients run one after the other within one repetition, so the
     ratios are taken within a repetition (paired). Each is told to send a
     ``bytes`` payload (a binary frame): what is timed is framing, masking and
-    writing, not UTF-8 encoding. Rates are in MB/s of payload.
+    writing, not UTF-8 encoding. Rates are in MB/s of payload. ``hwms``: extra
+    TetherClient runs with these ``high_water_mark`` values (keys ``hwm=<v>``),
+    the default run and these alternating in ABBA order within the repetition.
     """
     payload = os.urandom(size)
     expected = n * masked_frame_len(size)
     out: Result = {}
 
-    ws = websocket.create_connection(f"{base}/sink?bytes={expected}", timeout=WAIT)
+    ws = websocket.create_connection(f"{base}/bigsink?bytes={expected}", timeout=WAIT)
     try:
         t0 = time.perf_counter()
         for _ in range(n):
@@ -251,7 +253,7 @@ def send_big_all(base: str, size: int, n: int) -> Result:
         ws.close()
 
     with websockets_connect(
-        f"{base}/sink?bytes={expected}", compression=None, open_timeout=WAIT, max_size=None
+        f"{base}/bigsink?bytes={expected}", compression=None, open_timeout=WAIT, max_size=None
     ) as wss:
         t0 = time.perf_counter()
         for _ in range(n):
@@ -259,21 +261,36 @@ def send_big_all(base: str, size: int, n: int) -> Result:
         _check_done(wss.recv(timeout=WAIT), expected)
         out["websockets"] = n * size / (time.perf_counter() - t0) / 1e6
 
-    client = _tether(
-        f"{base}/sink?bytes={expected}",
-        queue={"max_size": n + 10, "overflow": "reject"},
-        max_message_size=max(size, 16 * 2**20),
-    )
-    try:
-        sub = client.subscribe("default")
-        client.connect(wait=True, timeout=10)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            client.send(payload)
-        _check_done(sub.get(timeout=WAIT), expected)
-        out["tether"] = n * size / (time.perf_counter() - t0) / 1e6
-    finally:
-        client.close(timeout=5)
+    def tether_run(**options: Any) -> float:
+        client = _tether(
+            f"{base}/bigsink?bytes={expected}",
+            queue={"max_size": n + 10, "overflow": "reject"},
+            max_message_size=max(size, 16 * 2**20),
+            **options,
+        )
+        try:
+            sub = client.subscribe("default")
+            client.connect(wait=True, timeout=10)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                client.send(payload)
+            _check_done(sub.get(timeout=WAIT), expected)
+            return n * size / (time.perf_counter() - t0) / 1e6
+        finally:
+            client.close(timeout=5)
+
+    if not hwms:
+        out["tether"] = tether_run()
+        return out
+    # ABBA: default, each hwm, each hwm again (reversed), default again.
+    rates: Dict[str, List[float]] = {}
+    order: List[Optional[int]] = [None, *hwms, *reversed(hwms), None]
+    for hwm in order:
+        key = "tether" if hwm is None else f"hwm={hwm}"
+        opts = {} if hwm is None else {"backpressure": {"high_water_mark": hwm}}
+        rates.setdefault(key, []).append(tether_run(**opts))
+    for key, got in rates.items():
+        out[key] = statistics.mean(got)
     return out
 
 
@@ -553,7 +570,9 @@ def run_all(base: str, args: argparse.Namespace, log: Callable[[str], None]) -> 
         *[
             (
                 f"big.{size // 1024}k",
-                lambda size=size: send_big_all(base, size, big_count(size, args.big_bytes)),
+                lambda size=size: send_big_all(
+                    base, size, big_count(size, args.big_bytes), args.big_hwm
+                ),
             )
             for size in BIG_SIZES
         ],
@@ -758,6 +777,22 @@ def build_rows(samples: Dict[str, List[Result]]) -> List[Dict[str, Any]]:
             fmt=mbps,
             r=big_ratio,
         )
+        hwm_keys = sorted(
+            {k for s in runs for k in s if k.startswith("hwm=")}, key=lambda k: int(k[4:])
+        )
+        for key in hwm_keys:
+            hwm_ratio = statistics.median(s[key] / s["websockets"] for s in runs)
+            row(
+                f"send {size // 1024} KiB binary, high_water_mark={int(key[4:]):,}",
+                "MB/s",
+                med(name, key),
+                med(name, "wsc"),
+                med(name, "websockets"),
+                ">= 1x websockets",
+                hwm_ratio >= 1,
+                fmt=mbps,
+                r=hwm_ratio,
+            )
 
     def nbytes(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:,.0f} B"
@@ -805,6 +840,14 @@ def spread_rows(samples: Dict[str, List[Result]]) -> List[Tuple[str, float, floa
             continue
         ratios = [x[ka] / y[kb] for x, y in zip(samples[ca], samples[cb]) if y[kb]]
         if ratios:
+            out.append((label, min(ratios), statistics.median(ratios), max(ratios), len(ratios)))
+    for size in BIG_SIZES:
+        runs = samples.get(f"big.{size // 1024}k", [])
+        for key in sorted(
+            {k for s in runs for k in s if k.startswith("hwm=")}, key=lambda k: int(k[4:])
+        ):
+            ratios = [s[key] / s["websockets"] for s in runs if key in s and s["websockets"]]
+            label = f"send {size // 1024} KiB, {key}, tether / websockets"
             out.append((label, min(ratios), statistics.median(ratios), max(ratios), len(ratios)))
     return out
 
@@ -976,6 +1019,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--n-mem", type=int, help="messages queued for the memory run")
     parser.add_argument(
         "--big-bytes", type=int, help="payload bytes per big-message send run (per client)"
+    )
+    parser.add_argument(
+        "--big-hwm",
+        type=lambda text: tuple(int(float(v)) for v in text.split(",") if v),
+        default=(),
+        help="big-message rows: also run TetherClient with these high_water_mark values "
+        "(comma-separated bytes, e.g. 1e6,4e6,16e6), ABBA with the default run",
     )
     parser.add_argument("--only", help="comma-separated case prefixes (e.g. send,rtt,bp)")
     parser.add_argument("--profile", action="store_true", help="also cProfile TetherClient")

@@ -10,6 +10,13 @@ by hand, then one of three modes picked by the URL path:
     arrived it answers one text frame ``done:<count>``, so the client can time
     "first send() until the server has everything". After that it parses frames
     (answers close and ping).
+``/bigsink?bytes=N``
+    The same for big frames, frame by frame: it reads each frame's header and
+    skips its payload unread (never unmasked), counts only data frames'
+    bytes and answers a ping with a pong, as any server does. tether_sync
+    interleaves small pings with large messages (its write barriers), which
+    ``/sink``'s byte count would take for data (the ``done`` then comes early
+    and the frames after it are misread).
 ``/blast?n=N&size=64``
     Waits for one frame from the client (the "go"), then writes ``N`` pre-built
     unmasked text frames of ``size`` bytes with ~1 MiB ``sendall()`` calls.
@@ -264,6 +271,84 @@ def sink(sock: socket.socket, expected: int, initial: bytes) -> None:
     frame_loop(sock, FrameReader(sock, tail), echo=False)
 
 
+def big_sink(sock: socket.socket, expected: int, initial: bytes) -> None:
+    """Count the bytes of data frames (header included) until ``expected``; answer pings.
+
+    Per frame only the header is parsed; payloads of data frames are skipped
+    without being copied or unmasked, so frames of 64 KiB and more cost the
+    server next to nothing. Control frames are small: they are read whole.
+    """
+    buf = bytearray(READ_SIZE)
+    view = memoryview(buf)
+    pending = bytearray(initial)  # unparsed bytes (a header, or a control frame)
+    skip = 0  # payload bytes of the current data frame still to come
+    count = 0
+    while count < expected or skip:  # bounded: every recv gets >= 1 byte or ends it
+        if skip:
+            if pending:  # bytes already read first
+                take = min(skip, len(pending))
+                del pending[:take]
+                skip -= take
+                continue
+            n = sock.recv_into(view, min(skip, READ_SIZE))
+            if not n:
+                return
+            skip -= n
+            continue
+        frame = _parse_header(pending)
+        if frame is None:
+            n = sock.recv_into(view)
+            if not n:
+                return
+            pending += view[:n]
+            continue
+        opcode, header_len, length = frame
+        if opcode in (OP_CONT, OP_TEXT, OP_BINARY):
+            count += header_len + length
+            del pending[:header_len]
+            skip = length
+            continue
+        if len(pending) < header_len + length:  # a control frame: read it whole
+            n = sock.recv_into(view)
+            if not n:
+                return
+            pending += view[:n]
+            continue
+        reader = FrameReader(sock, bytes(pending[: header_len + length]))
+        del pending[: header_len + length]
+        op, payload = next(reader.frames())
+        if op == OP_PING:
+            sock.sendall(server_frame(OP_PONG, payload))
+        elif op == OP_CLOSE:
+            sock.sendall(server_frame(OP_CLOSE, payload[:2]))
+            return
+    sock.sendall(server_frame(OP_TEXT, f"done:{count}".encode()))
+    frame_loop(sock, FrameReader(sock, bytes(pending)), echo=False)
+
+
+def _parse_header(buf: bytearray) -> Optional[Tuple[int, int, int]]:
+    """``(opcode, header length, payload length)`` of the frame at the start of ``buf``."""
+    if len(buf) < 2:
+        return None
+    n = buf[1] & 0x7F
+    pos = 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n = int.from_bytes(buf[2:4], "big")
+        pos = 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n = int.from_bytes(buf[2:10], "big")
+        pos = 10
+    if buf[1] & 0x80:
+        pos += 4
+        if len(buf) < pos:
+            return None
+    return buf[0] & 0x0F, pos, n
+
+
 def blast(sock: socket.socket, n: int, size: int, initial: bytes) -> None:
     """Wait for the client's "go" frame, then write ``n`` text frames of ``size`` bytes."""
     reader = FrameReader(sock, initial)
@@ -294,12 +379,14 @@ def serve_connection(sock: socket.socket) -> None:
         parts = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         mode = parts.path.rstrip("/").rsplit("/", 1)[-1]
-        if mode in ("sink", "blast"):
+        if mode in ("sink", "bigsink", "blast"):
             rest = preamble(sock, rest)
         if mode == "acksink":
             ack_sink(sock, int(query["n"]), rest)
         elif mode == "sink":
             sink(sock, int(query["bytes"]), rest)
+        elif mode == "bigsink":
+            big_sink(sock, int(query["bytes"]), rest)
         elif mode == "blast":
             blast(sock, int(query.get("n", "100000")), int(query.get("size", "64")), rest)
         else:

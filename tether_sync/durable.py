@@ -488,12 +488,76 @@ class DurableStore:
 
         They are numbered consecutively in the given order (no other append comes
         between them) and committed in as few transactions as :data:`MAX_BATCH`
-        allows. Same errors as :meth:`append`; ``timeout`` covers them all.
+        allows. Same errors as :meth:`append`; ``timeout`` covers them all. When
+        one transaction fails or the time runs out, the messages of the call not
+        yet committed never are (or are discarded right after a commit that was
+        running); those of earlier transactions of the call stay committed.
         ``refs``: one per message, each given to ``on_commit_ref`` with its seq.
         """
-        handles = self._enqueue(messages, lead=True, refs=refs)
         deadline = Deadline(timeout)
-        return [h.result(deadline.remaining()) for h in handles]
+        seqs: List[int] = []
+        groups = self._enqueue_many(messages, refs)
+        # One wait per transaction, not one per message (what send_many() costs).
+        for n, (batch, items) in enumerate(groups):
+            batch.wait(deadline.remaining())
+            if batch.committed:  # set before finish(): no lock needed
+                seqs.extend([i.seq for i in items])
+                continue
+            with self._lock:
+                if batch.error is not None and not batch.committed:
+                    error: BaseException = batch.error
+                elif batch.committed:
+                    seqs.extend([i.seq for i in items])
+                    continue
+                else:
+                    error = TimeoutError(f"outbox {self.path}: not committed within {timeout} s")
+                # None of the rest is sent: those not yet in a transaction are
+                # withdrawn, those in a running one are discarded after it.
+                for later, rest in groups[n:]:
+                    if later.committed or later.error is not None:
+                        continue
+                    for i in rest:
+                        if later.taken:
+                            i.abandoned = True
+                        else:
+                            later.items.remove(i)
+            raise error
+        return seqs
+
+    def _enqueue_many(
+        self, messages: Sequence[Tuple[str, str, int, bytes]], refs: Optional[Sequence[Any]]
+    ) -> List[Tuple[_Batch, List[_Item]]]:
+        """Queue ``messages`` consecutively and commit them here if nobody is committing.
+
+        Returns each batch they went into with its share of them, in order.
+        """
+        self._check_fork()
+        if refs is None:
+            items = [_Item(m, c, o, d if type(d) is bytes else bytes(d)) for m, c, o, d in messages]
+        else:
+            items = [
+                _Item(m, c, o, d if type(d) is bytes else bytes(d), r)
+                for (m, c, o, d), r in zip(messages, refs)
+            ]
+        groups: List[Tuple[_Batch, List[_Item]]] = []
+        with self._lock:
+            self._check_open()
+            batches = self._batches
+            start = 0
+            while start < len(items):
+                if not batches or batches[-1].taken or len(batches[-1].items) >= MAX_BATCH:
+                    batches.append(_Batch())
+                batch = batches[-1]
+                share = items[start : start + MAX_BATCH - len(batch.items)]
+                batch.items.extend(share)
+                groups.append((batch, share))
+                start += len(share)
+            leading = bool(items) and not self._committing
+            if leading:
+                self._committing = True
+        if leading:
+            self._commit_as_leader()
+        return groups
 
     def _enqueue(
         self,
@@ -779,10 +843,14 @@ class DurableStore:
             self.appended += len(live)
         if self._on_commit is not None and live:
             self._hook([StoredMessage(i.seq, i.msg_id, i.channel, i.op, i.data) for i in live])
-        if self._on_commit_ref is not None:
-            for i in live:
+        hook = self._on_commit_ref
+        if hook is not None:
+            for i in live:  # _hook_ref inline: once per message of a send_many()
                 if i.ref is not None:
-                    self._hook_ref(i.seq, i.ref)
+                    try:
+                        hook(i.seq, i.ref)
+                    except Exception:
+                        log.exception("outbox %s: on_commit_ref callback raised", self.path)
 
     def _write(
         self,

@@ -21,6 +21,7 @@ from typing import Iterator, List, Optional
 
 import pytest
 
+from tether_sync import durable
 from tether_sync.durable import (
     CRASH_SEQ_GAP,
     DISCARD_BATCH,
@@ -657,3 +658,95 @@ def test_outbox_files_are_created_owner_only(
     assert {"outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite.lock"} <= set(while_open)
     assert while_open == dict.fromkeys(while_open, 0o600)
     assert reopened == dict.fromkeys(reopened, 0o600)
+
+
+# -- append_many (send_many with a durable outbox) -------------------------------------------
+
+
+def test_append_many_beyond_one_transaction_numbers_and_hooks_in_order(
+    path: str, opened: List[DurableStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(durable, "MAX_BATCH", 10)
+    got: List[tuple] = []
+    store = open_store(opened, path, on_commit_ref=lambda seq, ref: got.append((seq, ref)))
+    messages = [(f"m{i}", "c", 1, bytearray(b"%d" % i)) for i in range(25)]
+    seqs = store.append_many(messages, timeout=WAIT, refs=[f"r{i}" for i in range(25)])
+    assert seqs == list(range(1, 26))
+    assert got == [(i + 1, f"r{i}") for i in range(25)]
+    assert store.transactions == 3  # 10 + 10 + 5
+    assert store.close()
+    again = DurableStore(path)
+    try:
+        assert [(m.seq, m.data) for m in again.pending()] == [(i + 1, b"%d" % i) for i in range(25)]
+    finally:
+        again.close()
+
+
+def test_append_many_during_a_commit_goes_into_the_next_transaction(
+    path: str, opened: List[DurableStore]
+) -> None:
+    gate = Gate()
+    store = open_store(opened, path, on_commit=gate)
+    leader = threading.Thread(target=store.append, args=("lead", "c", 1, b"d"), daemon=True)
+    leader.start()
+    assert gate.entered.wait(WAIT)  # the leader's commit is running (held in the hook)
+    result: List[List[int]] = []
+    batcher = threading.Thread(
+        target=lambda: result.append(
+            store.append_many([(f"m{i}", "c", 1, b"d") for i in range(5)], timeout=WAIT)
+        ),
+        daemon=True,
+    )
+    batcher.start()
+    gate.opened.set()
+    batcher.join(WAIT)
+    leader.join(WAIT)
+    assert result == [[2, 3, 4, 5, 6]]
+    assert gate.calls == [[1], [2, 3, 4, 5, 6]]
+
+
+def test_a_timed_out_append_many_leaves_none_of_its_messages_behind(path: str) -> None:
+    # Before: only the first message of the batch was withdrawn; the others were
+    # committed (and so sent) after the caller had been told the call timed out.
+    gate = Gate()
+    store = DurableStore(path, on_commit=gate)
+    leader = threading.Thread(target=store.append, args=("lead", "c", 1, b"d"), daemon=True)
+    leader.start()
+    try:
+        assert gate.entered.wait(WAIT)
+        with pytest.raises(TimeoutError):
+            store.append_many([(f"late{i}", "c", 1, b"d") for i in range(3)], timeout=0.05)
+        assert store.backlog == 0
+        gate.opened.set()
+        leader.join(WAIT)
+        assert store.append("next", "c", 1, b"d") == 2
+    finally:
+        gate.opened.set()
+        assert store.close()
+    again = DurableStore(path)
+    try:
+        assert [m.msg_id for m in again.pending()] == ["lead", "next"]
+    finally:
+        again.close()
+
+
+def test_a_failed_append_many_raises_and_stores_none_of_it(path: str) -> None:
+    store = DurableStore(path)
+    try:
+        refuse = True
+
+        def authorizer(action: int, *args: object) -> int:
+            return sqlite3.SQLITE_DENY if refuse and action == sqlite3.SQLITE_INSERT else 0
+
+        store._conn.set_authorizer(authorizer)
+        with pytest.raises(TetherError, match="commit failed"):
+            store.append_many([(f"m{i}", "c", 1, b"d") for i in range(3)], timeout=WAIT)
+        refuse = False
+        assert store.append_many([("ok", "c", 1, b"d")], timeout=WAIT) == [4]
+    finally:
+        assert store.close()
+    again = DurableStore(path)
+    try:
+        assert [m.msg_id for m in again.pending()] == ["ok"]
+    finally:
+        again.close()
