@@ -143,9 +143,13 @@ def run(url: str, n: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="ABBA rounds (2 runs of each)")
+    parser.add_argument(
+        "--only", choices=("hub", "serve"), help="only the Hub node or only tether-sync serve"
+    )
     args = parser.parse_args()
     print(f"send {args.n:,} tether envelopes then close(), one client, acknowledged")
+    print(f"load average before: {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc, redis_url = start_redis(tmp)
         try:
@@ -153,11 +157,14 @@ def main() -> int:
                 ("Hub in a websockets server", hub_node),
                 ("tether-sync serve", serve),
             ):
+                if args.only is not None and (start is serve) != (args.only == "serve"):
+                    continue
                 store_args = ["--store", redis_url] if start is serve else [redis_url]
                 compare(title, start(store_args), start([]), args.n, args.repeat)
         finally:
             redis_proc.terminate()
             redis_proc.wait(10)
+    print(f"load average after: {_load()}")
     return 0
 
 
@@ -180,10 +187,23 @@ def compare(title: str, on_redis: Node, in_memory: Node, n: int, repeat: int) ->
     for name, rates in (("redis", redis), ("memory", memory)):
         print(f"  ({name}: {', '.join(f'{r / 1000:.1f}' for r in rates)} k/s)", file=sys.stderr)
     m_redis, m_memory = statistics.median(redis), statistics.median(memory)
-    print(f"{title}:")
-    print(f"  on MemoryStore               {m_memory / 1000:7.1f} k/s")
-    print(f"  on Redis                     {m_redis / 1000:7.1f} k/s   (target >= 20 k/s)")
+    print(f"{title}:  (min / median / max of {len(redis)} runs each)")
+    print(f"  on MemoryStore               {_spread(memory)} k/s")
+    print(f"  on Redis                     {_spread(redis)} k/s   (target >= 20 k/s)")
     print(f"  Redis / MemoryStore          {100 * m_redis / m_memory:6.1f} %   (target >= 50 %)")
+
+
+def _spread(rates: List[float]) -> str:
+    low, mid, high = min(rates), statistics.median(rates), max(rates)
+    return f"{low / 1000:5.1f} / {mid / 1000:5.1f} / {high / 1000:5.1f}"
+
+
+def _load() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ adapters:
 * :meth:`Hub.serve_sync`: a ``websockets.sync.server`` connection or a
   Flask-Sock (simple-websocket) one, each on its own thread.
 
+The bundled ``tether-sync serve`` (:class:`~tether_sync.server.TetherServer`)
+runs on the same protocol and driver (:class:`_Connection`, subclassed in
+:mod:`.bundled` for its records, latency and fault controls).
+
 What a connection does with a batch of frames (everything that arrived
 together, read while the previous batch was being stored):
 
@@ -1271,13 +1275,18 @@ class _Connection:
     def process(self, batch: Sequence[Data]) -> Optional[Tuple[int, str]]:
         """Handle a batch of frames in order; returns a close ``(code, reason)`` or None."""
         run: List[Tuple[Frame, Deliver]] = []
+        # Rule 5: an ack at once at the 64th unacked. In one process a run
+        # ends there; with a store on the network a whole batch is one run
+        # (one claim, one commit: the store's round trips are what cost), and
+        # its ack goes as soon as the run is committed.
+        cap = _INBOX_LIMIT if self.hub.store.blocking else ACK_EVERY
         try:
             for data in batch:
                 frame = self.proto.parse(data)
                 events = self.proto.decide(frame)
                 if len(events) == 1 and isinstance(events[0], Deliver):
                     run.append((frame, events[0]))
-                    if len(run) >= ACK_EVERY:  # rule 5: an ack at the 64th at once
+                    if len(run) >= cap:
                         self._flush(run)
                         run = []
                     continue
