@@ -60,6 +60,7 @@ from typing import (
     Deque,
     Dict,
     List,
+    NamedTuple,
     Optional,
     Sequence,
     Tuple,
@@ -170,7 +171,7 @@ class Auth:
     token: Any
 
 
-@dataclass(frozen=True)
+@dataclass
 class Deliver:
     """Accept this data envelope (runs of these are stored together).
 
@@ -212,8 +213,7 @@ class Control:
 Event = Union[Send, Hello, Auth, Deliver, Subscribe, Unsubscribe, Control]
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One received frame, parsed and classified (what the bundled server records).
 
     Attributes:
