@@ -38,12 +38,24 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from websockets.exceptions import ConnectionClosed
 
 from .codec import encode
-from .hub import ACK_EVERY, Frame, Message, Peer, ServerProtocol, _Connection, serve_batches
+from .hub import (
+    ACK_EVERY,
+    Deliver,
+    Event,
+    Frame,
+    Message,
+    Peer,
+    ServerProtocol,
+    Subscribe,
+    Unsubscribe,
+    _Connection,
+    serve_batches,
+)
 from .state import Received, TetherConnection
 from .tokens import decode_token, now_ms
 from .transport import GatedConnection
@@ -112,14 +124,35 @@ class BundledConnection(_Connection):
         self.loop = asyncio.get_running_loop()
         self.thread = threading.get_ident()
         self.ack_timer: Optional[asyncio.TimerHandle] = None
+        # While a batch is handled on a worker thread: what it hands to the
+        # loop, in order, to go in one hop (see _hand_over), and that thread.
+        self._pending: Optional[List[Tuple[Callable[..., Any], Tuple[Any, ...]]]] = None
+        self._worker: Optional[int] = None
 
     def _on_loop(self, func: Callable[..., Any], *args: Any) -> None:
         """Run ``func(*args)`` on the loop: now when called there, else in posting order."""
-        if threading.get_ident() == self.thread:
+        ident = threading.get_ident()
+        if ident == self.thread:
             func(*args)
+        elif self._pending is not None and ident == self._worker:
+            self._pending.append((func, args))
         else:
             try:
                 self.loop.call_soon_threadsafe(func, *args)
+            except RuntimeError:  # the loop is closed: the server stopped
+                pass
+
+    def _hand_over(self) -> None:
+        """Hand what the worker collected to the loop in one hop, before anything else is posted.
+
+        Called before a hub call that may post to this connection itself (a
+        subscribe's answer and replay, a broadcast), so the order holds.
+        """
+        pending = self._pending
+        if pending:
+            self._pending = []
+            try:
+                self.loop.call_soon_threadsafe(_run_all, pending)
             except RuntimeError:  # the loop is closed: the server stopped
                 pass
 
@@ -127,11 +160,30 @@ class BundledConnection(_Connection):
 
     def process(self, batch: Sequence[Union[str, bytes]]) -> Optional[Tuple[int, str]]:
         """:meth:`_Connection.process`, where one bad message never ends the connection."""
+        offloaded = threading.get_ident() != self.thread
+        if offloaded:
+            self._worker = threading.get_ident()
+            self._pending = []
         try:
             return super().process(batch)
         except Exception:
             log.exception("connection %d: error while handling a message", self.conn.id)
             return None
+        finally:
+            if offloaded:
+                self._hand_over()
+                self._pending = None
+                self._worker = None
+
+    def _do(self, event: Event) -> None:
+        if isinstance(event, (Subscribe, Unsubscribe)):
+            self._hand_over()
+        super()._do(event)
+
+    def _flush(self, run: List[Tuple[Frame, Deliver]]) -> None:
+        if self.hub.broadcast:
+            self._hand_over()
+        super()._flush(run)
 
     async def settle(self) -> None:
         """Read no further while a client that does not read has a backlog (backpressure)."""
@@ -287,6 +339,11 @@ class BundledConnection(_Connection):
                     pass
 
             self._on_loop(sender.post_action, fault)
+
+
+def _run_all(calls: List[Tuple[Callable[..., Any], Tuple[Any, ...]]]) -> None:
+    for func, args in calls:
+        func(*args)
 
 
 async def serve_bundled(
