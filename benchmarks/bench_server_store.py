@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -125,27 +125,44 @@ def hub_node(args: List[str]) -> Tuple[subprocess.Popen[str], str]:
     return proc, match.group(0)
 
 
-def run(url: str, n: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process used so far (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(url: str, n: int, pids: Sequence[int] = ()) -> Tuple[float, float]:
+    """Send ``n`` and close: the rate, and the CPU seconds ``pids`` spent per message."""
     client = TetherClient(url)
     client.connect(wait=True, timeout=10)
+    cpu0 = sum(cpu_seconds(pid) for pid in pids)
     t0 = time.perf_counter()
     for _ in range(n):
         client.send(PAYLOAD, channel="bench")
     ok = client.close(timeout=300)
     t1 = time.perf_counter()
+    cpu1 = sum(cpu_seconds(pid) for pid in pids)
     if not ok:
         raise RuntimeError("close() did not get every ack")
     if client.stats().acked != n:
         raise RuntimeError(f"acked {client.stats().acked} of {n}")
-    return n / (t1 - t0)
+    return n / (t1 - t0), (cpu1 - cpu0) / n
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="ABBA rounds (2 runs of each)")
+    parser.add_argument(
+        "--only", choices=("hub", "serve"), help="only the Hub node or only tether-sync serve"
+    )
     args = parser.parse_args()
     print(f"send {args.n:,} tether envelopes then close(), one client, acknowledged")
+    print(f"load average before: {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc, redis_url = start_redis(tmp)
         try:
@@ -153,26 +170,41 @@ def main() -> int:
                 ("Hub in a websockets server", hub_node),
                 ("tether-sync serve", serve),
             ):
+                if args.only is not None and (start is serve) != (args.only == "serve"):
+                    continue
                 store_args = ["--store", redis_url] if start is serve else [redis_url]
-                compare(title, start(store_args), start([]), args.n, args.repeat)
+                compare(title, start(store_args), start([]), args.n, args.repeat, redis_proc.pid)
         finally:
             redis_proc.terminate()
             redis_proc.wait(10)
+    print(f"load average after: {_load()}")
     return 0
 
 
 Node = Tuple[subprocess.Popen[str], str]
 
 
-def compare(title: str, on_redis: Node, in_memory: Node, n: int, repeat: int) -> None:
+def compare(
+    title: str, on_redis: Node, in_memory: Node, n: int, repeat: int, redis_pid: int
+) -> None:
     redis: List[float] = []
     memory: List[float] = []
+    # Server-side CPU per message (the node, plus redis-server for the Redis
+    # node): what the machine's load does not change, unlike the rates.
+    redis_cpu: List[float] = []
+    memory_cpu: List[float] = []
+
+    def on(node: Node, rates: List[float], cpus: List[float], *pids: int) -> None:
+        rate, cpu = run(node[1], n, [node[0].pid, *pids])
+        rates.append(rate)
+        cpus.append(cpu)
+
     try:
         for _ in range(repeat):  # ABBA: drift cancels out
-            redis.append(run(on_redis[1], n))
-            memory.append(run(in_memory[1], n))
-            memory.append(run(in_memory[1], n))
-            redis.append(run(on_redis[1], n))
+            on(on_redis, redis, redis_cpu, redis_pid)
+            on(in_memory, memory, memory_cpu)
+            on(in_memory, memory, memory_cpu)
+            on(on_redis, redis, redis_cpu, redis_pid)
     finally:
         for proc, _ in (on_redis, in_memory):
             proc.terminate()
@@ -180,10 +212,29 @@ def compare(title: str, on_redis: Node, in_memory: Node, n: int, repeat: int) ->
     for name, rates in (("redis", redis), ("memory", memory)):
         print(f"  ({name}: {', '.join(f'{r / 1000:.1f}' for r in rates)} k/s)", file=sys.stderr)
     m_redis, m_memory = statistics.median(redis), statistics.median(memory)
-    print(f"{title}:")
-    print(f"  on MemoryStore               {m_memory / 1000:7.1f} k/s")
-    print(f"  on Redis                     {m_redis / 1000:7.1f} k/s   (target >= 20 k/s)")
+    c_redis, c_memory = statistics.median(redis_cpu), statistics.median(memory_cpu)
+    print(f"{title}:  (min / median / max of {len(redis)} runs each)")
+    print(f"  on MemoryStore               {_spread(memory)} k/s")
+    print(f"  on Redis                     {_spread(redis)} k/s   (target >= 20 k/s)")
     print(f"  Redis / MemoryStore          {100 * m_redis / m_memory:6.1f} %   (target >= 50 %)")
+    print(
+        f"  server CPU per message       {c_memory * 1e6:5.1f} us in memory, "
+        f"{c_redis * 1e6:5.1f} us on Redis (node + redis-server): "
+        f"{1 / c_memory / 1000:.0f} k/s and {1 / c_redis / 1000:.0f} k/s per free core"
+    )
+
+
+def _spread(rates: List[float]) -> str:
+    low, mid, high = min(rates), statistics.median(rates), max(rates)
+    return f"{low / 1000:5.1f} / {mid / 1000:5.1f} / {high / 1000:5.1f}"
+
+
+def _load() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":

@@ -1,21 +1,16 @@
-"""Reliable delivery in a FastAPI app (docs/guides/own-server.rst).
+"""Reliable delivery in a FastAPI app (docs/guides/own-server.rst, README).
 
-Run: ``python examples/own_server_fastapi.py [PORT]`` (or ``uvicorn own_server_fastapi:app``).
+Run: ``uvicorn own_server_fastapi:app --app-dir examples --port 8000`` (``pip install
+fastapi uvicorn``); clients connect to ``ws://127.0.0.1:8000/ws``.
 """
-
-import sys
-from typing import Any, Dict
 
 from fastapi import FastAPI, WebSocket
 
-from tether_sync.server import Hub, Message
+from tether_sync.server import Hub
 
-
-def handle(msg: Message) -> None:  # once per (session, seq), before the ack
-    print(f"{msg.channel}: {msg.payload!r} (session {msg.session}, seq {msg.seq})", flush=True)
-
-
-hub = Hub(on_message=handle)  # default MemoryStore; RedisStore(url) for several nodes
+# Called once per (session, seq), before the client's ack; MemoryStore by default,
+# Hub(RedisStore("redis://..."), ...) to run several nodes as one service.
+hub = Hub(on_message=lambda msg: print(msg.channel, msg.payload, msg.seq, flush=True))
 app = FastAPI()
 
 
@@ -25,13 +20,5 @@ async def tether(websocket: WebSocket) -> None:
 
 
 @app.post("/publish/{channel}")
-def publish(channel: str, payload: Dict[str, Any]) -> Dict[str, int]:  # to all, with resume
-    return {"local_subscribers": hub.publish(channel, payload)}
-
-
-if __name__ == "__main__":
-    import uvicorn
-
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8000
-    print(f"listening on ws://127.0.0.1:{port}/ws", flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+def publish(channel: str, text: str) -> int:  # to every subscriber, resumable
+    return hub.publish(channel, text)

@@ -6,15 +6,21 @@ a Flask-Sock route under werkzeug.
 Each must give a client hello-ok, acks, dedupe and resume, and give a client that
 sends no hello plain §3. The only test scaffolding in them: a ``gate`` that turns
 connections away (so the test knows the client is offline while it publishes) and
-a list of the open connections (so the test can end one).
+a list of the open connections (so the test can end one). The reference TS client,
+played on Node's ``ws`` (``ref_client.js``), gets plain §3 from each and from the bundled
+server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
+import subprocess
 import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
@@ -350,3 +356,134 @@ def test_auth_callable_guards_data_and_its_verdict_is_answered() -> None:
         if ws is not None:
             ws.close()
         made.stop()
+
+
+# The reference TS client (tether-ws), played on Node's ``ws``: no hello, plain §3.
+
+REF_CLIENT_JS = Path(__file__).resolve().parent / "ref_client.js"
+
+
+def _node_modules() -> Path:
+    """A directory holding Node's ``ws`` (the one tests/integration/test_compression caches)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tether-sync-node"
+    prefix = Path(os.environ.get("TETHER_NODE_PREFIX", default))
+    modules = prefix / "node_modules"
+    if not (modules / "ws" / "package.json").exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.skip("npm is not installed: no Node ws client")
+        prefix.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), "ws@8"],
+            capture_output=True,
+            text=True,
+            timeout=50,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"npm install ws failed:\n{done.stdout}\n{done.stderr}")
+    return modules
+
+
+class RefClient:
+    """``node ref_client.js URL COUNT`` and the JSON lines it prints (what the server sent)."""
+
+    def __init__(self, url: str, count: int) -> None:
+        node = shutil.which("node")
+        if node is None:
+            if os.environ.get("CI"):
+                pytest.fail("CI is set but node is not installed: no reference client")
+            pytest.skip("node is not installed (apt-get install nodejs npm)")
+        env = dict(os.environ, NODE_PATH=str(_node_modules()))
+        self.got = Got()
+        self.proc = subprocess.Popen(
+            [node, str(REF_CLIENT_JS), url, str(count)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.reader = threading.Thread(target=self._read, name="ref-client-out", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.got(json.loads(line))
+
+    def messages(self) -> List[Any]:
+        with self.got.cond:
+            return [m for m in self.got.items if "opened" not in m]
+
+    def disconnect(self) -> None:
+        """Close stdin: the client closes with 1000 ``Client disconnect`` and exits."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.reader.join(10)
+
+
+def _plain_news(items: List[Any]) -> List[Any]:
+    return [m for m in items if m.get("channel") == "news" and m.get("type") == "data"]
+
+
+def test_the_reference_ts_client_gets_plain_section_3(app: App) -> None:
+    client = RefClient(app.url, 20)
+    try:
+        assert app.wait_received(20)
+        # Delivered once each, in order, without session or seq (nothing to dedupe).
+        assert [(m.session, m.seq, m.payload) for m in app.received] == [
+            (None, None, {"n": n}) for n in range(1, 21)
+        ]
+        assert client.got.wait(lambda items: any(m.get("type") == "tether:pong" for m in items))
+        # Its subscribe is in place once a publication reaches it (probes until then).
+        while not client.got.wait(lambda items: bool(_plain_news(items)), 0.05):
+            app.hub.publish("news", "probe")
+        app.hub.publish("news", {"k": 1}, id="p1")
+        assert client.got.wait(lambda items: {"k": 1} in [m.get("payload") for m in items])
+        messages = client.messages()
+        # Only what §3 knows: no hello-ok, no ack, no tether:subscribed, no offset/epoch.
+        assert {m["type"] for m in messages} <= {"tether:pong", "data"}
+        assert _plain_news(messages)[-1] == {
+            "channel": "news",
+            "type": "data",
+            "payload": {"k": 1},
+            "id": "p1",
+        }
+    finally:
+        client.disconnect()
+    # The connection ended (Flask-Sock drops the TCP connection without echoing
+    # the close frame: 1006 there, 1000 elsewhere).
+    assert "closed" in client.messages()[-1]
+
+
+def test_the_reference_ts_client_gets_the_echo_from_the_bundled_server() -> None:
+    from tether_sync.server import TetherServer
+
+    with TetherServer() as server:
+        client = RefClient(server.url, 20)
+        try:
+            assert server.wait_for_data(20, timeout=10)
+            assert server.data_payloads("chat") == [{"n": n} for n in range(1, 21)]
+            assert all(r.session is None for r in server.received(type="data"))
+            # The reference server's echo of each, in order, then a plain broadcast.
+            assert client.got.wait(
+                lambda items: len([m for m in items if m.get("channel") == "chat"]) == 20
+            )
+            server.wait_for(lambda: any("news" in c.subscriptions for c in server.connections))
+            server.broadcast("news", {"k": 1})
+            assert client.got.wait(lambda items: bool(_plain_news(items)))
+            messages = client.messages()
+            assert [m["payload"] for m in messages if m.get("channel") == "chat"] == [
+                {"n": n} for n in range(1, 21)
+            ]
+            assert {m["type"] for m in messages} <= {"tether:pong", "data"}
+            assert _plain_news(messages) == [
+                {"channel": "news", "type": "data", "payload": {"k": 1}, "id": "bc-1"}
+            ]
+        finally:
+            client.disconnect()

@@ -14,8 +14,9 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -28,9 +29,9 @@ EXAMPLES = ROOT / "examples"
 class Example:
     """An example script as a subprocess, its stdout lines in a queue."""
 
-    def __init__(self, script: str, *args: str) -> None:
+    def __init__(self, *argv: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / script), *args],
+            [sys.executable, *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
@@ -78,25 +79,48 @@ def examples() -> Iterator[List[Example]]:
 def test_the_example_acks_every_send_and_handles_each_once(
     script: str, examples: List[Example]
 ) -> None:
+    port = _free_port()
     if script.endswith("fastapi.py"):
         pytest.importorskip("fastapi")
         pytest.importorskip("uvicorn")
-    example = Example(script, str(_free_port()))
+        # As its docstring says to run it.
+        argv = ["-m", "uvicorn", "own_server_fastapi:app", "--app-dir", str(EXAMPLES)]
+        example = Example(*argv, "--port", str(port), "--log-level", "warning")
+        url = f"ws://127.0.0.1:{port}/ws"
+    else:
+        example = Example(str(EXAMPLES / script), str(port))
+        match = re.search(r"ws://\S+", example.next_line())
+        assert match is not None
+        url = match.group(0)
     examples.append(example)
-    match = re.search(r"ws://\S+", example.next_line())
-    assert match is not None
-    client = TetherClient(match.group(0), reconnect={"base_delay": 0.05, "max_delay": 0.5})
+    news: queue.Queue[Any] = queue.Queue()
+    client = TetherClient(url, reconnect={"base_delay": 0.05, "max_delay": 0.5})
     try:
+        client.subscribe("news", news.put)
         client.connect(wait=True, timeout=20)  # uvicorn may still be binding: retried
         deliveries = [client.send({"n": n}, channel="orders") for n in range(3)]
         for delivery in deliveries:
             delivery.result(timeout=10)  # resolved by the server's ack
         assert client.stats().acked == 3
-        session = client.stats().session_id
+        if script.endswith("fastapi.py"):
+            # The publish endpoint reaches the subscriber (once its subscribe is in place).
+            while True:
+                _post(f"http://127.0.0.1:{port}/publish/news?text=hi")
+                try:
+                    assert news.get(timeout=0.2) == "hi"
+                    break
+                except queue.Empty:
+                    continue
     finally:
         assert client.close(timeout=5) is True
     printed = [example.next_line() for _ in range(3)]
-    assert printed == [f"orders: {{'n': {n}}} (session {session}, seq {n + 1})" for n in range(3)]
+    assert printed == [f"orders {{'n': {n}}} {n + 1}" for n in range(3)]
+
+
+def _post(url: str) -> None:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
 
 
 def test_the_own_server_guide_shows_the_examples_as_they_are() -> None:

@@ -11,7 +11,7 @@ import pytest
 import websocket
 
 from tether_sync.server import TetherServer, mint_token
-from tether_sync.server import protocol as server_protocol
+from tether_sync.server import bundled as server_bundled
 
 NO_REPLY_WINDOW = 0.15  # how long "no reply" is watched for (3x the ack deadline)
 
@@ -144,7 +144,7 @@ def test_ack_follows_within_50_ms_and_after_the_echo(tether_server, connect):
 
 def test_ack_goes_at_once_at_64_unacked(tether_server, connect, monkeypatch):
     # With the timer pushed far out, only the count can make an ack go.
-    monkeypatch.setattr(server_protocol, "ACK_DELAY", 30.0)
+    monkeypatch.setattr(server_bundled, "ACK_DELAY", 30.0)
     client = connect(tether_server.url)
     hello(client, "s", ["ack"])
     for seq in range(1, 64):

@@ -38,8 +38,9 @@ from websockets.protocol import State
 
 from tether_sync.redact import redact_url
 
-from .hub import Hub, Message, Peer
-from .protocol import Session, encode
+from .bundled import serve_bundled
+from .codec import encode
+from .hub import Hub, Peer
 from .state import OutgoingData, Received, TetherConnection
 from .store import MemoryStore, Store, StoreUnavailable
 from .transport import GatedConnection, NoDebugLogger, connection_class
@@ -106,6 +107,7 @@ class ServerBase:
             history_size=history_size,
             history_age=history_max_age,
             session_ttl=session_ttl,
+            broadcast=broadcast,
             node=node,
         )
         self._duplicates = 0
@@ -296,7 +298,7 @@ class ServerBase:
 
         return self._on_loop(run, False)
 
-    # Session host and transport hub interfaces (event-loop thread)
+    # Connection driver and transport hub interfaces
 
     def _record(self, record: Received, write: bool = True) -> None:
         accepted = is_data(record) and not record.refused and not record.duplicate
@@ -328,11 +330,6 @@ class ServerBase:
             )
             _write_all(fd, (line + "\n").encode("utf-8"))
 
-    def _delivered(self, message: Message) -> None:
-        # The hub's delivery of a data envelope with a seq, between its claim
-        # and its commit: what --record keeps exactly once.
-        self._write_record(message.session, message.envelope)
-
     def _recorded_highest(self, sid: str) -> int:
         """The highest ``seq`` of ``sid`` in the record file (settling this node's claims)."""
         if self.record_path is None:
@@ -348,40 +345,6 @@ class ServerBase:
         fd, self._record_fd = self._record_fd, None
         if fd is not None:
             os.close(fd)
-
-    @property
-    def blocking_store(self) -> bool:
-        """Whether the store does network I/O (its calls then leave the event loop)."""
-        return self._store.blocking
-
-    def _hello(self, conn: TetherConnection, sid: str, features: Tuple[str, ...]) -> int:
-        acked = self.hub._hello(sid)
-        conn._set(_session=sid, _features=frozenset(features))
-        conn._peer.resume = "resume" in features
-        return acked
-
-    def _goodbye(self, sid: str) -> None:
-        self.hub._goodbye(sid)
-        with self._cond:
-            self._cond.notify_all()
-
-    def _accept_run(
-        self, sid: str, owner: str, messages: List[Dict[str, Any]]
-    ) -> Tuple[List[bool], int]:
-        run = [
-            Message(sid, m.get("channel"), m.get("payload"), m.get("id"), m.get("seq"), m)
-            for m in messages
-        ]
-        return self.hub._accept_run(sid, owner, run, self._delivered)
-
-    def _accept_one(self, sid: str, owner: str, message: Dict[str, Any]) -> Tuple[bool, int]:
-        seq: int = message["seq"]
-        if self._record_fd is None:
-            return self.hub._accept_one(sid, owner, seq, None)
-        return self.hub._accept_one(sid, owner, seq, lambda: self._write_record(sid, message))
-
-    def _highest(self, sid: str) -> int:
-        return self._store.highest(sid)
 
     def _publish(self, channel: str, envelope: Dict[str, Any]) -> int:
         """Number, keep and fan out one envelope through the hub.
@@ -533,9 +496,8 @@ class ServerBase:
             redact_url(conn.path),  # the query may carry a token
         )
         try:
-            await Session(self, conn, ws).run()
+            await serve_bundled(self, conn, ws, conn._peer)
         finally:
-            self.hub._drop_peer(conn._peer)
             # The sans-I/O protocol's view works with every websockets >= 13.
             code = ws.protocol.close_code
             conn._set(

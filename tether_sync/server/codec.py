@@ -19,6 +19,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+# One decoder for every message: json.loads with an option builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json(data: Union[str, bytes]) -> Tuple[Any, bool]:
     """Parse a text or binary message as JSON.
 
@@ -28,7 +32,7 @@ def parse_json(data: Union[str, bytes]) -> Tuple[Any, bool]:
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, parse_constant=_reject_constant), True
+        return _DECODER.decode(text), True
     except (ValueError, RecursionError):
         # ValueError: JSONDecodeError and UnicodeDecodeError. RecursionError:
         # JSON nested too deep for the parser, e.g. "[[[[...", which is valid.

@@ -31,7 +31,8 @@ import math
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .base import ServerBase, is_data, to_frame
-from .protocol import FORCE_CLOSE_REASON, encode
+from .bundled import FORCE_CLOSE_REASON
+from .codec import encode
 from .state import OutgoingData, Received, TetherConnection
 from .transport import GatedConnection
 

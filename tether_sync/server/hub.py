@@ -12,6 +12,10 @@ adapters:
 * :meth:`Hub.serve_sync`: a ``websockets.sync.server`` connection or a
   Flask-Sock (simple-websocket) one, each on its own thread.
 
+The bundled ``tether-sync serve`` (:class:`~tether_sync.server.TetherServer`)
+runs on the same protocol and driver (:class:`_Connection`, subclassed in
+:mod:`.bundled` for its records, latency and fault controls).
+
 What a connection does with a batch of frames (everything that arrived
 together, read while the previous batch was being stored):
 
@@ -56,6 +60,7 @@ from typing import (
     Deque,
     Dict,
     List,
+    NamedTuple,
     Optional,
     Sequence,
     Tuple,
@@ -166,11 +171,19 @@ class Auth:
     token: Any
 
 
-@dataclass(frozen=True)
+@dataclass
 class Deliver:
-    """Accept this data envelope (runs of these are stored together)."""
+    """Accept this data envelope (runs of these are stored together).
+
+    Attributes:
+        message: The envelope as the application gets it.
+        control: The envelope tunnels a ``tether:control`` (only with
+            ``controls=True``): after it is accepted the control runs, and it
+            is neither echoed nor published (rule 7).
+    """
 
     message: Message
+    control: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,17 +203,57 @@ class Unsubscribe:
     channel: str
 
 
-Event = Union[Send, Hello, Auth, Deliver, Subscribe, Unsubscribe]
+@dataclass(frozen=True)
+class Control:
+    """Run this ``tether:control`` (only with ``controls=True``: the bundled server's faults)."""
+
+    message: Dict[str, Any]
+
+
+Event = Union[Send, Hello, Auth, Deliver, Subscribe, Unsubscribe, Control]
+
+
+class Frame(NamedTuple):
+    """One received frame, parsed and classified (what the bundled server records).
+
+    Attributes:
+        data: The frame as received.
+        message: The parsed JSON value (None when not JSON).
+        is_json: Whether ``data`` parsed as JSON.
+        kind: ``"ping"``, ``"hello"``, ``"auth"``, ``"control"``, ``"tunnel"``,
+            ``"data"``, ``"subscribe"``, ``"unsubscribe"``, or None for a frame
+            the protocol ignores.
+        refused: Refused for want of an accepted token (``tether:error``).
+        first: Whether it was the connection's first frame.
+    """
+
+    data: Data
+    message: Any
+    is_json: bool
+    kind: Optional[str]
+    refused: bool
+    first: bool
 
 
 class ServerProtocol:
     """The server side of one connection, sans I/O: frames in, events out (DESIGN §3, §5).
 
+    The one protocol behind every adapter of :class:`Hub` and the bundled
+    ``tether-sync serve``. Dispatch follows the reference server
+    (``TETHER-WIRE.md``): unknown types are ignored; in ``require_auth`` mode
+    data and subscribes need a valid token (enforced, unlike the reference).
+
     Args:
         require_auth: Refuse data and subscribe (``tether:error``) until a
             ``tether:auth`` was accepted.
         features: The extension features this server grants (rule 1).
-        now: Wall-clock seconds, for auth expiries (tests pass a fake one).
+        now: Wall-clock seconds, for auth expiries (default ``time.time``, looked
+            up at each call; tests pass a fake one).
+        extensions: Serve ``tether:hello`` (DESIGN §5). False: a hello is an
+            unknown type, ignored like the reference server ignores it.
+        controls: Serve ``tether:control`` frames and data envelopes that
+            tunnel one (the bundled server's fault controls). False: a
+            control frame is ignored and a tunnelling envelope is plain data.
     """
 
     def __init__(
@@ -208,12 +261,16 @@ class ServerProtocol:
         *,
         require_auth: bool = False,
         features: Sequence[str] = FEATURES,
-        now: Callable[[], float] = time.time,
+        now: Optional[Callable[[], float]] = None,
+        extensions: bool = True,
+        controls: bool = False,
     ) -> None:
         """A fresh connection: no frame seen, no session."""
         self.require_auth = require_auth
         self.features = tuple(features)
-        self._now = now
+        self.extensions = extensions
+        self.controls = controls
+        self._now: Callable[[], float] = now if now is not None else _wall_clock
         self.frames = 0
         self.session: Optional[str] = None
         self.granted: Tuple[str, ...] = ()
@@ -231,30 +288,68 @@ class ServerProtocol:
 
     def receive(self, data: Data) -> List[Event]:
         """Handle one frame; return what to do, in order."""
-        message, _ = parse_json(data)
+        return self.decide(self.parse(data))
+
+    def parse(self, data: Data) -> Frame:
+        """Parse and classify one frame (the first half of :meth:`receive`)."""
+        message, is_json = parse_json(data)
         first = self.frames == 0
         self.frames += 1
-        if not isinstance(message, dict):
-            return []
-        kind = message.get("type")
+        kind = self._classify(message)
+        refused = self.require_auth and kind in ("data", "subscribe") and not self.authenticated
+        return Frame(data, message, is_json, kind, refused, first)
+
+    def _classify(self, message: Any) -> Optional[str]:
+        if not isinstance(message, dict) or "type" not in message:
+            return None
+        kind = message["type"]
         if kind == "tether:ping":
-            pong: Dict[str, Any] = {"type": "tether:pong"}
-            if "ts" in message:
-                pong["ts"] = message["ts"]
-            return [Send(encode(pong))]
+            return "ping"
         if kind == "tether:hello":
-            return [self.hello(message, first)]
+            return "hello" if self.extensions else None
         if kind == "tether:auth":
-            return [Auth(message.get("token"))]
-        if "channel" not in message or kind not in ("data", "subscribe", "unsubscribe"):
+            return "auth"
+        if kind == "tether:control":
+            return "control" if self.controls else None
+        if "channel" not in message:
+            return None
+        if kind == "data":
+            payload = message.get("payload")
+            if (
+                self.controls
+                and isinstance(payload, dict)
+                and payload.get("type") == "tether:control"
+            ):
+                return "tunnel"
+            return "data"
+        if kind in ("subscribe", "unsubscribe"):
+            return str(kind)
+        return None
+
+    def decide(self, frame: Frame) -> List[Event]:
+        """What to do with a parsed frame (the second half of :meth:`receive`)."""
+        kind, message = frame.kind, frame.message
+        if kind is None:
             return []  # unknown types are ignored, as by the reference server
-        if self.require_auth and kind != "unsubscribe" and not self.authenticated:
+        assert isinstance(message, dict)  # _classify named a kind
+        if frame.refused:
             error: Dict[str, Any] = {"type": "tether:error", "error": "auth required"}
             if "id" in message:
                 error["id"] = message["id"]
             return [Send(encode(error))]
+        if kind == "ping":
+            pong: Dict[str, Any] = {"type": "tether:pong"}
+            if "ts" in message:
+                pong["ts"] = message["ts"]
+            return [Send(encode(pong))]
+        if kind == "hello":
+            return [self.hello(message, frame.first)]
+        if kind == "auth":
+            return [Auth(message.get("token"))]
+        if kind == "control":
+            return [Control(message)]
         channel = message["channel"]
-        if kind == "data":
+        if kind in ("data", "tunnel"):
             seq = seq_of(message) if self.ack_on else None
             return [
                 Deliver(
@@ -265,7 +360,8 @@ class ServerProtocol:
                         message.get("id"),
                         seq,
                         message,
-                    )
+                    ),
+                    kind == "tunnel",
                 )
             ]
         if not isinstance(channel, str):
@@ -334,6 +430,10 @@ class ServerProtocol:
     def ack(highest: int) -> Send:
         """The cumulative ack carrying the session-wide highest (rule 5)."""
         return Send(encode({"type": "tether:ack", "seq": highest}))
+
+
+def _wall_clock() -> float:
+    return time.time()
 
 
 class _AppError(Exception):
@@ -694,11 +794,15 @@ class Hub:
         owner: str,
         run: Sequence[Message],
         deliver: Optional[Callable[[Message], Any]] = None,
+        publish: Optional[Callable[[Message], bool]] = None,
     ) -> Tuple[List[bool], int]:
         """Deliver a run of data envelopes exactly once per ``(session, seq)``.
 
         Claims the new ``seq`` values, calls ``deliver`` (default
         ``on_message``) for each new message in order, commits the highest.
+        With ``broadcast`` each delivered message is also published on its
+        channel (between the claim and the commit), unless ``publish(message)``
+        says not to.
 
         Returns:
             For each message whether it was delivered, and the session-wide
@@ -744,7 +848,11 @@ class Hub:
                 if message.seq is not None:
                     done = message.seq
                 flags.append(True)
-                if self.broadcast and isinstance(message.channel, str):
+                if (
+                    self.broadcast
+                    and isinstance(message.channel, str)
+                    and (publish is None or publish(message))
+                ):
                     self._publish_copy(message)
         finally:
             if seqs and (done or fresh):
@@ -763,34 +871,6 @@ class Hub:
         if not fresh:
             return flags, self.store.highest(sid) if sid is not None else 0
         return flags, highest
-
-    def _accept_one(
-        self, sid: str, owner: str, seq: int, deliver: Optional[Callable[[], Any]]
-    ) -> Tuple[bool, int]:
-        """:meth:`_accept_run` for one message, without building a :class:`Message`.
-
-        The bundled server's per-message path (one process, no batching).
-
-        Returns:
-            Whether it was delivered, and the session-wide highest to ack.
-        """
-        if self._broken:
-            self._settle_broken(sid)
-        fresh = self.store.claim(sid, owner, (seq,))
-        if fresh is None:
-            fresh = self._claim(sid, owner, [seq])
-        if not fresh:
-            self.metrics.duplicates_dropped += 1
-            return False, self.store.highest(sid)
-        if deliver is not None:
-            try:
-                deliver()
-            except Exception as exc:
-                self.store.commit(sid, owner, 0)
-                log.exception("delivery raised: the message is not acked")
-                raise _AppError() from exc
-        self.metrics.delivered += 1
-        return True, self.store.commit(sid, owner, seq)
 
     def _note_broken(self, sid: str, owner: str, done: int) -> None:
         with self._lock:
@@ -918,53 +998,14 @@ class Hub:
         peer = _AsyncPeer(loop)
         conn = _Connection(self, peer)
         writer = loop.create_task(_write_loop(peer, send))
-        inbox: Deque[Data] = deque()
-        wake = asyncio.Event()
-        room = asyncio.Event()
-        room.set()
-        ended = False
-
-        async def reader() -> None:
-            nonlocal ended
-            try:
-                while True:
-                    await room.wait()
-                    data = await recv()
-                    if data is None:
-                        break
-                    inbox.append(data)
-                    if len(inbox) >= _INBOX_LIMIT:
-                        room.clear()  # backpressure: stop reading until processed
-                    wake.set()
-            finally:
-                ended = True
-                wake.set()
-
-        reading = loop.create_task(reader())
         verdict: Optional[Tuple[int, str]] = None
         try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                if not inbox:
-                    if ended:
-                        break
-                    continue
-                batch = list(inbox)
-                inbox.clear()
-                room.set()
-                # With a store that does I/O the whole batch runs on a worker
-                # thread: one hop per batch, not per message.
-                if self.store.blocking or self.auth is not None:
-                    verdict = await loop.run_in_executor(None, conn.process, batch)
-                else:
-                    verdict = conn.process(batch)
-                if verdict is not None:
-                    break
+            # With a store that does I/O the whole batch runs on a worker
+            # thread: one hop per batch, not per message.
+            verdict = await serve_batches(
+                conn, recv, offload=self.store.blocking or self.auth is not None
+            )
         finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reading
             conn.ended()
             peer.finish()
             try:
@@ -1101,74 +1142,260 @@ def _sync_recv(ws: Any, simple: bool, timeout: Optional[float]) -> Optional[Data
         raise
 
 
-class _Connection:
-    """Drives a :class:`ServerProtocol` against the hub for one connection."""
+async def serve_batches(
+    conn: _Connection,
+    recv: Callable[[], Awaitable[Optional[Data]]],
+    *,
+    offload: bool,
+    limit: int = 256,
+) -> Optional[Tuple[int, str]]:
+    """Feed what ``recv`` reads to ``conn`` in batches until the peer is gone.
 
-    def __init__(self, hub: Hub, peer: Peer) -> None:
+    Frames are read while the previous batch is being handled, so that
+    everything that arrived meanwhile is handled (and stored, and acked) as
+    one batch. Reading stops while ``limit`` frames wait (backpressure).
+
+    Args:
+        conn: The connection's driver.
+        recv: Returns the next frame, or None once the connection is closed.
+        offload: Handle each batch on a worker thread (a store that does I/O).
+        limit: Frames read ahead at most.
+
+    Returns:
+        The close ``(code, reason)`` the connection must end with, or None.
+    """
+    loop = asyncio.get_running_loop()
+    inbox: Deque[Data] = deque()
+    wake = asyncio.Event()
+    room = asyncio.Event()
+    room.set()
+    ended = False
+
+    async def reader() -> None:
+        nonlocal ended
+        try:
+            while True:
+                await room.wait()
+                data = await recv()
+                if data is None:
+                    break
+                inbox.append(data)
+                if len(inbox) >= limit:
+                    room.clear()  # backpressure: stop reading until handled
+                wake.set()
+        finally:
+            ended = True
+            wake.set()
+
+    reading = loop.create_task(reader())
+    try:
+        while True:
+            await wake.wait()
+            wake.clear()
+            if not inbox:
+                if ended:
+                    return None
+                continue
+            batch = list(inbox)
+            inbox.clear()
+            room.set()
+            if offload:
+                verdict = await loop.run_in_executor(None, conn.process, batch)
+            else:
+                verdict = conn.process(batch)
+            if verdict is not None:
+                return verdict
+            await conn.settle()
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reading
+
+
+class _Connection:
+    """Drives the :class:`ServerProtocol` of one connection against the hub.
+
+    Every adapter uses it as is; the bundled server subclasses it for what
+    only it does (records, latency, fault controls), through the hooks
+    :meth:`reply`, :meth:`received`, :meth:`delivered`, :meth:`control`,
+    :meth:`authenticate` and :meth:`ack_later`.
+
+    Acks (rule 5): one cumulative ``tether:ack`` at once when ``ACK_EVERY``
+    messages with a ``seq`` are unacked, else :meth:`ack_later` at the end of
+    the batch (here: at once, so one ack covers each batch).
+    """
+
+    #: Echo accepted data to its sender when it is not published to it (the
+    #: reference server's echo; the bundled server's behaviour).
+    echo = False
+
+    def __init__(self, hub: Hub, peer: Peer, proto: Optional[ServerProtocol] = None) -> None:
         self.hub = hub
         self.peer = peer
-        self.proto = ServerProtocol(require_auth=hub.auth is not None)
+        self.proto = (
+            proto if proto is not None else ServerProtocol(require_auth=hub.auth is not None)
+        )
         self.owner = hub._new_owner()
+        # Messages with a seq handled since the last ack; the highest the
+        # last commit reported (what a remote store's ack carries).
+        self.unacked = 0
+        self.highest = 0
+
+    # Hooks
+
+    def reply(self, text: str) -> None:
+        """Send a reply (pong, hello-ok, auth-ok, error, echo, ack) to the client."""
+        self.peer.post(text)
+
+    def received(self, frame: Frame, duplicate: bool) -> None:
+        """A frame was handled (``duplicate``: its seq was not new); before its replies."""
+
+    def delivered(self, message: Message) -> None:
+        """A new message, between its claim and its commit (default: ``on_message``)."""
+        on_message = self.hub.on_message
+        if on_message is not None:
+            on_message(message)
+
+    def control(self, message: Dict[str, Any]) -> None:
+        """Run a ``tether:control`` (only a protocol with ``controls=True`` asks)."""
+
+    def authenticate(self, token: Any) -> Any:
+        """The verdict on a token: True, False or an expiry (seconds since the epoch)."""
+        return self.hub._check_auth(token)
+
+    def ack_later(self) -> None:
+        """Some messages are unacked at the end of a batch: ack them (here: now)."""
+        self.send_ack()
+
+    async def settle(self) -> None:
+        """Awaited after each batch on the event loop (the bundled server's backpressure)."""
+
+    # Driving
 
     def process(self, batch: Sequence[Data]) -> Optional[Tuple[int, str]]:
         """Handle a batch of frames in order; returns a close ``(code, reason)`` or None."""
-        run: List[Message] = []
+        run: List[Tuple[Frame, Deliver]] = []
+        # Rule 5: an ack at once at the 64th unacked. In one process a run
+        # ends there; with a store on the network a whole batch is one run
+        # (one claim, one commit: the store's round trips are what cost), and
+        # its ack goes as soon as the run is committed.
+        cap = _INBOX_LIMIT if self.hub.store.blocking else ACK_EVERY
         try:
             for data in batch:
-                for event in self.proto.receive(data):
-                    if isinstance(event, Deliver):
-                        run.append(event.message)
-                        if len(run) >= ACK_EVERY:  # rule 5: an ack at the 64th at once
-                            self._flush(run)
-                            run = []
-                        continue
-                    if run:
+                frame = self.proto.parse(data)
+                events = self.proto.decide(frame)
+                if len(events) == 1 and isinstance(events[0], Deliver):
+                    run.append((frame, events[0]))
+                    if len(run) >= cap:
                         self._flush(run)
                         run = []
+                    continue
+                if run:
+                    self._flush(run)
+                    run = []
+                self.received(frame, False)
+                for event in events:
                     self._do(event)
             if run:
                 self._flush(run)
         except StoreUnavailable:
             log.warning("store unavailable: closing the connection with 1011, nothing more acked")
+            self._ack_committed()
             return (1011, "store unavailable")
         except _AppError:
+            self._ack_committed()
             return (1011, "application error")
+        if self.unacked:
+            self.ack_later()
         return None
+
+    def _ack_committed(self) -> None:
+        # What earlier runs of the batch committed is acked before the close.
+        if self.unacked and self.proto.session is not None:
+            self.send_ack()
+
+    def send_ack(self) -> None:
+        """Send the cumulative ``tether:ack`` now (rule 5)."""
+        self.unacked = 0
+        sid = self.proto.session
+        if sid is None:
+            return
+        # One process: the session-wide highest (another connection of the
+        # session may have raised it). A remote store: the highest its last
+        # commit for this connection reported, so no round trip per ack.
+        store = self.hub.store
+        highest = self.highest if store.blocking else store.highest(sid)
+        self.reply(ServerProtocol.ack(highest).text)
 
     def _do(self, event: Event) -> None:
         hub, peer, proto = self.hub, self.peer, self.proto
         if isinstance(event, Send):
-            peer.post(event.text)
+            self.reply(event.text)
         elif isinstance(event, Hello):
             acked = hub._hello(event.session)
             peer.resume = False
             text = proto.hello_ok(acked).text
+            self.highest = acked
             peer.resume = proto.resume_on
-            peer.post(text)
+            self.attached()
+            log.info("hello, features %s, acked %d", list(proto.granted), acked)
+            self.reply(text)
         elif isinstance(event, Auth):
-            peer.post(proto.auth_result(hub._check_auth(event.token)).text)
+            self.reply(proto.auth_result(self.authenticate(event.token)).text)
         elif isinstance(event, Subscribe):
+            self.subscribed(event.channel, True)
             hub._subscribe(peer, event.channel, event.epoch, event.offset, event.answer)
         elif isinstance(event, Unsubscribe):
+            self.subscribed(event.channel, False)
             hub._unsubscribe(peer, event.channel)
+        elif isinstance(event, Control):
+            self.control(event.message)
 
-    def _flush(self, run: List[Message]) -> None:
+    def subscribed(self, channel: str, on: bool) -> None:
+        """The connection subscribes to (or leaves) ``channel`` (a hook; before the hub knows)."""
+
+    def attached(self) -> None:
+        """A hello was accepted (``proto.session`` is set); before ``hello-ok`` goes out."""
+
+    def _flush(self, run: List[Tuple[Frame, Deliver]]) -> None:
         hub = self.hub
-        flags, highest = hub._accept_run(self.proto.session, self.owner, run)
-        if hub.broadcast:
-            for message, delivered in zip(run, flags):
-                channel = message.channel
-                if delivered and not (
-                    isinstance(channel, str) and hub._is_subscribed(self.peer, channel)
-                ):
-                    self.peer.post(_echo(message))
-        if any(m.seq is not None for m in run):
-            self.peer.post(ServerProtocol.ack(highest).text)
+        messages = [event.message for _, event in run]
+        flags, highest = hub._accept_run(
+            self.proto.session, self.owner, messages, self.delivered, _not_a_control(run)
+        )
+        self.highest = max(self.highest, highest)
+        for (frame, event), delivered in zip(run, flags):
+            self.received(frame, not delivered)
+            if delivered:
+                message = event.message
+                if event.control:
+                    self.control(message.payload)
+                elif self.echo or hub.broadcast:
+                    channel = message.channel
+                    if not (
+                        hub.broadcast
+                        and isinstance(channel, str)
+                        and hub._is_subscribed(self.peer, channel)
+                    ):
+                        self.reply(_echo(message))
+            if event.message.seq is not None:
+                self.unacked += 1
+        if self.unacked >= ACK_EVERY:
+            self.send_ack()
 
     def ended(self) -> None:
+        """The connection is gone: leave every channel and the session."""
         self.hub._drop_peer(self.peer)
         if self.proto.session is not None:
             self.hub._goodbye(self.proto.session)
+
+
+def _not_a_control(run: List[Tuple[Frame, Deliver]]) -> Optional[Callable[[Message], bool]]:
+    """The ``publish`` filter of a run: None when no envelope of it tunnels a control."""
+    controls = {id(event.message) for _, event in run if event.control}
+    if not controls:
+        return None
+    return lambda message: id(message) not in controls
 
 
 def _echo(message: Message) -> str:

@@ -40,6 +40,10 @@ __all__ = ["RedisStore"]
 
 log = logging.getLogger("tether_sync.server")
 
+# Claim a run of a session's seqs: ARGV owner, lease (ms), ttl, the run's top.
+# Returns the committed highest before the claim (the caller keeps, in order,
+# the seqs above it and above each other), or -1 while another owner's lease
+# holds a claim. Only the top travels: a batch of 256 costs what one does.
 _CLAIM = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -50,21 +54,13 @@ local ce = tonumber(s[3]) or 0
 if co and co ~= ARGV[1] and ce > now then
   return -1
 end
-local out = {}
-local top = hi
-for i = 4, #ARGV do
-  local q = tonumber(ARGV[i])
-  if q > top then
-    out[#out + 1] = q
-    top = q
-  end
-end
-if #out > 0 then
+local top = tonumber(ARGV[4])
+if top > hi then
   redis.call('HSET', KEYS[1], 'hi', hi, 'co', ARGV[1], 'cu', top, 'ce', now + tonumber(ARGV[2]))
   redis.call('SADD', KEYS[2], KEYS[1])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return out
+return hi
 """
 
 _COMMIT = """
@@ -347,12 +343,19 @@ class RedisStore(Store):
 
     def claim(self, sid: str, owner: str, seqs: Sequence[int]) -> Optional[List[int]]:
         """Claim the new ``seqs`` by the claim script."""
+        if not seqs:
+            return []
         keys = [self._skey(sid), self._nkey(self._node)]
-        args = [owner, int(self.lease * 1000), self._ttl, *seqs]
-        result = self._call(self._claim, keys=keys, args=args)
-        if isinstance(result, int):
+        args = [owner, int(self.lease * 1000), self._ttl, max(seqs)]
+        hi = int(self._call(self._claim, keys=keys, args=args))
+        if hi < 0:
             return None
-        return [int(seq) for seq in result]
+        fresh: List[int] = []
+        for seq in seqs:  # what the script claimed: above the highest and each other
+            if seq > hi:
+                fresh.append(seq)
+                hi = seq
+        return fresh
 
     def commit(self, sid: str, owner: str, upto: int) -> int:
         """Commit by the commit script."""

@@ -1,9 +1,9 @@
-"""Reliable-sessions state of the bundled server (DESIGN §5): sessions and channel history.
+"""Reliable-sessions bookkeeping of :class:`~tether_sync.server.MemoryStore` (DESIGN §5).
 
 Pure bookkeeping, no I/O and no clock of its own: every method that depends on
-time takes ``now`` (seconds on one monotonic scale, the server's ``clock``).
-Both classes are used on the server's event-loop thread under the server's
-lock; the accessors of ``TetherServer`` read them under that same lock.
+time takes ``now`` (seconds on one monotonic scale, the store's ``clock``).
+Both classes are used under the store's lock (also the rule helpers every
+store and the hub's :class:`~tether_sync.server.ServerProtocol` share).
 
 * :class:`SessionTable` maps a session id to the highest ``seq`` accepted in it
   (rule 5). An entry lives while any connection of the session is open and for

@@ -20,7 +20,19 @@ import logging
 import socket
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, Any, ClassVar, Deque, Optional, Protocol, Tuple, Type, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Awaitable,
+    Callable,
+    ClassVar,
+    Deque,
+    Optional,
+    Protocol,
+    Tuple,
+    Type,
+    Union,
+)
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -229,18 +241,28 @@ async def send_text(ws: GatedConnection, data: Union[str, bytes]) -> bool:
     return True
 
 
+#: What an :class:`OrderedSender` queue holds: a frame, or an action run in its turn.
+Outgoing = Union[str, bytes, Callable[[], Awaitable[None]]]
+
+
+async def _nothing() -> None:
+    return None
+
+
 class OrderedSender:
     """Sends a connection's frames strictly in the order they were handed over.
 
     Frames posted while others wait go to a FIFO drained by one task; a frame
     sent when nothing waits is written at once by its caller (no task hop on the
-    common path). Every method runs on the event loop thread.
+    common path). An action (:meth:`post_action`) takes its turn in the same
+    FIFO, so e.g. a fault or a close happens after the replies posted before it.
+    Every method runs on the event loop thread.
     """
 
     def __init__(self, ws: GatedConnection) -> None:
         """Bind the sender to its connection."""
         self._ws = ws
-        self._queue: Deque[Tuple[Union[str, bytes], Optional[asyncio.Future[bool]]]] = deque()
+        self._queue: Deque[Tuple[Outgoing, Optional[asyncio.Future[bool]]]] = deque()
         self._task: Optional[asyncio.Task[None]] = None
         # Size of what waits in the queue (characters for text: bytes for ASCII).
         self.queued_size = 0
@@ -265,6 +287,20 @@ class OrderedSender:
         self.queued_size += len(data)
         self._ensure_task()
 
+    def post_action(self, action: Callable[[], Awaitable[None]]) -> None:
+        """Run ``action()`` (awaited) once every frame handed over before it went out."""
+        self._queue.append((action, None))
+        self._ensure_task()
+
+    async def wait_sent(self) -> None:
+        """Wait until everything handed over so far went out (or was dropped)."""
+        if not self._queue and self._task is None:
+            return
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((_nothing, future))
+        self._ensure_task()
+        await future
+
     def _ensure_task(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain())
@@ -275,9 +311,13 @@ class OrderedSender:
                 # No await between popleft and the write inside send_text, so a
                 # frame sent directly meanwhile cannot overtake this one.
                 data, future = self._queue.popleft()
-                self.queued_size -= len(data)
                 try:
-                    written = await send_text(self._ws, data)
+                    if callable(data):
+                        await data()
+                        written = True
+                    else:
+                        self.queued_size -= len(data)
+                        written = await send_text(self._ws, data)
                 except Exception:
                     log.exception("sending a frame failed")
                     written = False
