@@ -24,25 +24,39 @@ def _python_blocks() -> List[str]:
     return blocks
 
 
+def _client_blocks() -> List[str]:
+    """The client examples: they run against the bundled server (below)."""
+    return [code for code in _python_blocks() if 'URL = "ws://127.0.0.1:8765/"' in code]
+
+
 def test_readme_has_examples() -> None:
-    assert (
-        len(_python_blocks()) >= 2
-    )  # a front page: the other examples live in docs/ (tests/test_docs.py runs them)
+    # a front page: the other examples live in docs/ (tests/test_docs.py runs them)
+    assert len(_client_blocks()) >= 1
+    assert len(_python_blocks()) >= 3
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("index", range(len(_python_blocks())))
+@pytest.mark.parametrize("index", range(len(_client_blocks())))
 def test_readme_example_runs(index: int, tether_server: TetherServer) -> None:
-    code = _python_blocks()[index]
-    assert 'URL = "ws://127.0.0.1:8765/"' in code
+    code = _client_blocks()[index]
     code = code.replace('URL = "ws://127.0.0.1:8765/"', f"URL = {tether_server.url!r}")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, f"README.rst example {index}", "exec"), {"__name__": "__readme__"})
     if index == 0:
         assert "{'text': 'hello'}" in out.getvalue()
-    if index == 1:
-        assert out.getvalue().strip().splitlines()[-1] == "3"
+
+
+@pytest.mark.parametrize("name", ["own_server_fastapi.py", "own_server_websockets.py"])
+def test_the_own_server_examples_are_the_files_a_test_runs(name: str) -> None:
+    """README's "Reliable delivery on your own server" shows each example file as it is
+    (tests/server/test_own_server_examples.py runs the files), each at most 20 lines."""
+    source = (README.parent / "examples" / name).read_text(encoding="utf-8")
+    body = source.split('"""', 2)[2].strip() + "\n" if source.startswith('"""') else source
+    assert body in _python_blocks(), f"README's copy of examples/{name} differs from the file"
+    assert len(body.splitlines()) <= 20
+    section = README.read_text(encoding="utf-8").split("Reliable delivery on your own server")[1]
+    assert f"examples/{name}" in section.split("Testing your app")[0]
 
 
 def test_readme_renders_without_errors() -> None:
