@@ -751,13 +751,20 @@ class TetherClient:
             self._connect_on_first_use()
         buf = self._new_buffer(callback, overflow, buffer_size)
         sub = Subscription(channel, buf, self._unsubscribe, callback)
-        self._loop.post(cmd.Subscribe(channel, buf))
+        self._post_ordered(cmd.Subscribe(channel, buf))
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         buf = sub._buffer
         buf.close()
-        self._loop.post(cmd.Unsubscribe(sub.channel, buf))
+        self._post_ordered(cmd.Unsubscribe(sub.channel, buf))
+
+    def _post_ordered(self, command: Union[cmd.Subscribe, cmd.Unsubscribe]) -> None:
+        """Post ``command`` so that messages sent after this call follow its frame."""
+        # The loop lifts the hold once its handler ran (Outbox.hold_for_command says
+        # why). A command refused because the client ended keeps it: nothing pumps then.
+        self._loop.outbox.hold_for_command()
+        self._loop.post(command)
 
     # ------------------------------------------------------------------ auth
 

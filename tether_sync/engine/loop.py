@@ -385,6 +385,9 @@ class IoLoop:
                 cmd.refuse(command, exc)
                 self._mailbox.put_back(commands[i + 1 :])
                 raise
+            finally:
+                if isinstance(command, (cmd.Subscribe, cmd.Unsubscribe)):
+                    self.outbox.command_ran()  # client.py held the queue for it
         self.process_events()  # what the commands made the session do
 
     def _on_timers(self) -> None:
