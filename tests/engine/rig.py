@@ -184,13 +184,16 @@ class Attempt:
         self.ended = threading.Event()  # the connector thread left open_socket()
         self._gate, self._opener = socket.socketpair()  # the connector blocks on _gate
         self._outcome: Any = None
+        self.server: Optional[ServerEnd] = None  # once accepted
         self.aborted = False  # ended by an abort (close() or the connect timeout)
 
     def accept(self) -> ServerEnd:
         """The handshake succeeds: the loop gets one end of a fresh socketpair."""
         client_end, server_end = socket.socketpair()
+        # Kept here too: a ServerEnd the test drops must not close the link (GC).
+        self.server = server = ServerEnd(server_end)
         self._answer(client_end)
-        return ServerEnd(server_end)
+        return server
 
     def fail(self, error: BaseException) -> None:
         """The attempt fails with ``error`` (as a refused connect or a bad upgrade)."""
