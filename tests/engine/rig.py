@@ -127,6 +127,15 @@ class ServerEnd:
     def read_json(self) -> Any:
         return self.read_frames(1)[0].json
 
+    def read_until_close(self) -> Tuple[List[Frame], Frame]:
+        """The frames before the client's close frame, and that frame."""
+        before: List[Frame] = []
+        while True:
+            (frame,) = self.read_frames()
+            if frame.opcode == frames.OP_CLOSE:
+                return before, frame
+            before.append(frame)
+
     def read_until_eof(self) -> List[Frame]:
         """Every frame until the client closes its end."""
         out, self._frames = self._frames, []
@@ -186,6 +195,7 @@ class Attempt:
         self._outcome: Any = None
         self.server: Optional[ServerEnd] = None  # once accepted
         self.aborted = False  # ended by an abort (close() or the connect timeout)
+        self.thread: Optional[threading.Thread] = None  # the connector thread running it
 
     def accept(self) -> ServerEnd:
         """The handshake succeeds: the loop gets one end of a fresh socketpair."""
@@ -205,6 +215,7 @@ class Attempt:
 
     def run(self, track: transport.Track) -> socket.socket:
         """The connector thread's part: block until answered or aborted."""
+        self.thread = threading.current_thread()
         try:
             if not track(transport.TCP, self._gate):
                 raise ConnectionAbortedError("aborted before the connect")
@@ -328,6 +339,10 @@ class Driven:
         # the loop's wake-up, a round trip through its command queue, its threads.
         loop = client._loop
         self._loop = loop
+        self._rig = rig
+        dispatcher = client._own_dispatcher
+        assert dispatcher is not None, "the rig's clients use their own dispatcher thread"
+        self._dispatcher = dispatcher
         rig.clock.on_advance(loop._poller.wake)
         self._posted = threading.Condition()  # guards posted; notified on each post
         self.posted: List[Any] = []  # every command user threads posted, in order
@@ -362,10 +377,11 @@ class Driven:
     def io_thread(self) -> Optional[threading.Thread]:
         return self._loop.thread
 
-    def threads(self) -> List[threading.Thread]:
-        """Every thread this client started that is still alive."""
-        names = ("tether-io", "tether-connect", "tether-dispatch", "tether-close")
-        return [t for t in threading.enumerate() if t.name.startswith(names) and t.is_alive()]
+    def live_threads(self) -> List[threading.Thread]:
+        """The threads this client started (I/O, connectors, dispatcher) still alive."""
+        started = [self._loop.thread, self._dispatcher.thread]
+        started += [a.thread for a in self._rig.dialing.started]
+        return [t for t in started if t is not None and t.is_alive()]
 
     def close_in_background(self, timeout: float) -> Closing:
         """Start ``close(timeout)`` on a thread of the test (it blocks)."""
