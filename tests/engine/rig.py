@@ -155,9 +155,15 @@ class ServerEnd:
         self.send_text(json.dumps(obj))
 
     def hello_ok(self, acked: int = 0) -> Dict[str, Any]:
-        """Answer the client's ``tether:hello`` (protocol tether); the hello."""
+        """Answer the opening of a tether link, as an in-order server; the hello.
+
+        The client writes ``tether:hello`` then a ``tether:ping`` (no auth); the
+        server answers ``hello-ok`` (with ``acked``), then the pong.
+        """
         hello = self.read_json()
         assert hello["type"] == "tether:hello", hello
+        ping = self.read_json()
+        assert ping["type"] == "tether:ping", ping
         self.send_json(
             {
                 "type": "tether:hello-ok",
@@ -166,6 +172,7 @@ class ServerEnd:
                 "acked": acked,
             }
         )
+        self.send_json({"type": "tether:pong", "ts": ping["ts"]})
         return dict(hello)
 
     def close_with(self, code: int, reason: str = "") -> None:
