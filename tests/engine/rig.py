@@ -347,9 +347,7 @@ class Driven:
         loop = client._loop
         self._loop = loop
         self._rig = rig
-        dispatcher = client._own_dispatcher
-        assert dispatcher is not None, "the rig's clients use their own dispatcher thread"
-        self._dispatcher = dispatcher
+        self._dispatcher = client._own_dispatcher  # None with a user's dispatcher=
         rig.clock.on_advance(loop._poller.wake)
         self._posted = threading.Condition()  # guards posted; notified on each post
         self.posted: List[Any] = []  # every command user threads posted, in order
@@ -386,7 +384,9 @@ class Driven:
 
     def live_threads(self) -> List[threading.Thread]:
         """The threads this client started (I/O, connectors, dispatcher) still alive."""
-        started = [self._loop.thread, self._dispatcher.thread]
+        started = [self._loop.thread]
+        if self._dispatcher is not None:
+            started.append(self._dispatcher.thread)
         started += [a.thread for a in self._rig.dialing.started]
         return [t for t in started if t is not None and t.is_alive()]
 
