@@ -372,7 +372,9 @@ class Driven:
 
         Two round trips through the command queue: the second is taken in an
         iteration that started after the first was answered, so that iteration
-        checked the timers against the clock as it is now.
+        checked the timers against the clock as it is now, and read what the
+        socket held. The round trip is a ``refresh_auth`` command, which a client
+        without auth (every client of this tier) answers at once, changing nothing.
         """
         for _ in range(2):
             answered = threading.Event()

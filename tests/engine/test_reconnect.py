@@ -12,8 +12,10 @@ from typing import List
 
 import pytest
 from engine.rig import Rig
+from protocol.sessionkit import server_frame
 
 from tether_sync import ClientClosed, ConnectTimeout, Reconnect, TetherError
+from tether_sync.protocol.session import HEARTBEAT_CLOSE_GRACE
 from tether_sync.state import State
 
 pytestmark = pytest.mark.timeout(30)
@@ -181,3 +183,47 @@ def test_a_reconnect_policy_decides_the_delay_and_can_stop(rig: Rig) -> None:
         (3, 1.5, "ConnectionRefusedError"),
     ]
     assert "stopped retrying after 2 attempt(s)" in str(d.events.of("error")[-1].error)
+
+
+def test_a_server_that_never_says_hello_ok_times_out_naming_it(rig: Rig) -> None:
+    d = rig.client(protocol="tether", connect_timeout=5.0, reconnect=Reconnect(base_delay=1.0))
+    d.client.connect()
+    server = rig.dialing.next().accept()  # the handshake is done; the hello is not answered
+    assert server.read_json()["type"] == "tether:hello"
+    rig.clock.advance(4.999)
+    d.sync()
+    assert d.client.state is State.CONNECTING
+    rig.clock.advance(0.001)
+    retry = d.events.wait_for("reconnecting")
+    assert isinstance(retry.cause, ConnectTimeout)
+    assert "waiting for hello-ok" in str(retry.cause)
+    assert server.read_until_eof()  # the ping; then the link is dropped, no close frame
+    assert d.client.stats().connect_failures == 1
+
+
+def test_a_peer_that_stops_answering_pings_is_left_after_the_heartbeat_timeout(
+    rig: Rig,
+) -> None:
+    d = rig.client(
+        heartbeat={"interval": 10.0, "timeout": 5.0}, reconnect=Reconnect(base_delay=1.0)
+    )
+    server = rig.connect(d)
+    rig.clock.advance(10.0)
+    (ping,) = server.read_frames()
+    assert ping.opcode == 0x9  # a WebSocket ping (protocol raw)
+    server.send(server_frame(0xA, ping.payload))  # answered: the link lives on
+    d.sync()  # read at once, on the engine's clock
+    assert d.client.stats().last_rtt == 0.0
+    rig.clock.advance(10.0)
+    (ping,) = server.read_frames()  # the next one goes unanswered
+    rig.clock.advance(4.999)
+    d.sync()
+    assert d.client.state is State.OPEN
+    rig.clock.advance(0.001)
+    _, close_frame = server.read_until_close()  # the client gives up on the link: 4000
+    assert close_frame.close_code == 4000
+    rig.clock.advance(HEARTBEAT_CLOSE_GRACE)  # no answer to the close either
+    retry = d.events.wait_for("reconnecting")
+    close = d.events.of("close")[0]
+    assert close.code == 4000 and not close.was_clean
+    assert retry.attempt == 1
