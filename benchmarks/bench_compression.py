@@ -198,7 +198,8 @@ def send_client(base: str, n: int, compression: Optional[str], payload: str) -> 
         sub = client.subscribe("default")
         client.connect(wait=True, timeout=10)
         # No public view of the negotiation: peek, so a run that did not agree fails.
-        session = getattr(getattr(client, "_loop", None), "session", None)
+        io_loop = getattr(getattr(client, "_loop", None), "_loop", None)  # Engine -> IoLoop
+        session = getattr(io_loop, "session", None)
         if session is not None:
             agreed = session.config.deflate is not None
             assert agreed == bool(compression), "the sink's answer was not what we offered"

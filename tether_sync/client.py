@@ -1,8 +1,10 @@
 """``TetherClient``: the public, blocking, thread-safe face of tether_sync.
 
 It validates options, encodes payloads in the caller's thread (so a bad payload
-fails in ``send()``, never later), and talks to the :class:`~tether_sync.engine.loop.IoLoop`
-only through its queue and commands. Every wait takes its time from one
+fails in ``send()``, never later), and talks to the I/O tier only through the
+:class:`~tether_sync.engine.Engine` interface: messages go into its outbound
+queue, everything else is a posted command, and what it reports is read from a
+snapshot or a property. Every wait takes its time from one
 :class:`~tether_sync.clock.Deadline`.
 """
 
@@ -25,11 +27,8 @@ from . import delivery as deliveries
 from .clock import Clock, Deadline, SystemClock
 from .delivery import Delivery
 from .durable import DurableStore
+from .engine import Engine, LoopConfig, ThreadDispatcher, TokenRefresher, run_task, validate_url
 from .engine import commands as cmd
-from .engine.auth import TokenRefresher
-from .engine.dispatch import ThreadDispatcher, run_task
-from .engine.loop import IoLoop, LoopConfig
-from .engine.transport import validate_url
 from .events import EVENT_NAMES, ErrorEvent, MessageEvent, QueuedEvent
 from .exceptions import AuthError, ClientClosed, ConnectTimeout, QueueFull, TetherError
 from .logfields import LOG_CONTEXT
@@ -212,7 +211,7 @@ class TetherClient:
         # share it (single flight), so they cause one get_token() call between them.
         self._refresh_lock = threading.Lock()
         self._refresh_round: Optional[_RefreshRound] = None
-        self._failures_seen = 0  # handoff.failures at the last flush()/close()
+        self._failures_seen = 0  # engine failures + drops at the last flush()/close()
         self._drop_episode = False  # a drop was logged since the last flush/open
         self._drops = 0  # messages dropped by the queue's policy (in send())
         self._fallback: Optional[ThreadDispatcher] = None
@@ -223,7 +222,9 @@ class TetherClient:
         else:
             self._user_dispatcher = dispatcher
             self._dispatch_fn = self._dispatch_user
-        self._loop = IoLoop(
+        # The I/O tier, reached only through this interface (DESIGN §4). Named
+        # _loop for the white-box tests and tools that look at its thread.
+        self._loop = Engine(
             self._config,
             self._emit,
             self._wants,
@@ -295,7 +296,7 @@ class TetherClient:
         return self._refresher
 
     def __repr__(self) -> str:
-        return f"<TetherClient {redact_url(self._config.url)} {self._loop.life.state.value}>"
+        return f"<TetherClient {redact_url(self._config.url)} {self._loop.state.value}>"
 
     # ------------------------------------------------------------------ events
 
@@ -333,9 +334,9 @@ class TetherClient:
             raise TypeError("handler must be callable")
         with self._lock:
             self._handlers[name] = (*self._handlers.get(name, ()), handler)
-            router = self._loop.router
-            if name == "message" and router.message_buffer is None:
-                router.message_buffer = self._new_buffer(self._fan_out_message)
+            engine = self._loop
+            if name == "message" and engine.message_buffer is None:
+                engine.message_buffer = self._new_buffer(self._fan_out_message)
 
         def off() -> None:
             with self._lock:
@@ -343,10 +344,11 @@ class TetherClient:
                 if handler in handlers:
                     handlers.remove(handler)
                 self._handlers[name] = tuple(handlers)
-                router = self._loop.router
-                if name == "message" and not handlers and router.message_buffer:
-                    router.message_buffer.close()
-                    router.message_buffer = None
+                engine = self._loop
+                stream = engine.message_buffer
+                if name == "message" and not handlers and stream:
+                    stream.close()
+                    engine.message_buffer = None
 
         return off
 
@@ -427,9 +429,10 @@ class TetherClient:
         """Block until the client is open, or was since the count of opens was ``opens``."""
         deadline = Deadline(timeout, self._clock)
         with self._state_cond:
-            while self._loop.life.state is not State.OPEN and self._opens == opens:
-                if self._loop.life.state is State.CLOSED:
-                    fatal = self._loop.life.fatal
+            engine = self._loop
+            while engine.state is not State.OPEN and self._opens == opens:
+                if engine.state is State.CLOSED:
+                    fatal = engine.fatal
                     if isinstance(fatal, TetherError) and not isinstance(fatal, ClientClosed):
                         # A fresh copy each time: raising the stored exception
                         # itself would add this frame to its traceback at every
@@ -438,10 +441,8 @@ class TetherClient:
                     raise ClientClosed("the client closed before it was open") from fatal
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
-                    last = self._loop.handoff.last_failure
-                    life = self._loop.life
-                    now = life.waiting_for()
-                    where = redact_url(life.endpoint) + (f", waiting for {now}" if now else "")
+                    last = engine.last_failure
+                    where = engine.not_open_yet()
                     why = f": last attempt failed: {type(last).__name__}: {last}" if last else ""
                     raise ConnectTimeout(f"not open within {timeout}s ({where}){why}") from last
                 self._state_cond.wait(remaining)
@@ -499,7 +500,7 @@ class TetherClient:
             # checks, so a bad payload starts nothing.
             self._start_on_send()
         loop = self._loop
-        offline = loop.life.state is not State.OPEN
+        offline = loop.state is not State.OPEN
         if self._store is not None:
             return self._send_durable(delivery, timeout, offline)
         dropped = loop.outbox.put(delivery, timeout)
@@ -549,7 +550,7 @@ class TetherClient:
         if not self._started:
             self._start_on_send()
         loop = self._loop
-        offline = loop.life.state is not State.OPEN
+        offline = loop.state is not State.OPEN
         if self._store is not None:
             self._send_many_durable(made, timeout, offline)
             return made
@@ -682,7 +683,7 @@ class TetherClient:
             log.warning(
                 "outbound queue full (%d) while %s: dropping messages (overflow=%r)",
                 loop.outbox.capacity,
-                loop.life.state.value,
+                loop.state.value,
                 loop.outbox.overflow,
             )
         if self._store is not None:  # a dropped message leaves the outbox file too
@@ -744,7 +745,7 @@ class TetherClient:
             isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1
         ):
             raise ValueError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
-        if self._loop.life.state is State.CLOSED:
+        if self._loop.state is State.CLOSED:
             raise ClientClosed("the client is closed")
         if self._autoconnect:
             self._connect_on_first_use()
@@ -824,12 +825,12 @@ class TetherClient:
             )
             raise
         clean = self._no_failures()
-        return done and clean and not (loop.life.unsent or len(loop.outbox) or loop.outbox.taken)
+        return done and clean and not (loop.unsent or len(loop.outbox) or loop.outbox.taken)
 
     def _no_failures(self) -> bool:
         # Whether no message was dropped or failed since the last flush()/close().
         with self._lock:
-            failures = self._loop.handoff.failures + self._drops
+            failures = self._loop.failures + self._drops
             clean = failures == self._failures_seen
             self._failures_seen = failures
             self._drop_episode = False
@@ -858,10 +859,10 @@ class TetherClient:
         loop = self._loop
         if not started:
             if not already:
-                loop.finish_unstarted()
+                loop.close_unstarted()
                 if self._store is not None:
                     self._store.close(deadline.remaining() or 0.1)
-            return loop.life.unsent == 0 and self._no_failures()
+            return loop.unsent == 0 and self._no_failures()
         loop.outbox.stop()
         # Keep a slice of the time for the closing handshake and the joins.
         remaining = deadline.remaining() or 0.0
@@ -905,9 +906,9 @@ class TetherClient:
         if not ok or (self._store is not None and self._store.committer_alive):
             log.warning("close(): threads still running after %.3fs", timeout)
         ok = ok and stored
-        if loop.life.unsent:
-            log.warning("close(): %d queued message(s) were not sent", loop.life.unsent)
-        return ok and loop.life.unsent == 0 and loop.stopped.is_set() and self._no_failures()
+        if loop.unsent:
+            log.warning("close(): %d queued message(s) were not sent", loop.unsent)
+        return ok and loop.unsent == 0 and loop.stopped.is_set() and self._no_failures()
 
     # ------------------------------------------------------------------ telemetry
 
@@ -927,7 +928,7 @@ class TetherClient:
     @property
     def state(self) -> State:
         """``idle``, ``connecting``, ``open``, ``reconnecting`` or ``closed`` (a str enum)."""
-        return self._loop.life.state
+        return self._loop.state
 
     @property
     def queue_depth(self) -> int:
@@ -946,36 +947,7 @@ class TetherClient:
 
     def stats(self) -> Stats:
         """A frozen snapshot of state and counters (DESIGN §2)."""
-        loop = self._loop
-        c = loop.counters
-        session = loop.session
-        return Stats(
-            state=loop.life.state.value,
-            attempt=loop.attempt,
-            next_delay=loop.life.next_delay if loop.life.state is State.RECONNECTING else None,
-            queue_depth=len(loop.outbox),
-            in_flight=loop.outbox.taken,
-            buffered_amount=loop.buffered_amount,
-            high_water_mark=self._config.backpressure.high_water_mark,
-            inbound_depth=loop.router.depth(),
-            sent=c.sent,
-            received=c.received,
-            queued=c.queued,
-            flushed=c.flushed,
-            dropped_inbound=c.dropped_inbound,
-            dropped_outbound=c.dropped_outbound,
-            reconnects=c.reconnects,
-            auth_refreshes=c.auth_refreshes,
-            last_rtt=loop.last_rtt,
-            auth_expires_at=loop.authflow.expires_at if loop.authflow else None,
-            unacked=session.unacked if session is not None else len(loop.life.carried),
-            acked=c.acked,
-            resent=loop.continuity.resent,
-            session_id=loop.continuity.session_id,
-            extensions=session.features if session is not None else (),
-            endpoint=redact_url(loop.life.endpoint),
-            **c.snapshot(),
-        )
+        return self._loop.snapshot()
 
     # ------------------------------------------------------------------ exit
 
@@ -1003,10 +975,9 @@ class TetherClient:
             log.info("interpreter exit: flushing %s for up to %.1fs", redact_url(self.url), budget)
             self.flush(max(0.0, (deadline.remaining() or 0.0) - 0.05))
         self.close(timeout=deadline.remaining() or 0.0)
-        life, outbox = self._loop.life, self._loop.outbox
         # The final count once the I/O thread ended the client; else (a close cut
         # short, e.g. 0.1 s after Ctrl-C) what it still held.
-        lost = life.unsent or len(outbox) + outbox.taken + len(life.carried)
+        lost = self._loop.unsent or self._loop.in_hand()
         if lost and log.isEnabledFor(logging.WARNING) and not _shown(logging.WARNING):
             # close() logged it, but no handler shows it (the library's logger
             # has only its NullHandler): a script that loses messages as it ends
@@ -1035,14 +1006,14 @@ class TetherClient:
         connected connects again on first use, with a new session.
         """
         old = self._loop
-        inherited = [*old.outbox._items, *old.life.carried]  # no lock: only this thread exists
+        inherited = old.unfinished()  # no lock: only this thread exists
         handlers = self._handlers
-        subscriptions = [b for bufs in old.router.routes.values() for b in bufs]
+        subscriptions = old.subscription_buffers()
         was_started = self._started and not self._closing
         self.__init__(*self._ctor_args, **self._ctor_kwargs)  # type: ignore[misc]
         self._handlers = handlers
         if handlers.get("message"):
-            self._loop.router.message_buffer = self._new_buffer(self._fan_out_message)
+            self._loop.message_buffer = self._new_buffer(self._fan_out_message)
         self._autoconnect = was_started
         reason = ClientClosed("inherited by a forked child: the parent process sends it")
         for d in inherited:

@@ -18,7 +18,7 @@ def main(url: str, path: str, start: int, count: int) -> int:
     )
     # A send() that committed just before the kill was never printed: the file
     # kept it and resends it, so start after it (white-box: what was restored).
-    restored = [d.payload for d in client._loop.life.carried if isinstance(d.payload, int)]
+    restored = [d.payload for d in client._loop.unfinished() if isinstance(d.payload, int)]
     start = max([start, *(n + 1 for n in restored)])
     client.connect()
     for n in range(start, count):

@@ -6,6 +6,7 @@ from typing import Any, List, Optional, Tuple
 
 from tether_sync.engine.routing import Router
 from tether_sync.events import MessageEvent
+from tether_sync.protocol.session import Received
 from tether_sync.stats import Counters
 from tether_sync.subscription import InboundBuffer
 
@@ -69,3 +70,16 @@ def test_a_full_block_buffer_holds_everything_after_it_in_order_until_resumed() 
     assert r.resume() is True
     assert drain(small) == [8, 9]
     assert not r.holding
+
+
+def test_a_received_event_is_collected_until_the_read_is_flushed() -> None:
+    # The loop's table hands the session's Received events here; they reach the
+    # buffers in one batch per read, when the loop flushes after the read.
+    r, counters = router()
+    buf = InboundBuffer(100, "block")
+    r.subscribe("a", buf)
+    r.received(Received([("a", 1), ("a", 2)]))
+    r.received(Received([("a", 3)]))
+    assert len(buf) == 0 and counters.received == 3
+    r.flush()
+    assert drain(buf) == [1, 2, 3]

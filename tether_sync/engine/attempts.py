@@ -1,12 +1,24 @@
-"""Connection attempts, each on a short-lived connector thread.
+"""Connection attempts: the I/O thread's bookkeeping, and the connector thread's work.
 
-websocket-client's opening handshake is blocking, so each attempt runs it
-(:func:`~tether_sync.engine.attempts.handshake`) on its own connector thread, which
-posts the outcome to the loop: a :class:`~tether_sync.engine.commands.Connected` that
-hands the socket over, or a :class:`~tether_sync.engine.commands.ConnectFailed`. The
-connector owns the socket until then and never after. :class:`Dialer` keeps the
-attempt in progress (:class:`~tether_sync.engine.attempts.Attempts`) and the connector
-threads still running, so that ``close()`` can abort and join them.
+websocket-client's opening handshake is blocking, so each attempt runs on its
+own short-lived connector thread (``tether-connect``), which posts the outcome
+to the loop: a :class:`~tether_sync.engine.commands.Connected` that hands the
+socket over, or a :class:`~tether_sync.engine.commands.ConnectFailed`. The
+connector owns the socket until then and never after. Two sides, one file,
+because each change to what a connector does (a new stage, a new way to abort
+it) changes what the loop keeps about it:
+
+* **The I/O thread's side**: :class:`Dialer` starts attempts and schedules their
+  ``connect_timeout``; :class:`Attempts` numbers them (an answer for an attempt
+  abandoned after a timeout or ``close()`` is stale, and its socket is closed)
+  and counts handshake auth refusals (HTTP 401/403: one fresh token, then the
+  refusal is final). ``close()``'s thread also uses the Dialer, to abort and
+  join the connectors still running (:meth:`Dialer.join`).
+* **The connector's side**: :func:`handshake` builds the headers (a user's
+  ``headers()`` callable and protocol ``raw``'s token run here, never on the
+  I/O thread), connects through :mod:`~tether_sync.engine.transport`, and never
+  raises; :class:`Dial` is the attempt as the connector runs it: which stage it
+  waits for (named by a connect timeout) and the socket an abort shuts down.
 """
 
 from __future__ import annotations
@@ -44,7 +56,10 @@ class Dialer:
         self._config = config
         self._auth = auth
         self._post = post
-        self._timers = timers  # the connect timeout lives in the loop's timer heap
+        # The connect timeout lives in the loop's timer heap, not in the connector:
+        # the I/O thread decides (and names the stage); the connector's own socket
+        # timeouts are only a backstop (BACKSTOP below).
+        self._timers = timers
         self._clock = clock
         self.attempts = Attempts()  # the attempt in progress, its handshaker, refusals
         # Connector threads still running, with the attempt each one runs (so
@@ -58,6 +73,9 @@ class Dialer:
         cfg, auth, post = self._config, self._auth, self._post
 
         def connector() -> None:
+            # Posting is the connector's last act on the socket: after it, a
+            # Connected command owns it (the loop adopts it, or closes it if the
+            # attempt went stale meanwhile, or refuse() closes it after the end).
             try:
                 post(handshake(attempt, dial, url, cfg, auth))
             finally:

@@ -1,9 +1,25 @@
-"""Tokens for the loop, fetched off the I/O thread, one fetch at a time.
+"""Tokens: fetched off the I/O thread, one fetch at a time, and handed to the session.
 
-:class:`TokenRefresher` runs the user's blocking ``get_token()`` on a helper
-thread. Requests that arrive while a fetch is running join it (single flight):
-however many threads and reconnects ask at once, ``get_token()`` is called once
-and everyone gets its result. A token that is still fresh is reused.
+Two halves, one on each side of the thread boundary:
+
+* :class:`TokenRefresher` (any thread; it starts the ``tether-auth`` helper
+  threads) runs the user's blocking ``get_token()``, never on the I/O thread
+  (DESIGN §4). Requests that arrive while a fetch runs join it (single flight):
+  however many threads and reconnects ask at once, ``get_token()`` is called once
+  and everyone gets its result. A token that is not yet due for rotation is
+  reused. Connector threads use it too (:meth:`TokenRefresher.get_blocking`),
+  for protocol ``raw``'s handshake header.
+* :class:`AuthFlow` (I/O thread only) is what the loop and the lifecycle see:
+  it asks the refresher when a session needs a token, and the refresher's answer
+  comes back as a :class:`~tether_sync.engine.commands.Token` command, numbered
+  by round so that the answer to a request made obsolete by a newer one is
+  dropped (as is one that finds the connection gone). It also keeps the
+  ``refresh_auth()`` waiters, the accepted token's expiry, and whether the next
+  connection must fetch anew.
+
+Both halves live here because every change to one (a new kind of request, a new
+answer) changes the other; :mod:`~tether_sync.engine.lifecycle` turns the
+session's auth events into calls of :class:`AuthFlow`.
 """
 
 from __future__ import annotations
@@ -22,6 +38,8 @@ from . import commands as cmd
 
 log = logging.getLogger("tether_sync")
 
+# ``reply(token, expires_at, error)``: how the refresher answers a request. It runs on
+# the token thread (or on the requester's, for a reused token): it must only hand over.
 Reply = Callable[[Optional[str], Optional[float], Optional[BaseException]], None]
 
 
@@ -139,13 +157,16 @@ class TokenRefresher:
         return not any(t.is_alive() for t in threads)
 
 
-log = logging.getLogger("tether_sync")
+# -- the I/O thread's side ------------------------------------------------------------------
 
 Waiter = Callable[[Optional[BaseException]], None]
 
 
 class AuthFlow:
-    """Token requests, answers and ``refresh_auth()`` waiters.
+    """Token requests, answers and ``refresh_auth()`` waiters (I/O thread only).
+
+    Nothing here blocks or calls user code: the fetch, and the user's
+    ``Auth.message`` builder, run on the token thread.
 
     Args:
         auth: The token source.
@@ -191,6 +212,9 @@ class AuthFlow:
             self._post(cmd.Token(round_id, token, exp, err, frame))
 
         if force:
+            # The server refused the cached token, or refresh_auth() wants a new
+            # one: a fetch already in flight may still hand it out, a later
+            # request must not reuse it.
             self.auth.forget()
         self.auth.request(force, reply)
 
@@ -218,9 +242,14 @@ class AuthFlow:
         if self._protocol == "raw" and self.auth.options.message is None:
             waiter(AuthError("protocol raw rotates tokens in-band only with Auth(message=...)"))
             return
+        # Answered by resolve(): when the server accepts a token (AuthAccepted),
+        # refuses it (AuthTrouble), or the client ends. Waiters of one rotation
+        # share it: the client makes one Refresh per round of refresh_auth() calls.
         self._waiters.append(waiter)
         if session is None or not session.refresh(now):
-            self.force_next = True  # the next connection fetches a new token
+            # Offline, or a link that cannot rotate now (not open yet): the
+            # next connection fetches a new token, and its auth-ok answers them.
+            self.force_next = True
 
     def accepted(self, expires_at: Optional[float], wall_now: float) -> None:
         """The server took the token: remember its expiry, answer ``refresh_auth()``."""

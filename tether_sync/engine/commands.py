@@ -1,8 +1,21 @@
-"""Typed commands that user and helper threads post to the I/O loop.
+"""The control path into the I/O thread: typed commands, and the mailbox they wait in.
 
-A command is a frozen value; the loop runs it on the I/O thread. If the loop
-has ended, :func:`refuse` answers it at once on the poster's thread, so no
-caller ever waits on a command that nobody will run (DESIGN §4).
+User threads (``flush()``, ``close()``, ``subscribe()``, ``refresh_auth()``) and
+helper threads (a connector handing a socket over, the token thread answering)
+never call into the loop: they post a command (DESIGN §4, STYLE §5). Two parts:
+
+* **The commands**: frozen values, one class per request; the loop's table maps
+  each class to the method that runs it on the I/O thread. A command carries
+  its own way back (a callback, a buffer), so the poster never needs the loop.
+  :func:`refuse` answers one that will not run: posted after the loop ended, or
+  one whose handler failed (the commands after it in its batch are put back and
+  run in the next iteration). So no caller ever waits on a command that nobody
+  will run.
+* **The** :class:`Mailbox`: the queue between the posters and the I/O thread,
+  and the wake-up protocol that keeps the loop from sleeping on a posted
+  command without writing a wake byte per command. Data (``send()``) does not
+  come this way: it has its own bounded queue, the
+  :class:`~tether_sync.engine.outbox.Outbox`.
 """
 
 from __future__ import annotations
@@ -21,8 +34,8 @@ from ..subscription import InboundBuffer
 class Connected:
     """A connector finished the handshake of ``attempt`` (the socket is now the loop's)."""
 
-    attempt: int
-    sock: Any  # the connected socket.socket (only loop.py touches it)
+    attempt: int  # the Attempts number: an answer for an abandoned attempt is stale
+    sock: Any  # the connected socket.socket (from here on the I/O thread's alone)
     header_expiry: Optional[float] = None
     deflate: Optional[DeflateParams] = None  # permessage-deflate agreed, or None
 
@@ -62,12 +75,16 @@ class Close:
 
 @dataclasses.dataclass(frozen=True)
 class Subscribe:
+    """subscribe(): route ``channel`` to ``buffer`` too (announced if it is the first)."""
+
     channel: str
     buffer: InboundBuffer
 
 
 @dataclasses.dataclass(frozen=True)
 class Unsubscribe:
+    """Subscription.close(): stop routing to ``buffer`` (announced if it was the last)."""
+
     channel: str
     buffer: InboundBuffer
 
@@ -91,6 +108,9 @@ Command = Union[
 
 def refuse(command: Any, error: BaseException) -> None:
     """Answer ``command`` without running it (the loop has ended, or it failed)."""
+    # Each kind that someone waits on gets its answer: flush() returns (it then
+    # checks what was left), refresh_auth() raises, a subscription's get() raises
+    # ClientClosed, and a socket handed over is closed (its connector is done).
     try:
         if isinstance(command, Flush):
             command.done()
@@ -105,7 +125,16 @@ def refuse(command: Any, error: BaseException) -> None:
 
 
 class Mailbox:
-    """Commands for the I/O thread.
+    """Commands for the I/O thread: posted from any thread, taken by the I/O thread.
+
+    The wake-up protocol: ``waiting`` says that commands were posted since the
+    I/O thread last took them. Only the poster that turns it on writes the wake
+    byte; posters after it find it on and add their command without one. The
+    I/O thread turns it off, under the lock, in the same step that takes the
+    commands, so a command posted after that step writes a new byte: none is
+    ever left waiting for a wake-up that will not come. The loop also reads
+    ``waiting`` without the lock before it sleeps (a stale True costs one empty
+    take; a stale False is covered by the wake byte its poster writes).
 
     Args:
         wake: Wakes the loop's selector (writes one byte to the wake pair).
@@ -149,6 +178,8 @@ class Mailbox:
 
     def put_back(self, commands: List[Command]) -> None:
         """Return ``commands`` (not yet run) to the front, to be taken next time."""
+        # No wake byte is written for them: the loop is the caller, and it does
+        # not sleep while ``waiting`` is set.
         with self._lock:
             self._commands.extendleft(reversed(commands))
             self.waiting = True

@@ -3,6 +3,13 @@
 Pure values (no threads, no I/O): the loop's :class:`LoopConfig`, its own
 :class:`Timer` names, and :func:`session_config`, which turns the loop's
 options into one connection's :class:`~tether_sync.protocol.session.SessionConfig`.
+
+The client validates every option before it builds a :class:`LoopConfig`, so
+the engine trusts these values (only what a ``headers()`` callable returns is
+checked later, on the connector thread, at each connect). A
+:class:`~tether_sync.protocol.session.SessionConfig` is made anew for each
+connection, because what the handshake agreed (permessage-deflate) differs
+from one connection to the next.
 """
 
 from __future__ import annotations
@@ -17,7 +24,11 @@ from ..protocol.session import SessionConfig
 
 
 class Timer(str, enum.Enum):
-    """The loop's own timers (a session's deadlines come from the session)."""
+    """The loop's own timers (a session's deadlines come from the session).
+
+    A ``str`` enum: the :class:`~tether_sync.engine.timers.TimerHeap` keys by
+    name, and its log and test output reads as the name.
+    """
 
     CONNECT_TIMEOUT = "connect_timeout"
     RECONNECT = "reconnect"
@@ -59,6 +70,8 @@ def session_config(
         deflate: The permessage-deflate parameters the handshake agreed, or None.
     """
     hb = cfg.heartbeat
+    # auth_timeout covers one token fetch plus the server's answer (see
+    # SessionConfig): Auth.timeout bounds the fetch, and as much again the answer.
     return SessionConfig(
         protocol=cfg.protocol,
         heartbeat=(hb.interval, hb.timeout) if hb else None,

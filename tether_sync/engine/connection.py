@@ -8,8 +8,11 @@ drains the :class:`~tether_sync.engine.outbox.Outbox` into the session while und
 high-water mark, and keeps the socket's selector registration to exactly what
 it can act on. Its own timers (the kernel's unsent bytes, the durable linger)
 live in the loop's timer heap. It talks back through one callable, ``process``
-(the loop's event step). The socket calls are in
-:class:`~tether_sync.engine.transport.Link`; the selector in
+(the loop's event step), called after every step that fed the session, so a
+step's events (acks, a Closed) are handled before the next step looks at the
+session. It knows neither the loop, nor where inbound messages go (the loop's
+event table sends them to the router), nor what outlives it. The socket calls
+are in :class:`~tether_sync.engine.transport.Link`; the selector in
 :class:`~tether_sync.engine.poller.Poller`.
 """
 
@@ -29,7 +32,6 @@ from .config import LoopConfig, Timer, session_config
 from .flow_control import Resume
 from .outbox import Outbox
 from .poller import READ, WRITE, Poller
-from .routing import Router
 from .session_events import Handoff
 from .timers import TimerHeap
 from .transport import Link, read_size
@@ -69,6 +71,8 @@ class Connection:
     """
 
     def __init__(self, session: Session, link: Link, parts: Parts) -> None:
+        # Both public, read by the loop's iteration (deadlines, want_write,
+        # TLS pending) without a call: it runs once per wake-up.
         self.session = session
         self.link = link
         self._clock = parts.clock
@@ -101,8 +105,12 @@ class Connection:
         """User-space bytes not yet written plus the kernel's unsent bytes (as last read)."""
         return self.session.buffered + self.link.kernel_unsent
 
-    def readable(self, router: Router) -> None:
-        """Read what the socket has into the session (the socket was readable)."""
+    def readable(self) -> None:
+        """Read what the socket has into the session (the socket was readable).
+
+        The session's events are handed on before this returns (``process``),
+        inbound messages included: the loop then hands them to their buffers.
+        """
         session = self.session
         try:
             data = self.link.recv()
@@ -111,7 +119,7 @@ class Connection:
             self._process()
             return
         if data is None:
-            return
+            return  # would block (TLS wanted more, or a spurious wake-up)
         self._counters.bytes_received += len(data)
         now = self._clock.monotonic()
         if data:
@@ -119,10 +127,6 @@ class Connection:
         else:
             session.receive_eof(now)
         self._process()
-        # Handed over at once (measured: handing over at the end of the loop's
-        # iteration instead cost 10-30 % of receive throughput).
-        router.flush()  # what arrived before a close is still delivered
-        session.reading_paused = router.holding
 
     def send_some(self) -> int:
         """Write what the session has framed; the bytes written, or -1 if the socket failed."""
@@ -143,9 +147,11 @@ class Connection:
         session = self.session
         wrote = self.send_some()
         if wrote < 0:
-            session.abort(1006, "write failed")
+            session.abort(1006, "write failed")  # its Closed event ends the link
         if wrote:
-            self._process()
+            self._process()  # Written events: deliveries done, room released
+        # Ask for writability only while our own bytes wait: a socket registered
+        # for writing while nothing waits wakes the selector at once, every time.
         self.link.io.want_write = session.buffered > 0
 
     def poll_kernel(self) -> None:
@@ -174,7 +180,7 @@ class Connection:
         session = self.session
         link = self.link
         flow = link.flow
-        flow.episode_over(self.buffered_amount)
+        flow.episode_over(self.buffered_amount)  # below the low-water mark: report again
         linger = outbox.linger
         while len(outbox):
             if flow.above_mark(session.buffered, link.read_kernel):
@@ -196,11 +202,14 @@ class Connection:
             if not batch:
                 return
             session.send(batch)
+            # Written batch by batch, not after the whole queue was framed: the
+            # first bytes leave at once, the write buffer stays near one batch,
+            # and the mark is judged on what the kernel really took.
             if self.send_some() < 0:
                 session.abort(1006, "write failed")
             self._process()
             if link.closed or not session.is_open:
-                return
+                return  # the link ended inside this pump (a failed write, a close)
 
     def last_write(self, handle: Callable[[Event], None]) -> None:
         """The session is over: write what is left (e.g. our close frame); what it took counts."""
@@ -212,6 +221,8 @@ class Connection:
 
     def release(self, outbox: Outbox[Delivery]) -> None:
         """The connection is over: its timers, its registration, its socket."""
+        # Unregister before closing: a closed fd cannot be removed from epoll,
+        # and the fd number may be reused by the next link's socket.
         self._timers.cancel(Timer.KERNEL_POLL)
         if self._timers.scheduled(Timer.LINGER):
             self._timers.cancel(Timer.LINGER)

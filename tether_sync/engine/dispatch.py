@@ -4,6 +4,12 @@ A :class:`ThreadDispatcher` runs tasks in FIFO order on one thread of its own; a
 user-given ``dispatcher=`` callable (e.g. a GUI's "run this on the UI thread")
 replaces it. Either way every task is wrapped so that a raising callback is
 logged and reported through ``on_error``, and dispatch goes on.
+
+It lives in the engine because the I/O thread is its producer: the loop hands
+events and resolved deliveries to it and must never wait there (DESIGN §4), so
+the queue is unbounded and ``put()`` never blocks. The client starts and stops
+it; the client also owns the fallback dispatcher that takes over from a user
+dispatcher that raises.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ def run_task(task: Task, on_error: Callable[[BaseException], None]) -> None:
     While it runs, :data:`tether_sync.engine.outbox.in_callback` is set on this thread:
     a ``send()`` from a callback never waits for room (see ``outbox.py``).
     """
+    # Restored, not cleared, afterwards: a user dispatcher may run a task from
+    # inside another task (nested event loops), and the outer one is still a callback.
     flag = in_callback
     was = getattr(flag, "active", False)
     flag.active = True

@@ -18,7 +18,17 @@ what outlives one connection and decides what happens between them:
 
 The pure decisions are in :mod:`~tether_sync.engine.retry` (:func:`after_close`,
 :func:`plan_retry`) and :class:`~tether_sync.engine.closing.Shutdown`; this class
-applies them. It reaches the loop only through :class:`Host`.
+applies them. It reaches the loop only through :class:`Host` (the open
+connection's session, attach and release a socket, hand on events), and the
+loop's other parts only through :class:`Wiring`: it never sees the loop's
+thread, selector or socket. The loop's event table routes the session's
+``Opened``, auth and ``Closed`` events here.
+
+Who may touch what: everything here runs on the I/O thread, except
+:meth:`Lifecycle.finish` for a client that never started (the caller's thread,
+with no I/O thread alive) and the reads that user threads make through
+:class:`~tether_sync.engine.Engine` (``state``, ``fatal``, ``unsent``,
+``next_delay``: references and ints, replaced whole).
 """
 
 from __future__ import annotations
@@ -32,8 +42,9 @@ from typing import Any, Callable, List, Optional, Protocol
 from ..backoff import Backoff
 from ..clock import Clock
 from ..delivery import Delivery
-from ..events import OpenEvent, ReconnectingEvent, StateChangeEvent
+from ..events import AuthRefreshedEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
 from ..exceptions import ClientClosed, ConnectTimeout, SubprotocolRefused, TetherError
+from ..protocol import session as s
 from ..protocol.session import Closed, Continuity, Phase, Session
 from ..redact import redact_url
 from ..state import State, check
@@ -121,6 +132,8 @@ class Lifecycle:
         self._wants = wants
         self._on_state = on_state
         self.stopped = stopped
+        # The backoff is an immutable value (STYLE §3.2), replaced at each
+        # attempt and reset once a link lived long enough (after_close decides).
         rc = config.reconnect
         self.backoff = Backoff(
             rc.base_delay if rc else 1.0,
@@ -164,17 +177,23 @@ class Lifecycle:
         return bool(len(outbox) or outbox.taken)
 
     def set_state(self, new: State) -> None:
+        """The one place the public state changes (STYLE §3.11): checked, logged, told."""
         old = self.state
         if old is new:
             return
-        check(old, new)
+        check(old, new)  # a transition the table does not allow is a bug: raise
         self.state = new
+        # Before anyone hears of it: senders blocked for room re-evaluate with
+        # the new state (the drop policies apply only while not open).
         self._p.outbox.set_open(new is State.OPEN)
         log.debug("state %s -> %s", old.value, new.value)
         if self._on_state is not None:
             self._on_state(new)
         if self._wants("state_change"):
             self._emit(StateChangeEvent(old.value, new.value))
+        # The close event of the link that just ended goes out after the
+        # state_change it caused (open -> reconnecting, then close), in one place,
+        # whichever path (retry or finish) made the change.
         handoff = self._p.handoff
         close, handoff.pending_close = handoff.pending_close, None
         if close is not None and self._wants("close"):
@@ -206,6 +225,9 @@ class Lifecycle:
         log.info("connected to %s", redact_url(self.endpoint))
         session = self._host.attach(c)
         flow = self._p.authflow
+        # The messages the last link left unacked go first, before anything
+        # still queued (DESIGN §5): the session resends them once hello-ok says
+        # which ones the server already has.
         carried, self.carried = self.carried, []
         force = False
         if flow is not None:
@@ -221,6 +243,9 @@ class Lifecycle:
 
     def on_connect_timeout(self) -> None:
         """``connect_timeout`` passed before ``open``: fail the attempt, naming its phase."""
+        # One deadline covers the whole attempt: with a session, the handshake
+        # is done and the session waits (hello-ok, the token, auth-ok); without
+        # one, the connector is still handshaking and is abandoned.
         if self._host.session is not None:
             self._session_timed_out(self._host.session)
             return
@@ -230,6 +255,8 @@ class Lifecycle:
             self._attempt_failed(timeout)
 
     def _attempt_failed(self, cause: BaseException) -> None:
+        # Counted and reported (each distinct cause once per run of failures)
+        # before deciding, so the error event precedes reconnecting or closed.
         self._p.counters.attempt_ended(self._clock.monotonic(), False, cause)
         self._p.handoff.attempt_failed(cause)
         flow = self._p.authflow
@@ -247,6 +274,7 @@ class Lifecycle:
     def opened(self, session: Session) -> None:
         """The session says the link is usable: subscriptions, then the queue drains."""
         p = self._p
+        p.handoff.opened()  # a later failed attempt is reported again
         if self._opened_once:
             p.counters.reconnects += 1
         p.counters.opened(self._clock.monotonic(), self._opened_once)
@@ -264,10 +292,42 @@ class Lifecycle:
         for channel in p.router.routes:
             session.subscribe(channel, str(uuid.uuid4()))
 
+    # ------------------------------------------------------------ auth (session events)
+
+    def token_needed(self, event: s.TokenNeeded) -> None:
+        """The session needs a token: the token thread fetches it (never this thread)."""
+        flow = self._p.authflow
+        assert flow is not None  # a session asks only when auth is configured
+        flow.request(event.force)
+
+    def auth_accepted(self, event: s.AuthAccepted) -> None:
+        """The server took a token: count it, answer ``refresh_auth()``, tell the app."""
+        flow = self._p.authflow
+        assert flow is not None
+        self._p.counters.auth_refreshes += 1
+        flow.accepted(event.expires_at, self._clock.time())
+        if self._wants("auth_refreshed"):
+            self._emit(AuthRefreshedEvent(event.expires_at))
+
+    def auth_trouble(self, event: s.AuthTrouble) -> None:
+        """No token, or no answer to it: an ``error`` event, and ``refresh_auth()`` hears it.
+
+        ``final``: the session's ``Closed`` follows with the same error and ends
+        the client; ``fatal`` records the reason already.
+        """
+        flow = self._p.authflow
+        assert flow is not None
+        self._p.handoff.error(event.error)
+        flow.resolve(event.error)
+        if event.final:
+            self.fatal = event.error
+
     # ------------------------------------------------------------ losing a link
 
     def connection_closed(self, session: Session, event: Closed) -> None:
         """The session is over (the loop wrote what was left): carry, retry or finish."""
+        # The socket goes first: nothing below writes to it, and the poller holds
+        # one socket's registration at a time (the next link's comes later).
         self._host.release_socket()
         self._p.counters.link_closed(
             self._clock.monotonic(), event.code, event.reason, event.was_clean
@@ -286,9 +346,13 @@ class Lifecycle:
         self._opened_at = None
         if after.carried:
             self.carried = after.carried
+        # Taken but never numbered: back to the head of the queue, in order,
+        # ahead of what senders queued meanwhile.
         self._p.outbox.give_back(after.give_back)
         self._p.handoff.connection_closed(event)
         log.info("connection closed: %d %s (clean=%s)", event.code, event.reason, event.was_clean)
+        # A session ended by connect_timeout (before open) is a failed attempt,
+        # reported with the ConnectTimeout that names its phase, not as a lost link.
         timed_out, self._timed_out = self._timed_out, None
         if timed_out is not None and not after.terminal:
             self._attempt_failed(timed_out)  # as if the handshake had timed out
@@ -316,6 +380,8 @@ class Lifecycle:
             self.finish(plan.reason, cause=cause)
             return
         self.backoff = plan.backoff
+        # While close() drains, the retry comes within its deadline (the queue
+        # may still go out on the next link).
         delay = self.next_delay = self.shutdown.retry_delay(plan.delay, now)
         self.set_state(State.RECONNECTING)
         attempt, url = self.backoff.attempt, redact_url(self.endpoint)
@@ -334,6 +400,7 @@ class Lifecycle:
         self.maybe_close()
 
     def maybe_close(self) -> None:
+        """close() was asked: close now if nothing is left to drain (else later)."""
         if self.stopped.is_set() or not self.shutdown.drained(
             self.has_work(), self._clock.monotonic()
         ):
@@ -341,6 +408,7 @@ class Lifecycle:
         self.close_now()
 
     def close_now(self) -> None:
+        """Drained, or close()'s deadline passed: the closing handshake, or the end."""
         if self.stopped.is_set():
             return
         session = self._host.session
@@ -363,6 +431,8 @@ class Lifecycle:
         p = self._p
         session = self._host.session
         self._host.release_socket()
+        # Every message not done fails, in order: carried ones (oldest), what
+        # the session still held, then the queue. Nothing fails silently.
         left = list(self.carried)
         if session is not None:
             session.abort(1006, "client closed")
@@ -371,7 +441,7 @@ class Lifecycle:
         if reason is not None:
             log.warning("client closed: %s", reason)
             self.error(reason)
-        p.outbox.stop(reason)
+        p.outbox.stop(reason)  # first: senders blocked for room wake and raise
         left.extend(p.outbox.drain())
         self.carried = []
         self.unsent = len(left)
@@ -380,11 +450,15 @@ class Lifecycle:
         p.router.flush()  # what was read before the end is still handed over
         p.router.close_all()
         self._timers.cancel_all()
+        # CLOSED before stopped is set: a close() waiting on stopped then reads
+        # the final state and unsent count.
         self.set_state(State.CLOSED)
         self.stop_for_good()
 
     def stop_for_good(self) -> None:
         """Refuse later commands and answer the pending ones (idempotent)."""
+        # Also the loop's last act (its finally), crash or not: whatever ended
+        # it, no flush(), refresh_auth() or posted command waits for ever.
         self.stopped.set()
         closed = ClientClosed("the client is closed")
         if self.fatal is not None:

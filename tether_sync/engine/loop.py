@@ -14,9 +14,19 @@ is the :class:`~tether_sync.engine.lifecycle.Lifecycle`'s.
 User threads never touch the socket: they put messages in the
 :class:`~tether_sync.engine.outbox.Outbox` or post a typed command in the
 :class:`~tether_sync.engine.commands.Mailbox`, which wakes the poller with one byte
-(PA ``_packet_queue``, KP ``sender.wakeup()``). Connection attempts run on
-connector threads (:class:`~tether_sync.engine.attempts.Dialer`) that hand the socket
-over with a command.
+(PA ``_packet_queue``, KP ``sender.wakeup()``); they reach the loop only through
+:class:`~tether_sync.engine.Engine`. Connection attempts run on connector threads
+(:class:`~tether_sync.engine.attempts.Dialer`) that hand the socket over with a
+command.
+
+Three tables say what the loop does, each built once in ``__init__`` and looked
+up by type: one for commands (command class -> handler), one for the loop's own
+timers (:class:`~tether_sync.engine.config.Timer` -> handler), one for session
+events (event class -> handler). A handler is a method of the narrowest part
+that can act on it (the lifecycle, the router, the hand-off, the auth flow);
+no part is handed the loop itself. The parts reach back only through what they
+were given: the lifecycle through its :class:`~tether_sync.engine.lifecycle.Host`
+protocol, a connection through the ``process`` callable (the loop's event step).
 
 Fault containment (DESIGN §4): every step of an iteration runs under
 :meth:`IoLoop._guard`. An exception while handling one message, timer or
@@ -37,6 +47,7 @@ from ..clock import Clock, Deadline
 from ..delivery import Delivery
 from ..durable import DurableStore
 from ..exceptions import AuthError, TetherError
+from ..protocol import session as s
 from ..protocol.session import Closed, Continuity, Phase, Session
 from ..state import State
 from ..stats import Counters
@@ -81,7 +92,6 @@ class IoLoop:
     ) -> None:
         self.config = config
         self._clock = clock
-        self.wall_time = clock.time  # epoch seconds (the handoff logs token expiry with it)
         self._lock = threading.Lock()  # guards starting the thread
         self._thread: Optional[threading.Thread] = None
         self.stopped = threading.Event()  # set when the loop has ended for good
@@ -102,6 +112,8 @@ class IoLoop:
         )
         setattr(self.outbox, logfields.LOG_CONTEXT, self.log_context)
         # Everything below is touched by the I/O thread only (ints read anywhere).
+        # Built leaves first: each part gets the parts it needs, never the loop;
+        # the Lifecycle gets them as a Wiring, a connection as Parts.
         self.counters = Counters()
         self.router = Router(self.counters, emit, wants)
         self.handoff = Handoff(self.counters, self.outbox, emit, wants)
@@ -143,9 +155,9 @@ class IoLoop:
             self._poller,
             self.counters,
         )
-        self.last_rtt: Optional[float] = None
         life = self.life
         # Which method runs each command type (built once, looked up per command).
+        # A lambda adapts a command to a part that takes plain values.
         self._handlers: Dict[type, Callable[[Any], None]] = {
             cmd.Connected: life.on_connected,
             cmd.ConnectFailed: life.on_connect_failed,
@@ -164,6 +176,26 @@ class IoLoop:
             Timer.CLOSE_DEADLINE: life.close_now,
             Timer.LINGER: self.outbox.end_linger,  # what arrived meanwhile is pumped next
             Timer.KERNEL_POLL: self._poll_kernel,
+        }
+        # What each session event means, and which part owns that (see
+        # process_events). Each handler is a method of the narrowest part that
+        # can act on it: the hand-off to the application (Handoff), the inbound
+        # routing (Router), what outlives the link (Lifecycle). Only Opened and
+        # Closed need the connection itself, so only they are the loop's.
+        handoff, router = self.handoff, self.router
+        self._on_event: Dict[type, Callable[[Any], None]] = {
+            s.Received: router.received,  # collected; _on_readable hands them over
+            s.Written: handoff.written,
+            s.Acked: handoff.acked,
+            s.Refused: handoff.refused,
+            s.RoundTrip: handoff.round_trip,
+            s.Problem: handoff.problem,
+            s.Recovery: handoff.recovery,
+            s.TokenNeeded: life.token_needed,
+            s.AuthAccepted: life.auth_accepted,
+            s.AuthTrouble: life.auth_trouble,
+            s.Opened: self._on_opened,
+            s.Closed: self._on_closed,
         }
 
     # ------------------------------------------------------------------ user side
@@ -250,6 +282,20 @@ class IoLoop:
         A round trip's latency is what this costs between the selector's wake-up
         and the next wait (a woken user thread waits for the GIL until then), so
         idle steps are skipped with a cheap test instead of being called.
+
+        The order of the steps is deliberate:
+
+        1. read: what arrived in time counts before a deadline judges it (a pong
+           read now moves the heartbeat deadline the timers step would fire), and
+           acks read now free room in the queue before the pump;
+        2. timers, the loop's and the session's;
+        3. commands (a Close, a Subscribe, a handed-over socket);
+        4. pump the queue into the session, then write: everything the steps
+           above framed (acks, pongs, pings, messages) goes out in one write per
+           iteration, never from inside a handler;
+        5. close() and flush() checks, which need this iteration's writes done;
+        6. the selector registration, last, from what the steps left: reading
+           unless inbound is held, writing only while framed bytes wait.
         """
         conn = self._conn
         due = self._timers.next_due()
@@ -258,6 +304,9 @@ class IoLoop:
             if when is not None and (due is None or when < due):
                 due = when
         timeout = None if due is None else max(0.0, due - self._clock.monotonic())
+        # TLS: the SSL object may hold decrypted bytes that the selector cannot
+        # see: check it before sleeping, or they wait for the next packet
+        # (STYLE §3.4). Not while inbound is held: nothing would read them.
         tls = conn is not None and conn.link.io.tls and not self.router.held
         if tls and conn is not None and conn.link.tls_pending():
             timeout = 0.0  # decrypted bytes already wait inside the SSL object
@@ -303,16 +352,20 @@ class IoLoop:
             step()
         except Exception as exc:
             if self.stopped.is_set():
-                raise
+                raise  # the end itself failed: _run's handler releases the waiters
             log.exception("tether_sync: %s failed; failing the connection", step.__name__)
             err = TetherError(f"internal error in {step.__name__}: {exc!r}")
             err.__cause__ = exc
             self.life.error(err)
             session = self.session
             if session is not None and session.phase is not Phase.CLOSED:
+                # Fail the link the ordinary way: its Closed event makes the
+                # lifecycle carry the unacked messages and retry.
                 session.abort(1011, "internal error")
                 self.process_events()
             elif self.life.state is State.CONNECTING and session is None:
+                # No session to fail (a step between attempts): count it as a
+                # failed attempt, which retries or gives up.
                 self.life.retry_or_finish(err)
 
     def _drain_commands(self) -> None:
@@ -330,6 +383,8 @@ class IoLoop:
 
     def _on_timers(self) -> None:
         now = self._clock.monotonic()
+        # The loop's timers first (e.g. the close deadline), then the session's
+        # own deadlines (heartbeat, auth), which the session keeps itself.
         for name in self._timers.pop_due(now):
             self._on_timer[Timer(name)]()
         session = self.session
@@ -340,6 +395,7 @@ class IoLoop:
                 self.process_events()
 
     def _poll_kernel(self) -> None:
+        # No event reports the kernel's send queue draining: a timer re-reads it.
         if self._conn is not None:
             self._conn.poll_kernel()  # the iteration then re-runs _pump and the flush check
 
@@ -347,6 +403,8 @@ class IoLoop:
         self.router.command(c, self.session)
 
     def _on_auth(self, c: Any) -> None:
+        # Token (the token thread's answer) and Refresh (refresh_auth()); without
+        # auth there is no token thread, so only a Refresh can come: refuse it.
         if self.authflow is not None:
             self.authflow.command(c, self.session, self._clock.monotonic())
         elif isinstance(c, cmd.Refresh):
@@ -360,15 +418,28 @@ class IoLoop:
         return conn.session
 
     def release_socket(self) -> None:
-        """Drop the connection, if any (Host)."""
+        """Drop the connection, if any (Host).
+
+        From here on ``self._conn`` is None: process_events() stops handing on
+        the released session's events (it checks after each batch).
+        """
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.release(self.outbox)
 
     def _on_readable(self) -> None:
         conn = self._conn
-        if conn is not None and not self.router.held:
-            conn.readable(self.router)
+        router = self.router
+        if conn is None or router.held:
+            return
+        conn.readable()  # parses every whole frame read; Received events reach the router
+        # Handed over at once, not at the end of the iteration (measured: that
+        # cost 10-30 % of receive throughput), and even if the read ended the
+        # connection: what arrived before a close is still delivered.
+        router.flush()
+        # A full "block" buffer refused some: stop reading until its consumer
+        # makes room (ResumeInbound), so TCP pushes back on the server.
+        conn.session.reading_paused = router.holding
 
     def _write(self) -> None:
         """Write what the session has framed (once per iteration, never from a handler)."""
@@ -386,28 +457,61 @@ class IoLoop:
             conn.pump(self.outbox, self.handoff)
 
     def _check_flush_waiters(self) -> None:
+        # flush() returns once the queue, the session's buffer (and its unacked
+        # messages: has_work counts them as taken) and the kernel are empty.
         if not self.life.has_work() and (self._conn is None or self._conn.drained()):
             self.life.shutdown.release_flush_waiters()
 
     def process_events(self) -> None:
-        """Hand on the session's events, including those that handling them caused."""
+        """Hand on the session's events, including those that handling them caused.
+
+        Called after every step that fed the session (a read, a write, a
+        command, a deadline). Each event goes to the handler the event table
+        names; a handler may make the session produce more events (a token
+        answer opens the link), so the loop asks again until none is left. A
+        ``Closed`` event releases the connection: whatever follows belongs to
+        no connection and is not asked for.
+        """
         conn = self._conn
         if conn is None:
             return
         session = conn.session
+        handlers = self._on_event
         while True:
             events = session.events()
             if not events:
                 return
             for event in events:
-                if type(event) is Closed:
-                    # The last-chance write (e.g. our close frame): what it took counts.
-                    conn.last_write(lambda late: self.handoff.handle(self, session, late))
-                    self.life.connection_closed(session, event)
-                else:
-                    self.handoff.handle(self, session, event)
+                handlers[type(event)](event)
             if self._conn is not conn:
                 return
+
+    def _on_opened(self, event: s.Opened) -> None:
+        """The session opened: the lifecycle subscribes and lets the queue drain."""
+        conn = self._conn
+        assert conn is not None  # events come from the open connection only
+        self.life.opened(conn.session)
+
+    def _on_closed(self, event: Closed) -> None:
+        """The session is over: a last write, then the lifecycle decides (retry or end)."""
+        conn = self._conn
+        assert conn is not None
+        # The last-chance write (e.g. our close frame): what it took counts, so
+        # the Written/Acked events it caused are handed on before the
+        # lifecycle sorts what is left unfinished.
+        conn.last_write(self._hand_on_late)
+        self.life.connection_closed(conn.session, event)
+
+    def _hand_on_late(self, event: s.Event) -> None:
+        # An event of the last write. The session is already closed: a second
+        # Closed (there is none today) must not run connection_closed twice.
+        if type(event) is not Closed:
+            self._on_event[type(event)](event)
+
+    @property
+    def last_rtt(self) -> Optional[float]:
+        """Seconds of the last heartbeat round trip, or None."""
+        return self.handoff.last_rtt
 
 
 __all__ = ["IoLoop", "LoopConfig", "Timer"]

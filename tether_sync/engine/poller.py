@@ -54,6 +54,8 @@ class Poller:
 
     def wake(self) -> None:
         """Interrupt :meth:`wait` (any thread)."""
+        # Non-blocking: a waker never waits for the I/O thread. A full pair
+        # means bytes are pending already, so dropping this one loses nothing.
         try:
             self._wake_w.send(b"\0")
         except OSError:  # full (the loop is already due to wake) or closed
@@ -72,9 +74,9 @@ class Poller:
             else:  # epoll counts milliseconds: wait at least ``timeout``, never spin
                 wait = math.ceil(timeout * 1e3) * 1e-3 if timeout > 0 else 0.0
             try:
-                events = self._epoll.poll(wait, 2)
+                events = self._epoll.poll(wait, 2)  # two fds at most: the socket, the wake pair
             except InterruptedError:
-                return ready
+                return ready  # a signal: the loop recomputes its timeout and waits again
             for fd, ev in events:
                 if fd == self._wake_fd:
                     woken = True
@@ -101,6 +103,8 @@ class Poller:
 
     def watch(self, link: Link, mask: int) -> None:
         """Register ``link`` for exactly ``mask`` (0: unregister)."""
+        # The link's Interest records what is registered, so an iteration that
+        # wants what it already has makes no system call.
         change = link.io.change(mask)
         if change is None:
             return
@@ -142,6 +146,7 @@ class Poller:
             pass
 
     def close(self) -> None:
+        """Close the selector and the wake pair (the loop ended; a later wake() is a no-op)."""
         if self._epoll is not None:
             self._epoll.close()
         if self._selector is not None:

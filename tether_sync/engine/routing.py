@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from ..events import BackpressureEvent, MessageEvent
-from ..protocol.session import Session
+from ..protocol.session import Received, Session
 from ..stats import Counters
 from ..subscription import InboundBuffer
 from . import commands as cmd
@@ -44,8 +44,12 @@ class Router:
         self._counters = counters
         self._emit = emit
         self._wants = wants
+        # channel -> its subscriptions' buffers, in subscription order (several
+        # Subscriptions of one channel each get every payload).
         self.routes: Dict[str, List[InboundBuffer]] = {}
-        self.message_buffer: Optional[InboundBuffer] = None  # set by the client
+        # The ``message`` stream's buffer: set and cleared by the client's on()
+        # (a user thread, under the client's lock), read here once per read.
+        self.message_buffer: Optional[InboundBuffer] = None
         # (buffer, channel, item) refused by a full "block" buffer, in arrival order.
         # Payloads waiting for a full "block" consumer (reading stops while any wait).
         self.held: Deque[Tuple[InboundBuffer, Optional[str], Any]] = deque()
@@ -56,6 +60,14 @@ class Router:
     def holding(self) -> bool:
         """Whether payloads wait for a full ``block`` consumer (reading must stop)."""
         return bool(self.held)
+
+    def received(self, event: Received) -> None:
+        """The session's :class:`~tether_sync.protocol.session.Received` (the loop's table).
+
+        Collected only: :meth:`flush` hands them over once the read that
+        produced them is fully parsed (one batch per buffer per read).
+        """
+        self.deliver_many(event.items)
 
     def deliver(self, channel: Optional[str], payload: Any) -> None:
         """Route one inbound payload (``channel`` None: no Tether message, stream only)."""
@@ -101,6 +113,9 @@ class Router:
             return
         self._batch = {}
         pending = self.held
+        # Order per buffer is arrival order, across reads: once anything is held
+        # for one buffer, everything after it for every buffer queues behind it
+        # (the loop stops reading, so this list stays bounded by one read).
         for buf, (channel, items) in batch.items():
             if pending:
                 # Something is held back already: queue behind it, in order.

@@ -1,20 +1,36 @@
-"""From session events to what the application sees: deliveries, events, counters.
+"""What a session's events mean to the application: deliveries, events, counters.
 
-Runs on the I/O thread. A message is done when the session says so: written
-(no ack awaited) or acknowledged; it fails when refused or dropped. Each done
-message releases its room in the :class:`~tether_sync.engine.outbox.Outbox`, which
-wakes senders waiting for room.
+Runs on the I/O thread only. The loop hands each event of the open
+:class:`~tether_sync.protocol.session.Session` to the handler its table names
+(:meth:`IoLoop._hand_on <tether_sync.engine.loop.IoLoop>`); :class:`Handoff` owns
+the handlers that end at the application's side of the client:
+
+* outbound messages: a message is done when the session says so, written (no ack
+  awaited, :class:`~tether_sync.protocol.session.Written`) or acknowledged
+  (:class:`~tether_sync.protocol.session.Acked`); it fails when refused or never
+  sent. Each one done or failed releases its room in the
+  :class:`~tether_sync.engine.outbox.Outbox`, which wakes senders waiting for room,
+  and leaves the durable outbox file;
+* ``error``, ``flushed``, ``recovery`` and ``backpressure`` events, and the error
+  reporting that keeps a run of failed attempts from repeating one cause;
+* the round-trip time and the ``close`` event the next state change carries.
+
+What the other events mean belongs elsewhere: inbound messages go to the
+:class:`~tether_sync.engine.routing.Router`, ``Opened`` and the auth events to the
+:class:`~tether_sync.engine.lifecycle.Lifecycle`, ``Closed`` to the loop (it owns
+the socket). Handoff knows neither the loop nor the lifecycle: it is given the
+counters, the outbox and the two callables that reach the dispatcher, and the
+lifecycle reads what it recorded (``pending_close``, ``last_failure``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from ..delivery import Delivery
 from ..durable import DurableStore
 from ..events import (
-    AuthRefreshedEvent,
     BackpressureEvent,
     CloseEvent,
     ErrorEvent,
@@ -25,9 +41,6 @@ from ..exceptions import ClientClosed
 from ..protocol import session as s
 from ..stats import Counters
 from .outbox import Outbox
-
-if TYPE_CHECKING:
-    from .loop import IoLoop
 
 log = logging.getLogger("tether_sync")
 
@@ -53,54 +66,51 @@ class Handoff:
         self._outbox = outbox
         self._emit = emit
         self._wants = wants
+        # All of these are written on the I/O thread only. User threads read
+        # single references (last_failure for connect(wait=True)'s message,
+        # failures for flush()): a stale value costs nothing there.
         self.pending_close: Optional[CloseEvent] = None  # emitted with the next state change
         self.last_failure: Optional[BaseException] = None  # the last failed attempt's cause
         self._reported: Optional[str] = None  # the last cause reported as an error event
         self.reported_error: Optional[BaseException] = None  # the last error event's error
         self.failures = 0  # messages dropped or failed, ever
+        self.last_rtt: Optional[float] = None  # seconds, the last heartbeat round trip
         self.store: Optional[DurableStore] = None  # the durable outbox, if any
 
-    def handle(self, loop: IoLoop, session: s.Session, event: s.Event) -> None:
-        kind = type(event)
-        if kind is s.Received:
-            assert isinstance(event, s.Received)
-            loop.router.deliver_many(event.items)
-        elif kind is s.Written or kind is s.Acked:
-            assert isinstance(event, (s.Written, s.Acked))
-            self.done(_deliveries(event.items), acked=kind is s.Acked)
-        elif kind is s.Opened:
-            self._reported = None
-            self.last_failure = None
-            loop.life.opened(session)
-        elif kind is s.TokenNeeded:
-            assert isinstance(event, s.TokenNeeded) and loop.authflow is not None
-            loop.authflow.request(event.force)
-        elif kind is s.AuthAccepted:
-            assert isinstance(event, s.AuthAccepted) and loop.authflow is not None
-            self._counters.auth_refreshes += 1
-            loop.authflow.accepted(event.expires_at, loop.wall_time())
-            if self._wants("auth_refreshed"):
-                self._emit(AuthRefreshedEvent(event.expires_at))
-        elif kind is s.AuthTrouble:
-            assert isinstance(event, s.AuthTrouble) and loop.authflow is not None
-            self.error(event.error)
-            loop.authflow.resolve(event.error)
-            if event.final:
-                loop.life.fatal = event.error
-        elif kind is s.Refused:
-            assert isinstance(event, s.Refused)
-            self.fail(_deliveries(event.items), event.error, None)
-        elif kind is s.RoundTrip:
-            assert isinstance(event, s.RoundTrip)
-            loop.last_rtt = event.rtt
-            self._counters.round_trip(event.rtt)
-        elif kind is s.Problem:
-            assert isinstance(event, s.Problem)
-            self.error(event.error)
-        elif kind is s.Recovery:
-            assert isinstance(event, s.Recovery)
-            if self._wants("recovery"):
-                self._emit(RecoveryEvent(event.channel, event.recovered, event.epoch, event.offset))
+    # ------------------------------------------------ session events (the loop's table)
+
+    def written(self, event: s.Written) -> None:
+        """:class:`~tether_sync.protocol.session.Written`: the kernel took them (no ack awaited)."""
+        self.done(_deliveries(event.items))
+
+    def acked(self, event: s.Acked) -> None:
+        """:class:`~tether_sync.protocol.session.Acked`: the server acknowledged them."""
+        self.done(_deliveries(event.items), acked=True)
+
+    def refused(self, event: s.Refused) -> None:
+        """:class:`~tether_sync.protocol.session.Refused`: never to be resent."""
+        self.fail(_deliveries(event.items), event.error, None)
+
+    def round_trip(self, event: s.RoundTrip) -> None:
+        """:class:`~tether_sync.protocol.session.RoundTrip`: a pong came back."""
+        self.last_rtt = event.rtt
+        self._counters.round_trip(event.rtt)
+
+    def problem(self, event: s.Problem) -> None:
+        """:class:`~tether_sync.protocol.session.Problem`: an ``error`` event; the link goes on."""
+        self.error(event.error)
+
+    def recovery(self, event: s.Recovery) -> None:
+        """:class:`~tether_sync.protocol.session.Recovery`: was a channel's gap recovered?"""
+        if self._wants("recovery"):
+            self._emit(RecoveryEvent(event.channel, event.recovered, event.epoch, event.offset))
+
+    def opened(self) -> None:
+        """The link opened: the next failed attempt is reported again, whatever its cause."""
+        self._reported = None
+        self.last_failure = None
+
+    # ------------------------------------------------ messages done or failed
 
     def done(self, items: List[Delivery], acked: bool = False) -> None:
         """Messages written (or acknowledged): resolve them, in order."""
@@ -109,11 +119,14 @@ class Handoff:
         counters.flushed += len(items)
         if acked:
             counters.acked += len(items)
-        flushed = self._wants("flushed")
+        flushed = self._wants("flushed")  # asked once per batch, not per message
         for d in items:
+            # set_result() wakes waiters and hands the Delivery's callbacks to the
+            # dispatcher it carries: no user code runs here (DESIGN §4).
             d.set_result()
             if flushed:
                 self._emit(FlushedEvent(d.id, d.channel, d.payload))
+        # One release per batch (one lock, one notify of senders waiting for room).
         self._outbox.release(len(items))
         self._discard(items)
 
@@ -142,8 +155,9 @@ class Handoff:
             return
         if not keep:
             self._discard(items)
-        self.failures += len(items)
+        self.failures += len(items)  # flush() and close() return False after any
         for d in items:
+            # Chained to a cause, each message gets its own copy of the error.
             exc = type(error)(*error.args) if cause is not None else error
             if cause is not None:
                 exc.__cause__ = cause
@@ -176,9 +190,11 @@ class Handoff:
             self.error(cause)
 
     def connection_closed(self, event: s.Closed) -> None:
+        """Keep the ``close`` event: it goes out after the state change it causes."""
         self.pending_close = CloseEvent(event.code, event.reason, event.was_clean)
 
     def outbound_pressure(self, depth: int) -> None:
+        """The queue stopped draining at the high-water mark (once per episode)."""
         log.debug("outbound paused at %d bytes", depth)
         if self._wants("backpressure"):
             self._emit(BackpressureEvent("outbound", depth))

@@ -1,4 +1,16 @@
-"""A timer heap for the I/O loop. Pure: times are passed in."""
+"""The loop's own timers: named one-shot deadlines in a heap. Pure: times are passed in.
+
+The I/O thread sleeps in the selector until the earliest of these (or of the
+session's own deadlines), so every wait of the engine (a reconnect delay, a
+connect timeout, close()'s deadline, the kernel poll, the durable linger) can
+be cut short by a wake byte instead of being a ``sleep()`` (STYLE §4.2).
+
+Timers are named, one live timer per name: scheduling a name again replaces
+its earlier deadline, so a reconnect or a connect timeout scheduled twice
+fires once. Cancelling is lazy (the heap entry stays and is skipped when it
+surfaces), so cancel and reschedule cost O(1) and O(log n) on the hot path
+(the kernel poll after writes). Used by the I/O thread only.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +28,9 @@ class TimerHeap:
         self._seq = itertools.count()
 
     def schedule(self, when: float, name: str) -> None:
+        """Fire ``name`` at ``when`` (monotonic seconds), replacing its earlier timer."""
+        # The sequence number tells the live entry of a name from stale ones
+        # (and orders equal deadlines by scheduling order).
         seq = next(self._seq)
         self._live[name] = seq
         heapq.heappush(self._heap, (when, seq, name))
@@ -25,13 +40,16 @@ class TimerHeap:
         self._live.pop(name, None)
 
     def cancel_all(self) -> None:
+        """Forget every timer (the client ended)."""
         self._live.clear()
         self._heap.clear()
 
     def scheduled(self, name: str) -> bool:
+        """Whether ``name`` is set and has not fired or been cancelled."""
         return name in self._live
 
     def when(self, name: str) -> Optional[float]:
+        """When ``name`` fires, or None (a linear scan: for tests and logs, not the loop)."""
         seq = self._live.get(name)
         if seq is None:
             return None
@@ -41,6 +59,7 @@ class TimerHeap:
         return None  # pragma: no cover - _live and _heap always agree
 
     def _prune(self) -> None:
+        # Drop stale entries (cancelled or replaced) from the top of the heap.
         heap = self._heap
         while heap and self._live.get(heap[0][2]) != heap[0][1]:
             heapq.heappop(heap)

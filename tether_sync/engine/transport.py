@@ -1,12 +1,30 @@
-"""The websocket-client adapter: the opening handshake, and what the kernel holds.
+"""Every socket call of the client: the handshake's (blocking) and the link's (not).
 
-websocket-client does the handshake (TLS, proxies, headers, subprotocols,
-redirects); it is blocking, so it runs on a short-lived connector thread (see
-``loop.py``), which hands the connected socket over to the I/O thread. From then
-on only the I/O thread touches the socket, framing with :mod:`tether_sync.protocol.frames`,
-through a :class:`Link`: the non-blocking socket calls, with their would-block
-handling, and the link's flow-control and selector-interest state. No threads
-here, and no selector: ``loop.py`` registers the socket.
+This module and :mod:`~tether_sync.engine.poller` are the only ones that touch a
+socket (tests/test_layers.py holds them to it), so what the kernel and
+websocket-client do is read in one place. It starts no thread and owns no
+selector. Three parts, by who calls them:
+
+* **The opening handshake** (a connector thread, see
+  :mod:`~tether_sync.engine.attempts`): :func:`open_socket` does the TCP connect
+  and TLS on sockets another thread can abort (:func:`abort`), then
+  :func:`handshake` lets websocket-client do the upgrade (headers,
+  subprotocols, proxies, redirects), and :func:`accepted_deflate` reads its
+  answer to our permessage-deflate offer. All of it blocks, which is why it
+  runs on a connector thread; the connected socket is then handed over.
+* **The open link** (the I/O thread only): :class:`Link` holds the
+  non-blocking socket and does the calls on it, with their would-block
+  handling; its :class:`Interest` records what the socket is registered for
+  with the selector (so the :class:`~tether_sync.engine.poller.Poller` calls
+  the selector only on a :class:`Change`) and whether framed bytes wait for
+  writability; its :class:`~tether_sync.engine.flow_control.OutboundFlow`
+  holds the outbound high-water-mark state. Interest lives here, beside the
+  socket it describes, not in the poller: the connection changes ``want_write``
+  after every write, and the poller only reads it.
+* **Kernel facts and checks** (any thread, no socket state): :func:`read_size`,
+  :func:`kernel_unsent` (Linux ``SIOCOUTQ``), :func:`set_notsent_lowat`,
+  :func:`http_status`, and :func:`validate_url`, which the client calls at
+  construction so that a bad URL fails there, not in a connector.
 """
 
 from __future__ import annotations
@@ -257,6 +275,8 @@ def accepted_deflate(ws: Any, compression: Optional[str]) -> Optional[deflate.De
 
 
 class Change(enum.Enum):
+    """The selector call that a new :class:`Interest` mask needs."""
+
     REGISTER = "register"
     MODIFY = "modify"
     UNREGISTER = "unregister"
@@ -273,6 +293,10 @@ class Interest:
 
     def change(self, mask: int) -> Optional[Change]:
         """Record that the loop wants ``mask``; the selector call to make, if any."""
+        # An empty mask unregisters rather than registering for nothing: epoll
+        # reports an error or a hang-up of any registered socket, level-triggered,
+        # so a socket the loop is not reading (inbound held for a full "block"
+        # consumer) would wake it over and over; selectors refuses an empty mask.
         if not mask:
             if self.registered:
                 self.registered = False
