@@ -343,15 +343,16 @@ class Driven:
         for name in EVENTS:
             client.on(name, self.events)
         # The engine seam of the whole tier (adapt here when the engine moves):
-        # the loop's wake-up, a round trip through its command queue, its threads.
-        loop = client._loop
-        self._loop = loop
+        # the client's Engine (its command queue, its I/O thread) and the I/O
+        # loop's wake-up, which the fake clock pulls after every advance.
+        engine = client._loop
+        self._engine = engine
         self._rig = rig
         self._dispatcher = client._own_dispatcher  # None with a user's dispatcher=
-        rig.clock.on_advance(loop._poller.wake)
+        rig.clock.on_advance(engine._loop._poller.wake)
         self._posted = threading.Condition()  # guards posted; notified on each post
         self.posted: List[Any] = []  # every command user threads posted, in order
-        post = loop.post
+        post = engine.post
 
         def recording_post(command: Any) -> None:
             with self._posted:
@@ -359,7 +360,7 @@ class Driven:
                 self._posted.notify_all()
             post(command)
 
-        loop.post = recording_post
+        engine.post = recording_post
 
     def wait_posted(self, kind: type) -> None:
         """Wait until a command of ``kind`` was posted (e.g. close()'s ``Close``)."""
@@ -378,15 +379,15 @@ class Driven:
         """
         for _ in range(2):
             answered = threading.Event()
-            self._loop.post(cmd.Refresh(lambda error, done=answered: done.set()))
+            self._engine.post(cmd.Refresh(lambda error, done=answered: done.set()))
             assert answered.wait(WAIT), "the I/O loop did not answer a command"
 
     def io_thread(self) -> Optional[threading.Thread]:
-        return self._loop.thread
+        return self._engine.thread
 
     def live_threads(self) -> List[threading.Thread]:
         """The threads this client started (I/O, connectors, dispatcher) still alive."""
-        started = [self._loop.thread]
+        started = [self._engine.thread]
         if self._dispatcher is not None:
             started.append(self._dispatcher.thread)
         started += [a.thread for a in self._rig.dialing.started]
