@@ -47,6 +47,7 @@ EVENTS = (
     "flushed",
     "backpressure",
     "message",
+    "auth_refreshed",
 )
 
 
@@ -108,6 +109,7 @@ class ServerEnd:
         self.sock = sock
         self._parser = ClientFrames()
         self._frames: List[Frame] = []
+        self.tokens: List[str] = []  # tokens the client presented (hello_ok)
 
     def read_frames(self, n: int = 1) -> List[Frame]:
         """The next ``n`` frames the client wrote (blocks until they came)."""
@@ -154,16 +156,17 @@ class ServerEnd:
     def send_json(self, obj: Any) -> None:
         self.send_text(json.dumps(obj))
 
-    def hello_ok(self, acked: int = 0) -> Dict[str, Any]:
+    def hello_ok(self, acked: int = 0, auth_ok: bool = True) -> Dict[str, Any]:
         """Answer the opening of a tether link, as an in-order server; the hello.
 
-        The client writes ``tether:hello`` then a ``tether:ping`` (no auth); the
-        server answers ``hello-ok`` (with ``acked``), then the pong.
+        The client writes ``tether:hello``, then ``tether:auth`` (with auth; its
+        token is kept in :attr:`tokens`) or a ``tether:ping`` (without); the
+        server answers ``hello-ok`` (with ``acked``), then ``auth-ok`` or the pong.
         """
         hello = self.read_json()
         assert hello["type"] == "tether:hello", hello
-        ping = self.read_json()
-        assert ping["type"] == "tether:ping", ping
+        then = self.read_json()
+        assert then["type"] in ("tether:ping", "tether:auth"), then
         self.send_json(
             {
                 "type": "tether:hello-ok",
@@ -172,7 +175,11 @@ class ServerEnd:
                 "acked": acked,
             }
         )
-        self.send_json({"type": "tether:pong", "ts": ping["ts"]})
+        if then["type"] == "tether:auth":
+            self.tokens.append(then["token"])
+            self.send_json({"type": "tether:auth-ok", "ok": auth_ok})
+        else:
+            self.send_json({"type": "tether:pong", "ts": then["ts"]})
         return dict(hello)
 
     def close_with(self, code: int, reason: str = "") -> None:
@@ -374,13 +381,14 @@ class Driven:
         Two round trips through the command queue: the second is taken in an
         iteration that started after the first was answered, so that iteration
         checked the timers against the clock as it is now, and read what the
-        socket held. The round trip is a ``refresh_auth`` command, which a client
-        without auth (every client of this tier) answers at once, changing nothing.
+        socket held. The round trip is a connector's answer for an attempt that
+        is not in progress (attempt 0): the loop drops it, changing nothing, and
+        closes its "socket", which is the answer.
         """
         for _ in range(2):
-            answered = threading.Event()
-            self._engine.post(cmd.Refresh(lambda error, done=answered: done.set()))
-            assert answered.wait(WAIT), "the I/O loop did not answer a command"
+            answer = _Answer()
+            self._engine.post(cmd.Connected(0, answer))
+            assert answer.closed.wait(WAIT), "the I/O loop did not answer a command"
 
     def io_thread(self) -> Optional[threading.Thread]:
         return self._engine.thread
@@ -396,6 +404,16 @@ class Driven:
     def close_in_background(self, timeout: float) -> Closing:
         """Start ``close(timeout)`` on a thread of the test (it blocks)."""
         return Closing(self.client, timeout)
+
+
+class _Answer:
+    """Stands in for the socket of a stale ``Connected``: its close() is the answer."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
 
 
 class Closing:
