@@ -142,3 +142,29 @@ def test_a_subscription_gets_its_channel_and_is_announced_again_after_a_reconnec
     )
     server.send_json({"channel": "prices", "type": "data", "payload": 2, "offset": 2, "epoch": "e"})
     assert sub.get(timeout=WAIT) == 2
+
+
+def test_the_counters_follow_attempts_losses_and_bytes(rig: Rig) -> None:
+    d = rig.client(reconnect=Reconnect(base_delay=1.0))
+    d.client.connect()
+    rig.dialing.next().fail(ConnectionRefusedError(111, "refused"))
+    rig.clock.advance(d.events.wait_for("reconnecting").delay)
+    server = rig.dialing.next().accept()
+    d.events.wait_for("open")
+    d.client.send("12345")
+    assert server.read_text() == ["12345"]
+    server.send_text("abc")
+    d.events.wait_for("message")
+    server.close_with(1001, "restart")
+    rig.clock.advance(d.events.wait_for("reconnecting", 2).delay)
+    rig.dialing.next().accept()
+    d.events.wait_for("open", 2)
+    stats = d.client.stats()
+    assert (stats.connect_attempts, stats.connect_failures) == (3, 1)
+    assert stats.reconnects == 1
+    assert sum(stats.reconnects_by_cause.values()) == 1
+    assert stats.last_close == (1001, "restart")
+    assert (stats.sent, stats.received) == (1, 1)
+    assert stats.bytes_sent >= 5 + 6 + 2  # the frame (masked), and the close frame's answer
+    assert stats.bytes_received == 2 + 3 + 2 + 2 + len("restart")  # a text frame, a close frame
+    assert stats.endpoint == "ws://engine.test/ws" and stats.state == "open"
