@@ -181,6 +181,32 @@ def test_close_during_a_long_backoff_with_queued_data_returns_by_its_deadline(
     assert d.live_threads() == []
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a retry scheduled before close() keeps its backoff delay: only retries planned "
+    "while close() drains are brought within its deadline (reported to the lead)",
+)
+def test_a_retry_pending_when_close_starts_draining_is_brought_within_the_deadline(
+    rig: Rig,
+) -> None:
+    d = rig.client(reconnect=Reconnect(base_delay=30.0, max_delay=60.0))
+    server = rig.connect(d)
+    server.drop()
+    assert d.events.wait_for("reconnecting").delay == 60.0
+    delivery = d.client.send("after the outage")
+    closing = d.close_in_background(10.0)
+    d.wait_posted(cmd.Close)
+    rig.clock.advance(4.5)  # half the drain time, as for a retry planned while draining
+    d.sync()
+    assert rig.dialing.count == 2, "the queued message got no attempt within close()'s time"
+    server = rig.dialing.started[-1].accept()
+    texts, close = server.read_until_close()
+    assert [f.payload for f in texts] == [b"after the outage"]
+    server.close_with(1000)
+    assert closing.wait() is True
+    assert delivery.exception(timeout=0) is None
+
+
 def test_close_again_and_close_of_a_client_never_connected_return_at_once(rig: Rig) -> None:
     d = rig.client()
     assert d.client.close(timeout=0.5) is True
