@@ -369,11 +369,13 @@ class Driven:
 
         engine.post = recording_post
 
-    def wait_posted(self, kind: type) -> None:
-        """Wait until a command of ``kind`` was posted (e.g. close()'s ``Close``)."""
+    def wait_handled(self, kind: type) -> None:
+        """Wait until a command of ``kind`` was posted (e.g. close()'s ``Close``)
+        and the I/O thread has run it (commands run in the order posted)."""
         with self._posted:
             ok = self._posted.wait_for(lambda: any(isinstance(c, kind) for c in self.posted), WAIT)
         assert ok, f"no {kind.__name__} command posted within {WAIT}s"
+        self.sync()
 
     def sync(self) -> None:
         """Return once the I/O thread ran a whole iteration that began after this call.

@@ -121,8 +121,7 @@ def test_flush_returns_once_the_peer_has_read_everything(rig: Rig) -> None:
     result: List[bool] = []
     flushing = threading.Thread(target=lambda: result.append(d.client.flush(timeout=5.0)))
     flushing.start()
-    d.wait_posted(cmd.Flush)
-    d.sync()
+    d.wait_handled(cmd.Flush)
     assert flushing.is_alive()  # the kernel still holds what the peer has not read
     assert numbers(server, 30) == list(range(30))
     for _ in range(2000):  # the kernel's unsent bytes are re-read on a short timer
@@ -158,7 +157,7 @@ def test_a_sender_blocked_on_a_full_queue_is_released_by_close(rig: Rig) -> None
     closing = d.close_in_background(5.0)
     sender.join()
     assert isinstance(sender.error, ClientClosed)
-    d.wait_posted(cmd.Close)
+    d.wait_handled(cmd.Close)
     rig.clock.advance(4.0)  # the drain deadline: the four queued fail
     assert closing.wait() is False
     assert all(isinstance(x.exception(timeout=0), ClientClosed) for x in sender.deliveries)
