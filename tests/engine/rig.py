@@ -481,6 +481,9 @@ class Rig:
                     break
                 self.clock.advance(1.0)  # past any drain deadline, grace or backoff
             closing.done.wait(WAIT)
+        for attempt in self.dialing.started:
+            if attempt.server is not None:
+                attempt.server.sock.close()
 
 
 __all__ = [
