@@ -12,6 +12,7 @@ from typing import List
 
 import pytest
 from engine.rig import WAIT, Driven, Rig, ServerEnd
+from websocket import WebSocketBadStatusException
 
 from tether_sync import Auth, AuthError, ConnectTimeout, Reconnect
 from tether_sync.state import State
@@ -134,3 +135,20 @@ def test_a_get_token_that_hangs_is_named_by_the_connect_timeout(rig: Rig) -> Non
         assert "waiting for the token (get_token())" in str(retry.cause)
     finally:
         release.set()
+
+
+def test_a_handshake_refused_with_401_twice_ends_the_client(rig: Rig) -> None:
+    tokens = Tokens()
+    auth = Auth(get_token=tokens)
+    d = rig.client(protocol="tether", auth=auth, reconnect=Reconnect(base_delay=1.0))
+    d.client.connect()
+    rig.dialing.next().fail(WebSocketBadStatusException("Handshake status 401", 401))
+    retry = d.events.wait_for("reconnecting")  # one more try, with a fresh token
+    rig.clock.advance(retry.delay)
+    rig.dialing.next().fail(WebSocketBadStatusException("Handshake status 401", 401))
+    d.events.wait_for("state_change", where=lambda e: e.current == "closed")
+    error = d.events.of("error")[-1].error
+    assert isinstance(error, AuthError)
+    assert "refused the handshake with HTTP 401, twice" in str(error)
+    rig.clock.advance(3600)
+    assert rig.dialing.count == 2

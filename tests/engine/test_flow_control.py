@@ -166,3 +166,25 @@ def test_a_sender_blocked_on_a_full_queue_is_released_by_close(rig: Rig) -> None
     assert closing.wait() is False
     assert all(isinstance(x.exception(timeout=0), ClientClosed) for x in sender.deliveries)
     assert d.live_threads() == []
+
+
+def test_a_slow_consumer_pauses_reading_and_loses_nothing(rig: Rig) -> None:
+    # Inbound: a full "block" subscription holds the rest back and stops reading
+    # the socket; each get() makes room and reading resumes. Nothing is dropped.
+    d = rig.client(protocol="tether")
+    d.client.connect()
+    server = rig.dialing.next().accept()
+    server.hello_ok()
+    d.events.wait_for("open")
+    sub = d.client.subscribe("ticks", buffer_size=2, overflow="block")
+    assert server.read_json()["type"] == "subscribe"
+    for i in range(50):
+        server.send_json({"channel": "ticks", "type": "data", "payload": i})
+    pressure = d.events.wait_for("backpressure", where=lambda e: e.direction == "inbound")
+    assert pressure.channel == "ticks"
+    d.sync()
+    assert d.client.stats().inbound_depth["ticks"] == 2  # the rest waits unread
+    assert [sub.get(timeout=WAIT) for _ in range(50)] == list(range(50))
+    stats = d.client.stats()
+    assert stats.dropped_inbound == 0 and stats.received == 50
+    assert d.client.state.value == "open" and rig.dialing.count == 1
