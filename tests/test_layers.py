@@ -5,8 +5,10 @@
                    token expiry. Imports only ``protocol/`` and ``exceptions``; none of
                    ``threading``, ``socket``, ``selectors``, ``time`` (nor their relatives).
 ``engine/``        the I/O thread and the helper threads it starts. Imported by ``client.py``
-                   alone (and by itself). Only ``engine/transport.py`` and ``engine/poller.py``
-                   touch ``socket``/``ssl``/``websocket``; only the poller uses a selector.
+                   alone (and by itself), through its interface only: ``engine/__init__.py``
+                   (``Engine``) and the commands. Only ``engine/transport.py`` and
+                   ``engine/poller.py`` touch ``socket``/``ssl``/``websocket``; only the poller
+                   uses a selector.
 top level          what user threads touch (client, options, events, exceptions, ...). Never
                    imports ``engine/``, except ``client.py``.
 ``cli/``           the ``tether-sync`` command, an application of the public API: no core module

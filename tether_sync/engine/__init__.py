@@ -9,9 +9,9 @@ helpers the client needs before any thread runs (the options' container
 How the user's threads and the I/O thread talk, all of it through :class:`Engine`:
 
 * **Data path** (``send()``): the bounded :attr:`Engine.outbox`. A sender puts a
-  message there and the outbox writes the wake byte only when the I/O thread
-  might be asleep with nothing to do; this is the one path where a per-message
-  cost counts, so it goes through no method of the engine.
+  message there; only the first put since the I/O thread last took writes the
+  wake byte. This is the one path where a per-message cost counts, so it goes
+  through no method of the engine.
 * **Control path**: :meth:`Engine.post` queues a typed command
   (:mod:`tether_sync.engine.commands`) and wakes the loop. Every answer comes
   back through something the command carries (a callback, a buffer), never a

@@ -285,9 +285,9 @@ class IoLoop:
 
         The order of the steps is deliberate:
 
-        1. read: what arrived in time counts before a deadline judges it (a pong
-           read now moves the heartbeat deadline the timers step would fire), and
-           acks read now free room in the queue before the pump;
+        1. read: what arrived in time counts before a deadline judges it (a pong,
+           or any whole message, read now keeps the heartbeat's pong deadline
+           from closing the link), and acks read now free room before the pump;
         2. timers, the loop's and the session's;
         3. commands (a Close, a Subscribe, a handed-over socket);
         4. pump the queue into the session, then write: everything the steps

@@ -13,6 +13,17 @@ A send made from a tether_sync callback (any dispatcher) never waits: waiting
 there could deadlock against inbound ``block`` backpressure (the callback that
 would free the inbound buffer is the one waiting). Such a message is accepted
 over the bound instead, never dropped, and one warning per episode says so.
+
+Wake-ups: this is ``send()``'s data path, so a put costs one lock and, at most,
+one wake byte. ``wake_pending`` says the I/O thread was woken and has not
+taken since: only the put that turns it on writes the byte. The I/O thread
+turns it off in :meth:`Outbox.take`, under the same lock, so a put after that
+take wakes it again; nothing queued is ever left without a wake-up coming
+(the durable ``linger`` promises a timer instead, see :meth:`Outbox.take`).
+Who touches what: senders call the ``put`` family and :meth:`Outbox.wait_room`;
+the engine alone calls ``take``, ``release``, ``give_back``, ``hold``,
+``set_open``, ``end_linger`` and ``drain`` (on the I/O thread, or before it
+runs); ``stop`` is called by either side.
 """
 
 from __future__ import annotations
@@ -127,10 +138,12 @@ class Outbox(Generic[T]):
                 if dropped and dropped[0] is item:
                     return dropped
             self._items.append(item)
+            # The first put since the I/O thread last took wakes it; the others
+            # ride on that wake-up (see the module docstring).
             wake = not self.wake_pending
             self.wake_pending = True
         if wake:
-            self._wake()
+            self._wake()  # outside the lock: a wake-up never holds up other senders
         return dropped
 
     def put_many(

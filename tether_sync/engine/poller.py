@@ -37,10 +37,14 @@ class Poller:
     """
 
     def __init__(self, epoll: bool = _EPOLL) -> None:
+        # A socketpair, not a pipe: selectable on every platform (Windows
+        # included), and both ends non-blocking so neither side ever waits.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
+        # One socket at most is registered beside the wake pair: the loop has
+        # one connection at a time (the next one registers after release).
         self._sock_fd = -1  # the socket registered (epoll keys by fd), and for what
         self._sock_mask = 0
         self._epoll: Optional[select.epoll] = None

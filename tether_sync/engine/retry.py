@@ -51,12 +51,18 @@ def after_close(
         reconnect: The reconnect options, or None (no reconnecting).
         close_requested: close() was called (the client's own close is never terminal).
     """
-    # Written but unacked (DESIGN §5): resent first on the next link.
+    # Numbered (a seq, rule 4): resent first on the next link with the same
+    # seq, where hello-ok's acked tells which ones the server already has (its
+    # dedupe makes the resend safe). The others carry no seq: they simply go
+    # back to the head of the queue.
     numbered = [d for d in unfinished if d._seq > 0]
     others = [d for d in unfinished if d._seq <= 0]
     min_uptime = reconnect.min_uptime if reconnect is not None else 0.0
+    # A link that delivered something, or lived min_uptime, was worth it: the
+    # backoff starts again from its base. A link that opens and drops at once
+    # keeps growing the delay (no reconnect storm against a flapping server).
     reset = opened_at is not None and (delivered_something or now - opened_at >= min_uptime)
-    if event.error is not None:
+    if event.error is not None:  # the session says this close ends the client
         return AfterClose(numbered, others, reset, event.error, terminal=True)
     # Terminal codes are the server's word: a clean close it sent. The client's own
     # closes (4000 heartbeat, protocol failures) are unclean and always retried.

@@ -173,7 +173,11 @@ class Router:
         return True
 
     def command(self, c: SubscriptionCommand, session: Optional[Session]) -> None:
-        """Run a subscription command on the I/O thread; the open session announces it."""
+        """Run a subscription command on the I/O thread; the open session announces it.
+
+        Offline, the route is only recorded: the lifecycle announces every
+        route when the next link opens.
+        """
         if isinstance(c, cmd.Subscribe):
             if self.subscribe(c.channel, c.buffer) and session is not None:
                 session.subscribe(c.channel, str(uuid.uuid4()))
@@ -194,6 +198,9 @@ class Router:
         self.held.clear()
 
     def depth(self) -> Dict[str, int]:
+        """Payloads waiting per channel (``"*"``: the message stream), for ``stats()``."""
+        # Called from a user thread (stats()): copy the items first, the I/O
+        # thread may add or remove a route meanwhile.
         depth: Dict[str, int] = {}
         for channel, bufs in list(self.routes.items()):
             depth[channel] = sum(len(b) for b in bufs)

@@ -349,7 +349,11 @@ class Link:
         try:
             n = self.sock.recv_into(self._buf)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            # Spurious readiness, or TLS needs more bytes (or a write: a
+            # renegotiation) before it can hand out a record: wait for the next event.
             return None
+        # A copy of what came: the session may keep a partial frame across
+        # reads, and the buffer is overwritten by the next one.
         return self._view[:n].tobytes()
 
     def send_some(self, session: Session) -> int:
@@ -358,6 +362,9 @@ class Link:
         Returns the bytes written, or -1 if the socket failed.
         """
         total = 0
+        # The session hands out its buffer in chunks; the loop ends when it is
+        # empty or the kernel takes less than offered (full: the next write
+        # waits for writability, never blocks).
         while True:
             data = session.data_to_send()
             if not data:
@@ -369,9 +376,9 @@ class Link:
             except OSError as exc:
                 log.info("write to %s failed: %s", self.url, exc)
                 return -1
-            session.sent(n)
+            session.sent(n)  # the session drops what went, and knows what is done
             total += n
-            self.flow.wrote(n)
+            self.flow.wrote(n)  # the upper bound of the kernel's unsent bytes grows
             if n < len(data):
                 break  # the kernel is full: wait for writability
         return total
@@ -388,6 +395,7 @@ class Link:
         return unsent
 
     def close(self) -> None:
+        """Close the socket (the link is over; the poller has forgotten it)."""
         self.closed = True
         try:
             self.sock.close()
