@@ -8,8 +8,11 @@ time: before that, close() is still draining; after it, close() returns.
 
 from __future__ import annotations
 
+import threading
+from typing import List
+
 import pytest
-from engine.rig import Rig
+from engine.rig import WAIT, Rig
 
 from tether_sync import ClientClosed, Reconnect
 from tether_sync.engine import commands as cmd
@@ -217,3 +220,28 @@ def test_close_again_and_close_of_a_client_never_connected_return_at_once(rig: R
     assert closing.wait() is True
     assert e.client.close(timeout=0.5) is True
     assert e.live_threads() == []
+
+
+def test_close_from_a_handler_returns_at_once_and_a_closer_thread_finishes(rig: Rig) -> None:
+    d = rig.client()
+    server = rig.connect(d)
+    results: List[bool] = []
+    returned = threading.Event()
+
+    def handler(event: object) -> None:
+        results.append(d.client.close(timeout=5.0))
+        returned.set()
+
+    d.client.on("message", handler)
+    server.send_text("bye")
+    _, close = server.read_until_close()
+    assert close.close_code == 1000
+    assert returned.wait(WAIT)
+    assert results == [False]  # it cannot wait for its own dispatcher thread
+    server.close_with(1000)
+    d.events.wait_for("state_change", where=lambda e: e.current == "closed")
+    closers = [t for t in threading.enumerate() if t.name == "tether-close"]
+    for closer in closers:
+        closer.join(WAIT)
+    assert not any(t.is_alive() for t in closers)
+    assert d.live_threads() == []
