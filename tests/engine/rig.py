@@ -350,16 +350,18 @@ class Driven:
         for name in EVENTS:
             client.on(name, self.events)
         # The engine seam of the whole tier (adapt here when the engine moves):
-        # the client's Engine (its command queue, its I/O thread) and the I/O
-        # loop's wake-up, which the fake clock pulls after every advance.
+        # the client's Engine, through its interface only: post() (wrapped, to
+        # see what the client posts) and its I/O thread.
         engine = client._loop
         self._engine = engine
         self._rig = rig
         self._dispatcher = client._own_dispatcher  # None with a user's dispatcher=
-        rig.clock.on_advance(engine._loop._poller.wake)
         self._posted = threading.Condition()  # guards posted; notified on each post
         self.posted: List[Any] = []  # every command user threads posted, in order
         post = engine.post
+        # After every advance of the clock, a neutral command wakes the loop, which
+        # then checks its timers against the new time (see sync()).
+        rig.clock.on_advance(lambda: post(cmd.Connected(0, _Answer())))
 
         def recording_post(command: Any) -> None:
             with self._posted:
