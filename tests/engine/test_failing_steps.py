@@ -8,14 +8,16 @@ the client reconnects, on the same I/O thread, which keeps answering.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 import pytest
-from engine.rig import Rig
+from engine.rig import WAIT, Rig
 
 from tether_sync import ClientClosed, Reconnect, TetherError
 from tether_sync.engine import attempts
+from tether_sync.engine import commands as cmd
 from tether_sync.engine.lifecycle import Lifecycle
+from tether_sync.engine.poller import Poller
 from tether_sync.engine.routing import Router
 
 pytestmark = pytest.mark.timeout(30)
@@ -222,3 +224,80 @@ def test_a_timer_step_that_raises_costs_one_attempt_not_the_reconnecting(
             break
         rig.clock.advance(60.0)
     assert rig.dialing.count == 2, f"no attempt after the failed step: {d.client.state}"
+
+
+class Outcome:
+    """What a blocking call on another thread returned or raised."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.error: Optional[BaseException] = None
+        self.result: Any = None
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], Any]) -> None:
+        try:
+            self.result = call()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def returned(self) -> Any:
+        assert self.done.wait(WAIT), "still blocked"
+        self._thread.join(WAIT)
+        assert self.error is None, self.error
+        return self.result
+
+    def raised(self) -> BaseException:
+        assert self.done.wait(WAIT), "still blocked"
+        self._thread.join(WAIT)
+        assert self.error is not None
+        return self.error
+
+
+def chain(error: Optional[BaseException]) -> List[BaseException]:
+    out = []
+    while error is not None:
+        out.append(error)
+        error = error.__cause__
+    return out
+
+
+def test_if_the_loop_itself_dies_every_waiter_is_released_with_the_reason(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = rig.client(protocol="tether", connect_timeout=30.0)
+    d.client.connect()
+    rig.dialing.next()  # connecting, never answered
+    delivery = d.client.send("queued")
+    sub = d.client.subscribe("news")
+    waiting_open = Outcome(lambda: d.client.wait_open(timeout=WAIT))
+    getting = Outcome(lambda: sub.get(timeout=WAIT))
+    flushing = Outcome(lambda: d.client.flush(timeout=WAIT))
+    d.wait_handled(cmd.Flush)
+    wait = Poller.wait
+
+    def broken_wait(self: Poller, timeout: Optional[float]) -> List[int]:
+        monkeypatch.setattr(Poller, "wait", wait)
+        raise RuntimeError("the selector broke")  # outside any step: a loop bug
+
+    monkeypatch.setattr(Poller, "wait", broken_wait)
+    rig.clock.advance(0.0)  # wake the loop into it
+    d.events.wait_for("state_change", where=lambda e: e.current == "closed")
+    for error in (getting.raised(), delivery.exception(timeout=WAIT)):
+        assert isinstance(error, ClientClosed), error
+    assert flushing.returned() is False  # released, and not everything went out
+    # wait_open() raises the error that ended the client (as for a final AuthError).
+    opening = waiting_open.raised()
+    assert isinstance(opening, TetherError) and "the selector broke" in str(opening)
+    causes = chain(delivery.exception(timeout=0))
+    assert any("the selector broke" in str(e) for e in causes), causes
+    assert any("I/O loop crashed" in str(e.error) for e in d.events.of("error"))
+    io_thread = d.io_thread()
+    assert io_thread is not None
+    io_thread.join(WAIT)
+    assert not io_thread.is_alive()
+    with pytest.raises(ClientClosed):
+        d.client.send("after the end")
