@@ -18,8 +18,13 @@ dispatcher, but replaces the two things that make integration tests slow:
   never answers, until ``close()`` or the connect timeout aborts it (a
   ``shutdown()`` of its tracked socket, as for a real connect).
 
-Every client of the tier is built by :meth:`Rig.client` (one place to adapt when
-the engine's construction changes). A test waits only on events, with a timeout.
+Every client of the tier is built by :meth:`Rig.client` and wrapped in a
+:class:`Driven` (the one place that touches the engine's insides, to adapt when
+they change). A test waits only on events, with a timeout: the client's events
+(:class:`Recorder`), the attempts (:meth:`Dialing.next`), frames on the server
+end, and :meth:`Driven.sync`, which returns once the I/O thread has run a whole
+iteration after the call (so "nothing happened" can be asserted without
+waiting in real time).
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ class EngineClock:
             return self._now + self._wall_offset
 
     def on_advance(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` after every :meth:`advance` (the loop's poller wake-up)."""
+        """Call ``wake`` after every :meth:`advance` (a client posts a neutral command)."""
         self._wakes.append(wake)
 
     def advance(self, dt: float) -> float:
