@@ -33,6 +33,7 @@ import json
 import queue
 import socket
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from protocol.sessionkit import ClientFrames, Frame, close_frame, server_frame
@@ -479,15 +480,22 @@ class Rig:
         driven.events.wait_for("open")
         return server
 
+    def advance_until(self, done: threading.Event, step: float) -> bool:
+        """Move the clock on by ``step`` each time ``done`` is not set within 2 ms
+        (for what waits on a short timer of the engine, e.g. the kernel poll);
+        False if ``done`` was not set within ``WAIT`` seconds of real time."""
+        end = time.monotonic() + WAIT
+        while not done.wait(0.002):
+            if time.monotonic() >= end:
+                return False
+            self.clock.advance(step)
+        return True
+
     def teardown(self) -> None:
         """Close every client, moving time on until each close() returned."""
         for driven in self._driven:
             closing = Closing(driven.client, 5.0)
-            for _ in range(500):
-                if closing.done.wait(0.01):
-                    break
-                self.clock.advance(1.0)  # past any drain deadline, grace or backoff
-            closing.done.wait(WAIT)
+            self.advance_until(closing.done, 1.0)  # past any drain deadline, grace, backoff
         for attempt in self.dialing.started:
             if attempt.server is not None:
                 attempt.server.sock.close()

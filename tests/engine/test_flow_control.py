@@ -104,10 +104,7 @@ def test_a_sender_paused_at_the_high_water_mark_resumes_when_the_peer_catches_up
     got: List[int] = []
     reader = threading.Thread(target=lambda: got.extend(numbers(server, 40)), daemon=True)
     reader.start()
-    for _ in range(2000):  # 5 ms of engine time per step until the sender is through
-        if sender.done.wait(0.002):
-            break
-        rig.clock.advance(0.005)
+    assert rig.advance_until(sender.done, 0.005)  # 5 ms of engine time per step
     sender.join()
     reader.join(WAIT)
     assert got == list(range(40))
@@ -123,16 +120,18 @@ def test_flush_returns_once_the_peer_has_read_everything(rig: Rig) -> None:
     for i in range(30):
         d.client.send(f"{i:05d}" + "f" * SIZE)
     result: List[bool] = []
-    flushing = threading.Thread(target=lambda: result.append(d.client.flush(timeout=5.0)))
+    flushed = threading.Event()
+
+    def flush() -> None:
+        result.append(d.client.flush(timeout=WAIT))
+        flushed.set()
+
+    flushing = threading.Thread(target=flush)
     flushing.start()
     d.wait_handled(cmd.Flush)
     assert flushing.is_alive()  # the kernel still holds what the peer has not read
     assert numbers(server, 30) == list(range(30))
-    for _ in range(2000):  # the kernel's unsent bytes are re-read on a short timer
-        flushing.join(0.002)
-        if not flushing.is_alive():
-            break
-        rig.clock.advance(0.005)
+    assert rig.advance_until(flushed, 0.005)  # the kernel is re-read on a short timer
     flushing.join(WAIT)
     assert result == [True]
     assert d.client.buffered_amount == 0
