@@ -227,3 +227,21 @@ def test_a_peer_that_stops_answering_pings_is_left_after_the_heartbeat_timeout(
     close = d.events.of("close")[0]
     assert close.code == 4000 and not close.was_clean
     assert retry.attempt == 1
+
+
+def test_a_lost_link_fails_over_to_the_next_endpoint(rig: Rig) -> None:
+    urls = ["ws://primary.test/ws", "ws://secondary.test/ws"]
+    d = rig.client(urls, reconnect=Reconnect(base_delay=1.0, min_uptime=2.0))
+    server = rig.connect(d)
+    assert rig.dialing.started[0].url == urls[0]
+    rig.clock.advance(2.0)  # a link that lived: the backoff starts over
+    server.drop()
+    retry = d.events.wait_for("reconnecting")
+    assert (retry.attempt, retry.delay) == (1, 2.0)
+    assert d.client.stats().endpoint == urls[1]
+    rig.clock.advance(retry.delay)
+    attempt = rig.dialing.next()
+    assert attempt.url == urls[1]
+    attempt.accept()
+    opened = d.events.wait_for("open", 2)
+    assert (opened.url, opened.index) == (urls[1], 1)
