@@ -12,8 +12,10 @@ from typing import Any, List
 
 import pytest
 from engine.rig import WAIT, Driven, Rig, ServerEnd
+from protocol.sessionkit import server_frame
 
 from tether_sync import Reconnect
+from tether_sync.protocol import frames
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -168,3 +170,23 @@ def test_the_counters_follow_attempts_losses_and_bytes(rig: Rig) -> None:
     assert stats.bytes_sent >= 5 + 6 + 2  # the frame (masked), and the close frame's answer
     assert stats.bytes_received == 2 + 3 + 2 + 2 + len("restart")  # a text frame, a close frame
     assert stats.endpoint == "ws://engine.test/ws" and stats.state == "open"
+
+
+def test_a_large_raw_message_resolves_only_once_a_later_ping_is_answered(rig: Rig) -> None:
+    # Protocol raw has no acks: a message the server could still refuse (1009)
+    # after the kernel took it is confirmed by the pong of a ping sent after it.
+    d = rig.client()
+    server = rig.connect(d)
+    big = d.client.send("b" * 70_000)
+    small = d.client.send("s")
+    got = server.read_frames(3)  # the two messages and a ping after the large one
+    texts = [f.payload for f in got if f.opcode == frames.OP_TEXT]
+    assert texts == [b"b" * 70_000, b"s"]
+    (barrier,) = [f for f in got if f.opcode == frames.OP_PING]
+    assert got.index(barrier) > 0
+    assert small.result(timeout=WAIT) is None  # small ones resolve once written
+    d.sync()
+    assert not big.done()
+    server.send(server_frame(frames.OP_PONG, barrier.payload))
+    assert big.result(timeout=WAIT) is None
+    d.events.wait_for("flushed", where=lambda e: e.id == big.id)
