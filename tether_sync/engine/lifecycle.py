@@ -89,12 +89,31 @@ class Host(Protocol):
         """Hand on what the session produced."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopHooks:
+    """The loop's side of :class:`Host`: four callables, not the loop itself.
+
+    The I/O loop hands the lifecycle this, so the lifecycle can reach the open
+    connection and nothing else of the loop (its selector, tables, thread).
+    """
+
+    current_session: Callable[[], Optional[Session]]
+    attach: Callable[[cmd.Connected], Session]
+    release_socket: Callable[[], None]
+    process_events: Callable[[], None]
+
+    @property
+    def session(self) -> Optional[Session]:
+        """The open connection's session, if any."""
+        return self.current_session()
+
+
 class Lifecycle:
     """State, attempts, backoff, close() and the end, across connections.
 
     Args:
         config: The loop's options.
-        host: The I/O loop.
+        host: The I/O loop's hooks (:class:`LoopHooks`; a test may pass its own Host).
         clock: Monotonic and wall time.
         rng: Draws the backoff delays.
         timers: The loop's timer heap (reconnect, close deadline).
@@ -513,4 +532,4 @@ class Wiring:
     authflow: Optional[AuthFlow]
 
 
-__all__ = ["Host", "Lifecycle", "Wiring"]
+__all__ = ["Host", "Lifecycle", "LoopHooks", "Wiring"]

@@ -25,8 +25,10 @@ timers (:class:`~tether_sync.engine.config.Timer` -> handler), one for session
 events (event class -> handler). A handler is a method of the narrowest part
 that can act on it (the lifecycle, the router, the hand-off, the auth flow);
 no part is handed the loop itself. The parts reach back only through what they
-were given: the lifecycle through its :class:`~tether_sync.engine.lifecycle.Host`
-protocol, a connection through the ``process`` callable (the loop's event step).
+were given: the lifecycle through four hooks
+(:class:`~tether_sync.engine.lifecycle.LoopHooks`: the open session, attach and
+release a socket, hand on events), a connection through the ``process``
+callable (the loop's event step).
 
 Fault containment (DESIGN §4): every step of an iteration runs under
 :meth:`IoLoop._guard`. An exception while handling one message, timer or
@@ -57,7 +59,7 @@ from .auth import AuthFlow, TokenRefresher
 from .commands import Mailbox
 from .config import LoopConfig, Timer
 from .connection import Connection, Parts
-from .lifecycle import Lifecycle, Wiring
+from .lifecycle import Lifecycle, LoopHooks, Wiring
 from .outbox import Outbox
 from .poller import READ, WRITE, Poller
 from .routing import Router
@@ -131,9 +133,13 @@ class IoLoop:
             self.continuity,
             self.authflow,
         )
+        # The lifecycle reaches the loop only through these four (its Host).
+        hooks = LoopHooks(
+            lambda: self.session, self.attach, self.release_socket, self.process_events
+        )
         self.life = Lifecycle(
             config,
-            self,
+            hooks,
             clock,
             rng,
             self._timers,
@@ -413,12 +419,12 @@ class IoLoop:
     # ------------------------------------------------------------ the connection
 
     def attach(self, c: cmd.Connected) -> Session:
-        """A connector handed a socket over: the connection for it (Host)."""
+        """A connector handed a socket over: the connection for it (a Host hook)."""
         self._conn = conn = Connection.open(c, self.life.endpoint, self._parts)
         return conn.session
 
     def release_socket(self) -> None:
-        """Drop the connection, if any (Host).
+        """Drop the connection, if any (a Host hook).
 
         From here on ``self._conn`` is None: process_events() stops handing on
         the released session's events (it checks after each batch).
