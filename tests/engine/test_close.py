@@ -182,11 +182,6 @@ def test_close_during_a_long_backoff_with_queued_data_returns_by_its_deadline(
     assert d.live_threads() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a retry scheduled before close() keeps its backoff delay: only retries planned "
-    "while close() drains are brought within its deadline (reported to the lead)",
-)
 def test_a_retry_pending_when_close_starts_draining_is_brought_within_the_deadline(
     rig: Rig,
 ) -> None:

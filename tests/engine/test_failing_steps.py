@@ -195,11 +195,6 @@ def test_a_command_that_raises_costs_one_connection_and_later_commands_are_answe
     d.events.wait_for("open", 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reconnect-timer step that raises leaves the client in reconnecting for good: "
-    "IoLoop._guard retries only in connecting (reported to the lead)",
-)
 def test_a_timer_step_that_raises_costs_one_attempt_not_the_reconnecting(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -416,6 +416,15 @@ class Lifecycle:
         self.shutdown.request(deadline)
         if deadline is not None:
             self._timers.schedule(deadline, Timer.CLOSE_DEADLINE)
+            # A retry planned before close() keeps its backoff otherwise (60 s in a
+            # long outage): close(10) would fail the queue without trying again.
+            # Bring it within the deadline as retry_delay does for later retries.
+            due = self._timers.when(Timer.RECONNECT)
+            if due is not None and self.state is State.RECONNECTING:
+                now = self._clock.monotonic()
+                sooner = now + self.shutdown.retry_delay(max(0.0, due - now), now)
+                if sooner < due:
+                    self._timers.schedule(sooner, Timer.RECONNECT)
         self.maybe_close()
 
     def maybe_close(self) -> None:

@@ -369,9 +369,17 @@ class IoLoop:
                 # lifecycle carry the unacked messages and retry.
                 session.abort(1011, "internal error")
                 self.process_events()
-            elif self.life.state is State.CONNECTING and session is None:
-                # No session to fail (a step between attempts): count it as a
-                # failed attempt, which retries or gives up.
+            elif session is None and (
+                self.life.state is State.CONNECTING
+                or (
+                    self.life.state is State.RECONNECTING
+                    and not self._timers.scheduled(Timer.RECONNECT)
+                )
+            ):
+                # No session to fail (a step between attempts, e.g. the reconnect
+                # timer's): count it as a failed attempt, which retries or gives
+                # up. Without this a failing reconnect step left no retry planned,
+                # and the client stayed in reconnecting for good.
                 self.life.retry_or_finish(err)
 
     def _drain_commands(self) -> None:

@@ -49,7 +49,7 @@ class TimerHeap:
         return name in self._live
 
     def when(self, name: str) -> Optional[float]:
-        """When ``name`` fires, or None (a linear scan: for tests and logs, not the loop)."""
+        """When ``name`` fires, or None (a linear scan: close() asks once, the loop never)."""
         seq = self._live.get(name)
         if seq is None:
             return None
