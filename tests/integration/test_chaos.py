@@ -35,6 +35,9 @@ pytestmark = pytest.mark.timeout(90)
 
 COUNT = 5000
 KILLS = 10
+# After each hit the sender sends this many more (so the kill lands while send() runs),
+# then waits for the next aim: 10 kills x (400 + 50) stay inside COUNT.
+OVERRUN = 50
 RESETS = 20
 CHANNEL = "chaos"
 LISTENING = re.compile(r"^tether-sync server listening on (ws://\S+)$")
@@ -153,6 +156,8 @@ class Sender(threading.Thread):
         self.lock = threading.Lock()
         self.sent = 0
         self.target = -1
+        self.stop_at = -1  # after a hit, pause here until the next aim()
+        self.resume = threading.Event()
         self.hit = threading.Event()
         self.hooks = list(hooks)
         self.on_hook = on_hook
@@ -167,18 +172,28 @@ class Sender(threading.Thread):
         """Trip ``hit`` once ``ahead`` more messages were handed to ``send()``."""
         with self.lock:
             self.target = self.sent + ahead
+            self.stop_at = -1
             self.hit.clear()
+            self.resume.set()
 
     def run(self) -> None:
         client = self.client
         try:
             for n in range(COUNT):
+                if 0 <= self.stop_at <= n:
+                    # Ran OVERRUN past the mark without a new aim: wait for it, so the
+                    # kills land inside COUNT (without this pause a sender kept going
+                    # while the server was down, and 10 kills could need more than
+                    # COUNT messages: "kill 9: the sender is stuck at 5000").
+                    self.resume.wait(60)
                 delivery = client.send({"n": n}, channel=CHANNEL)
                 delivery.add_done_callback(lambda f, n=n: self._resolve(n, f))
                 with self.lock:
                     self.sent = n + 1
                     if n + 1 >= self.target > 0:
                         self.target = -1
+                        self.stop_at = n + 1 + OVERRUN  # the kill lands mid-send
+                        self.resume.clear()
                         self.hit.set()
                 hooks = self.hooks
                 if hooks and n + 1 >= hooks[0]:
@@ -250,6 +265,7 @@ def test_kill_9_at_10_random_moments_loses_nothing(tmp_path: Path) -> None:
             # The next kill: some messages after the client is back on the new process.
             assert opened.wait(30), f"kill {kill}: the client did not reconnect"
             sender.aim(rng.randint(50, 400))
+        sender.aim(COUNT)  # no more kills: the rest without a pause
         sender.join(60)
         assert not sender.is_alive() and sender.error is None, sender.error
         assert sender.all_done.wait(30), "not every Delivery resolved"
