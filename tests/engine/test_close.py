@@ -9,12 +9,12 @@ time: before that, close() is still draining; after it, close() returns.
 from __future__ import annotations
 
 import threading
-from typing import List
+from typing import List, Tuple
 
 import pytest
-from engine.rig import WAIT, Rig
+from engine.rig import WAIT, Closing, Driven, Rig
 
-from tether_sync import ClientClosed, Reconnect
+from tether_sync import ClientClosed, Delivery, Reconnect
 from tether_sync.engine import commands as cmd
 from tether_sync.protocol import frames
 from tether_sync.state import State
@@ -162,9 +162,8 @@ def test_a_link_lost_while_close_drains_is_retried_within_the_deadline(rig: Rig)
     assert d.live_threads() == []
 
 
-def test_close_during_a_long_backoff_with_queued_data_returns_by_its_deadline(
-    rig: Rig,
-) -> None:
+def _close_while_a_message_waits_out_a_60_s_backoff(rig: Rig) -> Tuple[Driven, Delivery, Closing]:
+    """A client whose link dropped (next retry in 60 s), one message queued, close(10) called."""
     d = rig.client(reconnect=Reconnect(base_delay=30.0, max_delay=60.0))
     server = rig.connect(d)
     server.drop()
@@ -172,10 +171,17 @@ def test_close_during_a_long_backoff_with_queued_data_returns_by_its_deadline(
     delivery = d.client.send("after the outage")
     closing = d.close_in_background(10.0)
     d.wait_handled(cmd.Close)
-    rig.clock.advance(8.999)
+    return d, delivery, closing
+
+
+def test_close_during_a_long_backoff_with_queued_data_returns_by_its_deadline(
+    rig: Rig,
+) -> None:
+    d, delivery, closing = _close_while_a_message_waits_out_a_60_s_backoff(rig)
+    rig.clock.advance(8.999)  # the retry, brought to 5 s, dials a server that never answers
     d.sync()
     assert not closing.done.is_set()
-    rig.clock.advance(0.001)  # the retry planned before close() is 51 s away still
+    rig.clock.advance(0.001)
     assert closing.wait() is False
     with pytest.raises(ClientClosed):
         delivery.result(timeout=0)
@@ -185,13 +191,7 @@ def test_close_during_a_long_backoff_with_queued_data_returns_by_its_deadline(
 def test_a_retry_pending_when_close_starts_draining_is_brought_within_the_deadline(
     rig: Rig,
 ) -> None:
-    d = rig.client(reconnect=Reconnect(base_delay=30.0, max_delay=60.0))
-    server = rig.connect(d)
-    server.drop()
-    assert d.events.wait_for("reconnecting").delay == 60.0
-    delivery = d.client.send("after the outage")
-    closing = d.close_in_background(10.0)
-    d.wait_handled(cmd.Close)
+    d, delivery, closing = _close_while_a_message_waits_out_a_60_s_backoff(rig)
     rig.clock.advance(4.5)  # half the drain time, as for a retry planned while draining
     d.sync()
     assert d.client.state is State.CONNECTING, "no attempt for the queued message in time"
