@@ -20,10 +20,11 @@ taken since: only the put that turns it on writes the byte. The I/O thread
 turns it off in :meth:`Outbox.take`, under the same lock, so a put after that
 take wakes it again; nothing queued is ever left without a wake-up coming
 (the durable ``linger`` promises a timer instead, see :meth:`Outbox.take`).
-Who touches what: senders call the ``put`` family and :meth:`Outbox.wait_room`;
-the engine alone calls ``take``, ``release``, ``give_back``, ``hold``,
-``set_open``, ``end_linger`` and ``drain`` (on the I/O thread, or before it
-runs); ``stop`` is called by either side.
+Who touches what: senders call the ``put`` family, :meth:`Outbox.wait_room`
+and :meth:`Outbox.hold_for_command`; the engine alone calls ``take``,
+``release``, ``give_back``, ``hold``, ``command_ran``, ``set_open``,
+``end_linger`` and ``drain`` (on the I/O thread, or before it runs); ``stop``
+is called by either side.
 """
 
 from __future__ import annotations
