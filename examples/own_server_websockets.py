@@ -10,8 +10,6 @@ from websockets.asyncio.server import serve
 
 from tether_sync.server import Hub
 
-# Called once per (session, seq), before the client's ack; MemoryStore by default,
-# Hub(RedisStore("redis://..."), ...) to run several nodes as one service.
 hub = Hub(on_message=lambda msg: print(msg.channel, msg.payload, msg.seq, flush=True))
 
 

@@ -308,6 +308,7 @@ def test_readme_is_a_front_page_that_links_to_the_docs() -> None:
         "Quick start",
         "Reliable delivery on your own server",
         "Testing your app",
+        "Performance",
     ):
         assert f"\n{heading}\n{'-' * len(heading)}\n" in text, heading
     assert 'python3 -m pip install -e ".[test]" && python3 -m pytest' in text

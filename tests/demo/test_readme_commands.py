@@ -1,6 +1,6 @@
-"""Every command under README.rst's "Try it by hand" runs as printed.
+"""Every command under "Try it by hand" (docs/quickstart.rst) runs as printed.
 
-The lines are taken from the README, split like a shell splits them (comments
+The lines are taken from the page, split like a shell splits them (comments
 dropped) and run in order, each bounded by a timeout. Two substitutions, so that the
 test can run beside others on a shared machine and against this checkout:
 
@@ -27,11 +27,12 @@ import pytest
 from .conftest import REPO, Proc
 
 README = REPO / "README.rst"
+QUICKSTART = REPO / "docs" / "quickstart.rst"
 
 
 def try_it_by_hand() -> List[str]:
     """The command lines of the literal block after "Try it by hand"."""
-    text = README.read_text(encoding="utf-8")
+    text = QUICKSTART.read_text(encoding="utf-8")
     start = text.index("\nTry it by hand")
     body = text[text.index("::\n\n", start) + 3 :]
     lines: List[str] = []
