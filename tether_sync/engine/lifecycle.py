@@ -43,7 +43,7 @@ from ..backoff import Backoff
 from ..clock import Clock
 from ..delivery import Delivery
 from ..events import AuthRefreshedEvent, OpenEvent, ReconnectingEvent, StateChangeEvent
-from ..exceptions import ClientClosed, ConnectTimeout, SubprotocolRefused, TetherError
+from ..exceptions import ClientClosed, ConnectTimeout, SubprotocolRefused
 from ..protocol import session as s
 from ..protocol.session import Closed, Continuity, Phase, Session
 from ..redact import redact_url
@@ -513,8 +513,13 @@ class Lifecycle:
             self._p.authflow.resolve(error)
 
     def crashed(self, exc: BaseException) -> None:
-        """The loop itself failed (a bug): end, never leave a waiter hanging."""
-        self.finish(TetherError(f"I/O loop crashed: {exc!r}"), cause=exc)
+        """The loop itself failed (a bug): end, never leave a waiter hanging.
+
+        The reason is a :class:`ClientClosed` (DESIGN §4: every waiter, ``wait_open``
+        included, is released with ``ClientClosed`` and the reason chained), not
+        the bare ``TetherError`` a final ``AuthError`` or terminal close gives.
+        """
+        self.finish(ClientClosed(f"I/O loop crashed: {exc!r}"), cause=exc)
 
 
 def _waiting_for(phase: Phase, flow: Optional[AuthFlow]) -> Optional[str]:
