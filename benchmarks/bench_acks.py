@@ -26,6 +26,15 @@ options, to ``/acksink``; each ``send()`` returns once its message is committed
 to the file. Against the bundled server it is slower (that server is the
 bottleneck). ``--only durable`` runs just that row (``--only sink``: the sink rows).
 
+How the durable rates are counted: "calls" from the first ``send()`` (or
+``send_many()``) until the loop of calls returned: every message is then
+committed to the file, which is what the outbox promises (a ``kill -9`` after
+that loses nothing), so the targets (``send()`` >= 20,000 msg/s, ``send_many``
+>= 100,000 msg/s) are judged on it; "acked" until the sink had every message
+and ``close()`` returned. The two differ by the last window of messages in
+flight (at most ``max_size``, 1,000 by default, which the outbox lets be
+unacknowledged); ``--max-size 100000`` shows whether that bound caps them.
+
 The sink rows pin this process to the first CPU and the sink to the last (as
 ``bench_client.py --pin``): on a 2-CPU machine the OS otherwise often runs the
 sink on the client's CPU, and the client-side cost then includes the sink's

@@ -243,7 +243,10 @@ class TetherClient:
         if queue_opt is not None and queue_opt.path is not None:
             # Raises TetherError for a corrupt, foreign or locked file: at construction.
             self._store = DurableStore(
-                queue_opt.path, fsync=queue_opt.fsync, on_commit_ref=self._committed
+                queue_opt.path,
+                fsync=queue_opt.fsync,
+                on_commit_ref=self._committed,
+                on_commit_refs=self._committed_many,
             )
             setattr(self._store, LOG_CONTEXT, self._log_context)
             # See Outbox.linger: a durable send waits at most 2 ms for the I/O thread
@@ -655,6 +658,15 @@ class TetherClient:
             return
         if dropped:
             self._dropped(dropped)
+
+    def _committed_many(self, seqs: List[int], made: List[Delivery]) -> None:
+        # The store's commit hook for a transaction of several (send_many(), group
+        # commit): one outbox lock for the batch where no policy has a say.
+        for seq, d in zip(seqs, made):
+            d._seq = seq
+        n = self._loop.outbox.put_reserved_many(made)
+        for seq, d in zip(seqs[n:], made[n:]):
+            self._committed(seq, d)
 
     def _restore(self, m: Any) -> Delivery:
         """A Delivery for a message the outbox file kept from an earlier process."""

@@ -6,6 +6,7 @@ serve`` subprocess whose ``--record`` file holds what its application accepted.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Iterator, List
@@ -13,7 +14,8 @@ from typing import Iterator, List
 import pytest
 from support.serve_process import ServeProcess
 
-from tether_sync import QueueFull, TetherClient
+from tether_sync import Queue, QueueFull, TetherClient
+from tether_sync.durable import DurableStore
 
 
 @pytest.fixture
@@ -123,3 +125,30 @@ def test_a_durable_batch_is_one_commit_and_survives_the_process(
     finally:
         second.close(timeout=5)
     assert _payloads(server, "durable") == [{"n": n} for n in range(500)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("overflow", ["drop-newest", "drop-oldest"])
+def test_a_durable_batch_offline_keeps_the_drop_policy_per_message(
+    tmp_path: Path, dead_url: str, overflow: str
+) -> None:
+    # The commit hook queues a batch under one lock where no policy has a say;
+    # past the bound (not open, a drop policy) each message takes send()'s path.
+    path = str(tmp_path / "outbox.sqlite")
+    client = TetherClient(dead_url, queue=Queue(path=path, max_size=10, overflow=overflow))
+    try:
+        deliveries = client.send_many(list(range(15)), channel="drop")
+        failed = [n for n, d in enumerate(deliveries) if d.done() and d.exception(0) is not None]
+        assert failed == (list(range(10, 15)) if overflow == "drop-newest" else list(range(5)))
+        assert all(isinstance(deliveries[n].exception(0), QueueFull) for n in failed)
+        assert client.queue_depth == 10
+        assert client.stats().dropped_outbound == 5
+    finally:
+        client.close(timeout=5)
+    # The dropped messages left the file; the ten kept wait in it for the next process.
+    store = DurableStore(path)
+    try:
+        kept = [json.loads(m.data)["payload"] for m in store.pending()]
+    finally:
+        store.close()
+    assert kept == (list(range(10)) if overflow == "drop-newest" else list(range(5, 15)))

@@ -198,6 +198,31 @@ class Outbox(Generic[T]):
                 i += 1
         return dropped, [], None
 
+    def put_reserved_many(self, items: List[T]) -> int:
+        """Add committed durable messages at the tail under one lock (any thread).
+
+        What :meth:`put` with ``reserved=True`` would do for each, for as many
+        of ``items`` as take its plain path (the link open, or ``block``, or
+        room left); never waits. Returns how many were added (a prefix of
+        ``items``): the caller puts the rest one by one, where the policy, a
+        callback's send over the bound, or a closed client decides.
+        """
+        wake = False
+        with self._lock:
+            if not self._accepting or (not self._open and not self._offline_ok):
+                return 0
+            if self._open or self.overflow == "block":
+                n = len(items)
+            else:
+                n = max(0, min(len(items), self.capacity - len(self._items) - self._taken))
+            if n:
+                self._items.extend(items if n == len(items) else items[:n])
+                wake = not self.wake_pending
+                self.wake_pending = True
+        if wake:
+            self._wake()
+        return n
+
     def _full(self, item: T, timeout: Optional[float]) -> List[T]:
         # With _lock held: make room for ``item`` by the policy, or wait for it.
         if getattr(in_callback, "active", False):
@@ -225,6 +250,11 @@ class Outbox(Generic[T]):
             ClientClosed: the client is closed (or closed while waiting).
             QueueFull: no room within ``timeout``.
         """
+        # Room now (read without the lock: the answer is as good as a locked one,
+        # which another sender can outdate as soon as it is released): a durable
+        # send() pays no lock here unless it may have to wait.
+        if self._accepting and len(self._items) + self._taken < self.capacity:
+            return
         with self._lock:
             if getattr(in_callback, "active", False):
                 return
