@@ -116,6 +116,10 @@ class ServerBase:
         # wait_for() predicate may call back into the server's accessors.
         self._cond = threading.Condition(threading.RLock())
         self._records: List[Received] = []
+        # Whether received frames are kept in _records (for the inspection API);
+        # ``tether-sync serve`` turns it off, as nobody can read them there and
+        # a long-running node would keep every message it ever received.
+        self._keep_records = True
         # Running counts of accepted data envelopes (total, per channel), so that
         # wait_for_data() predicates stay O(1) however much was received.
         self._data_total = 0
@@ -300,20 +304,21 @@ class ServerBase:
 
     # Connection driver and transport hub interfaces
 
-    def _record(self, record: Received, write: bool = True) -> None:
-        accepted = is_data(record) and not record.refused and not record.duplicate
+    def _record_run(self, records: List[Received]) -> None:
+        """Keep (see ``_keep_records``) and count received frames; wake the waiters once."""
         with self._cond:
-            self._records.append(record)
-            if accepted:
-                self._data_total += 1
-                channel = record.channel
-                if isinstance(channel, str):
-                    self._data_by_channel[channel] = self._data_by_channel.get(channel, 0) + 1
-            elif record.duplicate:
-                self._duplicates += 1
+            if self._keep_records:
+                self._records.extend(records)
+            for record in records:
+                if record.duplicate:
+                    self._duplicates += 1
+                elif is_data(record) and not record.refused:
+                    self._data_total += 1
+                    channel = record.channel
+                    if isinstance(channel, str):
+                        by_channel = self._data_by_channel
+                        by_channel[channel] = by_channel.get(channel, 0) + 1
             self._cond.notify_all()
-        if accepted and write:
-            self._write_record(record.session, record.message)
 
     def _write_record(self, session: Optional[str], message: Any) -> None:
         fd = self._record_fd

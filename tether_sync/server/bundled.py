@@ -203,23 +203,30 @@ class BundledConnection(_Connection):
 
     def received(self, frame: Frame, duplicate: bool) -> None:
         """Record the frame (accepted data went to the record file when delivered)."""
-        data = frame.data
-        self.server._record(
-            Received(
-                conn_id=self.conn.id,
-                binary=isinstance(data, bytes),
-                raw=data,
-                message=frame.message,
-                is_json=frame.is_json,
-                at=time.monotonic(),
-                refused=frame.refused,
-                session=self.proto.session,
-                duplicate=duplicate,
-            ),
-            False,
-        )
+        self.received_run([(frame, duplicate)])
         if frame.kind is None:
+            data = frame.data
             log.debug("connection %d: ignored a message (%s)", self.conn.id, type(data).__name__)
+
+    def received_run(self, handled: List[Tuple[Frame, bool]]) -> None:
+        """Record a run of frames in one go (one lock, one wake-up of the server's waiters)."""
+        conn_id, session, at = self.conn.id, self.proto.session, time.monotonic()
+        self.server._record_run(
+            [
+                Received(
+                    conn_id=conn_id,
+                    binary=isinstance(frame.data, bytes),
+                    raw=frame.data,
+                    message=frame.message,
+                    is_json=frame.is_json,
+                    at=at,
+                    refused=frame.refused,
+                    session=session,
+                    duplicate=duplicate,
+                )
+                for frame, duplicate in handled
+            ]
+        )
 
     def delivered(self, message: Message) -> None:
         """Write accepted data to the ``--record`` file, before the ack that covers it."""

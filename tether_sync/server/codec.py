@@ -50,6 +50,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
+# One encoder of each kind for every message: json.dumps with an option builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ASCII = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def encode(message: Any) -> str:
     """Encode like ``JSON.stringify``: compact, key order kept, non-ASCII left as is.
 
@@ -59,12 +64,13 @@ def encode(message: Any) -> str:
     ``1e400``) becomes ``null``, as there.
     """
     try:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _COMPACT.encode(message)
     except ValueError:  # an infinite float somewhere: rare, so checked only now
         message = _finite(message)
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        text = _COMPACT.encode(message)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _ASCII.encode(message)
     return text

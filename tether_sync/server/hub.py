@@ -1250,6 +1250,11 @@ class _Connection:
     def received(self, frame: Frame, duplicate: bool) -> None:
         """A frame was handled (``duplicate``: its seq was not new); before its replies."""
 
+    def received_run(self, handled: List[Tuple[Frame, bool]]) -> None:
+        """A run of data frames was handled (with its duplicate flags); before any reply of it."""
+        for frame, duplicate in handled:
+            self.received(frame, duplicate)
+
     def delivered(self, message: Message) -> None:
         """A new message, between its claim and its commit (default: ``on_message``)."""
         on_message = self.hub.on_message
@@ -1364,8 +1369,8 @@ class _Connection:
             self.proto.session, self.owner, messages, self.delivered, _not_a_control(run)
         )
         self.highest = max(self.highest, highest)
-        for (frame, event), delivered in zip(run, flags):
-            self.received(frame, not delivered)
+        self.received_run([(frame, not delivered) for (frame, _), delivered in zip(run, flags)])
+        for (_, event), delivered in zip(run, flags):
             if delivered:
                 message = event.message
                 if event.control:
