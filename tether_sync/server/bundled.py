@@ -37,7 +37,6 @@ import asyncio
 import logging
 import math
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from websockets.exceptions import ConnectionClosed
@@ -56,7 +55,7 @@ from .hub import (
     _Connection,
     serve_batches,
 )
-from .state import Received, TetherConnection
+from .state import TetherConnection
 from .tokens import decode_token, now_ms
 from .transport import GatedConnection
 
@@ -210,23 +209,7 @@ class BundledConnection(_Connection):
 
     def received_run(self, handled: List[Tuple[Frame, bool]]) -> None:
         """Record a run of frames in one go (one lock, one wake-up of the server's waiters)."""
-        conn_id, session, at = self.conn.id, self.proto.session, time.monotonic()
-        self.server._record_run(
-            [
-                Received(
-                    conn_id=conn_id,
-                    binary=isinstance(frame.data, bytes),
-                    raw=frame.data,
-                    message=frame.message,
-                    is_json=frame.is_json,
-                    at=at,
-                    refused=frame.refused,
-                    session=session,
-                    duplicate=duplicate,
-                )
-                for frame, duplicate in handled
-            ]
-        )
+        self.server._record_run(self.conn.id, self.proto.session, handled)
 
     def delivered(self, message: Message) -> None:
         """Write accepted data to the ``--record`` file, before the ack that covers it."""

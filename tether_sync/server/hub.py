@@ -67,7 +67,7 @@ from typing import (
     Union,
 )
 
-from .codec import encode, parse_json
+from .codec import encode, encode_parsed, parse_json
 from .reliable import FEATURES, seq_of, valid_session
 from .store import MemoryStore, Publication, Store, StoreUnavailable
 
@@ -1408,7 +1408,7 @@ def _echo(message: Message) -> str:
     for key in ("payload", "id"):
         if key in message.envelope:
             echo[key] = message.envelope[key]
-    return encode(echo)
+    return encode_parsed(echo)
 
 
 def _plain(text: str) -> str:
