@@ -1247,6 +1247,11 @@ class _Connection:
         """Send a reply (pong, hello-ok, auth-ok, error, echo, ack) to the client."""
         self.peer.post(text)
 
+    def reply_many(self, texts: List[str]) -> None:
+        """Send several replies (a run's echoes), in order."""
+        for text in texts:
+            self.reply(text)
+
     def received(self, frame: Frame, duplicate: bool) -> None:
         """A frame was handled (``duplicate``: its seq was not new); before its replies."""
 
@@ -1370,10 +1375,15 @@ class _Connection:
         )
         self.highest = max(self.highest, highest)
         self.received_run([(frame, not delivered) for (frame, _), delivered in zip(run, flags)])
+        # Echoes go out together (reply_many), before a control of the run acts.
+        echoes: List[str] = []
         for (_, event), delivered in zip(run, flags):
             if delivered:
                 message = event.message
                 if event.control:
+                    if echoes:
+                        self.reply_many(echoes)
+                        echoes = []
                     self.control(message.payload)
                 elif self.echo or hub.broadcast:
                     channel = message.channel
@@ -1382,9 +1392,11 @@ class _Connection:
                         and isinstance(channel, str)
                         and hub._is_subscribed(self.peer, channel)
                     ):
-                        self.reply(_echo(message))
+                        echoes.append(_echo(message))
             if event.message.seq is not None:
                 self.unacked += 1
+        if echoes:
+            self.reply_many(echoes)
         if self.unacked >= ACK_EVERY:
             self.send_ack()
 

@@ -344,6 +344,14 @@ class OrderedSender:
         self.queued_size += len(data)
         self._ensure_task()
 
+    def post_many(self, frames: Sequence[Union[str, bytes]]) -> None:
+        """:meth:`post` each of ``frames``, in order."""
+        queue = self._queue
+        for data in frames:
+            queue.append((data, None))
+            self.queued_size += len(data)
+        self._ensure_task()
+
     def post_action(self, action: Callable[[], Awaitable[None]]) -> None:
         """Run ``action()`` (awaited) once every frame handed over before it went out."""
         self._queue.append((action, None))
