@@ -57,7 +57,7 @@ from .hub import (
 )
 from .state import TetherConnection
 from .tokens import decode_token, now_ms
-from .transport import GatedConnection
+from .transport import GatedConnection, send_text
 
 if TYPE_CHECKING:
     from .base import ServerBase
@@ -311,8 +311,17 @@ class BundledConnection(_Connection):
                         }
                     )
                 )
-            for text in frames:
-                self._on_loop(sender.post, text)
+
+            async def flood() -> None:
+                # One write per frame, as the reference server's loop of sends
+                # does: a client reading them sees many arrivals, not one burst
+                # its inbound buffer would take whole (a batch never evicts its
+                # own items), so the flood overflows it as it is meant to.
+                for text in frames:
+                    if not await send_text(ws, text):
+                        return
+
+            self._on_loop(sender.post_action, flood)
         elif action == "drop":
             log.info("connection %d: drop requested", self.conn.id)
 
