@@ -23,11 +23,12 @@ machine's load changes much less than the rates.
 
 Targets: >= 20,000 acknowledged msg/s on Redis, and >= 50 % of MemoryStore's rate.
 ``tether-sync serve`` on Redis, 4c7a0d7 against the echo-path work after it (same
-sitting, ``--repeat 3``, load average 6-7 on 2 CPUs from other jobs): 11.0 and
-8.8 k/s before, 21.8 and 15.9 k/s after (medians of 6 runs); server CPU per
-message 58 -> 28-30 us on Redis and 47-53 -> 22-25 us in memory, as low as the
-Hub node's (21-28 us). The client spends 12-13 us per message against it (about
-4 us more than against the Hub node: it reads the echoes).
+sittings, ``--repeat 3``, load average 5-7 on 2 CPUs from other jobs): 11.0, 8.8
+and 9.0 k/s before; 21.8, 15.9, 17.2 and 18.5 k/s after (medians of 6 runs): at
+that load not reliably above 20 k/s. Server CPU per message 55-58 -> 28-33 us on
+Redis and 47-55 -> 22-28 us in memory, as low as the Hub node's (21-28 us). The
+client spends 12-14 us per message against it (about 4 us more than against the
+Hub node: it reads the echoes).
 """
 
 from __future__ import annotations
