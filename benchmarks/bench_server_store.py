@@ -9,14 +9,26 @@ Starts a ``redis-server`` on a free loopback port (append-only, ``appendfsync
 everysec``: Redis' default durability, a temp dir) and, as subprocesses, two nodes
 of each kind: a user's python-websockets server around a ``Hub`` (the README's
 example, ``on_message`` counting), and the bundled ``tether-sync serve`` (which
-also echoes every message back, so it does about twice the work per message);
-one of each with ``--store redis://...``, one with the default MemoryStore.
+also echoes every message back: a batch's echoes and its ack leave in one
+write, and the client reads them); one of each with ``--store redis://...``,
+one with the default MemoryStore.
 Each run: ``TetherClient(url)`` with default options sends N tether envelopes
 (64-byte payload) in a loop and ``close()``\\ s, which returns once every message
 was acknowledged; the rate counts from the first ``send()`` until then. Runs go
 in ABBA order so drift cancels out; the medians are printed.
 
+Besides the rates it prints the server's CPU per message (the node, plus
+redis-server for the Redis node) and the client's (this process), which the
+machine's load changes much less than the rates.
+
 Targets: >= 20,000 acknowledged msg/s on Redis, and >= 50 % of MemoryStore's rate.
+``tether-sync serve`` on Redis, 4c7a0d7 against the echo-path work after it (same
+sittings, ``--repeat 3``, load average 5-7 on 2 CPUs from other jobs): 11.0, 8.8
+and 9.0 k/s before; 21.8, 15.9, 17.2 and 18.5 k/s after (medians of 6 runs): at
+that load not reliably above 20 k/s. Server CPU per message 55-58 -> 28-33 us on
+Redis and 47-55 -> 22-28 us in memory, as low as the Hub node's (21-28 us). The
+client spends 12-14 us per message against it (about 4 us more than against the
+Hub node: it reads the echoes).
 """
 
 from __future__ import annotations
@@ -135,22 +147,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(url: str, n: int, pids: Sequence[int] = ()) -> Tuple[float, float]:
-    """Send ``n`` and close: the rate, and the CPU seconds ``pids`` spent per message."""
+def run(url: str, n: int, pids: Sequence[int] = ()) -> Tuple[float, float, float]:
+    """Send ``n`` and close: the rate; CPU seconds per message of ``pids`` and of the client."""
     client = TetherClient(url)
     client.connect(wait=True, timeout=10)
     cpu0 = sum(cpu_seconds(pid) for pid in pids)
+    own0 = time.process_time()  # this process: the client's threads
     t0 = time.perf_counter()
     for _ in range(n):
         client.send(PAYLOAD, channel="bench")
     ok = client.close(timeout=300)
     t1 = time.perf_counter()
+    own1 = time.process_time()
     cpu1 = sum(cpu_seconds(pid) for pid in pids)
     if not ok:
         raise RuntimeError("close() did not get every ack")
     if client.stats().acked != n:
         raise RuntimeError(f"acked {client.stats().acked} of {n}")
-    return n / (t1 - t0), (cpu1 - cpu0) / n
+    return n / (t1 - t0), (cpu1 - cpu0) / n, (own1 - own0) / n
 
 
 def main() -> int:
@@ -193,11 +207,14 @@ def compare(
     # node): what the machine's load does not change, unlike the rates.
     redis_cpu: List[float] = []
     memory_cpu: List[float] = []
+    # The client's CPU per message (it also reads the bundled server's echoes).
+    client_cpu: List[float] = []
 
     def on(node: Node, rates: List[float], cpus: List[float], *pids: int) -> None:
-        rate, cpu = run(node[1], n, [node[0].pid, *pids])
+        rate, cpu, own = run(node[1], n, [node[0].pid, *pids])
         rates.append(rate)
         cpus.append(cpu)
+        client_cpu.append(own)
 
     try:
         for _ in range(repeat):  # ABBA: drift cancels out
@@ -221,6 +238,11 @@ def compare(
         f"  server CPU per message       {c_memory * 1e6:5.1f} us in memory, "
         f"{c_redis * 1e6:5.1f} us on Redis (node + redis-server): "
         f"{1 / c_memory / 1000:.0f} k/s and {1 / c_redis / 1000:.0f} k/s per free core"
+    )
+    c_client = statistics.median(client_cpu)
+    print(
+        f"  client CPU per message       {c_client * 1e6:5.1f} us "
+        f"({1 / c_client / 1000:.0f} k/s per free core)"
     )
 
 

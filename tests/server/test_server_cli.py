@@ -245,3 +245,39 @@ def test_serve_refuses_bad_option_values(tmp_path):
         timeout=20,
     )
     assert missing.returncode == 1 and "cannot open" in missing.stderr
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc")
+@pytest.mark.timeout(120)
+def test_serve_memory_does_not_grow_with_the_messages_it_received():
+    # tether-sync serve kept a record of every frame (text and parsed JSON) that
+    # nobody in its process could read: a long-running node grew without bound.
+    from support.serve_process import ServeProcess
+
+    node = ServeProcess().start()
+    ws = websocket.create_connection(node.url, timeout=10)
+    try:
+        payload = "x" * 8192
+
+        def exchange(count: int) -> None:
+            for index in range(count):
+                ws.send(json.dumps({"channel": "c", "type": "data", "payload": payload}))
+                assert json.loads(ws.recv())["payload"] == payload, index
+
+        assert node.proc is not None
+        exchange(200)  # warm up: buffers and allocator arenas
+        before = _rss_bytes(node.proc.pid)
+        exchange(1500)  # 12 MB of payloads: kept twice over (text and parsed) when recorded
+        growth = _rss_bytes(node.proc.pid) - before
+        assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
+    finally:
+        ws.close()
+        node.stop()

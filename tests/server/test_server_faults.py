@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import struct
+import threading
 import time
 from types import SimpleNamespace
 
@@ -454,3 +455,31 @@ def test_send_raw_all_reaches_every_open_connection(tether_server, connect):
     second.close()
     tether_server.stop()
     assert tether_server.send_raw_all("nobody") == 0
+
+
+# flood
+
+
+def test_flood_overflows_a_small_inbound_buffer(tether_server):
+    # The flood is there to overflow a client's inbound buffer. Its frames go
+    # out one write each, like the reference server's sends: written as one
+    # burst they reached the client in one read, which a buffer takes whole
+    # (a batch never evicts its own items), and nothing was dropped.
+    from tether_sync import TetherClient
+    from tether_sync.options import Backpressure
+
+    dropped = threading.Event()
+    client = TetherClient(
+        tether_server.url,
+        backpressure=Backpressure(inbound_buffer_size=100, inbound_overflow="drop-oldest"),
+    )
+    client.on("backpressure", lambda event: event.dropped and dropped.set())
+    try:
+        client.subscribe("flood")  # nobody reads it
+        client.connect(wait=True, timeout=5)
+        client.send({"type": "tether:control", "action": "flood", "count": 500}, "control")
+        assert tether_server.wait_for(lambda: tether_server.data_count("control") == 1)
+        assert dropped.wait(5), client.stats()
+        assert client.stats().dropped_inbound > 0
+    finally:
+        client.close(timeout=2)

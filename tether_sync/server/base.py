@@ -26,6 +26,7 @@ from typing import (
     Dict,
     List,
     Optional,
+    Sequence,
     Set,
     Tuple,
     Type,
@@ -40,7 +41,7 @@ from tether_sync.redact import redact_url
 
 from .bundled import serve_bundled
 from .codec import encode
-from .hub import Hub, Peer
+from .hub import Frame, Hub, Peer
 from .state import OutgoingData, Received, TetherConnection
 from .store import MemoryStore, Store, StoreUnavailable
 from .transport import GatedConnection, NoDebugLogger, connection_class
@@ -49,6 +50,8 @@ __all__ = ["ServerBase", "is_data", "to_frame"]
 
 log = logging.getLogger("tether_sync.server")
 _T = TypeVar("_T")
+# The protocol's kinds of a data envelope (type "data" with a channel), tunnelled controls included.
+_DATA_KINDS = ("data", "tunnel")
 _S = TypeVar("_S", bound="ServerBase")
 
 
@@ -116,6 +119,10 @@ class ServerBase:
         # wait_for() predicate may call back into the server's accessors.
         self._cond = threading.Condition(threading.RLock())
         self._records: List[Received] = []
+        # Whether received frames are kept in _records (for the inspection API);
+        # ``tether-sync serve`` turns it off, as nobody can read them there and
+        # a long-running node would keep every message it ever received.
+        self._keep_records = True
         # Running counts of accepted data envelopes (total, per channel), so that
         # wait_for_data() predicates stay O(1) however much was received.
         self._data_total = 0
@@ -300,20 +307,44 @@ class ServerBase:
 
     # Connection driver and transport hub interfaces
 
-    def _record(self, record: Received, write: bool = True) -> None:
-        accepted = is_data(record) and not record.refused and not record.duplicate
+    def _record_run(
+        self, conn_id: int, session: Optional[str], handled: Sequence[Tuple[Frame, bool]]
+    ) -> None:
+        """Count (and keep, see ``_keep_records``) frames handled together; wake waiters once.
+
+        Args:
+            conn_id: The connection they arrived on.
+            session: Its session (None before a hello).
+            handled: The frames, each with whether it was a duplicate.
+        """
+        at = time.monotonic()
         with self._cond:
-            self._records.append(record)
-            if accepted:
-                self._data_total += 1
-                channel = record.channel
-                if isinstance(channel, str):
-                    self._data_by_channel[channel] = self._data_by_channel.get(channel, 0) + 1
-            elif record.duplicate:
-                self._duplicates += 1
+            if self._keep_records:
+                self._records.extend(
+                    Received(
+                        conn_id=conn_id,
+                        binary=isinstance(frame.data, bytes),
+                        raw=frame.data,
+                        message=frame.message,
+                        is_json=frame.is_json,
+                        at=at,
+                        refused=frame.refused,
+                        session=session,
+                        duplicate=duplicate,
+                    )
+                    for frame, duplicate in handled
+                )
+            for frame, duplicate in handled:
+                if duplicate:
+                    self._duplicates += 1
+                elif frame.kind in _DATA_KINDS and not frame.refused:
+                    # What is_data() counts: type "data" with a "channel" key.
+                    self._data_total += 1
+                    channel = frame.message["channel"]
+                    if isinstance(channel, str):
+                        by_channel = self._data_by_channel
+                        by_channel[channel] = by_channel.get(channel, 0) + 1
             self._cond.notify_all()
-        if accepted and write:
-            self._write_record(record.session, record.message)
 
     def _write_record(self, session: Optional[str], message: Any) -> None:
         fd = self._record_fd

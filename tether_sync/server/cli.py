@@ -76,6 +76,8 @@ def serve_main(
     except ValueError as exc:
         print(f"tether-sync serve: {exc}", file=sys.stderr)
         return 2
+    # Nothing in this process reads the received-frame records: keep none.
+    server._keep_records = False
     with stop_on_signals() as stop:
         try:
             server.start()

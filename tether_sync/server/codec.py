@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
-__all__ = ["encode", "parse_json"]
+__all__ = ["encode", "encode_parsed", "parse_json"]
 
 
 def _reject_constant(name: str) -> Any:
@@ -50,6 +50,11 @@ def _finite(value: Any) -> Any:
     return value
 
 
+# One encoder of each kind for every message: json.dumps with an option builds a new one per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ASCII = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def encode(message: Any) -> str:
     """Encode like ``JSON.stringify``: compact, key order kept, non-ASCII left as is.
 
@@ -59,12 +64,56 @@ def encode(message: Any) -> str:
     ``1e400``) becomes ``null``, as there.
     """
     try:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _COMPACT.encode(message)
     except ValueError:  # an infinite float somewhere: rare, so checked only now
         message = _finite(message)
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _COMPACT.encode(message)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _ASCII.encode(message)
+    return text
+
+
+def _parsed_encoder() -> Optional[Callable[[Any, int], Sequence[str]]]:
+    # json's C encoder, made once: JSONEncoder.encode makes a new one (with a new
+    # circular-reference check) at every call, which costs as much as the encoding
+    # of a small envelope. None where json has no C speedups.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        # (markers, default, encoder, indent, key_sep, item_sep, sort_keys, skipkeys, allow_nan)
+        made: Callable[[Any, int], Sequence[str]] = make(
+            None, _COMPACT.default, json.encoder.encode_basestring, None, ":", ",", *(False,) * 3
+        )
+        sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {}}
+        if "".join(made(sample, 0)) != _COMPACT.encode(sample):
+            return None
+    except Exception:  # another Python's C encoder: keep to JSONEncoder
+        return None
+    return made
+
+
+_PARSED = _parsed_encoder()
+
+
+def encode_parsed(message: Any) -> str:
+    """:func:`encode` for a value built from parsed JSON (it cannot refer to itself).
+
+    The same text, faster: no circular-reference check, which only such a
+    reference (impossible in parsed JSON) would need.
+    """
+    if _PARSED is None:
+        return encode(message)
+    try:
+        text = "".join(_PARSED(message, 0))
+    except ValueError:  # an infinite float somewhere: let encode() handle it
+        return encode(message)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _ASCII.encode(message)
     return text

@@ -67,7 +67,7 @@ from typing import (
     Union,
 )
 
-from .codec import encode, parse_json
+from .codec import encode, encode_parsed, parse_json
 from .reliable import FEATURES, seq_of, valid_session
 from .store import MemoryStore, Publication, Store, StoreUnavailable
 
@@ -1247,8 +1247,18 @@ class _Connection:
         """Send a reply (pong, hello-ok, auth-ok, error, echo, ack) to the client."""
         self.peer.post(text)
 
+    def reply_many(self, texts: List[str]) -> None:
+        """Send several replies (a run's echoes), in order."""
+        for text in texts:
+            self.reply(text)
+
     def received(self, frame: Frame, duplicate: bool) -> None:
         """A frame was handled (``duplicate``: its seq was not new); before its replies."""
+
+    def received_run(self, handled: List[Tuple[Frame, bool]]) -> None:
+        """A run of data frames was handled (with its duplicate flags); before any reply of it."""
+        for frame, duplicate in handled:
+            self.received(frame, duplicate)
 
     def delivered(self, message: Message) -> None:
         """A new message, between its claim and its commit (default: ``on_message``)."""
@@ -1364,11 +1374,16 @@ class _Connection:
             self.proto.session, self.owner, messages, self.delivered, _not_a_control(run)
         )
         self.highest = max(self.highest, highest)
-        for (frame, event), delivered in zip(run, flags):
-            self.received(frame, not delivered)
+        self.received_run([(frame, not delivered) for (frame, _), delivered in zip(run, flags)])
+        # Echoes go out together (reply_many), before a control of the run acts.
+        echoes: List[str] = []
+        for (_, event), delivered in zip(run, flags):
             if delivered:
                 message = event.message
                 if event.control:
+                    if echoes:
+                        self.reply_many(echoes)
+                        echoes = []
                     self.control(message.payload)
                 elif self.echo or hub.broadcast:
                     channel = message.channel
@@ -1377,9 +1392,11 @@ class _Connection:
                         and isinstance(channel, str)
                         and hub._is_subscribed(self.peer, channel)
                     ):
-                        self.reply(_echo(message))
+                        echoes.append(_echo(message))
             if event.message.seq is not None:
                 self.unacked += 1
+        if echoes:
+            self.reply_many(echoes)
         if self.unacked >= ACK_EVERY:
             self.send_ack()
 
@@ -1403,7 +1420,7 @@ def _echo(message: Message) -> str:
     for key in ("payload", "id"):
         if key in message.envelope:
             echo[key] = message.envelope[key]
-    return encode(echo)
+    return encode_parsed(echo)
 
 
 def _plain(text: str) -> str:

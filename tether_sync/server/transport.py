@@ -27,8 +27,10 @@ from typing import (
     Callable,
     ClassVar,
     Deque,
+    List,
     Optional,
     Protocol,
+    Sequence,
     Tuple,
     Type,
     Union,
@@ -48,6 +50,7 @@ __all__ = [
     "OrderedSender",
     "TransportHub",
     "connection_class",
+    "send_frames",
     "send_text",
 ]
 
@@ -209,6 +212,32 @@ class GatedConnection(ServerConnection):
                 pass
         transport.abort()
 
+    def send_data(self) -> None:
+        """Write what the protocol has to send, each run of frames as one write.
+
+        websockets writes every frame on its own, which for a burst of small
+        frames (a batch's echoes and its ack) costs one ``send()`` system call
+        per frame, here and in the peer's reads. An empty chunk (the end of
+        the TCP stream, after a close) is handled as websockets does.
+        """
+        run: List[bytes] = []
+        for data in self.protocol.data_to_send():
+            if data:
+                run.append(data)
+                continue
+            if run:
+                self.transport.write(b"".join(run))
+                run = []
+            if self.transport.can_write_eof():
+                try:
+                    self.transport.write_eof()
+                except Exception:  # not documented which: websockets ignores them too
+                    pass
+            else:  # pragma: no cover (TLS)
+                self.transport.close()
+        if run:
+            self.transport.write(run[0] if len(run) == 1 else b"".join(run))
+
     @property
     def write_buffer_size(self) -> int:
         """Bytes the server sent and the kernel has not accepted yet.
@@ -241,8 +270,36 @@ async def send_text(ws: GatedConnection, data: Union[str, bytes]) -> bool:
     return True
 
 
+async def send_frames(ws: GatedConnection, frames: Sequence[Union[str, bytes]]) -> bool:
+    """Send several frames on ``ws`` now, in one write; dropped silently when blackholed or closed.
+
+    Like :func:`send_text` the frames are written before the first ``await``
+    (which waits for the buffer to drain).
+
+    Returns:
+        Whether the frames were written.
+    """
+    if ws.blackholed:
+        return False
+    protocol = ws.protocol
+    try:
+        async with ws.send_context():
+            for data in frames:
+                if isinstance(data, str):
+                    protocol.send_text(data.encode("utf-8"))
+                else:
+                    protocol.send_binary(data)
+    except ConnectionClosed:
+        return False
+    return True
+
+
 #: What an :class:`OrderedSender` queue holds: a frame, or an action run in its turn.
 Outgoing = Union[str, bytes, Callable[[], Awaitable[None]]]
+
+
+# Frames taken from an OrderedSender queue into one write, up to about this many bytes.
+_RUN_BYTES = 1 << 16
 
 
 async def _nothing() -> None:
@@ -287,6 +344,14 @@ class OrderedSender:
         self.queued_size += len(data)
         self._ensure_task()
 
+    def post_many(self, frames: Sequence[Union[str, bytes]]) -> None:
+        """:meth:`post` each of ``frames``, in order."""
+        queue = self._queue
+        for data in frames:
+            queue.append((data, None))
+            self.queued_size += len(data)
+        self._ensure_task()
+
     def post_action(self, action: Callable[[], Awaitable[None]]) -> None:
         """Run ``action()`` (awaited) once every frame handed over before it went out."""
         self._queue.append((action, None))
@@ -311,18 +376,35 @@ class OrderedSender:
                 # No await between popleft and the write inside send_text, so a
                 # frame sent directly meanwhile cannot overtake this one.
                 data, future = self._queue.popleft()
-                try:
-                    if callable(data):
+                if callable(data):
+                    try:
                         await data()
                         written = True
-                    else:
-                        self.queued_size -= len(data)
-                        written = await send_text(self._ws, data)
+                    except Exception:
+                        log.exception("sending a frame failed")
+                        written = False
+                    if future is not None and not future.done():
+                        future.set_result(written)
+                    continue
+                # The frames waiting behind this one go in the same write (up
+                # to _RUN_BYTES), so a burst costs one system call, not one each.
+                frames, futures, size = [data], [future], len(data)
+                queue = self._queue
+                while queue and size < _RUN_BYTES and not callable(queue[0][0]):
+                    more, waiter = queue.popleft()
+                    assert not callable(more)
+                    frames.append(more)
+                    futures.append(waiter)
+                    size += len(more)
+                self.queued_size -= size
+                try:
+                    written = await send_frames(self._ws, frames)
                 except Exception:
                     log.exception("sending a frame failed")
                     written = False
-                if future is not None and not future.done():
-                    future.set_result(written)
+                for waiter in futures:
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(written)
         finally:
             self._task = None
             # Cancelled (the server stops): release whoever waits.
