@@ -17,7 +17,8 @@ the reference, all to ``sink_server.py``'s ``/bigsink``:
 * ``send``: one ``send()`` per chunk, as on a TLS socket (and as the code was
   before 7 December 2026).
 
-Prints MB/s and the ratio over websockets per repetition (min / median / max).
+Prints MB/s and the ratio over websockets per repetition (min / median / max),
+and gather's rate over send's per repetition (the paired comparison).
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ def main() -> int:
             f"{name:<10} {min(got):6.0f} {statistics.median(got):6.0f} {max(got):6.0f}"
             f"        {min(ratios):.2f} {statistics.median(ratios):.2f} {max(ratios):.2f}"
         )
+    paired = [a / b for a, b in zip(results["gather"], results["send"])]
+    print(
+        f"gather over send, per repetition: {min(paired):.2f} / "
+        f"{statistics.median(paired):.2f} / {max(paired):.2f}"
+    )
     return 0
 
 
