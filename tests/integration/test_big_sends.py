@@ -72,11 +72,13 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Writes:
     data_to_send = Session.data_to_send
     sent = Session.sent
 
-    def small_buffer_link(self: transport.Link, sock: socket.socket, *args: Any) -> None:
+    def small_buffer_link(
+        self: transport.Link, sock: socket.socket, *args: Any, **kwargs: Any
+    ) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         with seen.lock:
             seen.sndbuf.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
-        link_init(self, sock, *args)
+        link_init(self, sock, *args, **kwargs)
 
     def record_chunks(self: Session, max_chunks: int, max_bytes: int) -> List[memoryview]:
         got = chunks_to_send(self, max_chunks, max_bytes)
