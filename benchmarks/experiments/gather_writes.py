@@ -1,39 +1,36 @@
-"""Experiment (issue 22): would writing a big frame's header with its payload help?
+"""Experiment (issue 22): big sends with gathering writes (``sendmsg``) or one ``send()`` per chunk.
 
 Run from the repository root::
 
     python benchmarks/experiments/gather_writes.py --size 65536 --total 134217728 --repeat 6
 
-Not a benchmark of the product: it monkeypatches two internals in this process
-and switches between them, so it breaks when they change (it was written
-against ``protocol/writebuf.py`` and ``engine/transport.py`` of 7 December
-2026). Three variants of TetherClient's big-message send path, in ABBA order
-within each repetition (base, join, gather, gather, join, base; each variant's
-rate is the mean of its two runs), after one websockets sync run as the
-reference, all to ``sink_server.py``'s ``/bigsink``:
+Not a benchmark of the product: it switches one internal of
+``engine/transport.py`` in this process (``Link._gather``, set per link when it
+is made), so it breaks if that changes. Two variants of TetherClient's send
+path, in ABBA order within each repetition (gather, send, send, gather; each
+variant's rate is the mean of its two runs), after one websockets sync run as
+the reference, all to ``sink_server.py``'s ``/bigsink``:
 
-* ``base``: the code as it is (a big frame's 14-byte header and its masked
-  payload are two chunks, written by two ``send()`` calls);
-* ``join``: ``WriteBuffer.pending()`` joins a small first chunk with the big one
-  after it (a copy), so one ``send()`` writes both;
-* ``gather``: ``Link.send_some`` writes the pending chunk and up to 15 queued
-  after it with one ``socket.sendmsg()`` (no copy; several messages per call).
+* ``gather``: the code as it is: on a plain socket ``Link.send_some`` writes the
+  pending chunk and the chunks queued after it (at most ``GATHER_CHUNKS``,
+  about ``GATHER_BYTES``) with one ``socket.sendmsg()``, uncopied;
+* ``send``: one ``send()`` per chunk, as on a TLS socket (and as the code was
+  before 7 December 2026).
 
-Prints MB/s and the ratio over websockets per repetition (min / median / max).
+Prints MB/s and the ratio over websockets per repetition (min / median / max),
+and gather's rate over send's per repetition (the paired comparison).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import os
-import ssl
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
@@ -43,57 +40,16 @@ import bench_client as bc  # noqa: E402
 from websockets.sync.client import connect as websockets_connect  # noqa: E402
 
 from tether_sync.engine import transport  # noqa: E402
-from tether_sync.protocol import writebuf  # noqa: E402
 
-ORIG_PENDING = writebuf.WriteBuffer.pending
-ORIG_SEND_SOME = transport.Link.send_some
+ORIG_INIT = transport.Link.__init__
 
 
-def pending_join(self: Any) -> memoryview:
-    chunks = self._chunks
-    if (
-        len(chunks) > 1
-        and len(chunks[0]) - self._offset < 65536
-        and len(chunks[1]) >= writebuf.BIG_CHUNK
-    ):
-        first = chunks.popleft()[self._offset :]
-        chunks[0] = first + chunks[0]
-        self._offset = 0
-    return ORIG_PENDING(self)
+def init_send(self: Any, *args: Any, **kwargs: Any) -> None:
+    ORIG_INIT(self, *args, **kwargs)
+    self._gather = False
 
 
-def send_some_gather(self: Any, session: Any) -> int:
-    total = 0
-    out = session._out
-    while True:
-        data = session.data_to_send()
-        if not data:
-            break
-        try:
-            if len(out._chunks) > 1 and not isinstance(self.sock, ssl.SSLSocket):
-                buffers = [data, *itertools.islice(out._chunks, 1, 16)]
-                n = self.sock.sendmsg(buffers)
-                want = sum(len(b) for b in buffers)
-            else:
-                n = self.sock.send(data)
-                want = len(data)
-        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            break
-        except OSError:
-            return -1
-        session.sent(n)
-        total += n
-        self.flow.wrote(n)
-        if n < want:
-            break
-    return total
-
-
-VARIANTS: Dict[str, Tuple[Callable[..., Any], Callable[..., Any]]] = {
-    "base": (ORIG_PENDING, ORIG_SEND_SOME),
-    "join": (pending_join, ORIG_SEND_SOME),
-    "gather": (ORIG_PENDING, send_some_gather),
-}
+VARIANTS: Dict[str, Callable[..., None]] = {"gather": ORIG_INIT, "send": init_send}
 
 
 def main() -> int:
@@ -142,16 +98,16 @@ def main() -> int:
     try:
         for rep in range(args.repeat):
             runs: Dict[str, List[float]] = {"websockets": [websockets_run()]}
-            for name in ("base", "join", "gather", "gather", "join", "base"):
-                writebuf.WriteBuffer.pending, transport.Link.send_some = VARIANTS[name]  # type: ignore[method-assign]
+            for name in ("gather", "send", "send", "gather"):
+                transport.Link.__init__ = VARIANTS[name]  # type: ignore[method-assign]
                 runs.setdefault(name, []).append(tether())
-            writebuf.WriteBuffer.pending, transport.Link.send_some = VARIANTS["base"]  # type: ignore[method-assign]
+            transport.Link.__init__ = ORIG_INIT  # type: ignore[method-assign]
             for name, got in runs.items():
                 results[name].append(statistics.mean(got))
             shown = ", ".join(f"{k}={v[-1]:.0f}" for k, v in results.items())
             print(f"[{rep + 1}/{args.repeat}] {shown} MB/s", file=sys.stderr, flush=True)
     finally:
-        writebuf.WriteBuffer.pending, transport.Link.send_some = VARIANTS["base"]  # type: ignore[method-assign]
+        transport.Link.__init__ = ORIG_INIT  # type: ignore[method-assign]
         server.stop()
     print(
         f"size {size}, {n} messages per run, {args.repeat} repetitions; load average "
@@ -164,6 +120,11 @@ def main() -> int:
             f"{name:<10} {min(got):6.0f} {statistics.median(got):6.0f} {max(got):6.0f}"
             f"        {min(ratios):.2f} {statistics.median(ratios):.2f} {max(ratios):.2f}"
         )
+    paired = [a / b for a, b in zip(results["gather"], results["send"])]
+    print(
+        f"gather over send, per repetition: {min(paired):.2f} / "
+        f"{statistics.median(paired):.2f} / {max(paired):.2f}"
+    )
     return 0
 
 

@@ -54,6 +54,10 @@ from .flow_control import OutboundFlow
 log = logging.getLogger("tether_sync")
 
 _READ_SIZE = 256 * 1024  # bytes per recv(): take everything the kernel has at once
+# One gathering write (sendmsg) takes at most this many buffers (IOV_MAX is
+# 1024 on Linux and macOS) and adds none once this many bytes are offered.
+GATHER_CHUNKS = 64
+GATHER_BYTES = 1024 * 1024
 
 # The handshake (connector thread) encodes host names with the "idna" codec,
 # which Python imports lazily on first use. If a process forks while that
@@ -332,6 +336,8 @@ class Link:
         # The socket's selector registration (an SSL socket: decrypted bytes may wait
         # inside it, where the selector cannot see them).
         self.io = Interest(tls=isinstance(sock, ssl.SSLSocket))
+        # Gathering writes: a plain socket with sendmsg() (not Windows, not TLS).
+        self._gather = not self.io.tls and hasattr(sock, "sendmsg")
         self.kernel_unsent = 0  # the kernel's unsent bytes, as last read by this thread
         self.closed = False
         # Reads land in one buffer, reused: recv(n) would allocate n bytes per
@@ -359,18 +365,37 @@ class Link:
     def send_some(self, session: Session) -> int:
         """Write what ``session`` has framed, as much as the kernel takes, without blocking.
 
+        On a plain socket, queued chunks go out together in one gathering
+        ``sendmsg()`` (at most :data:`GATHER_CHUNKS` buffers, about
+        :data:`GATHER_BYTES` bytes), uncopied: a big frame's parts and the
+        frames after it cost one system call, not one each. An SSL socket has
+        no ``sendmsg()``: there, and where the platform lacks it, one
+        ``send()`` per chunk (the write buffer joins small chunks first).
+
         Returns the bytes written, or -1 if the socket failed.
         """
+        sock = self.sock
+        gather = self._gather
         total = 0
         # The session hands out its buffer in chunks; the loop ends when it is
         # empty or the kernel takes less than offered (full: the next write
         # waits for writability, never blocks).
         while True:
-            data = session.data_to_send()
-            if not data:
-                break
+            if gather:
+                buffers = session.chunks_to_send(GATHER_CHUNKS, GATHER_BYTES)
+                if not buffers:
+                    break
+                data = buffers[0]
+                many = len(buffers) > 1
+                want = sum(map(len, buffers)) if many else len(data)
+            else:
+                data = session.data_to_send()
+                if not data:
+                    break
+                many = False
+                want = len(data)
             try:
-                n = self.sock.send(data)
+                n = sock.sendmsg(buffers) if many else sock.send(data)
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 break
             except OSError as exc:
@@ -379,7 +404,7 @@ class Link:
             session.sent(n)  # the session drops what went, and knows what is done
             total += n
             self.flow.wrote(n)  # the upper bound of the kernel's unsent bytes grows
-            if n < len(data):
+            if n < want:
                 break  # the kernel is full: wait for writability
         return total
 

@@ -561,8 +561,20 @@ class Session:
             rel.write_resends()
         return self._output.buffer.pending()
 
+    def chunks_to_send(self, max_chunks: int, max_bytes: int) -> List[memoryview]:
+        """The bytes to write next as uncopied chunks, for one gathering write.
+
+        The same bytes as :meth:`data_to_send` and more after them (see
+        :meth:`~tether_sync.protocol.writebuf.WriteBuffer.pending_chunks`); an
+        empty list when nothing waits. Report what went with :meth:`sent`.
+        """
+        rel = self._rel
+        if rel.resend_due:
+            rel.write_resends()
+        return self._output.buffer.pending_chunks(max_chunks, max_bytes)
+
     def sent(self, n: int) -> None:
-        """The kernel took ``n`` bytes of :meth:`data_to_send`."""
+        """The kernel took ``n`` bytes of :meth:`data_to_send` (or :meth:`chunks_to_send`)."""
         done = self._output.buffer.advance(n)
         if done:
             self._rel.on_written(done)

@@ -1,7 +1,8 @@
 """The write buffer of one connection: framed bytes waiting for the socket.
 
-Pure bookkeeping, no I/O: the loop asks for :meth:`WriteBuffer.pending` bytes,
-hands them to ``sock.send()`` and reports how many the kernel took with
+Pure bookkeeping, no I/O: the loop asks for :meth:`WriteBuffer.pending` bytes
+and hands them to ``sock.send()`` (or for :meth:`WriteBuffer.pending_chunks`,
+for one ``sock.sendmsg()``), and reports how many the kernel took with
 :meth:`WriteBuffer.advance`, which returns the messages now fully written. What
 was framed but not fully written when the link drops comes back from
 :meth:`WriteBuffer.reset` for the loop to queue again.
@@ -9,6 +10,7 @@ was framed but not fully written when the link drops comes back from
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import Deque, List, Optional, Protocol, Sequence, Set, Tuple, Union
 
@@ -200,6 +202,30 @@ class WriteBuffer:
             chunks.appendleft(b"".join(joined))
             self._offset = 0
         return memoryview(chunks[0])[self._offset :]
+
+    def pending_chunks(self, max_chunks: int, max_bytes: int) -> List[memoryview]:
+        """The next bytes to write as the queued chunks themselves, uncopied.
+
+        For a gathering write (``socket.sendmsg()``): the unwritten rest of the
+        first chunk, then whole chunks after it, at most ``max_chunks`` of them;
+        no chunk is added once ``max_bytes`` are reached (the last one may
+        cross it). Empty when nothing waits. Report what the kernel took with
+        :meth:`advance`, which counts across chunk boundaries: a write that
+        ends inside a chunk leaves its rest first in line.
+        """
+        chunks = self._chunks
+        if not chunks:
+            return []
+        first = memoryview(chunks[0])[self._offset :]
+        out = [first]
+        size = len(first)
+        if len(chunks) > 1 and size < max_bytes:
+            for chunk in itertools.islice(chunks, 1, max_chunks):
+                out.append(memoryview(chunk))
+                size += len(chunk)
+                if size >= max_bytes:
+                    break
+        return out
 
     def advance(self, n: int) -> List[Delivery]:
         """Record that the kernel took ``n`` bytes; return the messages now fully written."""
