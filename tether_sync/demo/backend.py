@@ -730,9 +730,25 @@ class DemoBackend:
                     return False
             return not self._stopping.is_set()
 
+        # Three phases, paced so that the kill lands mid-burst however fast client
+        # and server are (a fast pair acked a whole burst of 2,000 before a killer
+        # that only watched the acks could act): the first third is sent and acked;
+        # the server then stops reading, so the second third goes out and waits
+        # for its ack; the server dies; the last third queues while it is down.
+        in_flight_at = min(n - 1, 2 * kill_at)
+        reads_paused = threading.Event()
+        killed = threading.Event()
+
         def sender() -> None:
             try:
                 for index in range(n):
+                    if index == kill_at:
+                        if not wait(acked):
+                            return
+                        self.server.pause_reading(True)
+                        reads_paused.set()
+                    elif index == in_flight_at and not wait(killed):
+                        return
                     delivery = client.send({"crash": crash, "index": index}, CRASH_CHANNEL)
                     delivery.add_done_callback(done)
                     if index % 100 == 99:
@@ -742,13 +758,21 @@ class DemoBackend:
                 pass  # the demo is stopping
             except Exception as exc:
                 self._append("error", "error", f"kill -9 burst: send failed: {exc}")
+            finally:
+                reads_paused.set()
+                killed.set()  # never leave the killer waiting for a sender that ended
 
         def killer() -> None:
             started = client.stats().resent
-            # Mid-burst: a third of it acked, the rest unacked, queued or not sent yet.
-            if not wait(acked):
+            # Mid-burst: a third of it acked, the next third sent and awaiting its
+            # ack (the server reads nothing), the rest not sent yet.
+            if not wait(acked) or not wait(reads_paused):
                 update(phase="done")
                 return
+            deadline = time.monotonic() + 5.0
+            while client.stats().unacked == 0 and time.monotonic() < deadline:
+                if self._stopping.wait(0.01):  # the second third is reaching the wire
+                    return
             with lock:
                 acked_now = counts["resolved"]
             stats = client.stats()
@@ -764,6 +788,9 @@ class DemoBackend:
                 self.server.reset_sessions()  # a killed process forgets its sessions
             except Exception as exc:
                 self._append("error", "error", f"server kill failed: {exc}")
+            finally:
+                self.server.pause_reading(False)  # the restarted server reads again
+                killed.set()
             if self._stopping.wait(self.config.crash_downtime):
                 return
             try:
