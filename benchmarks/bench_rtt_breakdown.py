@@ -36,8 +36,11 @@ object and its wake socket while the stamped client's block of round trips
 runs); the library carries no instrumentation. Each stamp costs about a
 microsecond, so the stamped round trip is slower than a plain one: the script
 also times, in blocks of 50 round trips taking turns in rotating order, a
-plain round trip on a second TetherClient and a websocket-client round trip
-(its ``send()`` timed too), and prints all the totals.
+plain round trip on a second TetherClient, a websocket-client round trip (its
+``send()`` timed too) and a websockets sync one, and prints all the totals.
+Blocks, unlike ``bench_client.py``'s round trips interleaved one by one, keep
+one client's leftover work (tether_sync's I/O thread finishing its iteration)
+out of the next client's round trip.
 
 Per repetition every step's time is the median over the round trips of the
 difference between its stamp and the previous step's; the table shows min /
@@ -63,8 +66,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import contextlib
+
 import websocket
 from bench_client import PAYLOAD, SinkServer
+from websockets.sync.client import connect as websockets_connect
 
 from tether_sync import TetherClient
 from tether_sync import subscription as subscription_mod
@@ -80,7 +86,7 @@ BLOCK = 50  # round trips per client in a row (the clients take turns, block by 
 # stamp being the first of its names after the previous step's.
 STEPS: List[Tuple[str, Tuple[str, ...], str]] = [
     ("sent", ("sent",), "caller: send() (checks, Delivery, queue, wake-up)"),
-    ("waits", ("waits",), "caller: into get(), blocks on the Condition"),
+    ("waits", ("waits",), "caller: into get(), blocks"),
     ("io_runs", ("yielded", "io_woken"), "I/O thread has the GIL (back from its yield, or epoll)"),
     ("written", ("written",), "I/O: commands, pump, frame, sock.send returned"),
     ("io_sleeps", ("io_sleeps",), "I/O: rest of the iteration, into epoll"),
@@ -88,7 +94,7 @@ STEPS: List[Tuple[str, Tuple[str, ...], str]] = [
     ("read", ("read",), "I/O: recv_into + copy"),
     ("parsed", ("parsed",), "I/O: parse the frame, route it (session, router)"),
     ("handed", ("handed",), "I/O: router.flush up to InboundBuffer.offer_many"),
-    ("yields", ("yields",), "I/O: lock, ring push, Condition.notify"),
+    ("yields", ("yields",), "I/O: lock, ring push, wake the blocked consumer"),
     ("got", ("got",), "caller: wakes, takes the GIL and the reply, get() returns"),
 ]
 
@@ -241,8 +247,12 @@ def one_repetition(
 ) -> Tuple[List[Dict[str, int]], Dict[str, List[int]]]:
     """n round trips per client; returns the stamped round trips and the totals."""
     wsc = websocket.create_connection(f"{base}/echo", timeout=WAIT)
+    stack = contextlib.ExitStack()
+    wss = stack.enter_context(
+        websockets_connect(f"{base}/echo", compression=None, open_timeout=WAIT)
+    )
     inst, plain = _tether(f"{base}/echo"), _tether(f"{base}/echo")
-    totals: Dict[str, List[int]] = {"tether": [], "websocket-client": []}
+    totals: Dict[str, List[int]] = {"tether": [], "websocket-client": [], "websockets": []}
     wsc_send: List[int] = []
     trips: List[Dict[str, int]] = []
     try:
@@ -291,16 +301,33 @@ def one_repetition(
                 if echo != PAYLOAD:
                     raise RuntimeError(f"bad echo {echo!r}")
 
-        blocks: List[Callable[[int, bool], None]] = [stamped_block, plain_block, wsc_block]
+        def wss_block(count: int, keep: bool) -> None:
+            for _ in range(count):
+                t0 = clock()
+                wss.send(PAYLOAD)
+                echo = wss.recv(timeout=WAIT)
+                if keep:
+                    totals["websockets"].append(clock() - t0)
+                if echo != PAYLOAD:
+                    raise RuntimeError(f"bad echo {echo!r}")
+
+        blocks: List[Callable[[int, bool], None]] = [
+            stamped_block,
+            plain_block,
+            wsc_block,
+            wss_block,
+        ]
         for _ in range(-(-warmup // BLOCK)):
             for block in blocks:
                 block(BLOCK, False)
         for k in range(-(-n // BLOCK)):
-            order = blocks[k % 3 :] + blocks[: k % 3]  # rotating: drift hits all alike
+            j = k % len(blocks)
+            order = blocks[j:] + blocks[:j]  # rotating: drift hits all alike
             for block in order:
                 block(min(BLOCK, n - k * BLOCK), True)
     finally:
         wsc.close()
+        stack.close()
         inst.close(timeout=5)
         plain.close(timeout=5)
     totals["tether (stamped)"] = [t["got"] - t["send"] for t in trips]
@@ -387,12 +414,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     ):
         print(f"{key:<32}     {spread([r[key] for r in reps], digits)}")
     print()
-    for name in ("tether (stamped)", "tether", "websocket-client", "websocket-client send()"):
+    names = (
+        "tether (stamped)",
+        "tether",
+        "websocket-client",
+        "websockets",
+        "websocket-client send()",
+    )
+    for name in names:
         p50 = [r[f"total {name}"] for r in reps]
         p99 = [r[f"p99 {name}"] for r in reps]
         print(f"{'total ' + name:<32} p50 {spread(p50)}   p99 {spread(p99)}")
-    ratios = [r["total websocket-client"] / r["total tether"] for r in reps]
-    print(f"{'p50 websocket-client / tether':<32}     {spread(ratios, 2)}")
+    for peer in ("websocket-client", "websockets"):
+        ratios = [r[f"total {peer}"] / r["total tether"] for r in reps]
+        print(f"{'p50 ' + peer + ' / tether':<32}     {spread(ratios, 2)}")
     if args.json:
         meta = {"n": args.n, "repeat": args.repeat, "load": [load_before, load_after]}
         with open(args.json, "w") as fh:
