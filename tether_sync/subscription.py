@@ -125,7 +125,10 @@ class InboundBuffer:
             # iteration (until its next selector wait): a round trip's reply
             # then waited for that too. Yield the GIL once so the consumer
             # runs now (measured: echo p50 about 0.7 -> 0.9 of
-            # websocket-client's speed). A zero-length sleep: never blocks.
+            # websocket-client's speed in bench_client.py, whose round trips
+            # interleave the clients; tether_sync's own p50 did not move, the
+            # peers' did: benchmarks/README.md, "Issue 22, third pass").
+            # A zero-length sleep: never blocks.
             _yield_gil(0)
         if schedule:
             assert self._dispatch is not None
