@@ -58,12 +58,16 @@ class InboundBuffer:
         self._on_error = on_error
         self._on_resume = on_resume
         # Guards _ring, _closed, _scheduled, _refused and _waiters. The I/O thread holds it
-        # only for a push; consumers hold it only to pop, never while calling back.
-        self._cond = threading.Condition(threading.Lock())
+        # only for a push; consumers hold it only to pop, never while calling back
+        # nor while blocked (see _wait_and_pop).
+        self._lock = threading.Lock()
         self._closed = False
         self._scheduled = False  # a drain task is queued on the dispatcher
         self._refused = False  # a "block" push was refused: someone waits for room
-        self._waiters = 0  # consumers blocked in get()
+        # Consumers blocked in get(), oldest first: each sleeps on a lock of its
+        # own, which a push releases (what threading.Condition does, without its
+        # generic checks and copies: this is half of a round trip's hand-off).
+        self._waiters: Deque[threading.Lock] = deque()
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -85,8 +89,9 @@ class InboundBuffer:
             how many of ``items`` were taken; a full ``block`` buffer takes only
             what fits, and the caller keeps the rest, in order.
         """
-        schedule = handed = False
-        with self._cond:
+        schedule = False
+        wake: List[threading.Lock] = []
+        with self._lock:
             if self._closed:
                 return 0, len(items)
             ring = self._ring
@@ -109,15 +114,21 @@ class InboundBuffer:
                     if not self._scheduled:
                         self._scheduled = schedule = True
                 elif self._waiters:
-                    self._cond.notify(len(items))
-                    handed = True
-        if handed:
+                    waiters = self._waiters
+                    for _ in range(min(len(items), len(waiters))):
+                        wake.append(waiters.popleft())
+        if wake:
+            for waiter in wake:
+                waiter.release()
             # A consumer blocked in get() was just woken, but it needs the GIL,
             # which this thread would otherwise keep for the rest of its loop
             # iteration (until its next selector wait): a round trip's reply
             # then waited for that too. Yield the GIL once so the consumer
             # runs now (measured: echo p50 about 0.7 -> 0.9 of
-            # websocket-client's speed). A zero-length sleep: never blocks.
+            # websocket-client's speed in bench_client.py, whose round trips
+            # interleave the clients; tether_sync's own p50 did not move, the
+            # peers' did: benchmarks/README.md, "Issue 22, third pass").
+            # A zero-length sleep: never blocks.
             _yield_gil(0)
         if schedule:
             assert self._dispatch is not None
@@ -135,7 +146,7 @@ class InboundBuffer:
         return dropped, accepted == 1
 
     def _took(self) -> Optional[Callable[[], None]]:
-        # With _cond held: after a pop, the resume hook to call (outside the lock)
+        # With _lock held: after a pop, the resume hook to call (outside the lock)
         # if a refused "block" push is waiting and we are at the low-water mark.
         if self._refused and len(self._ring) <= self._low_water:
             self._refused = False
@@ -150,7 +161,7 @@ class InboundBuffer:
         finished = False
         try:
             while True:
-                with self._cond:
+                with self._lock:
                     if not self._ring or self._closed:
                         self._scheduled = False
                         finished = True
@@ -173,7 +184,7 @@ class InboundBuffer:
             # thread) must not leave the buffer thinking a drain is still queued:
             # the next offer() schedules a new one.
             if not finished:
-                with self._cond:
+                with self._lock:
                     self._scheduled = False
 
     def get(self, timeout: Optional[float] = None) -> Any:
@@ -183,7 +194,7 @@ class InboundBuffer:
             TimeoutError: nothing arrived in time.
             ClientClosed: the buffer was closed and is empty.
         """
-        with self._cond:
+        with self._lock:
             if self._ring:  # the common case under load: no deadline to set up
                 item = self._ring.pop()
                 resume = self._took()
@@ -194,31 +205,47 @@ class InboundBuffer:
         return item
 
     def _wait_and_pop(self, timeout: Optional[float]) -> Tuple[Any, Optional[Callable[[], None]]]:
-        # With _cond held: wait for an item, then take it.
+        # With _lock held: wait for an item, then take it. The lock is released
+        # while blocked, and held again on return (or raise).
         deadline = Deadline(timeout)
+        lock = self._lock
         while not self._ring:
             if self._closed:
                 raise ClientClosed("subscription closed")
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"no message within {timeout}s")
-            self._waiters += 1
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)  # a push (or close) releases it
+            lock.release()
+            woken = False
             try:
-                self._cond.wait(remaining)
+                woken = waiter.acquire(True, -1 if remaining is None else remaining)
             finally:
-                self._waiters -= 1
+                lock.acquire()
+                if not woken:
+                    # Timed out (or interrupted): leave the queue, unless a push
+                    # took this waiter out just now; then the loop finds its item.
+                    try:
+                        self._waiters.remove(waiter)
+                    except ValueError:
+                        pass
         return self._ring.pop(), self._took()
 
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh lock (the old one may be held), and closed."""
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._closed = True
+        self._waiters = deque()  # their threads did not survive the fork
 
     def close(self) -> None:
         """Wake every waiter; later offers are ignored. Idempotent."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            waiter.release()
 
 
 class Subscription:

@@ -72,3 +72,68 @@ def test_a_sub_millisecond_timeout_waits_instead_of_spinning(epoll: bool) -> Non
         assert time.monotonic() - start >= 0.0002
     finally:
         poller.close()
+
+
+@pytest.mark.parametrize("epoll", BACKENDS)
+def test_a_wake_from_another_thread_ends_a_wait_in_progress(epoll: bool) -> None:
+    import threading
+
+    poller = Poller(epoll=epoll)
+    entering, returned = threading.Event(), threading.Event()
+
+    def io_thread() -> None:
+        entering.set()
+        poller.wait(30.0)  # only the wake-up ends this in time
+        returned.set()
+
+    thread = threading.Thread(target=io_thread, daemon=True)
+    thread.start()
+    try:
+        assert entering.wait(5.0)
+        poller.wake()  # whether it is still entering wait() or already asleep in it
+        assert returned.wait(5.0), "the wake-up was lost"
+    finally:
+        thread.join(5.0)
+        poller.close()
+
+
+@pytest.mark.parametrize("epoll", BACKENDS)
+def test_no_wake_up_is_lost_whether_the_waiter_is_busy_or_asleep(epoll: bool) -> None:
+    # Ping-pong, as a run of round trips: the waker posts work and wakes the
+    # poller while its thread is sometimes busy (the wake-up is only recorded,
+    # no byte written) and sometimes asleep in the selector (a byte is written).
+    # A lost wake-up leaves the waiter asleep for its whole 30 s wait.
+    import collections
+    import threading
+
+    poller = Poller(epoll=epoll)
+    work: collections.deque[int] = collections.deque()
+    done: collections.deque[int] = collections.deque()
+    answered = threading.Condition()
+    stop = threading.Event()
+    n = 2000
+
+    def io_thread() -> None:
+        while not stop.is_set():
+            poller.wait(30.0)
+            while work:
+                item = work.popleft()
+                with answered:
+                    done.append(item)
+                    answered.notify()
+
+    thread = threading.Thread(target=io_thread, daemon=True)
+    thread.start()
+    try:
+        for i in range(n):
+            work.append(i)
+            poller.wake()
+            with answered:
+                assert answered.wait_for(lambda i=i: len(done) > i, 5.0), f"wake-up {i} lost"
+        assert list(done) == list(range(n))
+    finally:
+        stop.set()
+        poller.wake()
+        thread.join(5.0)
+        poller.close()
+    assert not thread.is_alive()

@@ -102,6 +102,40 @@ def test_blocked_get_wakes_on_offer_from_another_thread() -> None:
     assert getter.error is None and getter.item == "hello"
 
 
+def test_a_batch_wakes_one_blocked_get_per_item() -> None:
+    # Three consumers blocked in get(): one read of three items gives each one.
+    buf = InboundBuffer(10, "drop-oldest")
+    getters = [Getter(buf) for _ in range(3)]
+    for g in getters:
+        g.start()
+    for g in getters:
+        assert g.started_waiting.wait(WAIT)
+    buf.offer_many(["a", "b", "c"])
+    for g in getters:
+        assert g.finished.wait(WAIT), "a consumer was not woken"
+        g.join(WAIT)
+    assert sorted(g.item for g in getters) == ["a", "b", "c"]
+    assert all(g.error is None for g in getters)
+
+
+def test_a_get_that_timed_out_leaves_no_stale_waiter_behind() -> None:
+    # The first consumer gives up; the item that comes later goes to the one
+    # still waiting, not to the waiter of the one that left.
+    buf = InboundBuffer(10, "drop-oldest")
+    quitter = Getter(buf, timeout=0.01)
+    quitter.start()
+    assert quitter.finished.wait(WAIT)
+    quitter.join(WAIT)
+    assert isinstance(quitter.error, TimeoutError)
+    stayer = Getter(buf)
+    stayer.start()
+    assert stayer.started_waiting.wait(WAIT)
+    buf.offer("late")
+    assert stayer.finished.wait(WAIT), "the item's wake-up went to the consumer that left"
+    stayer.join(WAIT)
+    assert stayer.error is None and stayer.item == "late"
+
+
 def test_close_wakes_a_blocked_get_with_client_closed() -> None:
     buf = InboundBuffer(4, "drop-oldest")
     getter = Getter(buf, timeout=None)

@@ -2,7 +2,14 @@
 
 The I/O thread blocks in one place only, :meth:`Poller.wait`. User threads
 interrupt it by writing one byte to a socketpair (:meth:`Poller.wake`; the
-mailbox and the outbox write it only when none is pending). The socket's
+mailbox and the outbox ask for a wake-up only when none is pending). The byte
+is written only while the I/O thread is in (or entering) the selector: a
+wake-up asked for while it is busy is only recorded, and its next
+:meth:`Poller.wait` does not sleep. In a run of round trips the caller's next
+``send()`` comes while the I/O thread is still finishing the iteration that
+handed over the reply (nearly always, measured), so that send made a system
+call for nothing, and the loop a second, empty iteration to read the byte
+(``benchmarks/bench_rtt_breakdown.py``). The socket's
 registration is kept exactly as the loop asks (STYLE §3.4): reading unless
 inbound is held, writing only while framed bytes wait; :class:`Interest`
 (in :mod:`.transport`, beside the
@@ -19,6 +26,7 @@ import math
 import select
 import selectors
 import socket
+import threading
 from typing import List, Optional
 
 from .transport import Change, Link
@@ -43,6 +51,12 @@ class Poller:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
+        # _state_lock guards _polling and _asked, the wake-up handshake between
+        # wakers and the I/O thread (see wake()); held for two attribute
+        # accesses, never across a system call.
+        self._state_lock = threading.Lock()
+        self._polling = False  # the I/O thread is in, or entering, the selector
+        self._asked = False  # a wake-up was asked for while the I/O thread was busy
         # One socket at most is registered beside the wake pair: the loop has
         # one connection at a time (the next one registers after release).
         self._sock_fd = -1  # the socket registered (epoll keys by fd), and for what
@@ -57,7 +71,14 @@ class Poller:
             self._selector.register(self._wake_r, READ, None)
 
     def wake(self) -> None:
-        """Interrupt :meth:`wait` (any thread)."""
+        """Interrupt :meth:`wait`, or keep the next one from sleeping (any thread)."""
+        # Busy (not polling): only record it; the I/O thread reads _asked under
+        # the same lock in the step that sets _polling, before it sleeps, so
+        # either it sees _asked or this waker sees _polling and writes the byte.
+        with self._state_lock:
+            if not self._polling:
+                self._asked = True
+                return
         # Non-blocking: a waker never waits for the I/O thread. A full pair
         # means bytes are pending already, so dropping this one loses nothing.
         try:
@@ -72,6 +93,30 @@ class Poller:
         """
         ready: List[int] = []
         woken = False
+        with self._state_lock:
+            if self._asked:  # a wake-up came while this thread was busy: do not sleep
+                self._asked = False
+                timeout = 0.0
+            self._polling = True
+        try:
+            woken = self._select(timeout, ready)
+        finally:
+            # Unlocked: a waker that still reads True writes a byte (a spurious
+            # wake-up, harmless); one that reads False records _asked.
+            self._polling = False
+        if woken:
+            # One recv is enough: a wake byte is written only when none is
+            # pending, so at most a few bytes wait.
+            try:
+                self._wake_r.recv(4096)
+            except OSError:  # BlockingIOError: a spurious wake-up
+                pass
+        return ready
+
+    def _select(self, timeout: Optional[float], ready: List[int]) -> bool:
+        # One selector call: the socket's events go into ``ready``; True if the
+        # wake pair was readable.
+        woken = False
         if self._epoll is not None:
             if timeout is None:
                 wait = -1.0
@@ -80,7 +125,7 @@ class Poller:
             try:
                 events = self._epoll.poll(wait, 2)  # two fds at most: the socket, the wake pair
             except InterruptedError:
-                return ready  # a signal: the loop recomputes its timeout and waits again
+                return False  # a signal: the loop recomputes its timeout and waits again
             for fd, ev in events:
                 if fd == self._wake_fd:
                     woken = True
@@ -96,14 +141,7 @@ class Poller:
                     woken = True
                 else:
                     ready.append(mask)
-        if woken:
-            # One recv is enough: a wake byte is written only when none is
-            # pending, so at most a few bytes wait.
-            try:
-                self._wake_r.recv(4096)
-            except OSError:  # BlockingIOError: a spurious wake-up
-                pass
-        return ready
+        return woken
 
     def watch(self, link: Link, mask: int) -> None:
         """Register ``link`` for exactly ``mask`` (0: unregister)."""
