@@ -68,11 +68,16 @@ def encode(message: Any) -> str:
     except ValueError:  # an infinite float somewhere: rare, so checked only now
         message = _finite(message)
         text = _COMPACT.encode(message)
+    return _sendable(text, message)
+
+
+def _sendable(text: str, message: Any) -> str:
+    # ``text`` if a text frame can carry it; ``\\u`` escapes for a lone surrogate.
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            text = _ASCII.encode(message)
+            return _ASCII.encode(message)
     return text
 
 
@@ -111,9 +116,4 @@ def encode_parsed(message: Any) -> str:
         text = "".join(_PARSED(message, 0))
     except ValueError:  # an infinite float somewhere: let encode() handle it
         return encode(message)
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = _ASCII.encode(message)
-    return text
+    return _sendable(text, message)
