@@ -15,11 +15,11 @@ What survives what (the fsync policy):
   *process* (``kill -9``, an exception, ``os._exit``): the data is in the kernel's
   page cache, which the OS writes out. A power loss or an OS crash can lose the
   last transactions, those committed since the WAL was last synced: at most one
-  checkpoint interval (:data:`CHECKPOINT_PAGES` WAL pages, 4 MB: about 2,400
-  lone 64-byte sends), and in practice no more than the kernel's writeback delay
-  (about 30 s on Linux). Such a loss cannot tear the file: SQLite's WAL
-  checksums drop the incomplete tail, and the file opens in the state of an
-  earlier commit.
+  checkpoint interval (:data:`CHECKPOINT_BYTES` of WAL, 4 MB: about 900 lone
+  64-byte sends, or 19,000 in ``send_many()`` batches), and in practice no more
+  than the kernel's writeback delay (about 30 s on Linux). Such a loss cannot
+  tear the file: SQLite's WAL checksums drop the incomplete tail, and the file
+  opens in the state of an earlier commit.
 * ``DurableStore(path, fsync=True)``: ``synchronous=FULL``; every commit is
   fsynced before ``append()`` returns, so it also survives a power loss, at the
   cost of one fsync per transaction (group commit shares it among concurrent
@@ -55,9 +55,9 @@ calls and the WAL index lives in memory (no ``-shm`` file); the flock below
 already keeps every other store out. The price: while a store is open no other
 SQLite connection can read the file (e.g. the ``sqlite3`` shell). Checkpoints
 are SQLite's auto-checkpoint on the committing thread, every
-:data:`CHECKPOINT_PAGES` WAL pages; a checkpoint fsyncs (even with ``NORMAL``),
-so one append in about 2,400 takes some milliseconds. New files use
-:data:`PAGE_SIZE` (1 KB) pages: a lone append writes about 1.7 KB to the WAL.
+:data:`CHECKPOINT_BYTES` of WAL; a checkpoint fsyncs (even with ``NORMAL``),
+so one lone append in about 900 takes some milliseconds. New files use
+:data:`PAGE_SIZE` (4 KB) pages: a lone append writes about 4.5 KB to the WAL.
 
 Discards are lazy. :meth:`discard` (acknowledged messages) never waits and
 writes nothing itself: the seqs are deleted, as ranges, in the next transaction
@@ -146,13 +146,15 @@ FORMAT_NAME = "tether_sync.engine.outbox"
 CRASH_SEQ_GAP = 1 << 20
 #: Transactions a leading appender commits at most before the background takes over.
 LEADER_ROUNDS = 4
-#: WAL pages after which a commit checkpoints (SQLite's ``wal_autocheckpoint``):
-#: 4 MB of WAL with PAGE_SIZE. A checkpoint costs three fsyncs (~5 ms here).
-CHECKPOINT_PAGES = 4096
+#: Bytes of WAL after which a commit checkpoints (SQLite's ``wal_autocheckpoint``,
+#: in pages of the file's size). A checkpoint costs three fsyncs (~5 ms here).
+CHECKPOINT_BYTES = 4 << 20
 #: Page size of a new file (an existing file keeps its own). A lone append
-#: writes one page to the WAL: small pages make small messages cheap (1 KB
-#: holds about four 64-byte tether envelopes; larger messages overflow).
-PAGE_SIZE = 1024
+#: writes about one page to the WAL, whatever its size: 1 KB pages cost a lone
+#: append no less here (the system call dominates), but a batch of 1,000 tether
+#: envelopes about 2 us a message more than 4 KB pages (more pages, B-tree
+#: splits and WAL frames); larger pages make lone appends dearer (issue 22).
+PAGE_SIZE = 4096
 #: Discarded seqs that are written at once (in the next transaction) ...
 DISCARD_BATCH = 1024
 #: ... else at most this many seconds after the first of them (see :meth:`DurableStore.discard`).
@@ -347,7 +349,8 @@ class DurableStore:
         self._wake = threading.Condition(self._lock)
         # The lone append's INSERT runs on this one cursor: Connection.execute
         # makes a cursor per call (about 0.5 us of the ~11 us an INSERT costs).
-        self._insert = self._conn.cursor().execute
+        self._cursor = self._conn.cursor()
+        self._insert = self._cursor.execute
         self._batches: Deque[_Batch] = deque()
         self._discards: List[int] = []
         self._discard_since = 0.0  # monotonic time the oldest unwritten discard came
@@ -807,6 +810,10 @@ class DurableStore:
             self._fail_all(TetherError(f"outbox {self.path}: committer stopped: {exc!r}"), exc)
         finally:
             try:
+                # The cursor first: a statement it left unreset (its INSERT failed
+                # on a full disk) would keep the connection open as a zombie, with
+                # the file's lock, for as long as this store is referenced.
+                self._cursor.close()
                 self._conn.close()
             except sqlite3.Error:
                 log.exception("outbox %s: closing the database failed", self.path)
@@ -1159,7 +1166,8 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
         else:
             session_id, last_seq, pending = _load(conn, path, fsync)
         conn.execute("PRAGMA synchronous = " + ("FULL" if fsync else "NORMAL"))
-        conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
+        pages = max(1, CHECKPOINT_BYTES // _scalar(conn, "PRAGMA page_size"))
+        conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         return conn, session_id, last_seq, pending
     except sqlite3.Error as exc:
         conn.close()
