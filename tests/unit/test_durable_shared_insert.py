@@ -7,9 +7,16 @@ from typing import List, Tuple
 
 import pytest
 
-from tether_sync.durable import SHARED_ROWS, DurableStore, _Item, _shared_sql
+from tether_sync.durable import (
+    SHARED_CHUNK,
+    SHARED_ROWS,
+    DurableStore,
+    _Item,
+    _shared_inserts,
+    _shared_sql,
+)
 
-CHANNELS = ["bench", "it's", "o''k", "é ✓ 通道", "a;DROP TABLE messages;--", "", "x\\y"]
+CHANNELS = ["a\x00b", "bench", "it's", "o''k", "é ✓ 通道", "a;DROP TABLE messages;--", "", "x\\y"]
 
 
 @pytest.mark.parametrize("channel", CHANNELS)
@@ -50,12 +57,33 @@ def test_mixed_channels_in_one_transaction_keep_each_its_own(tmp_path: Path) -> 
         assert reopened.close()
 
 
-def test_channels_that_cannot_be_a_literal_take_the_bound_form() -> None:
-    def sql(channel: str) -> object:
-        return _shared_sql([_Item("i", channel, 1, b"d"), _Item("j", channel, 1, b"d")])
+@pytest.mark.parametrize("count", [SHARED_ROWS, 1000, SHARED_CHUNK * 2 + 7, 9000])
+def test_batches_of_any_size_are_stored_whole_and_in_order(tmp_path: Path, count: int) -> None:
+    # 9000: beyond MAX_BATCH, so two transactions of one channel each.
+    path = str(tmp_path / "outbox.sqlite")
+    rows = [(f"m{n}", "c", 1, n.to_bytes(2, "big")) for n in range(count)]
+    store = DurableStore(path)
+    try:
+        store.append("lone", "c", 1, b"first")  # the seqs of the batch do not start at 1
+        assert store.append_many(rows) == list(range(2, count + 2))
+    finally:
+        assert store.close()
+    reopened = DurableStore(path)
+    try:
+        got = [(m.seq, m.msg_id, m.channel, m.op, m.data) for m in reopened.pending()]
+    finally:
+        assert reopened.close()
+    assert got == [(1, "lone", "c", 1, b"first")] + [
+        (n + 2, m, c, o, d) for n, (m, c, o, d) in enumerate(rows)
+    ]
 
-    assert sql("a\x00b") is None  # NUL ends an SQL literal
-    assert sql("\ud800") is None  # a lone surrogate is no UTF-8
-    assert sql("it's") == (
-        "INSERT INTO messages (seq, msg_id, channel, op, data) VALUES (?, ?, 'it''s', 1, ?)"
-    )
+
+def test_the_shared_insert_binds_channel_and_opcode_once() -> None:
+    sql = _shared_sql(3)
+    assert sql.count("?1") == 3 and sql.count("?2") == 3
+    inserts = _shared_inserts([_Item(f"i{n}", "ch", 2, b"d") for n in range(SHARED_CHUNK + 3)])
+    assert inserts is not None
+    assert [len(v) for _, v in inserts] == [2 + 3 * SHARED_CHUNK, 2 + 3 * 2, 2 + 3 * 1]
+    assert inserts[0][1][:5] == ["ch", 2, 0, "i0", b"d"]
+    assert _shared_inserts([_Item("a", "x", 1, b""), _Item("b", "y", 1, b"")]) is None
+    assert _shared_inserts([_Item("a", "x", 1, b""), _Item("b", "x", 2, b"")]) is None
