@@ -550,7 +550,7 @@ class TetherClient:
         # The ids as made (with a durable outbox, for its rows): reading them
         # back from the envelopes costs about 0.7 us a message.
         ids: Optional[List[str]] = [] if self._store is not None else None
-        made = [self._make_delivery(payload, channel, ids) for payload in payloads]
+        made = self._make_many(payloads, channel, ids)
         if not made:
             return made
         if not self._started:
@@ -569,6 +569,40 @@ class TetherClient:
             for d in made:
                 if not d.done():
                     self._queued(d)
+        return made
+
+    def _make_many(
+        self, payloads: Iterable[Any], channel: str, ids: Optional[List[str]]
+    ) -> List[Delivery]:
+        """send_many's encoding: :meth:`_make_delivery` for each payload, in a loop.
+
+        With protocol tether the envelope is built here from the pieces of one
+        :func:`encode_data` result (the same text, byte for byte): the channel's
+        prefix and the id's quoting are done once for the batch, not per
+        message (about 0.5 us a message of ~2).
+        """
+        if self._config.protocol != "tether":
+            return [self._make_delivery(payload, channel, ids) for payload in payloads]
+        # Keys in the order channel, type, payload, id: the payload ``null``
+        # is the last "null" before the id ``"~"`` (ids are [0-9a-f-]).
+        sample = encode_data(channel, None, "~")
+        at = sample.rindex('null,"id":"~"}')
+        prefix = sample[:at]
+        id_head, id_tail = sample[at + 4 :].split("~")
+        encode = encode_json
+        limit = self._config.max_message_size
+        id_prefix, counter, dispatch = self._id_prefix, self._ids, self._dispatch_fn
+        made: List[Delivery] = []
+        for payload in payloads:
+            msg_id = f"{id_prefix}{next(counter):012x}"
+            data = (prefix + encode(payload) + id_head + msg_id + id_tail).encode()
+            if len(data) > limit:
+                raise ValueError(
+                    f"message of {len(data)} bytes is larger than max_message_size ({limit})"
+                )
+            if ids is not None:
+                ids.append(msg_id)
+            made.append(Delivery(None, channel, payload, frames.OP_TEXT, data, dispatch))
         return made
 
     def _make_delivery(
