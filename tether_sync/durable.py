@@ -623,8 +623,9 @@ class DurableStore:
         """Delete messages (acknowledged, or given up) lazily; never waits.
 
         They are deleted in the first transaction after :data:`DISCARD_BATCH`
-        have gathered or :data:`DISCARD_DELAY` passed (see the module notes),
-        and at :meth:`close`. Unknown seqs are ignored. Raises
+        have gathered (an append's), or by the background committer once the
+        oldest is :data:`DISCARD_DELAY` old (see the module notes), and at
+        :meth:`close`. Unknown seqs are ignored. Raises
         :class:`ClientClosed` once closed.
         """
         self._check_fork()
@@ -636,8 +637,11 @@ class DurableStore:
             if not self._discards:
                 self._wake.notify()  # the background thread keeps the deadline
             self._add_discards(seqs)
-            if len(self._discards) >= DISCARD_BATCH:
-                self._kick_background()
+            # No transaction of their own once DISCARD_BATCH have gathered: the
+            # next append's carries them (the background thread's, at the
+            # deadline, if none comes). Kicking the background here made it
+            # commit them alone, and a send_many() arriving meanwhile waited
+            # for it: a thread hand-off and a transaction more (issue 22).
 
     def raise_seq(self, seq: int) -> None:
         """Make ``last_seq`` at least ``seq`` (e.g. ``acked`` of ``hello-ok``); never waits.
