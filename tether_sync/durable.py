@@ -150,11 +150,12 @@ LEADER_ROUNDS = 4
 #: Bytes of WAL after which a commit checkpoints (SQLite's ``wal_autocheckpoint``,
 #: in pages of the file's size). A checkpoint costs three fsyncs (~5 ms here).
 CHECKPOINT_BYTES = 4 << 20
-#: Page size of a new file (an existing file keeps its own). A lone append
-#: writes about one page to the WAL, whatever its size: 1 KB pages cost a lone
-#: append no less here (the system call dominates), but a batch of 1,000 tether
-#: envelopes about 2 us a message more than 4 KB pages (more pages, B-tree
-#: splits and WAL frames); larger pages make lone appends dearer (issue 22).
+#: Page size of a new file (an existing file keeps its own). A trade (issue 22,
+#: measured here, fsync off): against 1 KB pages, a batch of 1,000 tether
+#: envelopes costs about 2 us a message less (fewer pages, B-tree splits and WAL
+#: frames), a lone append about 2 us more of its ~17 us (it writes and checksums
+#: a whole page, and the 4 MB between checkpoints hold fewer of them); 8 and
+#: 16 KB pages make lone appends dearer still and batches no cheaper.
 PAGE_SIZE = 4096
 #: Discarded seqs that are written at once (in the next transaction) ...
 DISCARD_BATCH = 1024
