@@ -50,7 +50,7 @@ from typing import Deque, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tether_sync.durable import CHECKPOINT_PAGES, PAGE_SIZE, AppendHandle, DurableStore
+from tether_sync.durable import CHECKPOINT_BYTES, PAGE_SIZE, AppendHandle, DurableStore
 
 PAYLOAD = b"x" * 64
 TARGET = 20_000
@@ -117,7 +117,7 @@ def raw_sqlite(path: str, fsync: bool, n: int) -> float:
     conn.execute("PRAGMA locking_mode = EXCLUSIVE")
     conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_BYTES // PAGE_SIZE}")
     conn.execute("PRAGMA synchronous = " + ("FULL" if fsync else "NORMAL"))
     conn.execute("CREATE TABLE m (seq INTEGER PRIMARY KEY, i TEXT, c TEXT, op INT, d BLOB)")
     t = time.perf_counter()

@@ -547,15 +547,18 @@ class TetherClient:
         """
         if not isinstance(channel, str):
             raise TypeError(f"channel must be a str, not {type(channel).__name__}")
-        made = [self._make_delivery(payload, channel) for payload in payloads]
+        # The ids as made (with a durable outbox, for its rows): reading them
+        # back from the envelopes costs about 0.7 us a message.
+        ids: Optional[List[str]] = [] if self._store is not None else None
+        made = self._make_many(payloads, channel, ids)
         if not made:
             return made
         if not self._started:
             self._start_on_send()
         loop = self._loop
         offline = loop.state is not State.OPEN
-        if self._store is not None:
-            self._send_many_durable(made, timeout, offline)
+        if ids is not None:
+            self._send_many_durable(made, ids, timeout, offline)
             return made
         dropped, refused, why = loop.outbox.put_many(made, timeout)
         if dropped:
@@ -568,9 +571,48 @@ class TetherClient:
                     self._queued(d)
         return made
 
-    def _make_delivery(self, payload: Any, channel: str) -> Delivery:
+    def _make_many(
+        self, payloads: Iterable[Any], channel: str, ids: Optional[List[str]]
+    ) -> List[Delivery]:
+        """send_many's encoding: :meth:`_make_delivery` for each payload, in a loop.
+
+        With protocol tether the envelope is built here from the pieces of one
+        :func:`encode_data` result (the same text, byte for byte): the channel's
+        prefix and the id's quoting are done once for the batch, not per
+        message (about 0.5 us a message of ~2).
+        """
+        if self._config.protocol != "tether":
+            return [self._make_delivery(payload, channel, ids) for payload in payloads]
+        # Keys in the order channel, type, payload, id: the payload ``null``
+        # is the last "null" before the id ``"~"`` (ids are [0-9a-f-]).
+        sample = encode_data(channel, None, "~")
+        at = sample.rindex('null,"id":"~"}')
+        prefix = sample[:at]
+        id_head, id_tail = sample[at + 4 :].split("~")
+        encode = encode_json
+        limit = self._config.max_message_size
+        id_prefix, counter, dispatch = self._id_prefix, self._ids, self._dispatch_fn
+        made: List[Delivery] = []
+        for payload in payloads:
+            msg_id = f"{id_prefix}{next(counter):012x}"
+            data = (prefix + encode(payload) + id_head + msg_id + id_tail).encode()
+            if len(data) > limit:
+                raise ValueError(
+                    f"message of {len(data)} bytes is larger than max_message_size ({limit})"
+                )
+            if ids is not None:
+                ids.append(msg_id)
+            made.append(Delivery(None, channel, payload, frames.OP_TEXT, data, dispatch))
+        return made
+
+    def _make_delivery(
+        self, payload: Any, channel: str, ids: Optional[List[str]] = None
+    ) -> Delivery:
         # Encode in the caller's thread (a bad payload fails here, never later).
+        # ``ids``: the message id is appended to it too (send_many's rows).
         msg_id = f"{self._id_prefix}{next(self._ids):012x}"
+        if ids is not None:
+            ids.append(msg_id)
         if self._config.protocol == "tether":
             data = encode_data(channel, payload, msg_id).encode()
             op = frames.OP_TEXT
@@ -623,7 +665,7 @@ class TetherClient:
         return d
 
     def _send_many_durable(
-        self, made: List[Delivery], timeout: Optional[float], offline: bool
+        self, made: List[Delivery], ids: List[str], timeout: Optional[float], offline: bool
     ) -> None:
         # One batch, numbered consecutively and committed in one transaction (up
         # to the store's MAX_BATCH): room is waited for once, before it is stored.
@@ -639,7 +681,9 @@ class TetherClient:
                 d.set_exception(QueueFull(str(exc)))
             return
         store.append_many(
-            [(d.id, d.channel, d._op, d._data) for d in made], deadline.remaining(), refs=made
+            [(i, d.channel, d._op, d._data) for i, d in zip(ids, made)],
+            deadline.remaining(),
+            refs=made,
         )
         if offline:
             for d in made:

@@ -15,11 +15,11 @@ What survives what (the fsync policy):
   *process* (``kill -9``, an exception, ``os._exit``): the data is in the kernel's
   page cache, which the OS writes out. A power loss or an OS crash can lose the
   last transactions, those committed since the WAL was last synced: at most one
-  checkpoint interval (:data:`CHECKPOINT_PAGES` WAL pages, 4 MB: about 2,400
-  lone 64-byte sends), and in practice no more than the kernel's writeback delay
-  (about 30 s on Linux). Such a loss cannot tear the file: SQLite's WAL
-  checksums drop the incomplete tail, and the file opens in the state of an
-  earlier commit.
+  checkpoint interval (:data:`CHECKPOINT_BYTES` of WAL, 4 MB: about 900 lone
+  64-byte sends, or 19,000 in ``send_many()`` batches), and in practice no more
+  than the kernel's writeback delay (about 30 s on Linux). Such a loss cannot
+  tear the file: SQLite's WAL checksums drop the incomplete tail, and the file
+  opens in the state of an earlier commit.
 * ``DurableStore(path, fsync=True)``: ``synchronous=FULL``; every commit is
   fsynced before ``append()`` returns, so it also survives a power loss, at the
   cost of one fsync per transaction (group commit shares it among concurrent
@@ -55,9 +55,9 @@ calls and the WAL index lives in memory (no ``-shm`` file); the flock below
 already keeps every other store out. The price: while a store is open no other
 SQLite connection can read the file (e.g. the ``sqlite3`` shell). Checkpoints
 are SQLite's auto-checkpoint on the committing thread, every
-:data:`CHECKPOINT_PAGES` WAL pages; a checkpoint fsyncs (even with ``NORMAL``),
-so one append in about 2,400 takes some milliseconds. New files use
-:data:`PAGE_SIZE` (1 KB) pages: a lone append writes about 1.7 KB to the WAL.
+:data:`CHECKPOINT_BYTES` of WAL; a checkpoint fsyncs (even with ``NORMAL``),
+so one lone append in about 900 takes some milliseconds. New files use
+:data:`PAGE_SIZE` (4 KB) pages: a lone append writes about 4.5 KB to the WAL.
 
 Discards are lazy. :meth:`discard` (acknowledged messages) never waits and
 writes nothing itself: the seqs are deleted, as ranges, in the next transaction
@@ -106,6 +106,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import math
 import os
@@ -146,13 +147,16 @@ FORMAT_NAME = "tether_sync.engine.outbox"
 CRASH_SEQ_GAP = 1 << 20
 #: Transactions a leading appender commits at most before the background takes over.
 LEADER_ROUNDS = 4
-#: WAL pages after which a commit checkpoints (SQLite's ``wal_autocheckpoint``):
-#: 4 MB of WAL with PAGE_SIZE. A checkpoint costs three fsyncs (~5 ms here).
-CHECKPOINT_PAGES = 4096
-#: Page size of a new file (an existing file keeps its own). A lone append
-#: writes one page to the WAL: small pages make small messages cheap (1 KB
-#: holds about four 64-byte tether envelopes; larger messages overflow).
-PAGE_SIZE = 1024
+#: Bytes of WAL after which a commit checkpoints (SQLite's ``wal_autocheckpoint``,
+#: in pages of the file's size). A checkpoint costs three fsyncs (~5 ms here).
+CHECKPOINT_BYTES = 4 << 20
+#: Page size of a new file (an existing file keeps its own). A trade (issue 22,
+#: measured here, fsync off): against 1 KB pages, a batch of 1,000 tether
+#: envelopes costs about 2 us a message less (fewer pages, B-tree splits and WAL
+#: frames), a lone append about 2 us more of its ~17 us (it writes and checksums
+#: a whole page, and the 4 MB between checkpoints hold fewer of them); 8 and
+#: 16 KB pages make lone appends dearer still and batches no cheaper.
+PAGE_SIZE = 4096
 #: Discarded seqs that are written at once (in the next transaction) ...
 DISCARD_BATCH = 1024
 #: ... else at most this many seconds after the first of them (see :meth:`DurableStore.discard`).
@@ -176,6 +180,13 @@ _SCHEMA = (
     " data BLOB NOT NULL)",
 )
 _INSERT = "INSERT INTO messages (seq, msg_id, channel, op, data) VALUES (?, ?, ?, ?, ?)"
+#: Rows in a transaction from which messages that share one channel and opcode
+#: (a ``send_many()``) are inserted by :func:`_shared_inserts` (below it, the
+#: check and the extra statements are not worth it).
+SHARED_ROWS = 16
+#: Rows in one of those INSERTs at most: 2 + 3 x 256 = 770 values stays under
+#: SQLite's oldest limit of 999 bound values a statement.
+SHARED_CHUNK = 256
 _DELETE = "DELETE FROM messages WHERE seq BETWEEN ? AND ?"
 _SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 
@@ -341,7 +352,8 @@ class DurableStore:
         self._wake = threading.Condition(self._lock)
         # The lone append's INSERT runs on this one cursor: Connection.execute
         # makes a cursor per call (about 0.5 us of the ~11 us an INSERT costs).
-        self._insert = self._conn.cursor().execute
+        self._cursor = self._conn.cursor()
+        self._insert = self._cursor.execute
         self._batches: Deque[_Batch] = deque()
         self._discards: List[int] = []
         self._discard_since = 0.0  # monotonic time the oldest unwritten discard came
@@ -612,8 +624,9 @@ class DurableStore:
         """Delete messages (acknowledged, or given up) lazily; never waits.
 
         They are deleted in the first transaction after :data:`DISCARD_BATCH`
-        have gathered or :data:`DISCARD_DELAY` passed (see the module notes),
-        and at :meth:`close`. Unknown seqs are ignored. Raises
+        have gathered (an append's), or by the background committer once the
+        oldest is :data:`DISCARD_DELAY` old (see the module notes), and at
+        :meth:`close`. Unknown seqs are ignored. Raises
         :class:`ClientClosed` once closed.
         """
         self._check_fork()
@@ -625,8 +638,11 @@ class DurableStore:
             if not self._discards:
                 self._wake.notify()  # the background thread keeps the deadline
             self._add_discards(seqs)
-            if len(self._discards) >= DISCARD_BATCH:
-                self._kick_background()
+            # No transaction of their own once DISCARD_BATCH have gathered: the
+            # next append's carries them (the background thread's, at the
+            # deadline, if none comes). Kicking the background here made it
+            # commit them alone, and a send_many() arriving meanwhile waited
+            # for it: a thread hand-off and a transaction more (issue 22).
 
     def raise_seq(self, seq: int) -> None:
         """Make ``last_seq`` at least ``seq`` (e.g. ``acked`` of ``hello-ok``); never waits.
@@ -801,6 +817,10 @@ class DurableStore:
             self._fail_all(TetherError(f"outbox {self.path}: committer stopped: {exc!r}"), exc)
         finally:
             try:
+                # The cursor first: a statement it left unreset (its INSERT failed
+                # on a full disk) would keep the connection open as a zombie, with
+                # the file's lock, for as long as this store is referenced.
+                self._cursor.close()
                 self._conn.close()
             except sqlite3.Error:
                 log.exception("outbox %s: closing the database failed", self.path)
@@ -840,8 +860,11 @@ class DurableStore:
         self, batch: Optional[_Batch], discards: List[int], write_seq: bool, last_seq: int
     ) -> None:
         items = batch.items if batch is not None else []
-        rows = [(i.seq, i.msg_id, i.channel, i.op, i.data) for i in items]
-        if not self._write(rows, discards, write_seq, last_seq):
+        rows: Sequence[Tuple[int, str, str, int, bytes]] = ()
+        shared = _shared_inserts(items) if len(items) >= SHARED_ROWS else None
+        if shared is None:
+            rows = [(i.seq, i.msg_id, i.channel, i.op, i.data) for i in items]
+        if not self._write(rows, discards, write_seq, last_seq, shared or ()):
             if batch is not None:
                 batch.error = self._last_error
             return
@@ -874,15 +897,20 @@ class DurableStore:
 
     def _write(
         self,
-        rows: Sequence[Tuple[int, str, str, int, bytes]],
+        rows: Sequence[Tuple[Any, ...]],
         discards: List[int],
         write_seq: bool,
         last_seq: int,
+        inserts: Sequence[Tuple[str, List[Any]]] = (),
     ) -> bool:
-        """One transaction (the committer only); False if it failed (see _last_error)."""
+        """One transaction (the committer only); False if it failed (see _last_error).
+
+        ``rows`` go in by :data:`_INSERT`; ``inserts`` are further statements
+        with their values (see :func:`_shared_inserts`).
+        """
         conn = self._conn
         try:
-            if len(rows) == 1 and not discards and not write_seq:
+            if len(rows) == 1 and not (discards or write_seq or inserts):
                 # The lone sender's case: one statement is its own transaction
                 # (autocommit), one sqlite3_step instead of three.
                 self._insert(_INSERT, rows[0])
@@ -891,6 +919,8 @@ class DurableStore:
             try:
                 if rows:
                     conn.executemany(_INSERT, rows)
+                for sql, values in inserts:
+                    conn.execute(sql, values)
                 if discards:
                     conn.executemany(_DELETE, _ranges(discards))
                 if write_seq or discards:
@@ -1039,6 +1069,52 @@ _SQLITE_IOERR = 10  # SQLite's primary result codes (sqlite3.h)
 _SQLITE_FULL = 13
 
 
+def _shared_inserts(items: Sequence[_Item]) -> Optional[List[Tuple[str, List[Any]]]]:
+    """INSERTs of many rows for ``items``, when they share one channel and opcode.
+
+    Each statement binds the channel and the opcode once (``?1``, ``?2``) and
+    three values a row (seq, id, data), for up to :data:`SHARED_CHUNK` rows:
+    about 1.5 us a message less than ``executemany`` of :data:`_INSERT` (one
+    ``sqlite3_step`` a statement instead of a row, two fewer values a row).
+    Statements are of :data:`SHARED_CHUNK` rows and then of halving sizes, so
+    few distinct ones are prepared (the sqlite3 module caches them). None when
+    the channels or opcodes differ. ``items`` have consecutive seqs.
+    """
+    first = items[0]
+    channel, op = first.channel, first.op
+    for i in items:
+        if (i.channel is not channel and i.channel != channel) or i.op != op:
+            return None
+    ids = [i.msg_id for i in items]
+    datas = [i.data for i in items]
+    out: List[Tuple[str, List[Any]]] = []
+    start, left, size = 0, len(items), SHARED_CHUNK
+    while left:
+        while size > left:
+            size //= 2
+        values: List[Any] = [None] * (2 + 3 * size)
+        values[0] = channel
+        values[1] = op
+        seq = items[start].seq
+        values[2::3] = range(seq, seq + size)
+        values[3::3] = ids[start : start + size]
+        values[4::3] = datas[start : start + size]
+        out.append((_shared_sql(size), values))
+        start += size
+        left -= size
+    return out
+
+
+@functools.cache
+def _shared_sql(rows: int) -> str:
+    """The INSERT of ``rows`` rows that share the channel ``?1`` and opcode ``?2``."""
+    # A bare ``?`` is numbered one past the largest number before it.
+    first = "(?3, ?4, ?1, ?2, ?5)"
+    return "INSERT INTO messages (seq, msg_id, channel, op, data) VALUES " + ", ".join(
+        [first] + ["(?, ?, ?1, ?2, ?)"] * (rows - 1)
+    )
+
+
 def _ranges(seqs: List[int]) -> List[Tuple[int, int]]:
     """``seqs`` as ``(first, last)`` runs of consecutive numbers (acks are cumulative)."""
     out: List[Tuple[int, int]] = []
@@ -1119,7 +1195,8 @@ def _open(path: str, fsync: bool) -> Tuple[sqlite3.Connection, str, int, List[St
         else:
             session_id, last_seq, pending = _load(conn, path, fsync)
         conn.execute("PRAGMA synchronous = " + ("FULL" if fsync else "NORMAL"))
-        conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
+        pages = max(1, CHECKPOINT_BYTES // _scalar(conn, "PRAGMA page_size"))
+        conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
         return conn, session_id, last_seq, pending
     except sqlite3.Error as exc:
         conn.close()
