@@ -15,8 +15,8 @@ What survives what (the fsync policy):
   *process* (``kill -9``, an exception, ``os._exit``): the data is in the kernel's
   page cache, which the OS writes out. A power loss or an OS crash can lose the
   last transactions, those committed since the WAL was last synced: at most one
-  checkpoint interval (:data:`CHECKPOINT_BYTES` of WAL, 4 MB: about 900 lone
-  64-byte sends, or 19,000 in ``send_many()`` batches), and in practice no more
+  checkpoint interval (:data:`CHECKPOINT_BYTES` of WAL, 4 MB: about 2,400 lone
+  64-byte sends, or more in ``send_many()`` batches), and in practice no more
   than the kernel's writeback delay (about 30 s on Linux). Such a loss cannot
   tear the file: SQLite's WAL checksums drop the incomplete tail, and the file
   opens in the state of an earlier commit.
@@ -56,8 +56,8 @@ already keeps every other store out. The price: while a store is open no other
 SQLite connection can read the file (e.g. the ``sqlite3`` shell). Checkpoints
 are SQLite's auto-checkpoint on the committing thread, every
 :data:`CHECKPOINT_BYTES` of WAL; a checkpoint fsyncs (even with ``NORMAL``),
-so one lone append in about 900 takes some milliseconds. New files use
-:data:`PAGE_SIZE` (4 KB) pages: a lone append writes about 4.5 KB to the WAL.
+so one lone append in about 2,400 takes some milliseconds. New files use
+:data:`PAGE_SIZE` (1 KB) pages: a lone append writes about 1.7 KB to the WAL.
 
 Discards are lazy. :meth:`discard` (acknowledged messages) never waits and
 writes nothing itself: the seqs are deleted, as ranges, in the next transaction
@@ -151,12 +151,12 @@ LEADER_ROUNDS = 4
 #: in pages of the file's size). A checkpoint costs three fsyncs (~5 ms here).
 CHECKPOINT_BYTES = 4 << 20
 #: Page size of a new file (an existing file keeps its own). A trade (issue 22,
-#: measured here, fsync off): against 1 KB pages, a batch of 1,000 tether
-#: envelopes costs about 2 us a message less (fewer pages, B-tree splits and WAL
-#: frames), a lone append about 2 us more of its ~17 us (it writes and checksums
-#: a whole page, and the 4 MB between checkpoints hold fewer of them); 8 and
-#: 16 KB pages make lone appends dearer still and batches no cheaper.
-PAGE_SIZE = 4096
+#: measured here, fsync off): 4 KB pages make a batch of 1,000 tether envelopes
+#: about 2 us a message cheaper (fewer pages, B-tree splits and WAL frames) and
+#: a lone append about 2 us dearer of its ~17 us (it writes and checksums a
+#: whole page), about 9 % on ``send()``'s rate. ``send()`` is the default path
+#: (and its 20,000 msg/s target had no margin), so new files keep 1 KB pages.
+PAGE_SIZE = 1024
 #: Discarded seqs that are written at once (in the next transaction) ...
 DISCARD_BATCH = 1024
 #: ... else at most this many seconds after the first of them (see :meth:`DurableStore.discard`).
