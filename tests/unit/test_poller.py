@@ -98,7 +98,7 @@ def test_a_wake_from_another_thread_ends_a_wait_in_progress(epoll: bool) -> None
 
 
 @pytest.mark.parametrize("epoll", BACKENDS)
-def test_no_wake_up_is_lost_whether_the_waiter_is_busy_or_asleep(epoll: bool) -> None:
+def test_no_wake_up_is_lost_whether_the_waiter_is_busy_or_in_the_selector(epoll: bool) -> None:
     # Ping-pong, as a run of round trips: the waker posts work and wakes the
     # poller while its thread is sometimes busy (the wake-up is only recorded,
     # no byte written) and sometimes asleep in the selector (a byte is written).
