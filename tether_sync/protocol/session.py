@@ -556,10 +556,7 @@ class Session:
 
     def data_to_send(self) -> memoryview:
         """The bytes to write next (empty when nothing waits)."""
-        rel = self._rel
-        if rel.resend_due:
-            rel.write_resends()
-        return self._output.buffer.pending()
+        return self._buffer_with_resends().pending()
 
     def chunks_to_send(self, max_chunks: int, max_bytes: int) -> List[memoryview]:
         """The bytes to write next as uncopied chunks, for one gathering write.
@@ -568,10 +565,14 @@ class Session:
         :meth:`~tether_sync.protocol.writebuf.WriteBuffer.pending_chunks`); an
         empty list when nothing waits. Report what went with :meth:`sent`.
         """
+        return self._buffer_with_resends().pending_chunks(max_chunks, max_bytes)
+
+    def _buffer_with_resends(self) -> WriteBuffer:
+        # The write buffer, with the resends that are due framed into it first.
         rel = self._rel
         if rel.resend_due:
             rel.write_resends()
-        return self._output.buffer.pending_chunks(max_chunks, max_bytes)
+        return self._output.buffer
 
     def sent(self, n: int) -> None:
         """The kernel took ``n`` bytes of :meth:`data_to_send` (or :meth:`chunks_to_send`)."""
