@@ -597,9 +597,7 @@ class TetherClient:
             msg_id = f"{id_prefix}{next(counter):012x}"
             data = (prefix + encode(payload) + id_head + msg_id + id_tail).encode()
             if len(data) > limit:
-                raise ValueError(
-                    f"message of {len(data)} bytes is larger than max_message_size ({limit})"
-                )
+                raise _too_big(len(data), limit)
             if ids is not None:
                 ids.append(msg_id)
             made.append(Delivery(None, channel, payload, frames.OP_TEXT, data, dispatch))
@@ -624,9 +622,7 @@ class TetherClient:
             data, op = encode_json(payload).encode(), frames.OP_TEXT
         limit = self._config.max_message_size
         if len(data) > limit:
-            raise ValueError(
-                f"message of {len(data)} bytes is larger than max_message_size ({limit})"
-            )
+            raise _too_big(len(data), limit)
         # Protocol tether: the id is read back from the envelope when asked for,
         # not kept twice (memory per queued message, issue 22).
         kept = None if self._config.protocol == "tether" else msg_id
@@ -1168,3 +1164,8 @@ class _RefreshRound:
     def resolve(self, error: Optional[BaseException]) -> None:
         self.error = error
         self.done.set()
+
+
+def _too_big(size: int, limit: int) -> ValueError:
+    """The error of a message over ``max_message_size`` (send() and send_many())."""
+    return ValueError(f"message of {size} bytes is larger than max_message_size ({limit})")
