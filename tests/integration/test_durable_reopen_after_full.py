@@ -3,42 +3,17 @@
 A lone append that failed on the full disk left its statement unreset; closing
 the connection then kept it alive (a zombie with the file's lock) for as long
 as the old store was referenced, and opening the file again failed with
-"database is locked". On a real 256 KiB tmpfs (mounted here; the tests run as
-root in CI), as in ``test_disk_full.py``.
+"database is locked". On a real 256 KiB tmpfs (conftest.py's ``small_disk``,
+as in ``test_disk_full.py``; the tests run as root in CI).
 """
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from tether_sync.durable import DurableStore
 from tether_sync.exceptions import TetherError
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs mounted at a fresh directory, unmounted afterwards."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mnt)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({exc}); run as root")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill: {done.stderr.strip()}; run as root")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
 def test_the_file_opens_again_while_the_old_store_is_still_referenced(small_disk: Path) -> None:
