@@ -21,6 +21,7 @@ import sys
 import threading
 import uuid
 import weakref
+from time import perf_counter as _perf_counter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union, overload
 
 from . import delivery as deliveries
@@ -57,6 +58,13 @@ log = logging.getLogger("tether_sync")
 
 Handler = Callable[[Any], None]
 _H = TypeVar("_H", bound=Callable[[Any], Any])
+
+# Seconds since the previous send() after which a send() writes its message from
+# the caller's thread when the I/O thread is idle (see send()). A loop of sends
+# comes every few microseconds and is left to the I/O thread, which writes many
+# messages per system call; a round trip's next request comes after the reply,
+# a hundred microseconds or more later on loopback.
+DIRECT_GAP = 50e-6
 
 
 def _shown(level: int) -> bool:
@@ -196,6 +204,7 @@ class TetherClient:
         # A random UUID-shaped prefix plus a counter: unique ids without a uuid4()
         # (and its os.urandom call) per message.
         self._id_prefix = str(uuid.uuid4())[:24]
+        self._last_send = 0.0  # perf_counter() of the last send() while open (see send())
 
         # Guards _handlers (copy-on-write: dispatch reads the current tuple without
         # it) and _started/_closing. Never held while calling out.
@@ -506,11 +515,24 @@ class TetherClient:
         offline = loop.state is not State.OPEN
         if self._store is not None:
             return self._send_durable(delivery, timeout, offline)
-        dropped = loop.outbox.put(delivery, timeout)
+        if offline:
+            dropped = loop.outbox.put(delivery, timeout)
+            if dropped:
+                self._dropped(dropped)
+            self._queued(delivery)
+            return delivery
+        # A message after a pause (a round trip's request, a script's occasional
+        # send) is written from this thread at once if the I/O thread is idle
+        # (IoLoop.write_now): no hand-off to wait for. A stream of sends goes the
+        # usual way, coalesced by the I/O thread into few writes.
+        now = _perf_counter()
+        alone = now - self._last_send > DIRECT_GAP
+        self._last_send = now
+        dropped = loop.outbox.put(delivery, timeout, wake=not alone)
+        if alone:
+            loop.write_now()
         if dropped:
             self._dropped(dropped)
-        if offline:
-            self._queued(delivery)
         return delivery
 
     def send_many(

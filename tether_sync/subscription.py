@@ -81,8 +81,14 @@ class InboundBuffer:
     def closed(self) -> bool:
         return self._closed
 
-    def offer_many(self, items: List[Any]) -> Tuple[int, int]:
+    def offer_many(
+        self, items: List[Any], pause: Optional[Callable[[], None]] = None
+    ) -> Tuple[int, int]:
         """Add ``items`` in order (I/O thread): one lock and one wake-up for all.
+
+        ``pause``: how the I/O thread lets a consumer it woke run (default: yield
+        the GIL once); the loop passes one that also lets the consumer write its
+        next message itself (see ``IoLoop.write_now``).
 
         Returns:
             ``(dropped, accepted)``: how many items the overflow policy dropped, and
@@ -129,7 +135,10 @@ class InboundBuffer:
             # interleave the clients; tether_sync's own p50 did not move, the
             # peers' did: benchmarks/README.md, "Issue 22, third pass").
             # A zero-length sleep: never blocks.
-            _yield_gil(0)
+            if pause is None:
+                _yield_gil(0)
+            else:
+                pause()
         if schedule:
             assert self._dispatch is not None
             self._dispatch(self._drain)

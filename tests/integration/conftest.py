@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
+import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -51,3 +53,36 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+@pytest.fixture(params=["ws", "wss"])
+def echo(request: Any, tmp_path: Path) -> Iterator[Dict[str, Any]]:
+    """A python-websockets echo server, plain or TLS (certificate from a test CA).
+
+    Yields the client's ``url`` and ``sslopt`` (None for ws://). A test that
+    needs one of them only says ``@pytest.mark.parametrize("echo", ["ws"], indirect=True)``.
+    """
+    from websockets.sync.server import ServerConnection, serve
+
+    server_ctx: Optional[ssl.SSLContext] = None
+    sslopt: Optional[Dict[str, str]] = None
+    if request.param == "wss":
+        trustme = pytest.importorskip("trustme")
+        ca = trustme.CA()
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(server_ctx)
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        sslopt = {"ca_certs": str(ca_file)}
+
+    def handler(conn: ServerConnection) -> None:
+        for message in conn:
+            conn.send(message)
+
+    with serve(handler, "localhost", 0, ssl=server_ctx, max_size=None) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        port = server.socket.getsockname()[1]
+        yield {"url": f"{request.param}://localhost:{port}/", "sslopt": sslopt}
+        server.shutdown()
+        thread.join(5)

@@ -11,7 +11,9 @@ How the user's threads and the I/O thread talk, all of it through :class:`Engine
 * **Data path** (``send()``): the bounded :attr:`Engine.outbox`. A sender puts a
   message there; only the first put since the I/O thread last took writes the
   wake byte. This is the one path where a per-message cost counts, so it goes
-  through no method of the engine.
+  through no method of the engine. A ``send()`` after a pause instead puts
+  without a wake-up and calls :attr:`Engine.write_now`: it writes the message
+  itself if the I/O thread is idle (the loop's turn, see :mod:`.loop`).
 * **Control path**: :meth:`Engine.post` queues a typed command
   (:mod:`tether_sync.engine.commands`) and wakes the loop. Every answer comes
   back through something the command carries (a callback, a buffer), never a
@@ -120,6 +122,8 @@ class Engine:
         # The loop's parts that user threads may touch, as plain attributes: no
         # call on send()'s fast path.
         self.outbox: Outbox[Delivery] = loop.outbox
+        # After a put that did not wake the I/O thread (see IoLoop.write_now).
+        self.write_now: Callable[[], None] = loop.write_now
         self.post: Callable[[Command], None] = loop.post
         self.stopped: threading.Event = loop.stopped
         self.counters: Counters = loop.counters

@@ -11,11 +11,23 @@ framed once per iteration (never from inside a handler), and hands its events
 on. What outlives a connection (State, attempts, backoff, close() and the end)
 is the :class:`~tether_sync.engine.lifecycle.Lifecycle`'s.
 
-User threads never touch the socket: they put messages in the
+User threads put messages in the
 :class:`~tether_sync.engine.outbox.Outbox` or post a typed command in the
 :class:`~tether_sync.engine.commands.Mailbox`, which wakes the poller with one byte
 (PA ``_packet_queue``, KP ``sender.wakeup()``); they reach the loop only through
-:class:`~tether_sync.engine.Engine`. Connection attempts run on connector threads
+:class:`~tether_sync.engine.Engine`.
+
+The turn (issue 22, round trips): the socket and the open connection have one
+user at a time, the holder of :attr:`IoLoop.turn`. The I/O thread holds it
+except while it waits in its selector and while it lets a consumer it just
+woke run (:meth:`IoLoop._let_consumer_run`). A ``send()`` after a pause (a
+round trip's request) that finds the turn free pumps and writes from its own
+thread (:meth:`IoLoop.write_now`), as this thread would: no hand-off, which
+costs about 50 us on a 2-core machine (``benchmarks/bench_rtt_breakdown.py``).
+Only that step runs there (the pump, the write, the events they cause); reads,
+timers, commands and the selector registration stay with the I/O thread, which
+is woken for whatever the step leaves. One holder at a time means an SSL
+object is never used by two threads at once, so TLS takes the same path. Connection attempts run on connector threads
 (:class:`~tether_sync.engine.attempts.Dialer`) that hand the socket over with a
 command.
 
@@ -39,8 +51,10 @@ loop. If the loop itself ends, every waiter is released with ``ClientClosed``.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
+import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional
 
@@ -67,6 +81,9 @@ from .session_events import Handoff
 from .timers import TimerHeap
 
 log = logging.getLogger("tether_sync")
+
+# Zero-length sleep: releases the GIL and takes it back.
+_yield_gil = time.sleep
 
 
 class IoLoop:
@@ -95,6 +112,16 @@ class IoLoop:
         self.config = config
         self._clock = clock
         self._lock = threading.Lock()  # guards starting the thread
+        # The turn: who may touch the socket and the connection's state right now.
+        # The I/O thread holds it except while it waits in the selector and while
+        # it lets a consumer it woke run (_let_consumer_run); a sender that finds it
+        # free writes its message itself (write_now). One holder at a time, so
+        # the socket (TLS included) still has one user at a time (DESIGN §4).
+        self.turn = threading.Lock()
+        self._io_ident = -1  # the I/O thread's ident, once it runs
+        # While the I/O thread waits in the selector: when it will wake by itself
+        # (-inf otherwise: it is running, and looks at everything before it waits).
+        self._asleep_until = -math.inf
         self._thread: Optional[threading.Thread] = None
         self.stopped = threading.Event()  # set when the loop has ended for good
         self._poller = Poller()  # the selector and the wake pair: where the loop blocks
@@ -113,11 +140,12 @@ class IoLoop:
             lambda: (self.life.endpoint, self.attempt, self.counters.last_cause)
         )
         setattr(self.outbox, logfields.LOG_CONTEXT, self.log_context)
+        setattr(self, logfields.LOG_CONTEXT, self.log_context)  # records of write_now()
         # Everything below is touched by the I/O thread only (ints read anywhere).
         # Built leaves first: each part gets the parts it needs, never the loop;
         # the Lifecycle gets them as a Wiring, a connection as Parts.
         self.counters = Counters()
-        self.router = Router(self.counters, emit, wants)
+        self.router = Router(self.counters, emit, wants, self._let_consumer_run)
         self.handoff = Handoff(self.counters, self.outbox, emit, wants)
         self._timers = TimerHeap()
         self.continuity = Continuity(session_id=uuid.uuid4().hex)
@@ -268,6 +296,8 @@ class IoLoop:
     def _run(self) -> None:
         # Every record this thread logs carries the client's fields (DESIGN §8).
         logfields.bind(self.log_context)
+        self._io_ident = threading.get_ident()
+        self.turn.acquire()
         try:
             self._guard(self.life.connect)
             while not self.stopped.is_set():
@@ -279,8 +309,11 @@ class IoLoop:
             except BaseException:
                 log.exception("cleaning up after the crash failed too")
         finally:
-            self.life.stop_for_good()
-            self._poller.close()
+            try:
+                self.life.stop_for_good()
+                self._poller.close()
+            finally:
+                self.turn.release()
 
     def _select_once(self) -> None:
         """One iteration: wait, then run only the steps that have something to do.
@@ -323,7 +356,13 @@ class IoLoop:
             # close frame once the last ack came): write them now, not after a
             # timer (without this, close() waited out the 1 s close grace).
             timeout = 0.0
-        ready = self._poller.wait(timeout)
+        self._asleep_until = math.inf if due is None else due
+        self.turn.release()  # a sender may write while this thread waits
+        try:
+            ready = self._poller.wait(timeout)
+        finally:
+            self.turn.acquire()
+            self._asleep_until = -math.inf
         if (ready and ready[0] & READ) or (tls and self._tls_pending()):
             self._guard(self._on_readable)
         if due is not None and self._clock.monotonic() >= due:
@@ -347,6 +386,58 @@ class IoLoop:
             mask = (0 if self.router.held else READ) | (WRITE if io.want_write else 0)
             if io.mask != mask or io.registered != bool(mask):
                 self._guard(self._update_interest)
+
+    def _let_consumer_run(self) -> None:
+        # The router woke a consumer blocked in get() (a round trip's reply, most
+        # often): yield the GIL once with the turn free, so that its next send()
+        # writes at once from its own thread instead of waking this one.
+        if threading.get_ident() != self._io_ident:
+            _yield_gil(0)
+            return
+        self.turn.release()
+        try:
+            _yield_gil(0)
+        finally:
+            self.turn.acquire()
+
+    def write_now(self) -> None:
+        """Write what the outbox holds from the caller's thread if it is this one's turn.
+
+        Called by ``send()`` after a put that did not wake the I/O thread. If the
+        turn is free (the I/O thread waits in its selector, or lets the caller
+        run), the caller pumps and writes as the I/O thread would, under the turn;
+        otherwise, and for whatever is left, it wakes the I/O thread.
+        """
+        if not self.turn.acquire(False):
+            self._poller.wake()
+            return
+        wake = True
+        try:
+            conn = self._conn
+            until = self._asleep_until
+            if conn is not None and not self.stopped.is_set():
+                self._guard(self._pump)
+                if until == -math.inf:
+                    # The I/O thread let this caller run in the middle of its
+                    # iteration: it looks at everything left before it waits.
+                    wake = False
+                elif self._conn is conn:
+                    session = conn.session
+                    due = self._timers.next_due()
+                    when = session.next_deadline()
+                    wake = bool(
+                        len(self.outbox)
+                        or session.wants_write
+                        or conn.link.io.want_write
+                        or self.life.shutdown.requested
+                        or self.life.shutdown.flush_waiters
+                        or (due is not None and due < until)
+                        or (when is not None and when < until)
+                    )
+        finally:
+            self.turn.release()
+        if wake:
+            self._poller.wake()
 
     def _tls_pending(self) -> bool:
         conn = self._conn

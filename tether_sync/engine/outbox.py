@@ -112,7 +112,14 @@ class Outbox(Generic[T]):
 
     # ------------------------------------------------------------ senders
 
-    def put(self, item: T, timeout: Optional[float] = None, *, reserved: bool = False) -> List[T]:
+    def put(
+        self,
+        item: T,
+        timeout: Optional[float] = None,
+        *,
+        reserved: bool = False,
+        wake: bool = True,
+    ) -> List[T]:
         """Add ``item`` at the tail (any thread).
 
         ``reserved``: the caller already waited for room with :meth:`wait_room`
@@ -120,6 +127,9 @@ class Outbox(Generic[T]):
         other senders' messages); where that wait applied, the item is accepted
         even if another sender took the room meanwhile (by at most one message
         per concurrent sender).
+
+        ``wake``: False when the caller writes the message itself next
+        (``IoLoop.write_now``, which wakes the I/O thread if it cannot).
 
         Returns:
             The messages dropped to make room (only while not open, by a drop
@@ -145,9 +155,9 @@ class Outbox(Generic[T]):
             self._items.append(item)
             # The first put since the I/O thread last took wakes it; the others
             # ride on that wake-up (see the module docstring).
-            wake = not self.wake_pending
+            woke = wake and not self.wake_pending
             self.wake_pending = True
-        if wake:
+        if woke:
             self._wake()  # outside the lock: a wake-up never holds up other senders
         return dropped
 
