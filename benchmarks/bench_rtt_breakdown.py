@@ -14,19 +14,23 @@ I/O thread:
 ===============  ================================================================
 step ends at     where (thread)
 ===============  ================================================================
+``written``      ``Link.send_some`` wrote the frame: on the caller's thread when
+                 the loop's turn was free (``IoLoop.write_now``), else (I/O)
 ``sent``         ``client.send()`` returned (caller)
 ``waits``        the caller blocks in ``Subscription.get()`` (caller)
-``io_runs``      the I/O thread runs again: back from its GIL yield after the
-                 previous reply, or out of ``epoll.poll`` for the wake byte (I/O)
-``written``      ``Link.send_some`` wrote the frame (I/O)
+``io_runs``      the I/O thread is out of ``epoll.poll`` for the wake byte (I/O;
+                 round trips whose request the I/O thread wrote)
 ``io_sleeps``    the I/O thread enters ``epoll.poll`` (I/O)
 ``io_readable``  ``epoll.poll`` returned: the reply is readable (I/O)
 ``read``         ``Link.recv`` returned the bytes (I/O)
 ``parsed``       ``Connection.readable`` returned: frame parsed and routed (I/O)
 ``handed``       ``InboundBuffer.offer_many`` entered (I/O)
-``yields``       the I/O thread yields the GIL after the notify (I/O)
+``pushed``       ``InboundBuffer.offer_many`` returned: the consumer woken (I/O)
 ``got``          ``get()`` returned the reply (caller)
 ===============  ================================================================
+
+Round trips are split in two tables: those whose request the caller wrote
+itself, and those the I/O thread wrote (a hand-off each way).
 
 It also counts the wake bytes written (and times their ``send()``), and how
 often the I/O thread was asleep in ``epoll`` when the message came.
@@ -59,6 +63,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -73,7 +78,6 @@ from bench_client import PAYLOAD, SinkServer
 from websockets.sync.client import connect as websockets_connect
 
 from tether_sync import TetherClient
-from tether_sync import subscription as subscription_mod
 from tether_sync.engine.connection import Connection
 from tether_sync.engine.transport import Link
 from tether_sync.subscription import InboundBuffer
@@ -87,14 +91,28 @@ BLOCK = 50  # round trips per client in a row (the clients take turns, block by 
 STEPS: List[Tuple[str, Tuple[str, ...], str]] = [
     ("sent", ("sent",), "caller: send() (checks, Delivery, queue, wake-up)"),
     ("waits", ("waits",), "caller: into get(), blocks"),
-    ("io_runs", ("yielded", "io_woken"), "I/O thread has the GIL (back from its yield, or epoll)"),
+    ("io_runs", ("io_woken",), "I/O thread runs: out of epoll for the wake byte"),
     ("written", ("written",), "I/O: commands, pump, frame, sock.send returned"),
     ("io_sleeps", ("io_sleeps",), "I/O: rest of the iteration, into epoll"),
     ("io_readable", ("io_readable",), "reply readable: epoll returned (kernel, echo server)"),
     ("read", ("read",), "I/O: recv_into + copy"),
     ("parsed", ("parsed",), "I/O: parse the frame, route it (session, router)"),
     ("handed", ("handed",), "I/O: router.flush up to InboundBuffer.offer_many"),
-    ("yields", ("yields",), "I/O: lock, ring push, wake the blocked consumer"),
+    ("pushed", ("pushed",), "I/O: lock, ring push, wake the blocked consumer"),
+    ("got", ("got",), "caller: wakes, takes the GIL and the reply, get() returns"),
+]
+
+# The same when the caller wrote its request itself (the loop's turn was free,
+# ``IoLoop.write_now``): no hand-off to the I/O thread before the write.
+DIRECT_STEPS: List[Tuple[str, Tuple[str, ...], str]] = [
+    ("written", ("written_by_caller",), "caller: send() queues, pumps, frames, sock.send"),
+    ("sent", ("sent",), "caller: send() returns"),
+    ("waits", ("waits",), "caller: into get(), blocks"),
+    ("io_readable", ("io_readable",), "reply readable: epoll returned (kernel, echo server)"),
+    ("read", ("read",), "I/O: recv_into + copy"),
+    ("parsed", ("parsed",), "I/O: parse the frame, route it (session, router)"),
+    ("handed", ("handed",), "I/O: router.flush up to InboundBuffer.offer_many"),
+    ("pushed", ("pushed",), "I/O: lock, ring push, wake the blocked consumer"),
     ("got", ("got",), "caller: wakes, takes the GIL and the reply, get() returns"),
 ]
 
@@ -146,6 +164,7 @@ class Hooks:
     def __init__(self, client: TetherClient) -> None:
         loop = client._loop._loop  # the IoLoop behind the Engine
         self.poller = loop._poller
+        self.io_thread = loop.thread
         self.real_epoll = self.poller._epoll
         self.real_wake_w = self.poller._wake_w
         self.epoll_spy = EpollSpy(self.real_epoll, self.poller._wake_fd)
@@ -161,12 +180,13 @@ class Hooks:
         self.poller._wake_w = self.wake_spy
         send_some, recv, readable = Link.send_some, Link.recv, Connection.readable
         offer_many, wait_and_pop = InboundBuffer.offer_many, InboundBuffer._wait_and_pop
-        yield_gil = subscription_mod._yield_gil
+        io_thread = self.io_thread
 
         def send_some_hook(link: Link, session: Any) -> int:
             n = send_some(link, session)
             if n > 0:
-                stamp(("written", clock()))
+                by_io = threading.current_thread() is io_thread
+                stamp(("written" if by_io else "written_by_caller", clock()))
             return n
 
         def recv_hook(link: Link) -> Optional[bytes]:
@@ -180,23 +200,19 @@ class Hooks:
 
         def offer_many_hook(buf: InboundBuffer, items: List[Any]) -> Tuple[int, int]:
             stamp(("handed", clock()))
-            return offer_many(buf, items)
+            got = offer_many(buf, items)
+            stamp(("pushed", clock()))
+            return got
 
         def wait_hook(buf: InboundBuffer, timeout: Optional[float]) -> Any:
             stamp(("waits", clock()))
             return wait_and_pop(buf, timeout)
-
-        def yield_hook(seconds: float) -> None:
-            stamp(("yields", clock()))
-            yield_gil(seconds)
-            stamp(("yielded", clock()))
 
         self._patch(Link, "send_some", send_some_hook)
         self._patch(Link, "recv", recv_hook)
         self._patch(Connection, "readable", readable_hook)
         self._patch(InboundBuffer, "offer_many", offer_many_hook)
         self._patch(InboundBuffer, "_wait_and_pop", wait_hook)
-        self._patch(subscription_mod, "_yield_gil", yield_hook)
 
     def remove(self) -> None:
         while self.saved:
@@ -223,8 +239,13 @@ def split_round_trips(log: List[Tuple[str, int]]) -> List[Dict[str, int]]:
         window = log[i : starts[k + 1] if k + 1 < len(starts) else len(log)]
         got: Dict[str, int] = {"send": window[0][1]}
         got["wake_byte"] = sum(t for name, t in window if name == "wake_byte")
+        names_seen = [name for name, _ in window]
+        direct = "written_by_caller" in names_seen and names_seen.index(
+            "written_by_caller"
+        ) < names_seen.index("sent")
+        got["direct"] = int(direct)
         pos = 1
-        for step, names, _ in STEPS:
+        for step, names, _ in DIRECT_STEPS if direct else STEPS:
             while pos < len(window) and window[pos][0] not in names:
                 pos += 1
             if pos == len(window):
@@ -234,7 +255,9 @@ def split_round_trips(log: List[Tuple[str, int]]) -> List[Dict[str, int]]:
         if "got" not in got:
             continue  # an incomplete window (never the case in a whole block)
         sent_at = next(j for j, (name, _) in enumerate(window) if name == "sent")
-        written_at = next((j for j, (n, _) in enumerate(window) if n == "written"), len(window))
+        written_at = next(
+            (j for j, (n, _) in enumerate(window) if n.startswith("written")), len(window)
+        )
         got["sleeps_between"] = int(
             any(name == "io_sleeps" for name, _ in window[sent_at:written_at])
         )
@@ -338,14 +361,17 @@ def one_repetition(
 def step_medians(trips: List[Dict[str, int]]) -> Dict[str, float]:
     """Median (us) of each step, of each stamp's offset from send, and the shares."""
     med: Dict[str, float] = {}
-    prev = "send"
-    for step, _, _ in STEPS:
-        diffs = [t[step] - t[prev] for t in trips if step in t and prev in t]
-        offsets = [t[step] - t["send"] for t in trips if step in t]
-        if diffs:
-            med[f"{prev}->{step}"] = statistics.median(diffs) / 1000
-            med[f"@{step}"] = statistics.median(offsets) / 1000
-        prev = step
+    for tag, steps, direct in (("", STEPS, 0), ("direct ", DIRECT_STEPS, 1)):
+        kind = [t for t in trips if t["direct"] == direct]
+        med[f"{tag}share"] = len(kind) / len(trips)
+        prev = "send"
+        for step, _, _ in steps:
+            diffs = [t[step] - t[prev] for t in kind if step in t and prev in t]
+            offsets = [t[step] - t["send"] for t in kind if step in t]
+            if diffs:
+                med[f"{tag}{prev}->{step}"] = statistics.median(diffs) / 1000
+                med[f"{tag}@{step}"] = statistics.median(offsets) / 1000
+            prev = step
     med["wake bytes per round trip"] = sum(1 for t in trips if t["wake_byte"]) / len(trips)
     woke = [t["wake_byte"] for t in trips if t["wake_byte"]]
     med["wake byte send() us"] = statistics.median(woke) / 1000 if woke else 0.0
@@ -397,15 +423,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{os.cpu_count()} CPUs; load average before {load_before}, after {load_after}"
     )
     print("medians in us; min / median / max over the repetitions\n")
-    print(f"{'step':<22} {'us (min med max)':>23}  {'at (med)':>8}  what")
-    prev = "send"
-    for step, _, what in STEPS:
-        key = f"{prev}->{step}"
-        vals = [r[key] for r in reps if key in r]
-        at = [r[f"@{step}"] for r in reps if f"@{step}" in r]
-        at_s = f"{statistics.median(at):8.1f}" if at else f"{'-':>8}"
-        print(f"{key:<22} {spread(vals):>23}  {at_s}  {what}")
-        prev = step
+    for tag, steps, title in (
+        ("", STEPS, "the I/O thread wrote the request (a hand-off each way)"),
+        ("direct ", DIRECT_STEPS, "the caller wrote the request itself (the loop's turn)"),
+    ):
+        share = [r[f"{tag}share"] for r in reps]
+        print(f"Round trips where {title}: share {spread(share, 2)}")
+        print(f"{'step':<22} {'us (min med max)':>23}  {'at (med)':>8}  what")
+        prev = "send"
+        for step, _, what in steps:
+            key = f"{tag}{prev}->{step}"
+            vals = [r[key] for r in reps if key in r]
+            at = [r[f"{tag}@{step}"] for r in reps if f"{tag}@{step}" in r]
+            at_s = f"{statistics.median(at):8.1f}" if at else f"{'-':>8}"
+            print(f"{prev + '->' + step:<22} {spread(vals):>23}  {at_s}  {what}")
+            prev = step
+        print()
     print(f"\nround trips matched: {min(counts):,} of {args.n:,} (fewest of the repetitions)")
     for key, digits in (
         ("wake bytes per round trip", 2),

@@ -19,15 +19,16 @@ User threads put messages in the
 
 The turn (issue 22, round trips): the socket and the open connection have one
 user at a time, the holder of :attr:`IoLoop.turn`. The I/O thread holds it
-except while it waits in its selector and while it lets a consumer it just
-woke run (:meth:`IoLoop._let_consumer_run`). A ``send()`` after a pause (a
-round trip's request) that finds the turn free pumps and writes from its own
-thread (:meth:`IoLoop.write_now`), as this thread would: no hand-off, which
-costs about 50 us on a 2-core machine (``benchmarks/bench_rtt_breakdown.py``).
-Only that step runs there (the pump, the write, the events they cause); reads,
+except while it waits in its selector. A ``send()`` after a pause (a round
+trip's request) that finds the turn free pumps and writes from its own thread
+(:meth:`IoLoop.write_now`), as this thread would: no hand-off, which costs
+about 50 us on a 2-core machine (``benchmarks/bench_rtt_breakdown.py``). Only
+that step runs there (the pump, the write, the events they cause); reads,
 timers, commands and the selector registration stay with the I/O thread, which
 is woken for whatever the step leaves. One holder at a time means an SSL
-object is never used by two threads at once, so TLS takes the same path. Connection attempts run on connector threads
+object is never used by two threads at once, so TLS takes the same path.
+
+Connection attempts run on connector threads
 (:class:`~tether_sync.engine.attempts.Dialer`) that hand the socket over with a
 command.
 
@@ -54,7 +55,6 @@ import logging
 import math
 import random
 import threading
-import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional
 
@@ -81,9 +81,6 @@ from .session_events import Handoff
 from .timers import TimerHeap
 
 log = logging.getLogger("tether_sync")
-
-# Zero-length sleep: releases the GIL and takes it back.
-_yield_gil = time.sleep
 
 
 class IoLoop:
@@ -113,12 +110,10 @@ class IoLoop:
         self._clock = clock
         self._lock = threading.Lock()  # guards starting the thread
         # The turn: who may touch the socket and the connection's state right now.
-        # The I/O thread holds it except while it waits in the selector and while
-        # it lets a consumer it woke run (_let_consumer_run); a sender that finds it
-        # free writes its message itself (write_now). One holder at a time, so
-        # the socket (TLS included) still has one user at a time (DESIGN §4).
+        # The I/O thread holds it except while it waits in the selector; a sender
+        # that finds it free writes its message itself (write_now). One holder at
+        # a time, so the socket (TLS included) still has one user at a time.
         self.turn = threading.Lock()
-        self._io_ident = -1  # the I/O thread's ident, once it runs
         # While the I/O thread waits in the selector: when it will wake by itself
         # (-inf otherwise: it is running, and looks at everything before it waits).
         self._asleep_until = -math.inf
@@ -145,7 +140,7 @@ class IoLoop:
         # Built leaves first: each part gets the parts it needs, never the loop;
         # the Lifecycle gets them as a Wiring, a connection as Parts.
         self.counters = Counters()
-        self.router = Router(self.counters, emit, wants, self._let_consumer_run)
+        self.router = Router(self.counters, emit, wants)
         self.handoff = Handoff(self.counters, self.outbox, emit, wants)
         self._timers = TimerHeap()
         self.continuity = Continuity(session_id=uuid.uuid4().hex)
@@ -296,7 +291,6 @@ class IoLoop:
     def _run(self) -> None:
         # Every record this thread logs carries the client's fields (DESIGN §8).
         logfields.bind(self.log_context)
-        self._io_ident = threading.get_ident()
         self.turn.acquire()
         try:
             self._guard(self.life.connect)
@@ -387,26 +381,13 @@ class IoLoop:
             if io.mask != mask or io.registered != bool(mask):
                 self._guard(self._update_interest)
 
-    def _let_consumer_run(self) -> None:
-        # The router woke a consumer blocked in get() (a round trip's reply, most
-        # often): yield the GIL once with the turn free, so that its next send()
-        # writes at once from its own thread instead of waking this one.
-        if threading.get_ident() != self._io_ident:
-            _yield_gil(0)
-            return
-        self.turn.release()
-        try:
-            _yield_gil(0)
-        finally:
-            self.turn.acquire()
-
     def write_now(self) -> None:
         """Write what the outbox holds from the caller's thread if it is this one's turn.
 
         Called by ``send()`` after a put that did not wake the I/O thread. If the
-        turn is free (the I/O thread waits in its selector, or lets the caller
-        run), the caller pumps and writes as the I/O thread would, under the turn;
-        otherwise, and for whatever is left, it wakes the I/O thread.
+        turn is free (the I/O thread waits in its selector), the caller pumps and
+        writes as the I/O thread would, under the turn; otherwise, and for
+        whatever is left, it wakes the I/O thread.
         """
         if not self.turn.acquire(False):
             self._poller.wake()
@@ -414,14 +395,14 @@ class IoLoop:
         wake = True
         try:
             conn = self._conn
-            until = self._asleep_until
+            until = self._asleep_until  # the I/O thread is in its selector until then
             if conn is not None and not self.stopped.is_set():
                 self._guard(self._pump)
-                if until == -math.inf:
-                    # The I/O thread let this caller run in the middle of its
-                    # iteration: it looks at everything left before it waits.
-                    wake = False
-                elif self._conn is conn:
+                if self._conn is conn:
+                    # Wake the I/O thread only for what it must do that it
+                    # would not do before its own time: what the kernel did
+                    # not take, what flow control held back, an earlier
+                    # deadline, a close() or flush() waiting.
                     session = conn.session
                     due = self._timers.next_due()
                     when = session.next_deadline()

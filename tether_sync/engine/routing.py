@@ -40,10 +40,8 @@ class Router:
         counters: Counters,
         emit: Callable[[Any], None],
         wants: Callable[[str], bool],
-        pause: Optional[Callable[[], None]] = None,
     ) -> None:
         self._counters = counters
-        self._pause = pause  # lets a consumer this thread woke run (InboundBuffer.offer_many)
         self._emit = emit
         self._wants = wants
         # channel -> its subscriptions' buffers, in subscription order (several
@@ -123,7 +121,7 @@ class Router:
                 # Something is held back already: queue behind it, in order.
                 pending.extend((buf, channel, item) for item in items)
                 continue
-            dropped, accepted = buf.offer_many(items, self._pause)
+            dropped, accepted = buf.offer_many(items)
             self._count(buf, channel, dropped, accepted < len(items))
             if accepted < len(items):
                 pending.extend((buf, channel, item) for item in items[accepted:])
@@ -147,7 +145,7 @@ class Router:
                 if entry[0] is not buf:
                     break
                 run.append(entry[2])
-            dropped, accepted = buf.offer_many(run, self._pause)
+            dropped, accepted = buf.offer_many(run)
             self._count(buf, channel, dropped, accepted < len(run))
             for _ in range(accepted):
                 pending.popleft()
