@@ -251,11 +251,119 @@ def sink_pair(
     return out
 
 
+# ---------------------------------------------------------------- the I/O thread's share
+
+#: Stages of :func:`io_breakdown`, in the order the I/O thread runs them.
+STAGES = ("take", "frame", "written", "acks in", "resolve")
+
+
+def io_breakdown(
+    batch: int = 512, reps: int = 200, ack_every: int = 64
+) -> Dict[str, Dict[str, float]]:
+    """What the I/O thread's protocol work costs per message, acks on and off (sans I/O).
+
+    The I/O thread's steps for one batch of ``batch`` tether envelopes, run on
+    this thread with the library's own objects and no socket, so nothing but
+    this process's CPU moves the figures: ``take`` (from the
+    :class:`~tether_sync.engine.outbox.Outbox`), ``frame`` (``Session.send`` and
+    ``chunks_to_send``: seq numbers and framing), ``written`` (``Session.sent``
+    for every byte), ``acks in`` (``receive_data`` of one cumulative
+    ``tether:ack`` per ``ack_every`` messages, all in one read; acks on only) and
+    ``resolve`` (the session's events through :class:`~tether_sync.engine.
+    session_events.Handoff`: Deliveries resolved, counters, room released).
+    Each stage is timed on its own; the figure is the minimum over ``reps``
+    batches (the least disturbed run: a busy machine only adds time), in
+    microseconds per message. The Deliveries are made (as ``send()`` makes
+    them, on the caller's side) and queued outside the timed steps.
+    """
+    from tether_sync.delivery import Delivery
+    from tether_sync.engine.outbox import Outbox
+    from tether_sync.engine.session_events import Handoff
+    from tether_sync.protocol import envelope, frames
+    from tether_sync.protocol.events import Acked, Written
+    from tether_sync.protocol.reliability import FEATURES, Continuity
+    from tether_sync.protocol.session import Session, SessionConfig
+    from tether_sync.stats import Counters
+
+    def server_text(payload: bytes) -> bytes:
+        return bytes((0x81, len(payload))) + payload  # < 126 bytes, unmasked
+
+    def size(d: Delivery) -> int:
+        return len(d._data)
+
+    out: Dict[str, Dict[str, float]] = {}
+    for side in ("off", "on"):
+        acked = side == "on"
+        cfg = SessionConfig(heartbeat=None, extensions=FEATURES if acked else ())
+        session = Session(cfg, Continuity("bench-session"), 0.0)
+        session.start(0.0)
+        if acked:
+            hello_ok = b'{"type":"tether:hello-ok","session":"bench-session","features":'
+            session.receive_data(server_text(hello_ok + b'["ack","resume"],"acked":0}'), 0.0)
+        session.events()
+        assert session.is_open and (session.features != ()) == acked
+        outbox: Outbox[Delivery] = Outbox(batch, "block")
+        outbox.set_open(True)
+        handoff = Handoff(Counters(), outbox, lambda event: None, lambda name: False)
+        table = {Written: handoff.written, Acked: handoff.acked}
+        best = dict.fromkeys(STAGES, float("inf"))
+        for rep in range(reps):
+            for i in range(batch):
+                msg_id = f"{rep:08d}-0000-4000-8000-{i:012d}"
+                text = envelope.encode_data("bench", PAYLOAD, msg_id).encode()
+                outbox.put(Delivery(None, "bench", PAYLOAD, frames.OP_TEXT, text))
+            t0 = time.perf_counter()
+            items = outbox.take(batch, 1 << 30, size)
+            t1 = time.perf_counter()
+            session.send(items)
+            chunks = session.chunks_to_send(64, 1 << 20)
+            t2 = time.perf_counter()
+            session.sent(sum(len(c) for c in chunks))
+            t3 = time.perf_counter()
+            if acked:
+                seqs = [d._seq for d in items[ack_every - 1 :: ack_every]]
+                if seqs[-1] != items[-1]._seq:
+                    seqs.append(items[-1]._seq)
+                read = b"".join(server_text(b'{"type":"tether:ack","seq":%d}' % n) for n in seqs)
+                t3 = time.perf_counter()
+                session.receive_data(read, 0.0)
+            t4 = time.perf_counter()
+            for event in session.events():
+                table[type(event)](event)  # type: ignore[operator]
+            t5 = time.perf_counter()
+            if not all(d.done() for d in items):
+                raise RuntimeError(f"{side}: a message was not resolved")
+            for stage, took in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                best[stage] = min(best[stage], took)
+        out[side] = {stage: 1e6 * took / batch for stage, took in best.items()}
+    return out
+
+
+def io_rows(batch: int, reps: int) -> int:
+    res = io_breakdown(batch, reps)
+    print(f"the I/O thread's protocol work per message (sans I/O, batches of {batch},")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"min over {reps} batches, us per message; load {load})")
+    print(f"  {'stage':<10} {'off':>7} {'on':>7} {'on - off':>9}")
+    for stage in (*STAGES, "total"):
+        if stage == "total":
+            off, on = sum(res["off"].values()), sum(res["on"].values())
+        else:
+            off, on = res["off"][stage], res["on"][stage]
+        print(f"  {stage:<10} {off:7.3f} {on:7.3f} {on - off:+9.3f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", choices=["sink", "durable"], help="just the sink rows")
+    parser.add_argument(
+        "--only",
+        choices=["sink", "durable", "io"],
+        help="sink: just the sink rows; durable: just the durable rows; io: the I/O "
+        "thread's per-message protocol work, sans I/O, acks on and off",
+    )
     parser.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
@@ -269,6 +377,8 @@ def main() -> int:
         help="sink rows: Queue(max_size=...) of the clients (default: the option's default)",
     )
     args = parser.parse_args()
+    if args.only == "io":
+        return io_rows(512, 200)
     if args.only is not None:
         return sink_rows(
             args.n, args.repeat, pair=args.only == "sink", pin=args.pin, max_size=args.max_size
