@@ -77,7 +77,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -342,10 +342,12 @@ def io_breakdown(
     ``tether:ack`` per ``ack_every`` messages, all in one read; acks on only) and
     ``resolve`` (the session's events through :class:`~tether_sync.engine.
     session_events.Handoff`: Deliveries resolved, counters, room released).
-    Each stage is timed on its own; the figure is the minimum over ``reps``
-    batches (the least disturbed run: a busy machine only adds time), in
-    microseconds per message. The Deliveries are made (as ``send()`` makes
-    them, on the caller's side) and queued outside the timed steps.
+    Each stage is timed on its own. The two sides take turns batch by batch
+    (off then on, then on then off), so a busy spell of the machine falls on
+    both; the figure is each stage's minimum over the ``reps`` batches of a
+    side (the least disturbed one: load only adds time), in microseconds per
+    message. The Deliveries are made (as ``send()`` makes them, on the
+    caller's side) and queued outside the timed steps.
     """
     from tether_sync.delivery import Delivery
     from tether_sync.engine.outbox import Outbox
@@ -362,9 +364,8 @@ def io_breakdown(
     def size(d: Delivery) -> int:
         return len(d._data)
 
-    out: Dict[str, Dict[str, float]] = {}
-    for side in ("off", "on"):
-        acked = side == "on"
+    def one_side(acked: bool) -> Callable[[int], List[float]]:
+        """A session open with acks (or without) and a function that runs one batch."""
         cfg = SessionConfig(heartbeat=None, extensions=FEATURES if acked else ())
         session = Session(cfg, Continuity("bench-session"), 0.0)
         session.start(0.0)
@@ -376,9 +377,9 @@ def io_breakdown(
         outbox: Outbox[Delivery] = Outbox(batch, "block")
         outbox.set_open(True)
         handoff = Handoff(Counters(), outbox, lambda event: None, lambda name: False)
-        table = {Written: handoff.written, Acked: handoff.acked}
-        best = dict.fromkeys(STAGES, float("inf"))
-        for rep in range(reps):
+        table: Dict[type, Callable[[Any], None]] = {Written: handoff.written, Acked: handoff.acked}
+
+        def run_batch(rep: int) -> List[float]:
             for i in range(batch):
                 msg_id = f"{rep:08d}-0000-4000-8000-{i:012d}"
                 text = envelope.encode_data("bench", PAYLOAD, msg_id).encode()
@@ -391,23 +392,34 @@ def io_breakdown(
             t2 = time.perf_counter()
             session.sent(sum(len(c) for c in chunks))
             t3 = time.perf_counter()
+            acks_in = 0.0
             if acked:
                 seqs = [d._seq for d in items[ack_every - 1 :: ack_every]]
                 if seqs[-1] != items[-1]._seq:
                     seqs.append(items[-1]._seq)
                 read = b"".join(server_text(b'{"type":"tether:ack","seq":%d}' % n) for n in seqs)
-                t3 = time.perf_counter()
+                t = time.perf_counter()
                 session.receive_data(read, 0.0)
+                acks_in = time.perf_counter() - t
             t4 = time.perf_counter()
             for event in session.events():
-                table[type(event)](event)  # type: ignore[operator]
+                table[type(event)](event)
             t5 = time.perf_counter()
             if not all(d.done() for d in items):
-                raise RuntimeError(f"{side}: a message was not resolved")
-            for stage, took in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                best[stage] = min(best[stage], took)
-        out[side] = {stage: 1e6 * took / batch for stage, took in best.items()}
-    return out
+                raise RuntimeError("a message was not resolved")
+            return [t1 - t0, t2 - t1, t3 - t2, acks_in, t5 - t4]
+
+        return run_batch
+
+    runs = {"off": one_side(False), "on": one_side(True)}
+    best = {side: [float("inf")] * len(STAGES) for side in runs}
+    for rep in range(reps):
+        for side in ("off", "on") if rep % 2 == 0 else ("on", "off"):
+            best[side] = [min(b, t) for b, t in zip(best[side], runs[side](rep))]
+    return {
+        side: {stage: 1e6 * took / batch for stage, took in zip(STAGES, times)}
+        for side, times in best.items()
+    }
 
 
 def io_rows(batch: int, reps: int) -> int:
