@@ -22,7 +22,7 @@ _DONE = object()
 # Guards only the lazy creation of a Delivery's condition and callback list, so
 # that two threads starting to wait at once make one condition, and the outcome's
 # hand-over to them (a resolution collects what was registered before it).
-# set_results() holds it once for a whole batch (a few hundred ns a message).
+# set_results() holds it once for up to 1,024 Deliveries of a batch.
 # Never held while waiting or while running callbacks.
 _create_lock = threading.Lock()
 
@@ -277,6 +277,9 @@ class Delivery:
         self._run_callback(fn)
 
 
+# Deliveries set_results() resolves in one hold of _create_lock.
+_HOLD_AT_MOST = 1024
+
 # What set_results() takes under the lock for one Delivery someone waits on:
 # (the Delivery, its condition, its callbacks, where they run).
 _Woken = Tuple[
@@ -291,7 +294,7 @@ def set_results(items: Sequence[Delivery]) -> None:
     """Mark every still-pending Delivery of ``items`` written, in order (I/O thread).
 
     The same outcome as :meth:`Delivery.set_result` on each (one already resolved
-    is left as it is), for a batch at the cost of one ``_create_lock`` hold instead
+    is left as it is), at the cost of one ``_create_lock`` hold per 1,024 instead
     of a lock and two calls per message (issue 22: the I/O thread resolves every
     written or acknowledged message here). Under that lock each outcome is
     published and each waiter's condition and callbacks are taken, as ``_finish``
@@ -301,14 +304,17 @@ def set_results(items: Sequence[Delivery]) -> None:
     """
     woken: List[_Woken] = []
     pending, done, waiting_type = _PENDING, _DONE, _Waiting
-    with _create_lock:
-        for d in items:
-            if d._state is pending:
-                d._state = done
-                hooks = d._hooks
-                if type(hooks) is waiting_type:
-                    assert isinstance(hooks, _Waiting)
-                    callbacks, hooks.callbacks = hooks.callbacks, None
-                    woken.append((d, hooks.cond, callbacks, hooks.dispatch))
+    for start in range(0, len(items), _HOLD_AT_MOST):
+        # A bounded hold: a user thread that starts waiting on another Delivery
+        # meanwhile waits for the lock at most this long (well under 1 ms).
+        with _create_lock:
+            for d in items[start : start + _HOLD_AT_MOST]:
+                if d._state is pending:
+                    d._state = done
+                    hooks = d._hooks
+                    if type(hooks) is waiting_type:
+                        assert isinstance(hooks, _Waiting)
+                        callbacks, hooks.callbacks = hooks.callbacks, None
+                        woken.append((d, hooks.cond, callbacks, hooks.dispatch))
     for d, cond, callbacks, dispatch in woken:
         d._wake(cond, callbacks, dispatch)

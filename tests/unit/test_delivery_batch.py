@@ -34,6 +34,19 @@ def test_every_pending_one_is_done_and_a_failed_one_stays_failed() -> None:
     assert items[0].set_result() is False  # already resolved, as after set_result()
 
 
+def test_a_batch_longer_than_one_lock_hold_resolves_whole() -> None:
+    tasks: List[Callable[[], None]] = []
+    items = batch(2500, dispatch=tasks.append)  # over two holds of 1,024
+    ran: List[int] = []
+    for d in items[1020:1030] + items[-3:]:
+        d.add_done_callback(lambda d: ran.append(d.payload))
+    set_results(items)
+    assert all(d.done() and d.exception(0) is None for d in items)
+    for task in tasks:
+        task()
+    assert ran == [*range(1020, 1030), 2497, 2498, 2499]
+
+
 def test_an_empty_batch_does_nothing() -> None:
     set_results([])
 
