@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, List, Optional, Sequence
 
-from ..delivery import Delivery
+from ..delivery import Delivery, set_results
 from ..durable import DurableStore
 from ..events import (
     BackpressureEvent,
@@ -119,13 +119,15 @@ class Handoff:
         counters.flushed += len(items)
         if acked:
             counters.acked += len(items)
-        flushed = self._wants("flushed")  # asked once per batch, not per message
-        for d in items:
-            # set_result() wakes waiters and hands the Delivery's callbacks to the
-            # dispatcher it carries: no user code runs here (DESIGN §4).
-            d.set_result()
-            if flushed:
-                self._emit(FlushedEvent(d.id, d.channel, d.payload))
+        # Resolving wakes waiters and hands the Deliveries' callbacks to the
+        # dispatcher each one carries: no user code runs here (DESIGN §4).
+        if self._wants("flushed"):  # asked once per batch, not per message
+            emit = self._emit
+            for d in items:  # each message's callbacks, then its event, as ever
+                d.set_result()
+                emit(FlushedEvent(d.id, d.channel, d.payload))
+        else:
+            set_results(items)  # one lock hold for the batch, no call per message
         # One release per batch (one lock, one notify of senders waiting for room).
         self._outbox.release(len(items))
         self._discard(items)

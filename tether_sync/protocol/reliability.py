@@ -248,8 +248,10 @@ class Reliability:
                     item._seq = n = seq
                 elif n > seq:
                     seq = n  # numbered at send() time (the durable outbox)
-                # The data envelope with "seq": n added (it ends with "}").
-                append((item, b'%s,"seq":%d}' % (item._data[:-1], n)))
+                # The data envelope with "seq": n added (it ends with "}"). The
+                # precision drops the "}" without a slice (one copy, not two).
+                data = item._data
+                append((item, b'%.*s,"seq":%d}' % (len(data) - 1, data, n)))
             cont.last_seq = seq
             self._output.buffer.add_framed(framed, track=False)
             self._unacked.extend(items)
