@@ -37,7 +37,12 @@ from .timers import TimerHeap
 from .transport import Link, read_size
 
 BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
-BATCH_BYTES = 256 * 1024
+# Bytes per pass. Without acks, each pass that holds a large message ends with a
+# barrier ping the server must answer (reliability.py): at 256 KiB, a stream of
+# 64 KiB messages cost a ping and a pong per four messages (about 10 % of the
+# server's CPU in benchmarks/bench_client.py's big rows). Big payloads are masked
+# only as they are written (writebuf.py), so a bigger pass holds no more memory.
+BATCH_BYTES = 1024 * 1024
 LINGER_BELOW = 32  # messages: fewer queued than this is a trickle
 KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
 # After a write, the kernel's unsent bytes are re-read shortly (for buffered_amount)
