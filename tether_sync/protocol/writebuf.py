@@ -32,13 +32,15 @@ Delivery = Item
 
 COALESCE_BYTES = 256 * 1024  # at most this many bytes are joined for one send()
 # A chunk this big is written as it is, never joined with others (a copy of it
-# would cost more than the send() it saves). The payload of an uncompressed
-# message this big is queued unmasked, in pieces of about this size, and each
-# piece is masked only when a write is about to hand it to the kernel (see
-# _Unmasked): no masked copy of the whole payload is made, and no allocation
-# is above the C allocator's mmap threshold (128 KiB in glibc), which would cost
-# an mmap, a page fault per 4 KiB and an munmap per message.
+# would cost more than the send() it saves).
 BIG_CHUNK = 64 * 1024
+# The payload of an uncompressed message of at least BIG_CHUNK bytes is queued
+# unmasked, in pieces of this size (the last one up to half as much again), and
+# each piece is masked only when a write is about to hand it to the kernel (see
+# _Unmasked): no masked copy of the whole payload is made, and the masked bytes
+# alive at a time are about one write's worth, whatever the message's size.
+# Smaller pieces would cost Python per piece (masking, handing out, dropping).
+PIECE = 256 * 1024
 
 Chunk = Union[bytes, memoryview]
 _DATA_OPS = (frames.OP_TEXT, frames.OP_BINARY)  # what permessage-deflate may compress
@@ -47,8 +49,8 @@ _DATA_OPS = (frames.OP_TEXT, frames.OP_BINARY)  # what permessage-deflate may co
 class _Unmasked:
     """A piece of a big payload, queued as it is and masked when it is handed out.
 
-    Pieces start at multiples of ``BIG_CHUNK`` (a multiple of 4) in their
-    payload, so each is masked with the frame's key as it is.
+    Pieces start at multiples of ``PIECE`` (a multiple of 4) in their payload,
+    so each is masked with the frame's key as it is.
     """
 
     __slots__ = ("data", "key")
@@ -180,8 +182,8 @@ class WriteBuffer:
         """Queue a big frame, after ``parts`` (emptied); nothing is copied or masked here.
 
         The small frames before it and the frame's header become one chunk; the
-        payload follows in unmasked pieces of ``BIG_CHUNK`` bytes (the last one
-        up to half as much again), masked one by one as writes reach them.
+        payload follows in unmasked pieces of ``PIECE`` bytes (the last one up
+        to half as much again), masked one by one as writes reach them.
         """
         header = frames.encode_frame_header(op, len(data), key)
         parts.append(header)
@@ -191,9 +193,9 @@ class WriteBuffer:
         view = memoryview(data)
         n = len(view)
         at = 0
-        while n - at > BIG_CHUNK + BIG_CHUNK // 2:
-            chunks.append(_Unmasked(view[at : at + BIG_CHUNK], key))
-            at += BIG_CHUNK
+        while n - at > PIECE + PIECE // 2:
+            chunks.append(_Unmasked(view[at : at + PIECE], key))
+            at += PIECE
         chunks.append(_Unmasked(view[at:] if at else view, key))
         return end + len(header) + n
 
@@ -216,10 +218,11 @@ class WriteBuffer:
 
         Small chunks queued one after the other (control frames between batches)
         are joined first, so the kernel gets them in one ``send()``. A big
-        frame's header goes with the first piece of its payload (one copy of at
-        most ``1.5 * BIG_CHUNK`` bytes): sent alone, the 14-byte header cost a
-        ``send()`` and a packet of its own per message, which made 64 KiB sends
-        about half as fast as websockets'. Later pieces go out as they are.
+        frame's header goes with the start of its payload (a copy of at most
+        ``BIG_CHUNK`` bytes, or all of a payload up to half as much again): sent
+        alone, the 14-byte header cost a ``send()`` and a packet of its own per
+        message, which made 64 KiB sends about half as fast as websockets'. The
+        rest goes out as it is, uncopied.
         """
         chunks = self._chunks
         if not chunks:
@@ -231,9 +234,15 @@ class WriteBuffer:
             size = len(joined[0])
             while chunks and size < COALESCE_BYTES:
                 chunk = chunks[0]
-                if type(chunk) is _Unmasked:  # a piece of a big payload: masked, joined, last
-                    joined.append(self._ready(0))
-                    chunks.popleft()
+                if type(chunk) is _Unmasked:  # a piece of a big payload: its start, last
+                    piece = self._ready(0)
+                    if len(piece) <= BIG_CHUNK + BIG_CHUNK // 2:  # a short tail: not worth a send
+                        joined.append(piece)
+                        chunks.popleft()
+                    else:
+                        view = memoryview(piece)
+                        joined.append(view[:BIG_CHUNK])
+                        chunks[0] = view[BIG_CHUNK:]
                     break
                 if len(chunk) >= BIG_CHUNK:
                     break
