@@ -39,9 +39,11 @@ from .transport import Link, read_size
 BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
 # Bytes per pass. Without acks, each pass that holds a large message ends with a
 # barrier ping the server must answer (reliability.py): at 256 KiB, a stream of
-# 64 KiB messages cost a ping and a pong per four messages (about 10 % of the
-# server's CPU in benchmarks/bench_client.py's big rows). Big payloads are masked
-# only as they are written (writebuf.py), so a bigger pass holds no more memory.
+# 64 KiB messages cost a ping and a pong per four messages (a fifth to a third of
+# the sink's CPU per message in benchmarks/bench_client.py's big rows, measured
+# against 1 MiB passes). Big payloads are masked
+# only as they are written (writebuf.py), so a bigger pass holds no more memory;
+# a pass also ends at the high-water mark (see pump).
 BATCH_BYTES = 1024 * 1024
 LINGER_BELOW = 32  # messages: fewer queued than this is a trickle
 KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
@@ -201,7 +203,10 @@ class Connection:
             # A trickle of durable sends: take it, and look again shortly instead
             # of being woken by each one (see Outbox.linger).
             trickle = linger > 0 and len(outbox) < LINGER_BELOW
-            batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size, trickle)
+            # A pass stops about at the mark (it takes one message at least), so
+            # it never takes buffered_amount past the mark by more than a message.
+            room = flow.high_water_mark - session.buffered - flow.kernel_bound
+            batch = outbox.take(BATCH_MESSAGES, min(BATCH_BYTES, room), _size, trickle)
             if trickle and not self._timers.scheduled(Timer.LINGER):
                 self._timers.schedule(self._clock.monotonic() + linger, Timer.LINGER)
             if not batch:
