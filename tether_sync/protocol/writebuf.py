@@ -227,7 +227,9 @@ class WriteBuffer:
         chunks = self._chunks
         if not chunks:
             return memoryview(b"")
-        first = self._ready(0)
+        first = chunks[0]
+        if isinstance(first, _Unmasked):
+            first = self._ready(0)
         if len(chunks) > 1 and len(first) - self._offset < BIG_CHUNK:
             joined: List[Chunk] = [memoryview(first)[self._offset :]]
             chunks.popleft()
@@ -268,10 +270,11 @@ class WriteBuffer:
         chunks = self._chunks
         if not chunks:
             return []
-        first = memoryview(self._ready(0))[self._offset :]
+        head = chunks[0]
+        first = memoryview(self._ready(0) if isinstance(head, _Unmasked) else head)[self._offset :]
         out = [first]
         size = len(first)
-        if size < max_bytes:
+        if len(chunks) > 1 and size < max_bytes:
             ready = self._ready
             for i in range(1, min(len(chunks), max_chunks)):
                 chunk = ready(i)
