@@ -39,11 +39,10 @@ from .transport import Link, read_size
 BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
 # Bytes per pass. Without acks, each pass that holds a large message ends with a
 # barrier ping the server must answer (reliability.py): at 256 KiB, a stream of
-# 64 KiB messages cost a ping and a pong per four messages (a fifth to a third of
-# the sink's CPU per message in benchmarks/bench_client.py's big rows, measured
-# against 1 MiB passes). Big payloads are masked
-# only as they are written (writebuf.py), so a bigger pass holds no more memory;
-# a pass also ends at the high-water mark (see pump).
+# 64 KiB messages cost a ping and a pong per four messages (with 1 MiB passes the
+# sink of benchmarks/bench_client.py's big rows spent about a third less CPU per
+# message). Big payloads are masked only as they are written (writebuf.py), so a
+# bigger pass holds no more memory; a pass also ends at the high-water mark (pump).
 BATCH_BYTES = 1024 * 1024
 LINGER_BELOW = 32  # messages: fewer queued than this is a trickle
 KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell

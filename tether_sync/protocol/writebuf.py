@@ -236,7 +236,7 @@ class WriteBuffer:
             size = len(joined[0])
             while chunks and size < COALESCE_BYTES:
                 chunk = chunks[0]
-                if type(chunk) is _Unmasked:  # a piece of a big payload: its start, last
+                if type(chunk) is _Unmasked:  # a big payload's piece: masked, joined last
                     piece = self._ready(0)
                     if len(piece) <= BIG_CHUNK + BIG_CHUNK // 2:  # a short tail: not worth a send
                         joined.append(piece)
