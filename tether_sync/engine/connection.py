@@ -37,7 +37,13 @@ from .timers import TimerHeap
 from .transport import Link, read_size
 
 BATCH_MESSAGES = 512  # messages framed per pass, so pings and reads interleave
-BATCH_BYTES = 256 * 1024
+# Bytes per pass. Without acks, each pass that holds a large message ends with a
+# barrier ping the server must answer (reliability.py): at 256 KiB, a stream of
+# 64 KiB messages cost a ping and a pong per four messages (with 1 MiB passes the
+# sink of benchmarks/bench_client.py's big rows spent about a third less CPU per
+# message). Big payloads are masked only as they are written (writebuf.py), so a
+# bigger pass holds no more memory; a pass also ends at the high-water mark (pump).
+BATCH_BYTES = 1024 * 1024
 LINGER_BELOW = 32  # messages: fewer queued than this is a trickle
 KERNEL_POLL = 0.005  # seconds between SIOCOUTQ checks where no event can tell
 # After a write, the kernel's unsent bytes are re-read shortly (for buffered_amount)
@@ -196,7 +202,10 @@ class Connection:
             # A trickle of durable sends: take it, and look again shortly instead
             # of being woken by each one (see Outbox.linger).
             trickle = linger > 0 and len(outbox) < LINGER_BELOW
-            batch = outbox.take(BATCH_MESSAGES, BATCH_BYTES, _size, trickle)
+            # A pass stops about at the mark (it takes one message at least), so
+            # it never takes buffered_amount past the mark by more than a message.
+            room = flow.high_water_mark - session.buffered - flow.kernel_bound
+            batch = outbox.take(BATCH_MESSAGES, min(BATCH_BYTES, room), _size, trickle)
             if trickle and not self._timers.scheduled(Timer.LINGER):
                 self._timers.schedule(self._clock.monotonic() + linger, Timer.LINGER)
             if not batch:

@@ -10,7 +10,6 @@ was framed but not fully written when the link drops comes back from
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from typing import Deque, List, Optional, Protocol, Sequence, Set, Tuple, Union
 
@@ -33,13 +32,38 @@ Delivery = Item
 
 COALESCE_BYTES = 256 * 1024  # at most this many bytes are joined for one send()
 # A chunk this big is written as it is, never joined with others (a copy of it
-# would cost more than the send() it saves). Messages this big, uncompressed,
-# are queued as two chunks, header and masked payload: the payload is not
-# copied into a frame object.
+# would cost more than the send() it saves).
 BIG_CHUNK = 64 * 1024
+# The payload of an uncompressed message of at least BIG_CHUNK bytes is queued
+# unmasked, in pieces of this size (the last one up to half as much again), and
+# each piece is masked only when a write is about to hand it to the kernel (see
+# _Unmasked): no masked copy of the whole payload is made, and the masked bytes
+# alive at a time are about one write's worth, whatever the message's size.
+# Smaller pieces would cost Python per piece (masking, handing out, dropping).
+PIECE = 256 * 1024
 
 Chunk = Union[bytes, memoryview]
 _DATA_OPS = (frames.OP_TEXT, frames.OP_BINARY)  # what permessage-deflate may compress
+
+
+class _Unmasked:
+    """A piece of a big payload, queued as it is and masked when it is handed out.
+
+    Pieces start at multiples of ``PIECE`` (a multiple of 4) in their payload,
+    so each is masked with the frame's key as it is.
+    """
+
+    __slots__ = ("data", "key")
+
+    def __init__(self, data: memoryview, key: bytes) -> None:
+        self.data = data
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+Queued = Union[bytes, memoryview, _Unmasked]
 
 
 def _encode(opcode: int, payload: bytes, key: bytes, codec: frames.Deflate) -> bytes:
@@ -64,8 +88,9 @@ class WriteBuffer:
     def __init__(self, keys: frames.MaskKeys, deflate: Optional[frames.Deflate] = None) -> None:
         self._keys = keys
         self._deflate = deflate
-        # Whole frames, batches of them, or the tail of a big frame (a memoryview).
-        self._chunks: Deque[Chunk] = deque()
+        # Whole frames, batches of them, a big frame's header, the pieces of its
+        # payload (unmasked until handed out).
+        self._chunks: Deque[Queued] = deque()
         self._offset = 0  # bytes of _chunks[0] already written
         self.size = 0  # unwritten bytes
         self._framed = 0  # bytes ever appended on this connection
@@ -154,28 +179,32 @@ class WriteBuffer:
         self._end_batch(parts, end)
 
     def _add_big(self, parts: List[bytes], op: int, data: bytes, key: bytes, end: int) -> int:
-        """Queue a big frame, after ``parts`` (emptied).
+        """Queue a big frame, after ``parts`` (emptied); nothing is copied or masked here.
 
-        The header goes out in one ``send()`` with the payload's first
-        ``BIG_CHUNK`` bytes (and the small frames before it): sent alone, the
-        14-byte header cost a system call and a packet of its own per message,
-        which made 64 KiB sends about half as fast as websockets'. The join
-        copies at most ``BIG_CHUNK`` bytes; the rest of the payload is queued
-        as a view, uncopied.
+        The small frames before it and the frame's header become one chunk; the
+        payload follows in unmasked pieces of ``PIECE`` bytes (the last one up
+        to half as much again), masked one by one as writes reach them.
         """
         header = frames.encode_frame_header(op, len(data), key)
-        masked = frames.mask_payload(data, key)
         parts.append(header)
-        if len(masked) <= BIG_CHUNK + BIG_CHUNK // 2:  # a short tail is not worth a send
-            parts.append(masked)
-            self._chunks.append(b"".join(parts))
-        else:
-            view = memoryview(masked)
-            parts.append(view[:BIG_CHUNK])  # type: ignore[arg-type]  # join takes buffers
-            self._chunks.append(b"".join(parts))
-            self._chunks.append(view[BIG_CHUNK:])
+        chunks = self._chunks
+        chunks.append(parts[0] if len(parts) == 1 else b"".join(parts))
         parts.clear()
-        return end + len(header) + len(data)
+        view = memoryview(data)
+        n = len(view)
+        at = 0
+        while n - at > PIECE + PIECE // 2:
+            chunks.append(_Unmasked(view[at : at + PIECE], key))
+            at += PIECE
+        chunks.append(_Unmasked(view[at:] if at else view, key))
+        return end + len(header) + n
+
+    def _ready(self, i: int) -> Chunk:
+        """Chunk ``i``, masked first if it is a piece of a big payload."""
+        chunk = self._chunks[i]
+        if type(chunk) is _Unmasked:
+            chunk = self._chunks[i] = frames.mask_payload(chunk.data, chunk.key)
+        return chunk  # type: ignore[return-value]  # no _Unmasked left
 
     def _end_batch(self, parts: List[bytes], end: int) -> None:
         """Queue the rest of a batch (``parts``, one chunk); ``end``: the batch's end offset."""
@@ -188,20 +217,43 @@ class WriteBuffer:
         """The next bytes to write (empty when nothing waits).
 
         Small chunks queued one after the other (control frames between batches)
-        are joined first, so the kernel gets them in one ``send()``.
+        are joined first, so the kernel gets them in one ``send()``. A big
+        frame's header goes with the start of its payload (a copy of at most
+        ``BIG_CHUNK`` bytes, or all of a payload up to half as much again): sent
+        alone, the 14-byte header cost a ``send()`` and a packet of its own per
+        message, which made 64 KiB sends about half as fast as websockets'. The
+        rest goes out as it is, uncopied.
         """
         chunks = self._chunks
         if not chunks:
             return memoryview(b"")
-        if len(chunks) > 1 and len(chunks[0]) - self._offset < 65536:
-            joined: List[Chunk] = [chunks.popleft()[self._offset :]]
+        first = chunks[0]
+        if isinstance(first, _Unmasked):
+            first = self._ready(0)
+        if len(chunks) > 1 and len(first) - self._offset < BIG_CHUNK:
+            joined: List[Chunk] = [memoryview(first)[self._offset :]]
+            chunks.popleft()
             size = len(joined[0])
-            while chunks and size < COALESCE_BYTES and len(chunks[0]) < BIG_CHUNK:
-                size += len(chunks[0])
-                joined.append(chunks.popleft())
-            chunks.appendleft(b"".join(joined))
+            while chunks and size < COALESCE_BYTES:
+                chunk = chunks[0]
+                if type(chunk) is _Unmasked:  # a big payload's piece: masked, joined last
+                    piece = self._ready(0)
+                    if len(piece) <= BIG_CHUNK + BIG_CHUNK // 2:  # a short tail: not worth a send
+                        joined.append(piece)
+                        chunks.popleft()
+                    else:
+                        view = memoryview(piece)
+                        joined.append(view[:BIG_CHUNK])
+                        chunks[0] = view[BIG_CHUNK:]
+                    break
+                if len(chunk) >= BIG_CHUNK:
+                    break
+                size += len(chunk)
+                joined.append(chunks.popleft())  # type: ignore[arg-type]  # not _Unmasked
+            first = b"".join(joined)
+            chunks.appendleft(first)
             self._offset = 0
-        return memoryview(chunks[0])[self._offset :]
+        return memoryview(first)[self._offset :]
 
     def pending_chunks(self, max_chunks: int, max_bytes: int) -> List[memoryview]:
         """The next bytes to write as the queued chunks themselves, uncopied.
@@ -209,18 +261,23 @@ class WriteBuffer:
         For a gathering write (``socket.sendmsg()``): the unwritten rest of the
         first chunk, then whole chunks after it, at most ``max_chunks`` of them;
         no chunk is added once ``max_bytes`` are reached (the last one may
-        cross it). Empty when nothing waits. Report what the kernel took with
-        :meth:`advance`, which counts across chunk boundaries: a write that
-        ends inside a chunk leaves its rest first in line.
+        cross it). Pieces of a big payload are masked as they are added, so
+        ``max_bytes`` also bounds the masked bytes made per write. Empty when
+        nothing waits. Report what the kernel took with :meth:`advance`, which
+        counts across chunk boundaries: a write that ends inside a chunk
+        leaves its rest first in line.
         """
         chunks = self._chunks
         if not chunks:
             return []
-        first = memoryview(chunks[0])[self._offset :]
+        head = chunks[0]
+        first = memoryview(self._ready(0) if isinstance(head, _Unmasked) else head)[self._offset :]
         out = [first]
         size = len(first)
         if len(chunks) > 1 and size < max_bytes:
-            for chunk in itertools.islice(chunks, 1, max_chunks):
+            ready = self._ready
+            for i in range(1, min(len(chunks), max_chunks)):
+                chunk = ready(i)
                 out.append(memoryview(chunk))
                 size += len(chunk)
                 if size >= max_bytes:
