@@ -676,11 +676,21 @@ class TetherClient:
             for d in made:
                 d.set_exception(QueueFull(str(exc)))
             return
-        store.append_many(
-            [(i, d.channel, d._op, d._data) for i, d in zip(ids, made)],
-            deadline.remaining(),
-            refs=made,
-        )
+        if self._config.protocol == "tether":  # one channel, one opcode: one run
+            store.append_batch(
+                ids,
+                made[0].channel,
+                frames.OP_TEXT,
+                [d._data for d in made],
+                deadline.remaining(),
+                made,
+            )
+        else:  # raw: text and binary frames may mix
+            store.append_many(
+                [(i, d.channel, d._op, d._data) for i, d in zip(ids, made)],
+                deadline.remaining(),
+                refs=made,
+            )
         if offline:
             for d in made:
                 if not d.done():
