@@ -21,6 +21,7 @@ import sys
 import threading
 import uuid
 import weakref
+from json.encoder import encode_basestring as _encode_basestring
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union, overload
 
 from . import delivery as deliveries
@@ -590,12 +591,16 @@ class TetherClient:
         prefix = sample[:at]
         id_head, id_tail = sample[at + 4 :].split("~")
         encode = encode_json
+        # A str payload is what encode_json's encoder returns for it (JSONEncoder.encode
+        # calls this function for a str): two Python calls fewer a message.
+        encode_str = _encode_basestring
         limit = self._config.max_message_size
         id_prefix, counter, dispatch = self._id_prefix, self._ids, self._dispatch_fn
         made: List[Delivery] = []
         for payload in payloads:
             msg_id = f"{id_prefix}{next(counter):012x}"
-            data = (prefix + encode(payload) + id_head + msg_id + id_tail).encode()
+            text = encode_str(payload) if type(payload) is str else encode(payload)
+            data = (prefix + text + id_head + msg_id + id_tail).encode()
             if len(data) > limit:
                 raise _too_big(len(data), limit)
             if ids is not None:

@@ -1316,6 +1316,10 @@ def _merge(ranges: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
 
 def _ranges(seqs: List[int]) -> List[Tuple[int, int]]:
     """``seqs`` as ``(first, last)`` runs of consecutive numbers (acks are cumulative)."""
+    first, last = seqs[0], seqs[-1]
+    if last - first + 1 == len(seqs) and seqs == list(range(first, last + 1)):
+        # The usual case, acks in order: one run, checked in C (no set, no sort).
+        return [(first, last)]
     out: List[Tuple[int, int]] = []
     it = iter(sorted(set(seqs)))
     first = last = next(it)
