@@ -130,7 +130,7 @@ import time
 import weakref
 from array import array
 from collections import deque
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import (
     Any,
     Callable,
@@ -227,6 +227,12 @@ _INSERT_BATCH = (
 #: Messages of one channel and opcode appended together from which they are
 #: stored as one row of ``batches`` (below it, rows of ``messages``).
 BATCH_ROWS = 16
+#: Bytes of payloads in one row of ``batches`` at most (SQLite's limit on a
+#: blob is 1 GB; 1,000 tether envelopes of 64-byte payloads are about 150 KB).
+BATCH_BYTES = 1 << 20
+#: A row of ``messages`` (seq, msg_id, channel, op, data) and of ``batches``.
+_MessageRow = Tuple[int, str, str, int, bytes]
+_BatchRow = Tuple[int, int, str, int, str, bytes, bytes]
 _DELETE = "DELETE FROM messages WHERE seq BETWEEN ? AND ?"
 _DELETE_BATCH = "DELETE FROM batches WHERE seq = ?"
 _DELETE_GONE = "DELETE FROM gone WHERE seq BETWEEN ? AND ?"
@@ -973,12 +979,11 @@ class DurableStore:
         self, batch: Optional[_Batch], discards: List[int], write_seq: bool, last_seq: int
     ) -> None:
         runs = batch.runs if batch is not None else []
-        rows: List[Tuple[int, str, str, int, bytes]] = []
-        blocks: List[Tuple[int, int, str, int, str, bytes, bytes]] = []
+        rows: List[_MessageRow] = []
+        blocks: List[_BatchRow] = []
         for run in runs:
-            block = _batch_row(run) if len(run.ids) >= BATCH_ROWS else None
-            if block is not None:
-                blocks.append(block)
+            if len(run.ids) >= BATCH_ROWS:
+                _batch_rows(run, blocks, rows)
             else:
                 rows.extend(
                     zip(run.seqs(), run.ids, repeat(run.channel), repeat(run.op), run.datas)
@@ -1259,28 +1264,49 @@ _SQLITE_IOERR = 10  # SQLite's primary result codes (sqlite3.h)
 _SQLITE_FULL = 13
 
 
-def _batch_row(run: _Run) -> Optional[Tuple[int, int, str, int, str, bytes, bytes]]:
-    """The row of ``batches`` that holds ``run`` (None where it cannot: use ``messages``).
+def _batch_rows(run: _Run, blocks: List[_BatchRow], rows: List[_MessageRow]) -> None:
+    """Append ``run`` as rows of ``batches`` to ``blocks``, and what they cannot hold to ``rows``.
 
-    None when an id contains a newline (the ids are joined by newlines) or the
+    A row of ``batches`` holds at most :data:`BATCH_BYTES` of payloads (SQLite
+    refuses a blob over 1 GB: a ``send_many()`` of big messages is cut into
+    several rows); a piece of fewer than :data:`BATCH_ROWS` messages (one big
+    message, say) goes to ``rows`` (of ``messages``). So does the whole run
+    when an id contains a newline (the ids are joined by newlines) or the
     platform has no 4-byte array element for the sizes.
     """
-    ids, datas = run.ids, run.datas
+    ids, datas, channel, op, first = run.ids, run.datas, run.channel, run.op, run.seq
     joined = "\n".join(ids)
     if not _SIZES or joined.count("\n") != len(ids) - 1:
-        return None
-    sizes = array(_SIZES, map(len, datas))
+        rows.extend(zip(run.seqs(), ids, repeat(channel), repeat(op), datas))
+        return
+    sizes = [len(d) for d in datas]
+    if sum(sizes) <= BATCH_BYTES:  # the usual case: one row
+        blocks.append(_batch_row(first, channel, op, joined, sizes, datas))
+        return
+    ends = list(accumulate(sizes))
+    start = 0
+    while start < len(ids):
+        base = ends[start - 1] if start else 0
+        end = max(start + 1, bisect.bisect_right(ends, base + BATCH_BYTES))
+        if end - start >= BATCH_ROWS:
+            piece = "\n".join(ids[start:end])
+            blocks.append(
+                _batch_row(first + start, channel, op, piece, sizes[start:end], datas[start:end])
+            )
+        else:
+            for i in range(start, end):
+                rows.append((first + i, ids[i], channel, op, datas[i]))
+        start = end
+
+
+def _batch_row(
+    first: int, channel: str, op: int, joined: str, sizes: List[int], datas: List[bytes]
+) -> _BatchRow:
+    """One row of ``batches``: messages ``first`` on, ids joined, sizes packed, payloads joined."""
+    packed = array(_SIZES, sizes)
     if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
-        sizes.byteswap()
-    return (
-        run.seq,
-        run.seq + len(ids) - 1,
-        run.channel,
-        run.op,
-        joined,
-        sizes.tobytes(),
-        b"".join(datas),
-    )
+        packed.byteswap()
+    return (first, first + len(sizes) - 1, channel, op, joined, packed.tobytes(), b"".join(datas))
 
 
 def _batch_messages(row: Tuple[Any, ...]) -> List[StoredMessage]:

@@ -24,11 +24,11 @@ SENDER = Path(__file__).resolve().parents[1] / "support" / "durable_many_sender.
 COUNT = 20_000
 
 
-def _start(url: str, path: Path, start: int) -> subprocess.Popen[str]:
+def _start(url: str, path: Path, start: int, last: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(SENDER), url, str(path), str(start), str(COUNT)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if last else subprocess.DEVNULL,
         text=True,
     )
 
@@ -69,9 +69,9 @@ def test_send_many_killed_three_times_loses_and_duplicates_nothing(
         numbers = [int(x) for x in lines if x.isdigit()]
         assert numbers, f"run {kill} sent nothing"
         committed = max([*numbers, *tether_server.data_payloads("d")])
-    proc = _start(tether_server.url, outbox, committed + 1)
-    out, _ = proc.communicate(timeout=120)
-    assert "closed True" in out
+    proc = _start(tether_server.url, outbox, committed + 1, last=True)
+    out, err = proc.communicate(timeout=120)
+    assert "closed True" in out, err[-3000:]
     assert tether_server.wait_for_data(COUNT, timeout=60, channel="d")
     got = tether_server.data_payloads("d")
     assert len(got) == len(set(got)), f"{len(got) - len(set(got))} duplicated"

@@ -187,3 +187,33 @@ def test_an_inconsistent_batch_row_is_reported_as_damage(tmp_path: Path) -> None
     conn.close()
     with pytest.raises(durable.TetherError, match="damaged"):
         DurableStore(path)
+
+
+def test_a_run_of_big_messages_is_cut_into_rows_of_at_most_batch_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite refuses a blob over 1 GB: a send_many() of a thousand 16 MiB messages
+    # must not become one row. Here the cap is 1,000 bytes: 100-byte messages go
+    # ten to a row (too few for a row of batches: rows of messages), the lone
+    # 5,000-byte one a row of messages, and runs of 20-byte ones rows of batches.
+    monkeypatch.setattr(durable, "BATCH_BYTES", 1000)
+    path = str(tmp_path / "outbox.sqlite")
+    sizes = [20] * 60 + [5000] + [100] * 12 + [20] * 40
+    batch = [(f"m{n}", "ch", 2, bytes([n % 256]) * size) for n, size in enumerate(sizes)]
+    store = DurableStore(path)
+    try:
+        seqs = store.append_many(batch)
+        assert seqs == list(range(1, len(batch) + 1))
+        store.discard(seqs[10:70])
+    finally:
+        assert store.close()
+    messages, batches, _ = table_sizes(path)
+    assert batches >= 2 and messages >= 1
+    want = [(s, m, d) for s, (m, _, _, d) in zip(seqs, batch) if not 11 <= s <= 70]
+    assert pending(path) == want
+    conn = sqlite3.connect(path)
+    try:
+        biggest = conn.execute("SELECT max(length(data)) FROM batches").fetchone()[0]
+    finally:
+        conn.close()
+    assert biggest <= 1000
