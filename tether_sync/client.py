@@ -600,7 +600,7 @@ class TetherClient:
         for payload in payloads:
             msg_id = f"{id_prefix}{next(counter):012x}"
             text = encode_str(payload) if type(payload) is str else encode(payload)
-            data = (prefix + text + id_head + msg_id + id_tail).encode()
+            data = f"{prefix}{text}{id_head}{msg_id}{id_tail}".encode()  # one allocation
             if len(data) > limit:
                 raise _too_big(len(data), limit)
             if ids is not None:
