@@ -186,7 +186,9 @@ def sink_pair(
     tmp = tempfile.TemporaryDirectory()
     files: List[str] = []
 
-    cpu: Dict[str, List[float]] = {"off": [], "on": []}  # CPU seconds of this process per message
+    # CPU seconds of this process per message: the pair runs (until closed), and
+    # the durable runs' calls (until the loop of calls returned; both threads).
+    cpu: Dict[str, List[float]] = {"off": [], "on": [], "durable": [], "durable_many": []}
 
     def one(path: str, count: int, outbox: bool = False, batch: int = 0) -> Tuple[float, float]:
         """Send ``count`` messages; (rate until acknowledged and closed, rate of the calls).
@@ -214,6 +216,9 @@ def sink_pair(
             for _ in range(count):
                 client.send(PAYLOAD, channel="bench")
         t_calls = time.perf_counter()
+        c_calls = time.process_time()
+        if outbox:
+            cpu["durable_many" if batch else "durable"].append((c_calls - c0) / count)
         if not got.wait(300):
             raise TimeoutError(path)
         ok = client.close(timeout=60)
@@ -284,6 +289,8 @@ def sink_pair(
     out: Dict[str, Any] = {key: statistics.median(got) for key, got in rates.items() if got}
     out["on_runs"] = rates["on"]
     out["wsc_runs2"] = wsc_of["on"]  # the wsc rate of each "on" run's round
+    out["cpu_durable"] = cpu["durable"]
+    out["cpu_durable_many"] = cpu["durable_many"]
     for key in ("durable_calls", "durable_many_calls"):
         if rates[key]:
             out[f"{key}_vs_wsc"] = [d / w for d, w in zip(rates[key], rates["wsc"])]
@@ -554,6 +561,12 @@ def sink_rows(
     print(f"  send(), acked                {side('durable')}")
     print(f"  send_many({BATCH}), calls       {side('durable_many_calls')}  target >= 100 k/s")
     print(f"  send_many({BATCH}), acked       {side('durable_many')}")
+    for key, name in (("cpu_durable", "send()"), ("cpu_durable_many", f"send_many({BATCH})")):
+        us = sorted(1e6 * c for c in rates[key])
+        print(
+            f"  {name} calls, CPU per message (this process, all threads): min {us[0]:.2f},"
+            f" median {statistics.median(us):.2f}, max {us[-1]:.2f} us"
+        )
     return 0
 
 

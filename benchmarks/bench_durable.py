@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python benchmarks/bench_durable.py [--quick] [--repeat N] [--dir DIR] [--json out.json]
+    python benchmarks/bench_durable.py --no-fsync-rows    # skip the slow fsync=True rows
 
 The claim (issue 11): the durable outbox sustains >= 20,000 msg/s with 64-byte
 payloads. ``send()`` returns only once its message is committed, so what one
@@ -23,6 +24,8 @@ Rows, each for ``fsync=False`` (WAL, synchronous=NORMAL) and ``fsync=True``
 * ``append, 1 thread``: a loop of blocking ``append()`` (what one sender gets);
 * ``append, 8 threads``: 8 threads in such loops on one store (group commit);
 * ``append_many(64)``: batches of 64 in one call (for information: bulk import);
+* ``append_batch(1000), acked``: what a ``send_many(1000)`` loop asks of the store
+  (one row of ``batches`` a call; each call's seqs discarded, as acks do);
 * ``append_async, window 256``: one thread keeps up to 256 appends in flight
   (for information: what pipelining would give; send() does not do it);
 * ``raw sqlite3``: one autocommit INSERT per message on a bare connection with
@@ -100,6 +103,22 @@ def many(store: DurableStore, n: int) -> float:
     return time.perf_counter() - t
 
 
+def batch_acked(store: DurableStore, n: int) -> float:
+    """``send_many(1000)``'s store work: a run of 1,000 in one call, the one before discarded.
+
+    As a ``send_many()`` loop against a server that acks: each call commits one
+    row of ``batches``, and the acks of the previous call's messages are
+    deleted in a later transaction.
+    """
+    ids = [f"m{i:035d}" for i in range(1000)]  # as long as the client's ids
+    datas = [PAYLOAD] * 1000
+    t = time.perf_counter()
+    for _ in range(n // 1000):
+        seqs = store.append_batch(ids, "bench", 1, datas)
+        store.discard(seqs)
+    return time.perf_counter() - t
+
+
 def windowed(store: DurableStore, n: int) -> float:
     window: Deque[AppendHandle] = deque()
     t = time.perf_counter()
@@ -144,6 +163,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where the outbox files go")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument(
+        "--no-fsync-rows",
+        action="store_true",
+        help="skip the fsync=True rows (minutes on a busy disk)",
+    )
     args = ap.parse_args()
     n_normal = 5_000 if args.quick else 50_000
     n_full = 500 if args.quick else 3_000
@@ -156,9 +180,10 @@ def main() -> int:
         ("append, 1 thread", one_thread),
         ("append, 8 threads", eight_threads),
         ("append_many(64)", many),
+        ("append_batch(1000), acked", batch_acked),
         ("append_async, window 256", windowed),
     ]
-    for fsync in (False, True):
+    for fsync in (False,) if args.no_fsync_rows else (False, True):
         n = n_full if fsync else n_normal
         mode = "fsync=True " if fsync else "fsync=False"
         for name, fn in rows:

@@ -253,10 +253,11 @@ def test_a_newer_format_version_is_refused(path: str) -> None:
     store.append("a", "c", 1, b"d")
     assert store.close()
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute(f"PRAGMA user_version = {durable.FORMAT_VERSION + 1}")
     conn.close()
     before = digest(path)
-    with pytest.raises(TetherError, match=r"format version 2.*newer") as info:
+    newer = durable.FORMAT_VERSION + 1
+    with pytest.raises(TetherError, match=rf"format version {newer}.*newer") as info:
         DurableStore(path)
     assert path in str(info.value)
     assert digest(path) == before
