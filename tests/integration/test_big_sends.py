@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List
 
 import pytest
-from websockets.sync.server import ServerConnection, serve
 
 from tether_sync import TetherClient
 from tether_sync.engine import transport
@@ -23,32 +21,6 @@ from tether_sync.protocol.session import Session
 trustme = pytest.importorskip("trustme")
 
 SNDBUF = 16384  # the client's kernel send buffer: far below one big message
-
-
-@pytest.fixture(params=["ws", "wss"])
-def echo(request: Any, tmp_path: Any) -> Iterator[Dict[str, Any]]:
-    """A websockets echo server, plain or TLS (certificate from a test CA)."""
-    server_ctx: Optional[ssl.SSLContext] = None
-    sslopt: Optional[Dict[str, str]] = None
-    if request.param == "wss":
-        ca = trustme.CA()
-        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost").configure_cert(server_ctx)
-        ca_file = tmp_path / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
-        sslopt = {"ca_certs": str(ca_file)}
-
-    def handler(conn: ServerConnection) -> None:
-        for message in conn:
-            conn.send(message)
-
-    with serve(handler, "localhost", 0, ssl=server_ctx, max_size=None) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        port = server.socket.getsockname()[1]
-        yield {"url": f"{request.param}://localhost:{port}/", "sslopt": sslopt}
-        server.shutdown()
-        thread.join(5)
 
 
 class Writes:
