@@ -8,15 +8,12 @@ and the server must get each number once, in order.
 
 from __future__ import annotations
 
-import random
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import List
 
 import pytest
+from support.kill_loop import kill_mid_send
 
 from tether_sync.server import TetherServer
 
@@ -38,37 +35,9 @@ def test_send_many_killed_three_times_loses_and_duplicates_nothing(
     tether_server: TetherServer, tmp_path: Path
 ) -> None:
     outbox = tmp_path / "outbox.sqlite"
-    rng = random.Random()
-    committed = -1  # the highest number whose send_many() returned
-    for kill in range(3):
-        proc = _start(tether_server.url, outbox, committed + 1)
-        assert proc.stdout is not None
-        target = committed + rng.randint(1_000, 4_000)
-        lines: List[str] = []
-        done = threading.Event()
-
-        def read(
-            p: subprocess.Popen[str] = proc,
-            lines: List[str] = lines,
-            target: int = target,
-            done: threading.Event = done,
-        ) -> None:
-            assert p.stdout is not None
-            for line in p.stdout:
-                lines.append(line.strip())
-                if line.strip().isdigit() and int(line) >= target:
-                    done.set()
-            done.set()
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        assert done.wait(60), f"run {kill}: the sender stalled"
-        proc.send_signal(signal.SIGKILL)  # mid-stream, nothing flushed or closed
-        proc.wait(10)
-        reader.join(5)
-        numbers = [int(x) for x in lines if x.isdigit()]
-        assert numbers, f"run {kill} sent nothing"
-        committed = max([*numbers, *tether_server.data_payloads("d")])
+    committed = kill_mid_send(
+        lambda first: _start(tether_server.url, outbox, first), tether_server, (1_000, 4_000)
+    )
     proc = _start(tether_server.url, outbox, committed + 1, last=True)
     out, err = proc.communicate(timeout=120)
     assert "closed True" in out, err[-3000:]
