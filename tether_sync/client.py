@@ -796,6 +796,7 @@ class TetherClient:
             dispatch=self._dispatch_fn,
             on_error=self._report_error,
             on_resume=lambda: self._loop.post(cmd.ResumeInbound()),
+            reader=self._loop.read_now if callback is None else None,
         )
 
     def subscribe(

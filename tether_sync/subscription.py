@@ -35,6 +35,9 @@ class InboundBuffer:
         on_error: Reports an exception raised by the callback.
         on_resume: Called (on the consumer's thread) when a ``block`` buffer that
             refused an item has drained to its low-water mark; it wakes the loop.
+        reader: Called by :meth:`get` before it blocks, with the seconds left
+            (None: no limit): reads the socket on the consumer's thread if it
+            can; True if it read (``IoLoop.read_now``).
     """
 
     def __init__(
@@ -46,8 +49,12 @@ class InboundBuffer:
         dispatch: Optional[Callable[[Task], None]] = None,
         on_error: Optional[Callable[[BaseException], None]] = None,
         on_resume: Optional[Callable[[], None]] = None,
+        reader: Optional[Callable[[Optional[float]], bool]] = None,
     ) -> None:
         self._ring: Ring[Any] = Ring(capacity, overflow)
+        # Before get() blocks: reads the socket on the consumer's thread if the
+        # I/O thread is idle (True if it read; see IoLoop.read_now).
+        self._reader = reader
         self._low_water = capacity // 2
         self._callback = callback
         self._dispatch = dispatch
@@ -207,6 +214,17 @@ class InboundBuffer:
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"no message within {timeout}s")
+            if self._reader is not None:
+                # Wait for the reply on the socket itself, if the I/O thread is
+                # idle: it comes with no thread hand-off. Unlocked: the read
+                # pushes into this buffer.
+                lock.release()
+                try:
+                    read = self._reader(remaining)
+                finally:
+                    lock.acquire()
+                if read:
+                    continue
             waiter = threading.Lock()
             waiter.acquire()
             self._waiters.append(waiter)  # a push (or close) releases it

@@ -54,6 +54,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import select
 import threading
 import uuid
 from typing import Any, Callable, Dict, List, Optional
@@ -81,6 +82,10 @@ from .session_events import Handoff
 from .timers import TimerHeap
 
 log = logging.getLogger("tether_sync")
+
+# read_now() waits with poll(2) on the socket and the wake pair (not on Windows).
+_poll = getattr(select, "poll", None)
+_POLLIN = getattr(select, "POLLIN", 1)
 
 
 class IoLoop:
@@ -114,6 +119,11 @@ class IoLoop:
         # that finds it free writes its message itself (write_now). One holder at
         # a time, so the socket (TLS included) still has one user at a time.
         self.turn = threading.Lock()
+        # The handshake between a consumer waiting on the socket (read_now) and
+        # the I/O thread wanting the turn back (see _select_once); plain flags,
+        # each written by one side and read by the other.
+        self._reading = False
+        self._want_turn = False
         # While the I/O thread waits in the selector: when it will wake by itself
         # (-inf otherwise: it is running, and looks at everything before it waits).
         self._asleep_until = -math.inf
@@ -355,7 +365,15 @@ class IoLoop:
         try:
             ready = self._poller.wait(timeout)
         finally:
-            self.turn.acquire()
+            if not self.turn.acquire(False):
+                # Set before _reading is read, as read_now sets _reading before
+                # it reads _want_turn: either it does not wait on the socket, or
+                # the byte below ends its wait (its poll watches the wake pair).
+                self._want_turn = True
+                if self._reading:
+                    self._poller.nudge()
+                self.turn.acquire()
+                self._want_turn = False
             self._asleep_until = -math.inf
         if (ready and ready[0] & READ) or (tls and self._tls_pending()):
             self._guard(self._on_readable)
@@ -381,6 +399,26 @@ class IoLoop:
             if io.mask != mask or io.registered != bool(mask):
                 self._guard(self._update_interest)
 
+    def _caller_step(self, step: Callable[[], None]) -> None:
+        """Run one loop step on a user thread, under the turn (write_now, read_now).
+
+        As :meth:`_guard`; and if the step is interrupted (a ``KeyboardInterrupt``
+        on the main thread, which the I/O thread never gets), the connection's
+        state may be half-updated: it fails the ordinary way, so its unfinished
+        messages are carried to the next one, then the interruption goes on.
+        """
+        try:
+            self._guard(step)
+        except BaseException:
+            session = self.session
+            if session is not None and session.phase is not Phase.CLOSED:
+                try:
+                    session.abort(1011, "interrupted")
+                    self.process_events()
+                except Exception:
+                    log.exception("tether_sync: failing an interrupted connection failed")
+            raise
+
     def write_now(self) -> None:
         """Write what the outbox holds from the caller's thread if it is this one's turn.
 
@@ -397,7 +435,7 @@ class IoLoop:
             conn = self._conn
             until = self._asleep_until  # the I/O thread is in its selector until then
             if conn is not None and not self.stopped.is_set():
-                self._guard(self._pump)
+                self._caller_step(self._pump)
                 if self._conn is conn:
                     # Wake the I/O thread only for what it must do that it
                     # would not do before its own time: what the kernel did
@@ -417,8 +455,100 @@ class IoLoop:
                     )
         finally:
             self.turn.release()
-        if wake:
-            self._poller.wake()
+            if wake:  # in the finally: an interrupted step leaves work (a reconnect)
+                self._poller.wake()
+
+    def read_now(self, timeout: Optional[float]) -> bool:
+        """Wait for the socket and read it on the caller's thread, if it is this one's turn.
+
+        Called by a consumer about to block in ``Subscription.get()`` (through
+        its buffer). If the turn is free (the I/O thread waits in its selector)
+        and the link is open with nothing to write, the caller takes the socket
+        out of the I/O thread's selector, waits for it itself (no longer than
+        ``timeout``, nor past the I/O thread's own next deadline, and only until
+        another thread wakes the I/O thread), reads and routes what came, as
+        the I/O thread would, and puts the socket back. The reply then reaches
+        the caller with no thread hand-off, as with websocket-client.
+
+        Returns:
+            True if it read (the caller looks at its buffer again); False if it
+            could not take the turn or nothing came: the caller then blocks as
+            usual and the I/O thread carries on.
+        """
+        if _poll is None or not self.turn.acquire(False):
+            return False
+        read = False
+        wake = False
+        try:
+            conn = self._conn
+            until = self._asleep_until
+            if (
+                conn is None
+                or self.stopped.is_set()
+                or self.router.held
+                or conn.link.io.want_write
+                or conn.session.wants_write
+                or not conn.session.is_open
+                or self._mailbox.waiting
+                or len(self.outbox)
+            ):
+                return False
+            now = self._clock.monotonic()
+            wait = until - now
+            if timeout is not None:
+                wait = min(wait, timeout)
+            if wait <= 0:
+                return False
+            link = conn.link
+            self._reading = True
+            if self._want_turn:  # the I/O thread is waiting for the turn: give it back
+                self._reading = False
+                return False
+            self._poller.watch(link, 0)  # the I/O thread's epoll no longer wakes for it
+            try:
+                poll = _poll()
+                poll.register(link.sock.fileno(), _POLLIN)
+                poll.register(self._poller.wake_fd, _POLLIN)
+                ms = -1 if wait == math.inf else max(1, math.ceil(wait * 1e3))
+                if link.io.tls and link.tls_pending():
+                    # Decrypted bytes already wait in the SSL object, which the
+                    # socket's readiness does not show (STYLE §3.4): read them.
+                    got = [link.sock.fileno()]
+                else:
+                    got = [fd for fd, _ in poll.poll(ms)]
+                if link.sock.fileno() in got and self._poller.wake_fd not in got:
+                    wake = True  # until the step is done (an interruption leaves work)
+                    self._caller_step(self._on_readable)
+                    read = True
+                    conn = self._conn
+                    if conn is not None and conn.session.wants_write:
+                        self._caller_step(self._write)  # e.g. a pong or acks the read made
+            finally:
+                self._reading = False
+                conn = self._conn
+                if conn is not None and conn.link is link:
+                    conn.watch(not self.router.held)
+            if conn is None or conn.link is not link:
+                wake = True  # the read ended the connection: the I/O thread retries
+            else:
+                session = conn.session
+                due = self._timers.next_due()
+                when = session.next_deadline()
+                wake = bool(
+                    len(self.outbox)
+                    or session.wants_write
+                    or conn.link.io.want_write
+                    or (conn.link.io.tls and conn.link.tls_pending())
+                    or self.life.shutdown.requested
+                    or self.life.shutdown.flush_waiters
+                    or (due is not None and due < until)
+                    or (when is not None and when < until)
+                )
+        finally:
+            self.turn.release()
+            if wake:  # in the finally: an interrupted step leaves work (a reconnect)
+                self._poller.wake()
+        return read
 
     def _tls_pending(self) -> bool:
         conn = self._conn

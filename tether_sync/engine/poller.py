@@ -51,6 +51,7 @@ class Poller:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
+        self.wake_fd = self._wake_fd  # read_now() polls it too (never reads it)
         # _state_lock guards _polling and _asked, the wake-up handshake between
         # wakers and the I/O thread (see wake()); held for two attribute
         # accesses, never across a system call.
@@ -84,6 +85,18 @@ class Poller:
         try:
             self._wake_w.send(b"\0")
         except OSError:  # full (the loop is already due to wake) or closed
+            pass
+
+    def nudge(self) -> None:
+        """Write one wake byte now, whatever the I/O thread is doing (the I/O thread).
+
+        For a thread polling the wake pair besides the socket while it holds the
+        loop's turn (``IoLoop.read_now``): the I/O thread wants the turn back.
+        The byte stays until this thread's next :meth:`wait` reads it.
+        """
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full: bytes are pending already, which is as good
             pass
 
     def wait(self, timeout: Optional[float]) -> List[int]:
