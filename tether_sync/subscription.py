@@ -36,8 +36,8 @@ class InboundBuffer:
         on_resume: Called (on the consumer's thread) when a ``block`` buffer that
             refused an item has drained to its low-water mark; it wakes the loop.
         reader: Called by :meth:`get` before it blocks, with the seconds left
-            (None: no limit): reads the socket on the consumer's thread if it
-            can; True if it read (``IoLoop.read_now``).
+            (None: no limit) and a check that an item came: reads the socket on
+            the consumer's thread if it can; True if it read (``IoLoop.read_now``).
     """
 
     def __init__(
@@ -49,7 +49,7 @@ class InboundBuffer:
         dispatch: Optional[Callable[[Task], None]] = None,
         on_error: Optional[Callable[[BaseException], None]] = None,
         on_resume: Optional[Callable[[], None]] = None,
-        reader: Optional[Callable[[Optional[float]], bool]] = None,
+        reader: Optional[Callable[[Optional[float], Callable[[], bool]], bool]] = None,
     ) -> None:
         self._ring: Ring[Any] = Ring(capacity, overflow)
         # Before get() blocks: reads the socket on the consumer's thread if the
@@ -208,23 +208,26 @@ class InboundBuffer:
         # while blocked, and held again on return (or raise).
         deadline = Deadline(timeout)
         lock = self._lock
+        tried = False  # the reader could not read: wait as a waiter now
         while not self._ring:
             if self._closed:
                 raise ClientClosed("subscription closed")
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"no message within {timeout}s")
-            if self._reader is not None:
+            if self._reader is not None and not tried:
                 # Wait for the reply on the socket itself, if the I/O thread is
                 # idle: it comes with no thread hand-off. Unlocked: the read
-                # pushes into this buffer.
+                # pushes into this buffer. Then look again either way: the I/O
+                # thread may have pushed while the lock was free (and found no
+                # waiter to wake); after a read that brought nothing for this
+                # buffer, the reader may try again.
                 lock.release()
                 try:
-                    read = self._reader(remaining)
+                    tried = not self._reader(remaining, self._ready)
                 finally:
                     lock.acquire()
-                if read:
-                    continue
+                continue
             waiter = threading.Lock()
             waiter.acquire()
             self._waiters.append(waiter)  # a push (or close) releases it
@@ -242,6 +245,11 @@ class InboundBuffer:
                     except ValueError:
                         pass
         return self._ring.pop(), self._took()
+
+    def _ready(self) -> bool:
+        # For the reader, with the loop's turn held (no push can come meanwhile):
+        # an item arrived, or the buffer closed, since get() looked. No lock: a hint.
+        return bool(self._ring) or self._closed
 
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh lock (the old one may be held), and closed."""

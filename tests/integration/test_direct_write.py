@@ -16,6 +16,7 @@ import queue
 import random
 import socket
 import threading
+import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
@@ -316,3 +317,25 @@ def test_ctrl_c_during_a_callers_write_loses_nothing(
     assert client.flush(timeout=10)
     assert tether_server.data_payloads("c") == ["first", "second", "third"]
     assert client.stats().reconnects == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("echo", ["ws"], indirect=True)
+@pytest.mark.parametrize("protocol", ["raw", "tether"])
+def test_a_reply_is_handed_over_at_once_never_after_gets_timeout(
+    echo: Dict[str, Any], protocol: str, make_client: Callable[..., TetherClient]
+) -> None:
+    # A reply pushed while the caller looked at the socket, or while it was
+    # between its own check and its wait, must end get() at once. (A lost
+    # wake-up showed as a round trip of exactly get()'s timeout: 2-4 in 4,000.)
+    client = make_client(echo["url"], protocol=protocol)  # tether: the envelope comes back
+    inbox = client.subscribe("default" if protocol == "raw" else "e")
+    client.connect(wait=True, timeout=10)
+    slowest = 0.0
+    for i in range(3000):
+        started = time.monotonic()
+        client.send(f"m{i}", channel="e")
+        got = inbox.get(timeout=5)
+        slowest = max(slowest, time.monotonic() - started)
+        assert got == f"m{i}"
+    assert slowest < 2.0, f"a round trip took {slowest:.3f} s (get()'s timeout is 5 s)"

@@ -125,7 +125,7 @@ class Engine:
         # After a put that did not wake the I/O thread (see IoLoop.write_now).
         self.write_now: Callable[[], None] = loop.write_now
         # Before a consumer blocks in get() (see IoLoop.read_now).
-        self.read_now: Callable[[Optional[float]], bool] = loop.read_now
+        self.read_now: Callable[[Optional[float], Callable[[], bool]], bool] = loop.read_now
         self.post: Callable[[Command], None] = loop.post
         self.stopped: threading.Event = loop.stopped
         self.counters: Counters = loop.counters

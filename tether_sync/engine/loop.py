@@ -458,7 +458,7 @@ class IoLoop:
             if wake:  # in the finally: an interrupted step leaves work (a reconnect)
                 self._poller.wake()
 
-    def read_now(self, timeout: Optional[float]) -> bool:
+    def read_now(self, timeout: Optional[float], ready: Callable[[], bool]) -> bool:
         """Wait for the socket and read it on the caller's thread, if it is this one's turn.
 
         Called by a consumer about to block in ``Subscription.get()`` (through
@@ -470,10 +470,15 @@ class IoLoop:
         the I/O thread would, and puts the socket back. The reply then reaches
         the caller with no thread hand-off, as with websocket-client.
 
+        ``ready()`` says whether the caller's buffer has an item (or is closed)
+        already: asked once the turn is held, when nothing can be pushed to it
+        behind the caller's back (an item pushed between the caller's own check
+        and the turn would otherwise wait until ``timeout``).
+
         Returns:
-            True if it read (the caller looks at its buffer again); False if it
-            could not take the turn or nothing came: the caller then blocks as
-            usual and the I/O thread carries on.
+            True if it read, or the buffer is ready (the caller looks at its
+            buffer again); False if it could not take the turn or nothing came:
+            the caller then blocks as usual and the I/O thread carries on.
         """
         if _poll is None or not self.turn.acquire(False):
             return False
@@ -499,6 +504,8 @@ class IoLoop:
                 wait = min(wait, timeout)
             if wait <= 0:
                 return False
+            if ready():
+                return True  # pushed before this thread held the turn
             link = conn.link
             self._reading = True
             if self._want_turn:  # the I/O thread is waiting for the turn: give it back
