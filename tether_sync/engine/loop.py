@@ -54,7 +54,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import select
 import threading
 import uuid
 from typing import Any, Callable, Dict, List, Optional
@@ -82,10 +81,6 @@ from .session_events import Handoff
 from .timers import TimerHeap
 
 log = logging.getLogger("tether_sync")
-
-# read_now() waits with poll(2) on the socket and the wake pair (not on Windows).
-_poll = getattr(select, "poll", None)
-_POLLIN = getattr(select, "POLLIN", 1)
 
 
 class IoLoop:
@@ -480,7 +475,7 @@ class IoLoop:
             buffer again); False if it could not take the turn or nothing came:
             the caller then blocks as usual and the I/O thread carries on.
         """
-        if _poll is None or not self.turn.acquire(False):
+        if not self.turn.acquire(False):
             return False
         read = False
         wake = False
@@ -513,17 +508,13 @@ class IoLoop:
                 return False
             self._poller.watch(link, 0)  # the I/O thread's epoll no longer wakes for it
             try:
-                poll = _poll()
-                poll.register(link.sock.fileno(), _POLLIN)
-                poll.register(self._poller.wake_fd, _POLLIN)
-                ms = -1 if wait == math.inf else max(1, math.ceil(wait * 1e3))
                 if link.io.tls and link.tls_pending():
                     # Decrypted bytes already wait in the SSL object, which the
                     # socket's readiness does not show (STYLE §3.4): read them.
-                    got = [link.sock.fileno()]
+                    readable, woken = True, False
                 else:
-                    got = [fd for fd, _ in poll.poll(ms)]
-                if link.sock.fileno() in got and self._poller.wake_fd not in got:
+                    readable, woken = self._poller.wait_socket(link, wait)
+                if readable and not woken:
                     wake = True  # until the step is done (an interruption leaves work)
                     self._caller_step(self._on_readable)
                     read = True

@@ -27,7 +27,7 @@ import select
 import selectors
 import socket
 import threading
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .transport import Change, Link
 
@@ -35,6 +35,7 @@ READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
 _EPOLL = hasattr(select, "epoll")
+_POLL = getattr(select, "poll", None)  # wait_socket (not on Windows)
 
 
 class Poller:
@@ -51,7 +52,6 @@ class Poller:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._wake_fd = self._wake_r.fileno()
-        self.wake_fd = self._wake_fd  # read_now() polls it too (never reads it)
         # _state_lock guards _polling and _asked, the wake-up handshake between
         # wakers and the I/O thread (see wake()); held for two attribute
         # accesses, never across a system call.
@@ -86,6 +86,24 @@ class Poller:
             self._wake_w.send(b"\0")
         except OSError:  # full (the loop is already due to wake) or closed
             pass
+
+    def wait_socket(self, link: Link, timeout: float) -> Tuple[bool, bool]:
+        """Wait, on a consumer's thread, for ``link`` or the wake pair to be readable.
+
+        For ``IoLoop.read_now`` (which holds the loop's turn and has taken
+        ``link`` out of the selector): ``timeout`` in seconds (``math.inf``: no
+        limit). Returns ``(readable, woken)``; the wake byte is left for
+        :meth:`wait` to read. ``(False, False)`` where ``poll()`` is missing.
+        """
+        if _POLL is None:
+            return False, False
+        poll = _POLL()
+        fd = link.sock.fileno()
+        poll.register(fd, select.POLLIN)
+        poll.register(self._wake_fd, select.POLLIN)
+        ms = -1 if timeout == math.inf else max(1, math.ceil(timeout * 1e3))
+        got = [ready_fd for ready_fd, _ in poll.poll(ms)]
+        return fd in got, self._wake_fd in got
 
     def nudge(self) -> None:
         """Write one wake byte now, whatever the I/O thread is doing (the I/O thread).
