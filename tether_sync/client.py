@@ -789,14 +789,23 @@ class TetherClient:
         size: Optional[int] = None,
     ) -> InboundBuffer:
         bp = self._config.backpressure
+        policy = overflow if overflow is not None else bp.inbound_overflow
+        # A queue consumer about to block in get() may read the socket itself
+        # (IoLoop.read_now: no thread hand-off per reply). Only on "block"
+        # buffers, which pace the socket to their consumer anyway. A drop policy
+        # is chosen for streams where the newest value matters: the I/O thread
+        # then reads as fast as the network gives, whatever the consumer's pace,
+        # and the buffer drops; a consumer's own reads would pace the server
+        # through TCP instead, and nothing would be dropped.
+        direct = callback is None and policy == "block"
         return InboundBuffer(
             size if size is not None else bp.inbound_buffer_size,
-            overflow if overflow is not None else bp.inbound_overflow,
+            policy,
             callback=callback,
             dispatch=self._dispatch_fn,
             on_error=self._report_error,
             on_resume=lambda: self._loop.post(cmd.ResumeInbound()),
-            reader=self._loop.read_now if callback is None else None,
+            reader=self._loop.read_now if direct else None,
         )
 
     def subscribe(

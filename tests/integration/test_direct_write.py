@@ -268,6 +268,30 @@ def test_round_trips_read_their_replies_on_the_callers_thread(
     assert mine > 150, f"{mine} of 300 replies read on the caller's thread"
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("echo", ["ws"], indirect=True)
+@pytest.mark.parametrize("overflow", ["drop-oldest", "sample-oldest", "drop-newest"])
+def test_a_drop_policy_consumer_never_reads_the_socket_itself(
+    echo: Dict[str, Any],
+    writers: Writers,
+    make_client: Callable[..., TetherClient],
+    overflow: str,
+) -> None:
+    # A drop policy is for streams where the newest value matters: the I/O
+    # thread reads at the network's pace and the buffer drops, whatever the
+    # consumer's pace (its own reads would pace the server through TCP).
+    client = make_client(echo["url"], protocol="raw", sslopt=echo["sslopt"])
+    inbox = client.subscribe("default", overflow=overflow)
+    client.connect(wait=True, timeout=10)
+    for i in range(200):
+        payload = f"request {i}".encode()
+        client.send(payload)
+        assert inbox.get(timeout=10) == payload
+    with writers.lock:
+        reads = list(writers.reads)
+    assert reads and set(reads) == {IO_THREAD}, f"{len(reads)} reads by {sorted(set(reads))}"
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("echo", ["ws"], indirect=True)
 def test_a_consumer_waiting_on_the_socket_holds_up_nobody(

@@ -2,48 +2,28 @@
 
 from __future__ import annotations
 
-import ssl
-import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Dict
 
 import pytest
-from websockets.sync.server import ServerConnection, serve
 
 from tether_sync import TetherClient
 
-trustme = pytest.importorskip("trustme")
+pytest.importorskip("trustme")
 
 
-@pytest.fixture
-def tls_echo(tmp_path: Any) -> Iterator[dict[str, str]]:
-    """A websockets echo server on wss://localhost with a certificate from a test CA."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-
-    def handler(conn: ServerConnection) -> None:
-        for message in conn:
-            conn.send(message)
-
-    with serve(handler, "localhost", 0, ssl=server_ctx, max_size=None) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        port = server.socket.getsockname()[1]
-        yield {"url": f"wss://localhost:{port}/", "ca": str(ca_file)}
-        server.shutdown()
-        thread.join(5)
+# The server: ``conftest.py``'s ``echo`` fixture, on wss:// (a certificate from a test CA).
+WSS = pytest.mark.parametrize("echo", ["wss"], indirect=True)
 
 
 @pytest.mark.timeout(60)
+@WSS
 def test_wss_echo_small_and_large_messages_in_order(
-    tls_echo: dict[str, str], make_client: Callable[..., TetherClient]
+    echo: Dict[str, Any], make_client: Callable[..., TetherClient]
 ) -> None:
     client = make_client(
-        tls_echo["url"],
+        echo["url"],
         protocol="raw",
-        sslopt={"ca_certs": tls_echo["ca"]},
+        sslopt=echo["sslopt"],
         queue={"max_size": 10_000},
         backpressure={"inbound_overflow": "block"},  # nothing dropped: hold the reads
     )
@@ -62,15 +42,16 @@ def test_wss_echo_small_and_large_messages_in_order(
 
 
 @pytest.mark.timeout(30)
+@WSS
 def test_wss_with_an_unknown_ca_fails_through_the_reconnect_path(
-    tls_echo: dict[str, str], make_client: Callable[..., TetherClient]
+    echo: Dict[str, Any], make_client: Callable[..., TetherClient]
 ) -> None:
     from support.recorder import Recorder
 
     from tether_sync import TetherError
 
     client = make_client(
-        tls_echo["url"], protocol="raw", reconnect={"base_delay": 0.01, "max_attempts": 1}
+        echo["url"], protocol="raw", reconnect={"base_delay": 0.01, "max_attempts": 1}
     )
     errors = Recorder()
     client.on("error", errors)

@@ -232,11 +232,9 @@ class DemoBackend:
         # A queue subscription consumed by a deliberately slow thread of our own:
         # its buffer overflows under a flood, and the dispatcher stays free for
         # the events the panel shows.
+        # Drop-oldest (above): its get() never reads the socket itself, the I/O
+        # thread reads the flood at full speed and the buffer drops.
         self._flood_sub = client.subscribe(FLOOD_CHANNEL)
-        # The panel's slow subscriber shows inbound drops: its get() must not
-        # read the socket itself (IoLoop.read_now), or in some runs it paced the
-        # flood to its own speed and nothing was dropped. The I/O thread reads.
-        self._flood_sub._buffer._reader = None
         client.subscribe(BURST_CHANNEL, self._on_burst_echo)
         self._spawn("tether-demo-slow-subscriber", self._slow_consumer)
         self._spawn("tether-demo-ticker", self._ticker)

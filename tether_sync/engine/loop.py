@@ -432,26 +432,35 @@ class IoLoop:
             if conn is not None and not self.stopped.is_set():
                 self._caller_step(self._pump)
                 if self._conn is conn:
-                    # Wake the I/O thread only for what it must do that it
-                    # would not do before its own time: what the kernel did
-                    # not take, what flow control held back, an earlier
-                    # deadline, a close() or flush() waiting.
-                    session = conn.session
-                    due = self._timers.next_due()
-                    when = session.next_deadline()
-                    wake = bool(
-                        len(self.outbox)
-                        or session.wants_write
-                        or conn.link.io.want_write
-                        or self.life.shutdown.requested
-                        or self.life.shutdown.flush_waiters
-                        or (due is not None and due < until)
-                        or (when is not None and when < until)
-                    )
+                    wake = self._leftover_work(conn, until)
         finally:
             self.turn.release()
             if wake:  # in the finally: an interrupted step leaves work (a reconnect)
                 self._poller.wake()
+
+    def _leftover_work(self, conn: Connection, until: float) -> bool:
+        """Whether a caller's step (write_now, read_now) must wake the I/O thread.
+
+        Only for what the I/O thread must do that it would not do before its
+        own time (``until``: the deadline its selector waits for): what the
+        kernel did not take, what flow control held back, decrypted TLS bytes
+        its selector cannot see, an earlier deadline, a ``close()`` or
+        ``flush()`` waiting. Called under the turn.
+        """
+        session = conn.session
+        link = conn.link
+        due = self._timers.next_due()
+        when = session.next_deadline()
+        return bool(
+            len(self.outbox)
+            or session.wants_write
+            or link.io.want_write
+            or (link.io.tls and link.tls_pending())
+            or self.life.shutdown.requested
+            or self.life.shutdown.flush_waiters
+            or (due is not None and due < until)
+            or (when is not None and when < until)
+        )
 
     def read_now(self, timeout: Optional[float], ready: Callable[[], bool]) -> bool:
         """Wait for the socket and read it on the caller's thread, if it is this one's turn.
@@ -529,19 +538,7 @@ class IoLoop:
             if conn is None or conn.link is not link:
                 wake = True  # the read ended the connection: the I/O thread retries
             else:
-                session = conn.session
-                due = self._timers.next_due()
-                when = session.next_deadline()
-                wake = bool(
-                    len(self.outbox)
-                    or session.wants_write
-                    or conn.link.io.want_write
-                    or (conn.link.io.tls and conn.link.tls_pending())
-                    or self.life.shutdown.requested
-                    or self.life.shutdown.flush_waiters
-                    or (due is not None and due < until)
-                    or (when is not None and when < until)
-                )
+                wake = self._leftover_work(conn, until)
         finally:
             self.turn.release()
             if wake:  # in the finally: an interrupted step leaves work (a reconnect)
