@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 from support.listener import Listener
+from support.tls import localhost_tls
 
 from .conftest import REPO
 
@@ -294,14 +295,10 @@ def test_a_bad_proxy_is_a_usage_error() -> None:
 
 
 def test_client_certificate_for_mutual_tls(tmp_path: Any) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(context)
+    context, ca_file, ca = localhost_tls(tmp_path)
     context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no connection
     ca.configure_trust(context)
-    ca_file, cert_file, key_file = (tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem"))
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     client_cert = ca.issue_cert("client@example")
     client_cert.cert_chain_pems[0].write_to_path(str(cert_file))
     client_cert.private_key_pem.write_to_path(str(key_file))

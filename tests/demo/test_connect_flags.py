@@ -20,6 +20,7 @@ import threading
 from typing import Any, Dict, Iterator, List
 
 import pytest
+from support.tls import localhost_tls
 
 from tether_sync import cli
 from tether_sync.cli.connect import CERT_NONE, INSECURE_WARNING, _Printer, use_color
@@ -86,12 +87,7 @@ def chat_echo() -> Iterator[Dict[str, Any]]:
 
 @pytest.fixture
 def tls_echo(tmp_path: Any) -> Iterator[Dict[str, Any]]:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(ctx)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    ctx, ca_file, _ = localhost_tls(tmp_path)
     for info in _serve(ctx):
         info["ca"] = str(ca_file)
         yield info

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
+from support.tls import localhost_tls
 
 from tether_sync import TetherClient
 
@@ -67,12 +68,7 @@ def echo(request: Any, tmp_path: Path) -> Iterator[Dict[str, Any]]:
     server_ctx: Optional[ssl.SSLContext] = None
     sslopt: Optional[Dict[str, str]] = None
     if request.param == "wss":
-        trustme = pytest.importorskip("trustme")
-        ca = trustme.CA()
-        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost").configure_cert(server_ctx)
-        ca_file = tmp_path / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
+        server_ctx, ca_file, _ = localhost_tls(tmp_path)
         sslopt = {"ca_certs": str(ca_file)}
 
     def handler(conn: ServerConnection) -> None:
