@@ -67,9 +67,10 @@ to end. Discarding some of them records the ranges in the ``gone`` table, in the
 same transaction; the row is deleted once all of it is gone. So a batch costs
 one B-tree insert and one delete, not one per message (a ``send_many(1000)``
 spent about 3 us a message in SQLite, and as much again deleting them once
-acknowledged). A file of format 1 (rows of ``messages`` only) gets the two
-tables when it is opened; a tether_sync that knows only format 1 then refuses
-it as newer.
+acknowledged). Deleting a row of ``batches`` rewrites a few pages, not the
+row's own (:data:`SECURE_DELETE`). A file of format 1 (rows of ``messages``
+only) gets the two tables when it is opened; a tether_sync that knows only
+format 1 then refuses it as newer.
 
 Discards are lazy. :meth:`discard` (acknowledged messages) never waits and
 writes nothing itself: the seqs are deleted, as ranges, in the next transaction
