@@ -7,6 +7,7 @@ Run from the repository root::
     python benchmarks/bench_acks.py -n 50000 --repeat 3 --only durable
     python benchmarks/bench_acks.py --only sink --repeat 3 --quads 4 --no-pin  # the OS places them
     python benchmarks/bench_acks.py --only io     # the I/O thread's work per message, sans I/O
+    python benchmarks/bench_acks.py --only durable --no-pin --breakdown  # + commit latencies
 
 A ``tether-sync serve`` subprocess (the bundled server, its own process) with
 the reliable-sessions extension on, and one with ``--no-extensions``, in ABBA
@@ -35,6 +36,14 @@ that loses nothing), so the targets (``send()`` >= 20,000 msg/s, ``send_many``
 and ``close()`` returned. The two differ by the last window of messages in
 flight (at most ``max_size``, 1,000 by default, which the outbox lets be
 unacknowledged); ``--max-size 100000`` shows whether that bound caps them.
+Where the durable rows' time goes (issue 22, session 21), printed under them:
+the CPU per message of each thread over the calls (the caller, the I/O thread,
+the store's committer; per-thread CPU clocks, ``time.pthread_getcpuclockid``:
+free, the rates are measured as before), how often and how long the caller
+waited for room in the full queue (the queue's condition is wrapped: only a
+wait pays), and with ``--breakdown`` the latency of every commit (p50, p99,
+max, mean; two clock reads a message on the caller's thread, so it is off by
+default and its rates are not comparable with runs without it).
 
 The sink rows pin this process to the first CPU and the sink to the last (as
 ``bench_client.py --pin``): on a 2-CPU machine the OS otherwise often runs the
@@ -88,6 +97,11 @@ PAYLOAD = "0123456789abcdef" * 4
 QUADS = 3
 #: Messages per ``send_many()`` call in the durable ``send_many`` row.
 BATCH = 1000
+#: ``--breakdown``: the durable rows also time every commit (two clock reads a
+#: message on the sender's thread, so off by default).
+BREAKDOWN = False
+#: The durable rows' CPU per message by thread: names of the client's threads.
+THREADS = (("caller", ""), ("I/O", "tether-io"), ("committer", "tether_sync-outbox"))
 
 
 def serve(args: List[str]) -> tuple[subprocess.Popen[str], str]:
@@ -189,6 +203,12 @@ def sink_pair(
     # CPU seconds of this process per message: the pair runs (until closed), and
     # the durable runs' calls (until the loop of calls returned; both threads).
     cpu: Dict[str, List[float]] = {"off": [], "on": [], "durable": [], "durable_many": []}
+    # The durable runs' calls, per row ("durable", "durable_many"): CPU per message
+    # of each thread (seconds), the caller's waits for room in a full queue
+    # (count, seconds) and, with --breakdown, every commit's latency (seconds).
+    threads: Dict[str, Dict[str, List[float]]] = {"durable": {}, "durable_many": {}}
+    waits: Dict[str, List[Tuple[int, float]]] = {"durable": [], "durable_many": []}
+    commits: Dict[str, List[float]] = {"durable": [], "durable_many": []}
 
     def one(path: str, count: int, outbox: bool = False, batch: int = 0) -> Tuple[float, float]:
         """Send ``count`` messages; (rate until acknowledged and closed, rate of the calls).
@@ -206,6 +226,13 @@ def sink_pair(
         got = threading.Event()
         client.on("message", lambda e: got.set() if str(e.payload).startswith("done:") else None)
         client.connect(wait=True, timeout=10)
+        row = "durable_many" if batch else "durable"
+        if outbox:
+            clocks = _thread_clocks()
+            wait = _count_room_waits(client)
+            if BREAKDOWN:
+                _time_commits(client, commits[row])
+            t_cpu = {name: _cpu(clock) for name, clock in clocks.items()}
         t0 = time.perf_counter()
         c0 = time.process_time()
         if batch:
@@ -218,7 +245,11 @@ def sink_pair(
         t_calls = time.perf_counter()
         c_calls = time.process_time()
         if outbox:
-            cpu["durable_many" if batch else "durable"].append((c_calls - c0) / count)
+            cpu[row].append((c_calls - c0) / count)
+            for name, clock in clocks.items():
+                used = (_cpu(clock) - t_cpu[name]) / count
+                threads[row].setdefault(name, []).append(used)
+            waits[row].append((wait[0], wait[1]))
         if not got.wait(300):
             raise TimeoutError(path)
         ok = client.close(timeout=60)
@@ -291,6 +322,10 @@ def sink_pair(
     out["wsc_runs2"] = wsc_of["on"]  # the wsc rate of each "on" run's round
     out["cpu_durable"] = cpu["durable"]
     out["cpu_durable_many"] = cpu["durable_many"]
+    for row in ("durable", "durable_many"):
+        out[f"threads_{row}"] = threads[row]
+        out[f"waits_{row}"] = waits[row]
+        out[f"commits_{row}"] = commits[row]
     for key in ("durable_calls", "durable_many_calls"):
         if rates[key]:
             out[f"{key}_vs_wsc"] = [d / w for d, w in zip(rates[key], rates["wsc"])]
@@ -472,7 +507,15 @@ def main() -> int:
         default=QUADS,
         help=f"sink rows: ABBA quads of the on/off pair per round (default {QUADS})",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="durable rows: also time every commit (p50/p99/max; costs the sender two "
+        "clock reads a message)",
+    )
     args = parser.parse_args()
+    global BREAKDOWN
+    BREAKDOWN = args.breakdown
     if args.only == "io":
         return io_rows(512, 200)
     if args.only is not None:
@@ -567,7 +610,103 @@ def sink_rows(
             f"  {name} calls, CPU per message (this process, all threads): min {us[0]:.2f},"
             f" median {statistics.median(us):.2f}, max {us[-1]:.2f} us"
         )
+    for row, name in (("durable", "send()"), ("durable_many", f"send_many({BATCH})")):
+        _durable_breakdown(name, rates[f"threads_{row}"], rates[f"waits_{row}"])
+        if rates[f"commits_{row}"]:
+            lat = sorted(rates[f"commits_{row}"])
+            # Every transaction: the appends' and those carrying only discards.
+            print(
+                f"  {name} commit latency ({len(lat):,} transactions): p50"
+                f" {1e6 * lat[len(lat) // 2]:.1f}, p99 {1e6 * lat[int(len(lat) * 0.99)]:.1f},"
+                f" max {1e6 * lat[-1]:.1f} us; mean {1e6 * statistics.fmean(lat):.1f} us"
+            )
     return 0
+
+
+def _thread_clocks() -> Dict[str, int]:
+    """CPU-time clocks of the caller and the client's threads (see :data:`THREADS`).
+
+    Empty where the platform has no per-thread clock (``time.pthread_getcpuclockid``).
+    """
+    import threading
+
+    if not hasattr(time, "pthread_getcpuclockid"):
+        return {}
+    clocks: Dict[str, int] = {}
+    for t in threading.enumerate():
+        for name, prefix in THREADS:
+            if t.name.startswith(prefix) if prefix else t is threading.current_thread():
+                assert t.ident is not None
+                clocks[name] = time.pthread_getcpuclockid(t.ident)
+    return clocks
+
+
+def _cpu(clock: int) -> float:
+    return time.clock_gettime(clock)
+
+
+def _count_room_waits(client: TetherClient) -> List[float]:
+    """Count the caller's waits for room in the full queue: ``[count, seconds]``.
+
+    Wraps the queue's condition (the durable rows only; a private attribute):
+    only a sender that waits pays for it.
+    """
+    room = client._loop.outbox._room
+    wait = room.wait
+    got = [0, 0.0]
+
+    def timed(timeout: Optional[float] = None) -> bool:
+        t = time.perf_counter()
+        try:
+            return wait(timeout)
+        finally:
+            got[0] += 1
+            got[1] += time.perf_counter() - t
+
+    room.wait = timed  # type: ignore[method-assign]
+    return got
+
+
+def _time_commits(client: TetherClient, into: List[float]) -> None:
+    """``--breakdown``: record the latency of every commit of the client's store.
+
+    A lone ``send()`` commits by the store's INSERT (``_insert``), a batch by
+    ``_write`` (private attributes; two clock reads per commit).
+    """
+    store = client._store
+    assert store is not None
+    for attr in ("_insert", "_write"):
+        inner = getattr(store, attr)
+
+        def timed(*args: Any, _inner: Callable[..., Any] = inner) -> Any:
+            t = time.perf_counter()
+            try:
+                return _inner(*args)
+            finally:
+                into.append(time.perf_counter() - t)
+
+        setattr(store, attr, timed)
+
+
+def _durable_breakdown(
+    name: str, threads: Dict[str, List[float]], waits: List[Tuple[int, float]]
+) -> None:
+    """Print a durable row's CPU per message by thread and its caller's waits for room."""
+    parts = []
+    for thread, _ in THREADS:
+        got = sorted(1e6 * c for c in threads.get(thread, []))
+        if got:
+            parts.append(f"{thread} {statistics.median(got):.2f} ({got[0]:.2f}-{got[-1]:.2f})")
+    if parts:
+        print(
+            f"  {name} calls, CPU per message by thread, median (min-max) us: " + ", ".join(parts)
+        )
+    if waits:
+        print(
+            f"  {name} calls, caller waited for room in the full queue: "
+            + ", ".join(f"{n:,} times {1e3 * t:.0f} ms" for n, t in waits)
+            + " (per run)"
+        )
 
 
 if __name__ == "__main__":
