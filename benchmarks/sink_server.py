@@ -159,7 +159,7 @@ def preamble(sock: socket.socket, initial: bytes) -> bytes:
         return before  # this frame and everything after it, unparsed
 
 
-def ack_sink(sock: socket.socket, n: int, initial: bytes, each: bool = False) -> None:
+def ack_sink(sock: socket.socket, n: int, initial: bytes, each: bool = True) -> None:
     """Speak just enough of DESIGN §5 to acknowledge: ``hello-ok`` with ``ack``, then a
     cumulative ``tether:ack`` every 64 data frames; ``done:<n>`` after ``n`` of them.
 
@@ -170,12 +170,12 @@ def ack_sink(sock: socket.socket, n: int, initial: bytes, each: bool = False) ->
     a data envelope (``{"channel"``) from a ``tether:ping`` (``{"type"``); only
     the frame an ack follows has its tail unmasked, for the ``"seq":N`` the ack
     repeats. Other frames (pings, ``tether:ping``, close) are unmasked whole.
-    The acks of one read go out together, in one ``sendall()`` once the read
-    is parsed (as a server's buffered writer sends what it produced in one
-    pass), in order and one per 64 frames as before; ``each`` (``?each=1``):
-    each ack in its own ``sendall()`` as soon as its frame is parsed (the
-    method before session 21: 1,563 more system calls per 100,000 messages in
-    the sink, and as many more wake-ups of the client's I/O thread).
+    ``each`` (the default): each ack in its own ``sendall()`` as soon as its
+    frame is parsed. Not ``each`` (``?acks=read``, ``bench_acks.py``'s pair
+    since session 21): the acks of one read go out together, in one
+    ``sendall()`` once the read is parsed, as a server's buffered writer sends
+    what it produced in one pass; still one ack frame per 64 data frames, in
+    order (1,563 fewer system calls per 100,000 messages for the sink).
     """
     reader = FrameReader(sock, initial)
     opcode, payload = next(reader.frames())
@@ -443,7 +443,7 @@ def serve_connection(sock: socket.socket) -> None:
         if mode in ("sink", "bigsink", "blast"):
             rest = preamble(sock, rest)
         if mode == "acksink":
-            ack_sink(sock, int(query["n"]), rest, each=query.get("each") == "1")
+            ack_sink(sock, int(query["n"]), rest, each=query.get("acks") != "read")
         elif mode == "sink":
             sink(sock, int(query["bytes"]), rest)
         elif mode == "bigsink":
