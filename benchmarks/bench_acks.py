@@ -64,13 +64,6 @@ How the cost of acks is judged (the method; issue 22 found the noise of a busy
   from ``/sink`` once it counted every byte, from ``/acksink`` with the last
   ack), then ``close()``. (``run()``'s rows against the bundled server end
   at ``close()``, which with acks waits for them and without does not.)
-* Since session 21 the pair's ``/acksink`` sends the acks of one read in
-  one ``sendall()`` (``?acks=read``; still one ack frame per 64 messages, in
-  order), as a server's buffered writer does; before, one ``sendall()`` per
-  ack, which cost the sink 1,563 system calls per 100,000 messages and,
-  unpinned, CPU time the client may share. ``--ack-each`` keeps that old
-  method, to show the number both ways. The durable rows keep one write per
-  ack, as before.
 * ``--only io`` measures the I/O thread's own protocol work per message
   without a socket (:func:`io_breakdown`): deterministic enough to compare two
   trees where the sink rows cannot.
@@ -171,7 +164,6 @@ def sink_pair(
     pin: bool = False,
     max_size: Optional[int] = None,
     quads: int = QUADS,
-    ack_each: bool = False,
 ) -> Dict[str, Any]:
     """Client-side cost: the same default client to /sink (off) and /acksink (on);
     and a durable outbox to /acksink. Medians (k/s) under "off", "on", "durable".
@@ -183,8 +175,6 @@ def sink_pair(
     ``bench_client.py --pin``), so the sink never competes with the client.
     ``max_size``: the clients' ``Queue(max_size=...)`` (None: the default, 1000);
     unacknowledged messages count against it, so with acks it is the window.
-    ``ack_each``: the pair's ``/acksink`` writes each ack on its own (the
-    method before session 21; else ``?acks=read``); the durable rows always do.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import threading
@@ -274,7 +264,6 @@ def sink_pair(
         )
     }
     n_many = n - n % BATCH
-    each = "" if ack_each else "&acks=read"
     wsc_of: Dict[str, List[float]] = {"on": [], "off": []}  # each run's round's wsc rate
     try:
         for _ in range(repeat):
@@ -285,7 +274,7 @@ def sink_pair(
                 for side in (
                     ("on", "off", "off", "on") if q % 2 == 0 else ("off", "on", "on", "off")
                 ):
-                    path = f"acksink?n={n}{each}" if side == "on" else f"sink?bytes={n * frame}"
+                    path = f"acksink?n={n}" if side == "on" else f"sink?bytes={n * frame}"
                     rates[side].append(one(path, n)[0])
                     wsc_of[side].append(rates["wsc"][-1])
             if durable:
@@ -487,20 +476,12 @@ def main() -> int:
         default=QUADS,
         help=f"sink rows: ABBA quads of the on/off pair per round (default {QUADS})",
     )
-    parser.add_argument(
-        "--ack-each",
-        action="store_true",
-        help="sink rows: /acksink writes each ack on its own, as before session 21 "
-        "(default: the acks of one read in one write)",
-    )
     args = parser.parse_args()
     if args.only == "io":
         return io_rows(512, 200)
     if args.only is not None:
         pair = args.only == "sink"
-        return sink_rows(
-            args.n, args.repeat, pair, args.pin, args.max_size, args.quads, args.ack_each
-        )
+        return sink_rows(args.n, args.repeat, pair, args.pin, args.max_size, args.quads)
     on_proc, on_url = serve([])
     off_proc, off_url = serve(["--no-extensions"])
     on: List[float] = []
@@ -526,7 +507,7 @@ def main() -> int:
     print(f"  cost of acks                 {100 * (1 - m_on / m_off):6.1f} %   (target <= 15 %)")
     rate = statistics.median(durable) / 1000
     print(f"  durable outbox (fsync off)   {rate:7.1f} k/s  (target >= 20 k/s)")
-    return sink_rows(args.n, args.repeat, True, args.pin, args.max_size, args.quads, args.ack_each)
+    return sink_rows(args.n, args.repeat, True, args.pin, args.max_size, args.quads)
 
 
 def _load() -> str:
@@ -540,10 +521,9 @@ def sink_rows(
     pin: bool = False,
     max_size: Optional[int] = None,
     quads: int = QUADS,
-    ack_each: bool = False,
 ) -> int:
     load = _load()
-    rates = sink_pair(n, repeat, pair, True, pin, max_size, quads, ack_each)
+    rates = sink_pair(n, repeat, pair, True, pin, max_size, quads)
     print(f"send {n:,} tether envelopes, sink_server.py (the server is not the bottleneck):")
     print(f"(load average {load} before, {_load()} after)")
 
@@ -554,10 +534,7 @@ def sink_rows(
     where = "pinned: client CPU 0, sink the last CPU" if pin else "not pinned"
     queue = "default" if max_size is None else f"{max_size:,}"
     quad_text = f", {quads} ABBA quads each" if pair else ""
-    acks = "acks one write each" if ack_each else "acks of a read in one write"
-    print(
-        f"({where}; Queue max_size {queue}; {repeat} rounds{quad_text}; {acks}; k/s: over all runs)"
-    )
+    print(f"({where}; Queue max_size {queue}; {repeat} rounds{quad_text}; k/s: over all runs)")
     print(f"  websocket-client (no acks)   {side('wsc')}  (the same envelope text)")
     if pair:
         s_off, s_on = rates["off"], rates["on"]
