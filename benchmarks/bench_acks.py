@@ -69,6 +69,10 @@ How the cost of acks is judged (the method; issue 22 found the noise of a busy
   quads on, e.g. ``--repeat 2 --quads 3``). Unpinned, use more quads
   (``--no-pin --repeat 3 --quads 4``: 12 quads, about 2 minutes), and the load
   average printed before and after.
+* Both sides end at the same point: the sink has every message (``done:``
+  from ``/sink`` once it counted every byte, from ``/acksink`` with the last
+  ack), then ``close()``. (``run()``'s rows against the bundled server end
+  at ``close()``, which with acks waits for them and without does not.)
 * ``--only io`` measures the I/O thread's own protocol work per message
   without a socket (:func:`io_breakdown`): deterministic enough to compare two
   trees where the sink rows cannot.

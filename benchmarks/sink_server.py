@@ -164,14 +164,18 @@ def ack_sink(sock: socket.socket, n: int, initial: bytes) -> None:
     cumulative ``tether:ack`` every 64 data frames; ``done:<n>`` after ``n`` of them.
 
     It must not be the bottleneck of what it measures (the client's side of
-    acks): per data frame it parses the header in place (an offset into one
-    buffer, compacted once per read) and unmasks one byte to tell a data
-    envelope (``{"channel"``) from a ``tether:ping`` (``{"type"``); only the
-    frame an ack follows has its tail unmasked, for the ``"seq":N`` the ack
+    acks), nor take much of a CPU the client may share (unpinned): per data
+    frame it parses the header in place (an offset into one buffer, compacted
+    once per read; the masking key is not copied) and unmasks one byte to tell
+    a data envelope (``{"channel"``) from a ``tether:ping`` (``{"type"``); only
+    the frame an ack follows has its tail unmasked, for the ``"seq":N`` the ack
     repeats. Other frames (pings, ``tether:ping``, close) are unmasked whole.
     Each ack goes out as soon as its frame is parsed (pongs: after the read's
-    frames). About 1 us per frame (the first version, which unmasked and
-    copied every frame, took 3-4 us and set the pace of the "on" runs).
+    frames): the client's window (its queue bound counts unacknowledged
+    messages) waits for it. Sending a read's acks together, after the whole
+    read, was tried in session 21 and dropped: pinned, the sink's reads grow
+    to hundreds of KiB, the acks of a read then wait for all of it to be
+    parsed, and the "on" runs fell from 133-146 to 84-96 k/s.
     """
     reader = FrameReader(sock, initial)
     opcode, payload = next(reader.frames())
@@ -183,7 +187,6 @@ def ack_sink(sock: socket.socket, n: int, initial: bytes) -> None:
     buf = reader.buf  # the bytes read past the hello
     view = memoryview(bytearray(READ_SIZE))
     count = 0
-    highest = 0
     unacked = 0
     for _ in range(MAX_FRAMES):  # bounded: each pass reads >= 1 byte or ends
         out = []
@@ -199,9 +202,9 @@ def ack_sink(sock: socket.socket, n: int, initial: bytes) -> None:
             elif length == 127:
                 length = int.from_bytes(buf[start : start + 8], "big")
                 start += 8
-            key = b""
-            if b1 & 0x80:
-                key = buf[start : start + 4]
+            masked = b1 & 0x80
+            key_at = start
+            if masked:
                 start += 4
             end = start + length
             if end > size:
@@ -210,7 +213,11 @@ def ack_sink(sock: socket.socket, n: int, initial: bytes) -> None:
             pos = end
             # A data envelope starts '{"channel"' (a tether:ping '{"type"'): its
             # third byte, unmasked, is "c". Only the one an ack follows is read.
-            if opcode == OP_TEXT and length > 8 and buf[start + 2] ^ (key[2] if key else 0) == 99:
+            if (
+                opcode == OP_TEXT
+                and length > 8
+                and buf[start + 2] ^ (buf[key_at + 2] if masked else 0) == 99
+            ):
                 count += 1
                 unacked += 1
                 if unacked < 64 and count != n:
@@ -218,24 +225,26 @@ def ack_sink(sock: socket.socket, n: int, initial: bytes) -> None:
                 # It ends with ',"seq":N}': unmask the tail only.
                 tail_at = end - 24 if length > 24 else start
                 tail = bytes(buf[tail_at:end])
-                if key:
+                if masked:
+                    key = bytes(buf[key_at:start])
                     turn = (tail_at - start) % 4
-                    tail = unmask(tail, bytes(key[turn:] + key[:turn]))
+                    tail = unmask(tail, key[turn:] + key[:turn])
                 mark = tail.rfind(b'"seq":')
                 if mark < 0:
                     raise ValueError("ack-sink: a data envelope without seq")
-                highest = int(tail[mark + 6 : -1])
                 # At once, not after the rest of the read: the client's window
                 # (its queue bound counts unacknowledged messages) waits for it.
-                ack = server_frame(OP_TEXT, b'{"type":"tether:ack","seq":%d}' % highest)
+                ack = server_frame(
+                    OP_TEXT, b'{"type":"tether:ack","seq":%d}' % int(tail[mark + 6 : -1])
+                )
                 if count == n:
                     ack += server_frame(OP_TEXT, f"done:{n}".encode())
                 sock.sendall(ack)
                 unacked = 0
                 continue
             payload = bytes(buf[start:end])
-            if key:
-                payload = unmask(payload, bytes(key))
+            if masked:
+                payload = unmask(payload, bytes(buf[key_at:start]))
             if opcode == OP_CLOSE:
                 out.append(server_frame(OP_CLOSE, payload[:2]))
                 sock.sendall(b"".join(out))

@@ -41,6 +41,11 @@ log = logging.getLogger("tether_sync")
 
 T = TypeVar("T")
 
+#: Messages one ack frees at least, from a server that acks as DESIGN §5 asks
+#: (at least once per 64 messages or 50 ms, cumulative): a release this large
+#: wakes senders waiting for room, whatever the bound (see Outbox.release).
+ACK_ROOM = 64
+
 # Set on a thread while it runs a tether_sync callback (see dispatch.run_task).
 in_callback = threading.local()
 
@@ -85,7 +90,11 @@ class Outbox(Generic[T]):
         self._accepting = True
         self._closed_reason: Optional[BaseException] = None
         self.wake_pending = False  # the I/O thread was woken and has not taken since
-        self._wake_room = max(1, capacity // 8)  # room that wakes waiting senders
+        # Room that wakes waiting senders: an eighth of the bound (few hand-offs
+        # when writes free room message by message), but never more than one
+        # ack frees (ACK_ROOM): acks come a batch at a time, and a sender left
+        # waiting after an ack would wait for the next one with room free.
+        self._wake_room = max(1, min(capacity // 8, ACK_ROOM))
         # Seconds the I/O thread may let durable sends gather before it looks
         # again (0: wake it for every send). A durable send commits to disk with
         # the GIL released; if each one woke the I/O thread, the sender would wait
@@ -406,7 +415,8 @@ class Outbox(Generic[T]):
         with self._lock:
             self._taken = max(0, self._taken - n)
             # Wake waiting senders once a useful amount of room is free (an
-            # eighth of the bound), not for every ack: fewer thread hand-offs.
+            # eighth of the bound, at most an ack's worth), not for every
+            # message written: fewer thread hand-offs.
             room = self.capacity - len(self._items) - self._taken
             if self._waiting and room >= self._wake_room:
                 self._room.notify_all()
