@@ -20,7 +20,7 @@ from websocket._abnf import frame_buffer
 
 from tether_sync.engine.transport import GATHER_BYTES, GATHER_CHUNKS
 from tether_sync.protocol import frames
-from tether_sync.protocol.writebuf import BIG_CHUNK, WriteBuffer
+from tether_sync.protocol.writebuf import BIG_CHUNK, PIECE, WriteBuffer
 
 MIB = 2**20
 
@@ -98,8 +98,8 @@ def test_a_stream_of_1_mib_messages_takes_one_write_each_when_the_kernel_takes_a
 
 def test_big_chunks_still_stop_a_write_at_its_byte_cap() -> None:
     buf = WriteBuffer(frames.MaskKeys())
-    buf.add_messages([Item(os.urandom(MIB)), Item(os.urandom(200_000))])  # type: ignore[list-item]
-    chunks = buf.pending_chunks(GATHER_CHUNKS, 256 * 1024)
-    # The first frame's header and first piece (256 KiB), then nothing: the
-    # next piece is big and would be masked for nothing if the kernel is full.
-    assert sum(len(c) for c in chunks) == 14 + 256 * 1024
+    buf.add_messages([Item(os.urandom(3 * PIECE))])  # type: ignore[list-item]
+    chunks = buf.pending_chunks(GATHER_CHUNKS, PIECE)
+    # The frame's header and first piece, then nothing: the next piece is big
+    # and would be masked for nothing if the kernel is full.
+    assert sum(len(c) for c in chunks) == 14 + PIECE

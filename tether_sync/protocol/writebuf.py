@@ -39,8 +39,12 @@ BIG_CHUNK = 64 * 1024
 # each piece is masked only when a write is about to hand it to the kernel (see
 # _Unmasked): no masked copy of the whole payload is made, and the masked bytes
 # alive at a time are about one write's worth, whatever the message's size.
-# Smaller pieces would cost Python per piece (masking, handing out, dropping).
-PIECE = 256 * 1024
+# Each piece costs Python (queuing, masking, handing out, dropping): at 256 KiB a
+# stream of 1 MiB messages ran about 2,800 bytecodes per message on the I/O
+# thread, at 1 MiB about 2,000 (benchmarks/README.md, "Issue 22, session 21"),
+# for the same peak memory (a gathering write hands out at most GATHER_BYTES,
+# 1 MiB, of masked pieces: a 16 MiB send peaks near 2 MiB either way).
+PIECE = 1024 * 1024
 
 Chunk = Union[bytes, memoryview]
 _DATA_OPS = (frames.OP_TEXT, frames.OP_BINARY)  # what permessage-deflate may compress
