@@ -248,6 +248,12 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def _rate_and_cpu(n: int, size: int, t0: float, c0: float) -> Tuple[float, float]:
+    """MB/s of payload since ``t0``, and this process's CPU time per message since ``c0`` (us)."""
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return n * size / wall / 1e6, cpu / n * 1e6
+
+
 def send_big_all(
     base: str, size: int, n: int, hwms: Tuple[int, ...] = (), order: str = BIG_ORDERS[0]
 ) -> Result:
@@ -261,7 +267,10 @@ def send_big_all(
     glibc serves them from the heap or maps (and faults in) new pages depends
     on what earlier runs in the process freed (websocket-client's 1 MiB run
     raises glibc's mmap threshold); ``faults.<client>`` records each client's
-    minor page faults per message. Each is told to send a ``bytes`` payload
+    minor page faults per message, and ``cpu.<client>`` this process's CPU
+    time per message (us, all its threads: the sender's, and tether_sync's I/O
+    thread; not the server's), which other processes' load moves far less
+    than the rates. Each is told to send a ``bytes`` payload
     (a binary frame): what is timed is framing, masking and writing, not
     UTF-8 encoding. Rates are in MB/s of payload. ``hwms``: extra TetherClient
     runs with these ``high_water_mark`` values (keys ``hwm=<v>``), the
@@ -271,28 +280,28 @@ def send_big_all(
     expected = n * masked_frame_len(size)
     out: Result = {"first": float("cwt".index(order[0]))}
 
-    def wsc_run() -> float:
+    def wsc_run() -> Tuple[float, float]:
         ws = websocket.create_connection(f"{base}/bigsink?bytes={expected}", timeout=WAIT)
         try:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(n):
                 ws.send_binary(payload)
             _check_done(ws.recv(), expected)
-            return n * size / (time.perf_counter() - t0) / 1e6
+            return _rate_and_cpu(n, size, t0, c0)
         finally:
             ws.close()
 
-    def websockets_run() -> float:
+    def websockets_run() -> Tuple[float, float]:
         with websockets_connect(
             f"{base}/bigsink?bytes={expected}", compression=None, open_timeout=WAIT, max_size=None
         ) as wss:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(n):
                 wss.send(payload)
             _check_done(wss.recv(timeout=WAIT), expected)
-            return n * size / (time.perf_counter() - t0) / 1e6
+            return _rate_and_cpu(n, size, t0, c0)
 
-    def tether_run(**options: Any) -> float:
+    def tether_run(**options: Any) -> Tuple[float, float]:
         client = _tether(
             f"{base}/bigsink?bytes={expected}",
             queue={"max_size": n + 10, "overflow": "reject"},
@@ -302,33 +311,38 @@ def send_big_all(
         try:
             sub = client.subscribe("default")
             client.connect(wait=True, timeout=10)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(n):
                 client.send(payload)
             _check_done(sub.get(timeout=WAIT), expected)
-            return n * size / (time.perf_counter() - t0) / 1e6
+            return _rate_and_cpu(n, size, t0, c0)
         finally:
             client.close(timeout=5)
 
     def tether_all() -> None:
         if not hwms:
-            out["tether"] = tether_run()
+            out["tether"], out["cpu.tether"] = tether_run()
             return
         # ABBA: default, each hwm, each hwm again (reversed), default again.
         rates: Dict[str, List[float]] = {}
+        cpus: List[float] = []
         runs: List[Optional[int]] = [None, *hwms, *reversed(hwms), None]
         for hwm in runs:
             key = "tether" if hwm is None else f"hwm={hwm}"
             opts = {} if hwm is None else {"backpressure": {"high_water_mark": hwm}}
-            rates.setdefault(key, []).append(tether_run(**opts))
+            rate, cpu = tether_run(**opts)
+            rates.setdefault(key, []).append(rate)
+            if hwm is None:
+                cpus.append(cpu)
         for key, got in rates.items():
             out[key] = statistics.mean(got)
+        out["cpu.tether"] = statistics.mean(cpus)
 
     def wsc_all() -> None:
-        out["wsc"] = wsc_run()
+        out["wsc"], out["cpu.wsc"] = wsc_run()
 
     def websockets_all() -> None:
-        out["websockets"] = websockets_run()
+        out["websockets"], out["cpu.websockets"] = websockets_run()
 
     runners = {"c": wsc_all, "w": websockets_all, "t": tether_all}
     for who in order:
@@ -941,6 +955,32 @@ def print_spreads(samples: Dict[str, List[Result]], out: Any = sys.stdout) -> No
                 f"page faults per {size // 1024} KiB message (min / median / max): {shown}",
                 file=out,
             )
+        cpu = {
+            who: [s[f"cpu.{who}"] for s in runs if f"cpu.{who}" in s]
+            for who in BIG_CLIENTS.values()
+        }
+        if any(cpu.values()):
+            shown = ", ".join(
+                f"{who} {min(v):,.0f} / {statistics.median(v):,.0f} / {max(v):,.0f}"
+                for who, v in cpu.items()
+                if v
+            )
+            print(
+                f"client CPU us per {size // 1024} KiB message (min / median / max): {shown}",
+                file=out,
+            )
+            ratios = [
+                s["cpu.websockets"] / s["cpu.tether"]
+                for s in runs
+                if s.get("cpu.tether") and "cpu.websockets" in s
+            ]
+            if ratios:
+                print(
+                    f"  websockets' CPU over tether's, per repetition: min {min(ratios):.2f} "
+                    f"median {statistics.median(ratios):.2f} max {max(ratios):.2f} "
+                    "(> 1: tether spends less)",
+                    file=out,
+                )
 
 
 def print_table(rows: List[Dict[str, Any]], out: Any = sys.stdout) -> None:
