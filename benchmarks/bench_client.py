@@ -111,12 +111,22 @@ def masked_frame_len(payload_len: int) -> int:
 
 
 def tether_frame_len(payload: str, channel: str = "default") -> int:
-    """Frame size of one protocol-tether data message, from a real (unsent) one."""
-    probe = TetherClient(f"ws://{HOST}:9/", protocol="tether", heartbeat=False, reconnect=False)
-    try:
-        msg_id = probe.send(payload, channel=channel).id
-    finally:
-        probe.close(timeout=0.5)
+    """Frame size of one protocol-tether data message, from a real (unsent) one.
+
+    The probe's send() starts its connection (to a closed port, without
+    reconnecting): now and then the refusal closes the client before the
+    message is queued (ClientClosed, about one call in 40), so it tries again.
+    """
+    for attempt in range(10):
+        probe = TetherClient(f"ws://{HOST}:9/", protocol="tether", heartbeat=False, reconnect=False)
+        try:
+            msg_id = probe.send(payload, channel=channel).id
+            break
+        except tether_sync.ClientClosed:
+            if attempt == 9:
+                raise
+        finally:
+            probe.close(timeout=0.5)
     return masked_frame_len(len(envelope.encode_data(channel, payload, msg_id).encode()))
 
 
