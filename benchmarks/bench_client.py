@@ -111,12 +111,22 @@ def masked_frame_len(payload_len: int) -> int:
 
 
 def tether_frame_len(payload: str, channel: str = "default") -> int:
-    """Frame size of one protocol-tether data message, from a real (unsent) one."""
-    probe = TetherClient(f"ws://{HOST}:9/", protocol="tether", heartbeat=False, reconnect=False)
-    try:
-        msg_id = probe.send(payload, channel=channel).id
-    finally:
-        probe.close(timeout=0.5)
+    """Frame size of one protocol-tether data message, from a real (unsent) one.
+
+    The probe's send() starts its connection (to a closed port, without
+    reconnecting): now and then the refusal closes the client before the
+    message is queued (ClientClosed, about one call in 40), so it tries again.
+    """
+    for attempt in range(10):
+        probe = TetherClient(f"ws://{HOST}:9/", protocol="tether", heartbeat=False, reconnect=False)
+        try:
+            msg_id = probe.send(payload, channel=channel).id
+            break
+        except tether_sync.ClientClosed:
+            if attempt == 9:
+                raise
+        finally:
+            probe.close(timeout=0.5)
     return masked_frame_len(len(envelope.encode_data(channel, payload, msg_id).encode()))
 
 
@@ -228,40 +238,80 @@ def big_count(size: int, total: int) -> int:
     return max(20, total // size)
 
 
-def send_big_all(base: str, size: int, n: int, hwms: Tuple[int, ...] = ()) -> Result:
+#: The orders the big-message rows run their three clients in, by repetition
+#: (``--big-order rotate``): each client goes first, second and third once in
+#: three repetitions. ``--big-order fixed`` keeps the first one for every
+#: repetition (the method before session 21).
+BIG_ORDERS = ("cwt", "wtc", "tcw")  # c: websocket-client, w: websockets, t: tether_sync
+BIG_CLIENTS = {"c": "wsc", "w": "websockets", "t": "tether"}
+
+
+def big_order(rep: int, rotate: bool) -> str:
+    """The order of the big rows' clients in repetition ``rep`` (0-based); see BIG_ORDERS."""
+    return BIG_ORDERS[rep % len(BIG_ORDERS)] if rotate else BIG_ORDERS[0]
+
+
+def _minor_faults() -> int:
+    """This process's minor page faults so far (first touches of fresh memory)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _rate_and_cpu(n: int, size: int, t0: float, c0: float) -> Tuple[float, float]:
+    """MB/s of payload since ``t0``, and this process's CPU time per message since ``c0`` (us)."""
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return n * size / wall / 1e6, cpu / n * 1e6
+
+
+def send_big_all(
+    base: str, size: int, n: int, hwms: Tuple[int, ...] = (), order: str = BIG_ORDERS[0]
+) -> Result:
     """Send ``n`` binary messages of ``size`` bytes with each client, until the sink has them.
 
     The three clients run one after the other within one repetition, so the
-    ratios are taken within a repetition (paired). Each is told to send a
-    ``bytes`` payload (a binary frame): what is timed is framing, masking and
-    writing, not UTF-8 encoding. Rates are in MB/s of payload. ``hwms``: extra
-    TetherClient runs with these ``high_water_mark`` values (keys ``hwm=<v>``),
-    the default run and these alternating in ABBA order within the repetition.
+    ratios are taken within a repetition (paired), in ``order`` (see
+    :data:`BIG_ORDERS`; ``order`` is recorded as ``first``: the index in
+    "cwt" of the client that ran first). The order matters for websockets: its
+    ``send()`` allocates two fresh 1 MiB buffers per message, and whether
+    glibc serves them from the heap or maps (and faults in) new pages depends
+    on what earlier runs in the process freed (websocket-client's 1 MiB run
+    raises glibc's mmap threshold); ``faults.<client>`` records each client's
+    minor page faults per message, and ``cpu.<client>`` this process's CPU
+    time per message (us, all its threads: the sender's, and tether_sync's I/O
+    thread; not the server's), which other processes' load moves far less
+    than the rates. Each is told to send a ``bytes`` payload
+    (a binary frame): what is timed is framing, masking and writing, not
+    UTF-8 encoding. Rates are in MB/s of payload. ``hwms``: extra TetherClient
+    runs with these ``high_water_mark`` values (keys ``hwm=<v>``), the
+    default run and these alternating in ABBA order within the repetition.
     """
     payload = os.urandom(size)
     expected = n * masked_frame_len(size)
-    out: Result = {}
+    out: Result = {"first": float("cwt".index(order[0]))}
 
-    ws = websocket.create_connection(f"{base}/bigsink?bytes={expected}", timeout=WAIT)
-    try:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            ws.send_binary(payload)
-        _check_done(ws.recv(), expected)
-        out["wsc"] = n * size / (time.perf_counter() - t0) / 1e6
-    finally:
-        ws.close()
+    def wsc_run() -> Tuple[float, float]:
+        ws = websocket.create_connection(f"{base}/bigsink?bytes={expected}", timeout=WAIT)
+        try:
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(n):
+                ws.send_binary(payload)
+            _check_done(ws.recv(), expected)
+            return _rate_and_cpu(n, size, t0, c0)
+        finally:
+            ws.close()
 
-    with websockets_connect(
-        f"{base}/bigsink?bytes={expected}", compression=None, open_timeout=WAIT, max_size=None
-    ) as wss:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            wss.send(payload)
-        _check_done(wss.recv(timeout=WAIT), expected)
-        out["websockets"] = n * size / (time.perf_counter() - t0) / 1e6
+    def websockets_run() -> Tuple[float, float]:
+        with websockets_connect(
+            f"{base}/bigsink?bytes={expected}", compression=None, open_timeout=WAIT, max_size=None
+        ) as wss:
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(n):
+                wss.send(payload)
+            _check_done(wss.recv(timeout=WAIT), expected)
+            return _rate_and_cpu(n, size, t0, c0)
 
-    def tether_run(**options: Any) -> float:
+    def tether_run(**options: Any) -> Tuple[float, float]:
         client = _tether(
             f"{base}/bigsink?bytes={expected}",
             queue={"max_size": n + 10, "overflow": "reject"},
@@ -271,26 +321,45 @@ def send_big_all(base: str, size: int, n: int, hwms: Tuple[int, ...] = ()) -> Re
         try:
             sub = client.subscribe("default")
             client.connect(wait=True, timeout=10)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(n):
                 client.send(payload)
             _check_done(sub.get(timeout=WAIT), expected)
-            return n * size / (time.perf_counter() - t0) / 1e6
+            return _rate_and_cpu(n, size, t0, c0)
         finally:
             client.close(timeout=5)
 
-    if not hwms:
-        out["tether"] = tether_run()
-        return out
-    # ABBA: default, each hwm, each hwm again (reversed), default again.
-    rates: Dict[str, List[float]] = {}
-    order: List[Optional[int]] = [None, *hwms, *reversed(hwms), None]
-    for hwm in order:
-        key = "tether" if hwm is None else f"hwm={hwm}"
-        opts = {} if hwm is None else {"backpressure": {"high_water_mark": hwm}}
-        rates.setdefault(key, []).append(tether_run(**opts))
-    for key, got in rates.items():
-        out[key] = statistics.mean(got)
+    def tether_all() -> None:
+        if not hwms:
+            out["tether"], out["cpu.tether"] = tether_run()
+            return
+        # ABBA: default, each hwm, each hwm again (reversed), default again.
+        rates: Dict[str, List[float]] = {}
+        cpus: List[float] = []
+        runs: List[Optional[int]] = [None, *hwms, *reversed(hwms), None]
+        for hwm in runs:
+            key = "tether" if hwm is None else f"hwm={hwm}"
+            opts = {} if hwm is None else {"backpressure": {"high_water_mark": hwm}}
+            rate, cpu = tether_run(**opts)
+            rates.setdefault(key, []).append(rate)
+            if hwm is None:
+                cpus.append(cpu)
+        for key, got in rates.items():
+            out[key] = statistics.mean(got)
+        out["cpu.tether"] = statistics.mean(cpus)
+
+    def wsc_all() -> None:
+        out["wsc"], out["cpu.wsc"] = wsc_run()
+
+    def websockets_all() -> None:
+        out["websockets"], out["cpu.websockets"] = websockets_run()
+
+    runners = {"c": wsc_all, "w": websockets_all, "t": tether_all}
+    for who in order:
+        faults = _minor_faults()
+        runners[who]()
+        runs_of_it = 1 if who != "t" or not hwms else 2 * len(hwms) + 2
+        out[f"faults.{BIG_CLIENTS[who]}"] = (_minor_faults() - faults) / (n * runs_of_it)
     return out
 
 
@@ -552,6 +621,7 @@ def median_of(samples: List[Result], key: str) -> float:
 def run_all(base: str, args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
     n_send, n_recv, n_rtt, n_mem = args.n_send, args.n_recv, args.n_rtt, args.n_mem
     tether_len = tether_frame_len(PAYLOAD)
+    current = {"rep": 0}  # the repetition running (the big rows' client order)
     cases: List[Tuple[str, Callable[[], Result]]] = [
         ("send.wsc", lambda: send_websocket_client(base, n_send)),
         ("send.websockets", lambda: send_websockets(base, n_send)),
@@ -571,7 +641,11 @@ def run_all(base: str, args: argparse.Namespace, log: Callable[[str], None]) -> 
             (
                 f"big.{size // 1024}k",
                 lambda size=size: send_big_all(
-                    base, size, big_count(size, args.big_bytes), args.big_hwm
+                    base,
+                    size,
+                    big_count(size, args.big_bytes),
+                    args.big_hwm,
+                    big_order(current["rep"], args.big_order == "rotate"),
                 ),
             )
             for size in BIG_SIZES
@@ -583,6 +657,7 @@ def run_all(base: str, args: argparse.Namespace, log: Callable[[str], None]) -> 
     only = set(args.only.split(",")) if args.only else None
     samples: Dict[str, List[Result]] = {}
     for rep in range(args.repeat):
+        current["rep"] = rep
         for name, fn in cases:
             if only and not any(name.startswith(o) for o in only):
                 continue
@@ -849,6 +924,19 @@ def spread_rows(samples: Dict[str, List[Result]]) -> List[Tuple[str, float, floa
             ratios = [s[key] / s["websockets"] for s in runs if key in s and s["websockets"]]
             label = f"send {size // 1024} KiB, {key}, tether / websockets"
             out.append((label, min(ratios), statistics.median(ratios), max(ratios), len(ratios)))
+        # The same ratio split by the client that ran first in the repetition
+        # (--big-order rotate): does the order move it?
+        for i, who in enumerate("cwt"):
+            ratios = [
+                s["tether"] / s["websockets"]
+                for s in runs
+                if s.get("first") == i and s.get("websockets")
+            ]
+            if ratios and len({s.get("first") for s in runs}) > 1:
+                label = f"send {size // 1024} KiB, tether / websockets, {BIG_CLIENTS[who]} first"
+                out.append(
+                    (label, min(ratios), statistics.median(ratios), max(ratios), len(ratios))
+                )
     return out
 
 
@@ -861,6 +949,48 @@ def print_spreads(samples: Dict[str, List[Result]], out: Any = sys.stdout) -> No
     print(f"{'':<{width}}    min  median    max  (n)", file=out)
     for label, lo, mid, hi, n in rows:
         print(f"{label:<{width}}  {lo:5.2f}  {mid:6.2f}  {hi:5.2f}  ({n})", file=out)
+    for size in BIG_SIZES:
+        runs = samples.get(f"big.{size // 1024}k", [])
+        faults = {
+            who: [s[f"faults.{who}"] for s in runs if f"faults.{who}" in s]
+            for who in BIG_CLIENTS.values()
+        }
+        if any(faults.values()):
+            shown = ", ".join(
+                f"{who} {min(v):,.0f} / {statistics.median(v):,.0f} / {max(v):,.0f}"
+                for who, v in faults.items()
+                if v
+            )
+            print(
+                f"page faults per {size // 1024} KiB message (min / median / max): {shown}",
+                file=out,
+            )
+        cpu = {
+            who: [s[f"cpu.{who}"] for s in runs if f"cpu.{who}" in s]
+            for who in BIG_CLIENTS.values()
+        }
+        if any(cpu.values()):
+            shown = ", ".join(
+                f"{who} {min(v):,.0f} / {statistics.median(v):,.0f} / {max(v):,.0f}"
+                for who, v in cpu.items()
+                if v
+            )
+            print(
+                f"client CPU us per {size // 1024} KiB message (min / median / max): {shown}",
+                file=out,
+            )
+            ratios = [
+                s["cpu.websockets"] / s["cpu.tether"]
+                for s in runs
+                if s.get("cpu.tether") and "cpu.websockets" in s
+            ]
+            if ratios:
+                print(
+                    f"  websockets' CPU over tether's, per repetition: min {min(ratios):.2f} "
+                    f"median {statistics.median(ratios):.2f} max {max(ratios):.2f} "
+                    "(> 1: tether spends less)",
+                    file=out,
+                )
 
 
 def print_table(rows: List[Dict[str, Any]], out: Any = sys.stdout) -> None:
@@ -1026,6 +1156,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         default=(),
         help="big-message rows: also run TetherClient with these high_water_mark values "
         "(comma-separated bytes, e.g. 1e6,4e6,16e6), ABBA with the default run",
+    )
+    parser.add_argument(
+        "--big-order",
+        choices=("rotate", "fixed"),
+        default="rotate",
+        help="big-message rows: the clients' order per repetition: rotate (each first, "
+        "second and third in turn; the default) or fixed (websocket-client, websockets, "
+        "tether_sync every time: the method before session 21)",
     )
     parser.add_argument("--only", help="comma-separated case prefixes (e.g. send,rtt,bp)")
     parser.add_argument("--profile", action="store_true", help="also cProfile TetherClient")

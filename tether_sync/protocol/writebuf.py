@@ -39,8 +39,12 @@ BIG_CHUNK = 64 * 1024
 # each piece is masked only when a write is about to hand it to the kernel (see
 # _Unmasked): no masked copy of the whole payload is made, and the masked bytes
 # alive at a time are about one write's worth, whatever the message's size.
-# Smaller pieces would cost Python per piece (masking, handing out, dropping).
-PIECE = 256 * 1024
+# Each piece costs Python (queuing, masking, handing out, dropping): at 256 KiB a
+# stream of 1 MiB messages ran about 2,800 bytecodes per message on the I/O
+# thread, at 1 MiB about 2,000 (benchmarks/README.md, "Issue 22, session 21"),
+# for the same peak memory (a gathering write hands out at most GATHER_BYTES,
+# 1 MiB, of masked pieces: a 16 MiB send peaks near 2 MiB either way).
+PIECE = 1024 * 1024
 
 Chunk = Union[bytes, memoryview]
 _DATA_OPS = (frames.OP_TEXT, frames.OP_BINARY)  # what permessage-deflate may compress
@@ -261,11 +265,14 @@ class WriteBuffer:
         For a gathering write (``socket.sendmsg()``): the unwritten rest of the
         first chunk, then whole chunks after it, at most ``max_chunks`` of them;
         no chunk is added once ``max_bytes`` are reached (the last one may
-        cross it). Pieces of a big payload are masked as they are added, so
-        ``max_bytes`` also bounds the masked bytes made per write. Empty when
-        nothing waits. Report what the kernel took with :meth:`advance`, which
-        counts across chunk boundaries: a write that ends inside a chunk
-        leaves its rest first in line.
+        cross it), except small framed chunks (under ``BIG_CHUNK``: a barrier
+        ping, the next big frame's header), which still go with it: left
+        behind, each cost a write and a packet of its own (after about one 1
+        MiB message in five). Pieces of a big payload are masked as they are
+        added, so ``max_bytes`` also bounds the masked bytes made per write.
+        Empty when nothing waits. Report what the kernel took with
+        :meth:`advance`, which counts across chunk boundaries: a write that
+        ends inside a chunk leaves its rest first in line.
         """
         chunks = self._chunks
         if not chunks:
@@ -274,14 +281,19 @@ class WriteBuffer:
         first = memoryview(self._ready(0) if isinstance(head, _Unmasked) else head)[self._offset :]
         out = [first]
         size = len(first)
-        if len(chunks) > 1 and size < max_bytes:
-            ready = self._ready
+        if len(chunks) > 1:
             for i in range(1, min(len(chunks), max_chunks)):
-                chunk = ready(i)
+                queued = chunks[i]
+                if isinstance(queued, _Unmasked):
+                    if size >= max_bytes:
+                        break
+                    chunk = self._ready(i)
+                elif size >= max_bytes and len(queued) >= BIG_CHUNK:
+                    break
+                else:
+                    chunk = queued
                 out.append(memoryview(chunk))
                 size += len(chunk)
-                if size >= max_bytes:
-                    break
         return out
 
     def advance(self, n: int) -> List[Delivery]:
