@@ -13,8 +13,10 @@ nothing is lost, duplicated or reordered, and nothing waits on the consumer.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -140,8 +142,12 @@ class Consumer:
 
 @pytest.mark.timeout(60)
 def test_a_reset_while_the_consumer_waits_on_the_socket_loses_and_duplicates_nothing(
-    tether_server: TetherServer, waits: SocketWaits, make_client: Callable[..., TetherClient]
+    tether_server: TetherServer,
+    waits: SocketWaits,
+    make_client: Callable[..., TetherClient],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="tether_sync")
     # Default protocol (tether, acks) and queue policy; the server echoes a
     # message to the channel's subscribers, this client included.
     client = make_client(tether_server.url)
@@ -174,6 +180,11 @@ def test_a_reset_while_the_consumer_waits_on_the_socket_loses_and_duplicates_not
     # The resets were read by the consumer itself (it held the turn).
     with waits.cond:
         assert waits.failed_reads.get(consumer.name, 0) >= 1, waits.failed_reads
+    # What the consumer's thread logged about it carries the client's fields
+    # (DESIGN §8), as the I/O thread's records do.
+    mine = [r for r in caplog.records if r.threadName == consumer.name]
+    assert mine, "the consumer's thread logged nothing about the reset it read"
+    assert all(getattr(r, "client", None) for r in mine), [r.getMessage() for r in mine]
 
 
 @pytest.mark.timeout(90)
@@ -517,3 +528,86 @@ def test_consumers_on_several_subscriptions_while_several_threads_send(
         assert not consumer.error
     # The consumers did take turns on the socket.
     assert sum(waits.entered.get(c.name, 0) for c in consumers.values()) > 0
+
+
+@pytest.mark.timeout(60)
+def test_several_consumers_of_one_subscription_share_a_stream_exactly_once(
+    tether_server: TetherServer, waits: SocketWaits, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url)
+    sub = client.subscribe("s")
+    client.connect(wait=True, timeout=10)
+    assert wait_subscribed(tether_server, "s")
+    n = 3000
+    taken = Recorder()
+    stop = threading.Event()
+    per_thread: Dict[str, List[int]] = {}
+
+    def consume(name: str, timeout: Optional[float]) -> None:
+        mine = per_thread[name] = []
+        while not stop.is_set():
+            try:
+                item = sub.get(timeout=timeout)
+            except TimeoutError:
+                continue
+            except ClientClosed:
+                return
+            mine.append(item)
+            taken(item)
+
+    threads = [
+        threading.Thread(target=consume, args=(f"c{k}", t), name=f"c{k}")
+        for k, t in enumerate([None, 0.01, 0.001])
+    ]
+    for t in threads:
+        t.start()
+    for i in range(n):
+        assert tether_server.broadcast("s", i) == 1
+        if i % 300 == 0:
+            assert taken.wait_count(i + 1, timeout=10)  # idle gaps: someone waits on the socket
+    assert taken.wait_count(n, timeout=30)
+    stop.set()
+    client.close(timeout=5)  # ends the get() without a timeout
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+    assert sorted(taken.snapshot()) == list(range(n))  # each once
+    for name, mine in per_thread.items():
+        assert mine == sorted(mine), f"{name} took them out of order"
+    assert sum(waits.entered.get(t.name, 0) for t in threads) > 0
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_while_get_waits_on_the_socket_loses_nothing(
+    tether_server: TetherServer, waits: SocketWaits, make_client: Callable[..., TetherClient]
+) -> None:
+    client = make_client(tether_server.url)
+    sub = client.subscribe("c")
+    seen = Recorder()
+    client.subscribe("c", seen)  # read by whoever holds the turn, run on the dispatcher
+    client.connect(wait=True, timeout=10)
+    assert wait_subscribed(tether_server, "c")
+    me = threading.current_thread()
+    assert me is threading.main_thread()  # only the main thread gets Ctrl-C
+    assert io_idle(client)
+
+    def press_ctrl_c() -> None:
+        if waits.wait_inside(me.name):
+            signal.pthread_kill(me.ident or 0, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    with pytest.raises(KeyboardInterrupt):
+        sub.get(timeout=10)  # Ctrl-C comes while it waits on the socket
+    presser.join(5)
+    # Nothing is stuck: the I/O thread reads for the callback subscription...
+    for i in range(3):
+        assert tether_server.broadcast("c", i) == 1
+    assert seen.wait_count(3, timeout=5), "inbound stalled after the interrupted get()"
+    # ...and the interrupted consumer gets every message, once, in order.
+    assert [sub.get(timeout=5) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(TimeoutError):
+        sub.get(timeout=0.05)
+    assert client.stats().reconnects == 0
+    client.send("after", channel="c").result(timeout=5)
+    assert sub.get(timeout=5) == "after"
