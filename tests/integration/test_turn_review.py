@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from support.listener import Listener
-from support.raw_server import accept_handshake
+from support.raw_server import accept_handshake, server_frame
 from support.recorder import Recorder, eventually, wait_subscribed
 from support.serve_process import ServeProcess
 
@@ -97,16 +97,24 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[SocketWaits]:
     yield seen
 
 
-def io_idle(client: TetherClient) -> bool:
-    """Wait until the I/O thread waits in its selector (the turn is free; white-box).
+POKE = "poke"
+"""A message that only ends a ``get()`` so that the next one tries the turn again."""
 
-    A ``get()`` that finds the turn taken waits for the I/O thread's hand-over
-    for the rest of that call, so a test that needs the consumer on the socket
-    starts it once the I/O thread is idle (after a TLS connect it still reads
-    the server's session tickets for a moment).
+
+def on_the_socket(waits: SocketWaits, name: str, poke: Callable[[], Any]) -> bool:
+    """Wait until thread ``name`` waits on the socket in ``get()``, poking it if need be.
+
+    A ``get()`` that finds the loop's turn taken (the I/O thread busy for a
+    moment: an ack, a TLS session ticket) waits as a plain waiter for the rest
+    of that call (by design: it is a matter of speed, not of delivery). Then
+    ``poke()`` sends it a :data:`POKE`, which its consumer skips, and the next
+    ``get()`` tries the turn again.
     """
-    turn = client._loop._loop.turn
-    return eventually(lambda: not turn.locked(), timeout=10)
+    for _ in range(20):
+        if waits.wait_inside(name, timeout=0.5):
+            return True
+        poke()
+    return False
 
 
 class Consumer:
@@ -129,7 +137,9 @@ class Consumer:
         try:
             while len(self.got.items) < self.count:
                 try:
-                    self.got(self.sub.get(timeout=self.timeout))
+                    item = self.sub.get(timeout=self.timeout)
+                    if item != POKE:
+                        self.got(item)
                 except TimeoutError:
                     self.timeouts += 1
         except BaseException as exc:
@@ -157,15 +167,18 @@ def test_a_reset_while_the_consumer_waits_on_the_socket_loses_and_duplicates_not
     n = 40
     closes = Recorder()
     client.on("close", closes)
-    assert io_idle(client)
     consumer = Consumer(sub, n, timeout=None)
+
+    def poke() -> None:
+        assert tether_server.broadcast("c", POKE) == 1
+
     resets = 0
     for i in range(n):
         if i and i % 10 == 0:
             # The consumer has the previous echo and waits on the socket for the
             # next one, holding the turn: the RST lands on its read.
             assert consumer.got.wait_count(i, timeout=10)
-            assert waits.wait_inside(consumer.name), "the consumer never waited on the socket"
+            assert on_the_socket(waits, consumer.name, poke), "it never waited on the socket"
             assert tether_server.drop_all() == 1
             resets += 1
             if resets % 2:  # the next send waits for the failure, or races with it
@@ -196,7 +209,6 @@ def test_a_server_killed_while_the_consumer_waits_then_later_messages_still_reac
         client = make_client(server.url)  # default protocol, acks, queue "block"
         sub = client.subscribe("c")
         client.connect(wait=True, timeout=10)
-        assert io_idle(client)
         consumer = Consumer(sub, 6, timeout=None)
         sent = [client.send(f"before {i}", channel="c") for i in range(3)]
         for delivery in sent:
@@ -204,7 +216,11 @@ def test_a_server_killed_while_the_consumer_waits_then_later_messages_still_reac
             # process (which would echo them again: at least once, DESIGN §5).
             delivery.result(timeout=10)
         assert consumer.got.wait_count(3, timeout=10)
-        assert waits.wait_inside(consumer.name)
+
+        def poke() -> None:
+            client.send(POKE, channel="c").result(timeout=10)  # acked: never resent
+
+        assert on_the_socket(waits, consumer.name, poke)
         opens = Recorder()
         client.on("open", opens)
         server.kill()  # kill -9 while the consumer waits on the socket, get(timeout=None)
@@ -234,9 +250,8 @@ def test_close_from_another_thread_ends_a_get_with_no_timeout_at_once(
     try:
         sub = client.subscribe("default")
         client.connect(wait=True, timeout=10)
-        assert io_idle(client)
         consumer = Consumer(sub, 1, timeout=None)
-        assert waits.wait_inside(consumer.name)
+        assert on_the_socket(waits, consumer.name, lambda: client.send(POKE))  # echoed
         started = time.monotonic()
         assert client.close(timeout=5) is True  # every thread it started is joined
         took = time.monotonic() - started
@@ -257,9 +272,8 @@ def test_unsubscribe_and_subscribe_from_other_threads_while_a_consumer_waits(
     other = client.subscribe("other")
     client.connect(wait=True, timeout=10)
     assert wait_subscribed(tether_server, "other")
-    assert io_idle(client)
     waiter = Consumer(other, 1, timeout=None, name="waiter")
-    assert waits.wait_inside(waiter.name)
+    assert on_the_socket(waits, waiter.name, lambda: tether_server.broadcast("other", POKE))
     # A subscription made from another thread meanwhile gets its messages...
     news = client.subscribe("news")
     assert wait_subscribed(tether_server, "news")
@@ -271,9 +285,9 @@ def test_unsubscribe_and_subscribe_from_other_threads_while_a_consumer_waits(
     assert waiter.got.snapshot() == ["yours"] and not waiter.error
     # Unsubscribing a consumer's subscription while it waits on the socket
     # ends its get() now, not at some later deadline (there is none).
-    assert io_idle(client)
+    assert wait_subscribed(tether_server, "quiet")
     quitter = Consumer(quiet, 1, timeout=None, name="quitter")
-    assert waits.wait_inside(quitter.name)
+    assert on_the_socket(waits, quitter.name, lambda: tether_server.broadcast("quiet", POKE))
     started = time.monotonic()
     threading.Thread(target=quiet.unsubscribe).start()
     quitter.join(5)
@@ -291,6 +305,7 @@ class SilentPeer:
         self.cond = threading.Condition()  # guards frames and connections
         self.frames: List[Tuple[float, int]] = []  # (monotonic time, opcode)
         self.connections: List[float] = []  # when each handshake completed
+        self._socks: List[socket.socket] = []  # the connections, newest last
         self._listener = Listener(self._talk, threaded=True, name="silent-peer")
         self.url = self._listener.url
 
@@ -300,6 +315,7 @@ class SilentPeer:
             accept_handshake(conn)
             with self.cond:
                 self.connections.append(time.monotonic())
+                self._socks.append(conn)
                 self.cond.notify_all()
             buf = b""
             while True:
@@ -326,6 +342,12 @@ class SilentPeer:
         with self.cond:
             return self.cond.wait_for(predicate, timeout)
 
+    def poke(self) -> None:
+        """Say one thing: a text frame :data:`POKE` on the newest connection."""
+        with self.cond:
+            sock = self._socks[-1]
+        sock.sendall(server_frame(0x1, POKE.encode()))
+
     def close(self) -> None:
         self._listener.close()
 
@@ -341,15 +363,14 @@ def test_pings_go_out_and_a_dead_peer_is_found_while_a_consumer_waits(
         client.on("close", closes)
         sub = client.subscribe("default")
         client.connect(wait=True, timeout=10)
-        opened = time.monotonic()
-        assert io_idle(client)
         consumer = Consumer(sub, 1, timeout=None)
-        assert waits.wait_inside(consumer.name)
-        # The ping goes out on time although the consumer holds the turn...
-        assert peer.wait_for(lambda: any(op == 0x9 for _, op in peer.frames), 5)
+        assert on_the_socket(waits, consumer.name, peer.poke)
+        since = time.monotonic()
+        # The next ping goes out on time although the consumer holds the turn...
+        assert peer.wait_for(lambda: any(op == 0x9 and t > since for t, op in peer.frames), 5)
         with peer.cond:
-            first_ping = next(t for t, op in peer.frames if op == 0x9)
-        assert first_ping - opened < 0.3 + 0.5, f"first ping after {first_ping - opened:.2f} s"
+            ping = next(t for t, op in peer.frames if op == 0x9 and t > since)
+        assert ping - since < 0.3 + 0.5, f"no ping for {ping - since:.2f} s"
         # ...and with no pong the link is closed (4000) after the timeout.
         assert closes.wait_count(1, timeout=5), "the dead peer was never detected"
         assert closes.snapshot()[0].code == 4000
@@ -387,13 +408,16 @@ def test_token_rotation_while_a_consumer_waits_on_the_socket(
     sub = client.subscribe("live")
     client.connect(wait=True, timeout=10)
     assert wait_subscribed(server, "live")
-    assert io_idle(client)
     consumer = Consumer(sub, 2, timeout=None)
-    assert waits.wait_inside(consumer.name)
+
+    def poke() -> None:
+        assert server.broadcast("live", POKE) == 1
+
+    assert on_the_socket(waits, consumer.name, poke)
     client.refresh_auth(timeout=10)  # over the open socket, while the consumer waits on it
     assert server.broadcast("live", "one") == 1
     assert consumer.got.wait_count(1, timeout=5)
-    assert waits.wait_inside(consumer.name)
+    assert on_the_socket(waits, consumer.name, poke)
     client.refresh_auth(timeout=10)
     assert server.broadcast("live", "two") == 1
     consumer.join(5)
@@ -466,7 +490,7 @@ def test_tiny_get_timeouts_in_a_tight_loop_lose_and_reorder_nothing(
     assert wait_subscribed(tether_server, "s")
     n = 3000
     consumer = Consumer(sub, n, timeout=0.001)
-    assert waits.wait_inside(consumer.name)
+    assert waits.wait_inside(consumer.name)  # each get() tries the turn: no poke needed
     for i in range(n):
         assert tether_server.broadcast("s", i) == 1
         if i % 500 == 0:
@@ -589,21 +613,23 @@ def test_ctrl_c_while_get_waits_on_the_socket_loses_nothing(
     assert wait_subscribed(tether_server, "c")
     me = threading.current_thread()
     assert me is threading.main_thread()  # only the main thread gets Ctrl-C
-    assert io_idle(client)
 
     def press_ctrl_c() -> None:
-        if waits.wait_inside(me.name):
+        if on_the_socket(waits, me.name, lambda: tether_server.broadcast("c", POKE)):
             signal.pthread_kill(me.ident or 0, signal.SIGINT)
 
     presser = threading.Thread(target=press_ctrl_c)
     presser.start()
     with pytest.raises(KeyboardInterrupt):
-        sub.get(timeout=10)  # Ctrl-C comes while it waits on the socket
+        while True:  # Ctrl-C comes while get() waits on the socket
+            assert sub.get(timeout=10) == POKE
     presser.join(5)
+    pokes = len(seen.snapshot())
     # Nothing is stuck: the I/O thread reads for the callback subscription...
     for i in range(3):
         assert tether_server.broadcast("c", i) == 1
-    assert seen.wait_count(3, timeout=5), "inbound stalled after the interrupted get()"
+    assert seen.wait_count(pokes + 3, timeout=5), "inbound stalled after the interrupted get()"
+    assert seen.snapshot()[pokes:] == [0, 1, 2]
     # ...and the interrupted consumer gets every message, once, in order.
     assert [sub.get(timeout=5) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(TimeoutError):
