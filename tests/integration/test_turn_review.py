@@ -117,6 +117,20 @@ def on_the_socket(waits: SocketWaits, name: str, poke: Callable[[], Any]) -> boo
     return False
 
 
+def unpoked(items: List[Any]) -> List[Any]:
+    return [item for item in items if item != POKE]
+
+
+def next_unpoked(sub: Any, n: int) -> List[Any]:
+    """The next ``n`` payloads of ``sub`` that are not pokes."""
+    out: List[Any] = []
+    while len(out) < n:
+        item = sub.get(timeout=5)
+        if item != POKE:
+            out.append(item)
+    return out
+
+
 class Consumer:
     """A thread that takes ``count`` payloads from ``sub`` with ``get(timeout)``."""
 
@@ -624,16 +638,68 @@ def test_ctrl_c_while_get_waits_on_the_socket_loses_nothing(
         while True:  # Ctrl-C comes while get() waits on the socket
             assert sub.get(timeout=10) == POKE
     presser.join(5)
-    pokes = len(seen.snapshot())
     # Nothing is stuck: the I/O thread reads for the callback subscription...
     for i in range(3):
         assert tether_server.broadcast("c", i) == 1
-    assert seen.wait_count(pokes + 3, timeout=5), "inbound stalled after the interrupted get()"
-    assert seen.snapshot()[pokes:] == [0, 1, 2]
+    assert seen.wait_for(lambda items: len(unpoked(items)) >= 3, timeout=5), "inbound stalled"
+    assert unpoked(seen.snapshot()) == [0, 1, 2]
     # ...and the interrupted consumer gets every message, once, in order.
-    assert [sub.get(timeout=5) for _ in range(3)] == [0, 1, 2]
+    assert next_unpoked(sub, 3) == [0, 1, 2]
     with pytest.raises(TimeoutError):
         sub.get(timeout=0.05)
     assert client.stats().reconnects == 0
     client.send("after", channel="c").result(timeout=5)
     assert sub.get(timeout=5) == "after"
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_just_as_get_takes_the_socket_out_of_the_selector_stalls_nothing(
+    tether_server: TetherServer,
+    waits: SocketWaits,
+    make_client: Callable[..., TetherClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ctrl-C lands between two bytecodes: here, just after read_now took the
+    # socket out of the I/O thread's selector, before it waits on it. The socket
+    # must go back: the I/O thread (heartbeat off: no deadline wakes it) still
+    # reads for everyone else.
+    client = make_client(tether_server.url)
+    sub = client.subscribe("c")
+    seen = Recorder()
+    client.subscribe("c", seen)
+    client.connect(wait=True, timeout=10)
+    assert wait_subscribed(tether_server, "c")
+    me = threading.current_thread()
+    armed = threading.Event()
+    armed.set()
+    watch = poller_mod.Poller.watch
+
+    def interrupted(self: poller_mod.Poller, link: transport.Link, mask: int) -> None:
+        watch(self, link, mask)
+        if mask == 0 and threading.current_thread() is me and armed.is_set():
+            armed.clear()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(poller_mod.Poller, "watch", interrupted)
+    poked = threading.Event()
+
+    def poker() -> None:
+        # A get() that found the turn taken waits as a plain waiter: poke it.
+        while armed.is_set() and not poked.wait(0.5):
+            tether_server.broadcast("c", POKE)
+
+    thread = threading.Thread(target=poker)
+    thread.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            while True:
+                assert sub.get(timeout=10) == POKE
+    finally:
+        poked.set()
+        thread.join(5)
+    assert not armed.is_set()
+    for i in range(3):
+        assert tether_server.broadcast("c", i) == 1
+    assert seen.wait_for(lambda items: len(unpoked(items)) >= 3, timeout=5), "inbound stalled"
+    assert unpoked(seen.snapshot()) == [0, 1, 2]
+    assert next_unpoked(sub, 3) == [0, 1, 2]

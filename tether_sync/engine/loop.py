@@ -511,12 +511,15 @@ class IoLoop:
             if ready():
                 return True  # pushed before this thread held the turn
             link = conn.link
-            self._reading = True
-            if self._want_turn:  # the I/O thread is waiting for the turn: give it back
-                self._reading = False
-                return False
-            self._poller.watch(link, 0)  # the I/O thread's epoll no longer wakes for it
+            # Everything from the flag on is inside the try: a Ctrl-C between
+            # two of these lines (right after the socket left the selector, say)
+            # must still put the socket back and lower the flag, or the I/O
+            # thread, with no deadline to wake it, never reads it again.
             try:
+                self._reading = True
+                if self._want_turn:  # the I/O thread is waiting for the turn: give it back
+                    return False
+                self._poller.watch(link, 0)  # the I/O thread's epoll no longer wakes for it
                 if link.io.tls and link.tls_pending():
                     # Decrypted bytes already wait in the SSL object, which the
                     # socket's readiness does not show (STYLE §3.4): read them.
