@@ -765,3 +765,32 @@ def test_ctrl_c_as_a_caller_takes_the_turn_leaves_the_turn_free(
     assert seen.wait_for(lambda items: "after" in items, timeout=5), "the loop is stuck"
     client.send("last", channel="q").result(timeout=5)
     assert client.close(timeout=5) is True
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("echo", ["ws"], indirect=True)
+def test_without_poll_a_consumer_leaves_the_selector_alone(
+    echo: Dict[str, Any],
+    make_client: Callable[..., TetherClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Where select.poll is missing (Windows) a consumer cannot wait on the
+    # socket: it must not take the socket out of the I/O thread's selector
+    # either (a SelectSelector changed while another thread waits in it).
+    monkeypatch.setattr(poller_mod, "_POLL", None)
+    changes: List[str] = []
+    watch = poller_mod.Poller.watch
+
+    def recorded(self: poller_mod.Poller, link: transport.Link, mask: int) -> None:
+        if threading.current_thread().name != IO_THREAD:
+            changes.append(threading.current_thread().name)
+        watch(self, link, mask)
+
+    monkeypatch.setattr(poller_mod.Poller, "watch", recorded)
+    client = make_client(echo["url"], protocol="raw", sslopt=echo["sslopt"])
+    inbox = client.subscribe("default")
+    client.connect(wait=True, timeout=10)
+    for i in range(100):
+        client.send(f"r{i}")
+        assert inbox.get(timeout=10) == f"r{i}"  # the I/O thread reads them all
+    assert not changes, f"{len(changes)} selector changes from {set(changes)}"

@@ -500,6 +500,12 @@ class IoLoop:
             buffer again); False if it could not take the turn or nothing came:
             the caller then blocks as usual and the I/O thread carries on.
         """
+        if not self._poller.can_wait_socket:
+            # No poll() (Windows): the caller could not wait on the socket, so it
+            # must not take it out of the selector (that selector is not safe to
+            # change while the I/O thread waits in it, and it cost two changes
+            # per get() for nothing).
+            return False
         turn = self.turn
         read = False
         wake = False
