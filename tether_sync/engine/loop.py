@@ -83,6 +83,15 @@ from .timers import TimerHeap
 log = logging.getLogger("tether_sync")
 
 
+def _mine(lock: Any) -> bool:
+    """Whether the calling thread holds ``lock``, an RLock.
+
+    ``_is_owned`` is the C RLock's (CPython 3.2 on; ``threading.Condition``
+    uses it), not in the typing stubs.
+    """
+    return bool(lock._is_owned())
+
+
 class IoLoop:
     """The connection engine behind :class:`~tether_sync.TetherClient`.
 
@@ -113,7 +122,9 @@ class IoLoop:
         # The I/O thread holds it except while it waits in the selector; a sender
         # that finds it free writes its message itself (write_now). One holder at
         # a time, so the socket (TLS included) still has one user at a time.
-        self.turn = threading.Lock()
+        # An RLock, never taken twice by one thread, only for _mine(): a caller
+        # asks the lock whether it holds it (see write_now).
+        self.turn = threading.RLock()
         # The handshake between a consumer waiting on the socket (read_now) and
         # the I/O thread wanting the turn back (see _select_once); plain flags,
         # each written by one side and read by the other.
@@ -422,11 +433,11 @@ class IoLoop:
         writes as the I/O thread would, under the turn; otherwise, and for
         whatever is left, it wakes the I/O thread.
         """
-        if not self.turn.acquire(False):
-            self._poller.wake()
-            return
-        wake = True
+        turn = self.turn
+        wake = True  # also when the turn is taken: the I/O thread then writes
         try:
+            if not turn.acquire(False):
+                return
             conn = self._conn
             until = self._asleep_until  # the I/O thread is in its selector until then
             if conn is not None and not self.stopped.is_set():
@@ -434,7 +445,12 @@ class IoLoop:
                 if self._conn is conn:
                     wake = self._leftover_work(conn, until)
         finally:
-            self.turn.release()
+            # Asked of the lock, not of acquire()'s result: a Ctrl-C (a signal
+            # handler's exception, raised as the call returns) can lose that
+            # result but not the lock, which the I/O thread would then wait for
+            # forever: no reads, no heartbeat, close() timing out.
+            if _mine(turn):
+                turn.release()
             if wake:  # in the finally: an interrupted step leaves work (a reconnect)
                 self._poller.wake()
 
@@ -484,11 +500,18 @@ class IoLoop:
             buffer again); False if it could not take the turn or nothing came:
             the caller then blocks as usual and the I/O thread carries on.
         """
-        if not self.turn.acquire(False):
+        if not self._poller.can_wait_socket:
+            # No poll() (Windows): the caller could not wait on the socket, so it
+            # must not take it out of the selector (that selector is not safe to
+            # change while the I/O thread waits in it, and it cost two changes
+            # per get() for nothing).
             return False
+        turn = self.turn
         read = False
         wake = False
         try:
+            if not turn.acquire(False):
+                return False
             conn = self._conn
             until = self._asleep_until
             if (
@@ -511,12 +534,15 @@ class IoLoop:
             if ready():
                 return True  # pushed before this thread held the turn
             link = conn.link
-            self._reading = True
-            if self._want_turn:  # the I/O thread is waiting for the turn: give it back
-                self._reading = False
-                return False
-            self._poller.watch(link, 0)  # the I/O thread's epoll no longer wakes for it
+            # Everything from the flag on is inside the try: a Ctrl-C between
+            # two of these lines (right after the socket left the selector, say)
+            # must still put the socket back and lower the flag, or the I/O
+            # thread, with no deadline to wake it, never reads it again.
             try:
+                self._reading = True
+                if self._want_turn:  # the I/O thread is waiting for the turn: give it back
+                    return False
+                self._poller.watch(link, 0)  # the I/O thread's epoll no longer wakes for it
                 if link.io.tls and link.tls_pending():
                     # Decrypted bytes already wait in the SSL object, which the
                     # socket's readiness does not show (STYLE §3.4): read them.
@@ -540,7 +566,8 @@ class IoLoop:
             else:
                 wake = self._leftover_work(conn, until)
         finally:
-            self.turn.release()
+            if _mine(turn):  # not acquire()'s result: see write_now
+                turn.release()
             if wake:  # in the finally: an interrupted step leaves work (a reconnect)
                 self._poller.wake()
         return read

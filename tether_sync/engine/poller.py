@@ -87,6 +87,11 @@ class Poller:
         except OSError:  # full (the loop is already due to wake) or closed
             pass
 
+    @property
+    def can_wait_socket(self) -> bool:
+        """Whether :meth:`wait_socket` can wait here (it needs ``select.poll``: not on Windows)."""
+        return _POLL is not None
+
     def wait_socket(self, link: Link, timeout: float) -> Tuple[bool, bool]:
         """Wait, on a consumer's thread, for ``link`` or the wake pair to be readable.
 
