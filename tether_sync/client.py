@@ -529,9 +529,11 @@ class TetherClient:
         now = _perf_counter()
         alone = now - self._last_send > DIRECT_GAP
         self._last_send = now
-        dropped = loop.outbox.put(delivery, timeout, wake=not alone)
-        if alone:
-            loop.write_now()
+        try:
+            dropped = loop.outbox.put(delivery, timeout, wake=not alone)
+        finally:
+            if alone:  # also after a Ctrl-C here: a put without a wake byte is never left behind
+                loop.write_now()
         if dropped:
             self._dropped(dropped)
         return delivery

@@ -473,6 +473,57 @@ def test_a_callback_and_a_queue_subscription_share_the_link(
     assert me not in called_on and IO_THREAD not in called_on, set(called_on)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("echo", ["ws", "wss"], indirect=True)
+def test_a_callback_run_inline_that_sends_never_nests_a_step(
+    echo: Dict[str, Any], waits: SocketWaits, make_client: Callable[..., TetherClient]
+) -> None:
+    # dispatcher= that runs callbacks where it is called (a user's choice): a
+    # callback then runs on whichever thread routes the frame, the consumer's
+    # included, under the turn; its send() must not run a write step inside the
+    # read step (the turn is an RLock): it hands the write to the I/O thread.
+    client = make_client(
+        echo["url"], protocol="raw", sslopt=echo["sslopt"], dispatcher=lambda fn: fn()
+    )
+    nested: List[str] = []
+    reading = threading.local()
+    inner = client._loop._loop
+    pump, on_readable = inner._pump, inner._on_readable
+
+    def watched_pump() -> None:
+        if getattr(reading, "on", False):
+            nested.append(threading.current_thread().name)
+        pump()
+
+    def watched_read() -> None:
+        reading.on = True
+        try:
+            on_readable()
+        finally:
+            reading.on = False
+
+    inner._pump = watched_pump  # type: ignore[method-assign]
+    inner._on_readable = watched_read  # type: ignore[method-assign]
+    replies: List[str] = []
+
+    def on_message(payload: Any) -> None:
+        if isinstance(payload, str) and payload.startswith("ping"):
+            replies.append(payload)
+            client.send("pong" + payload[4:])
+
+    client.subscribe("default", on_message)
+    inbox = client.subscribe("default")
+    client.connect(wait=True, timeout=10)
+    n = 200
+    for i in range(n):
+        client.send(f"ping{i}")
+        got = [inbox.get(timeout=10), inbox.get(timeout=10)]
+        assert got == [f"ping{i}", f"pong{i}"]
+    assert replies == [f"ping{i}" for i in range(n)]
+    assert not nested, f"{len(nested)} write steps inside a read step: {set(nested)}"
+    assert waits.read_by(threading.current_thread().name) > n // 4
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("echo", ["ws", "wss"], indirect=True)
 def test_deflate_replies_read_on_the_callers_thread_arrive_intact(

@@ -434,6 +434,11 @@ class IoLoop:
         whatever is left, it wakes the I/O thread.
         """
         turn = self.turn
+        if _mine(turn):
+            # Already this thread's turn (a send() from code run under it, e.g. a
+            # dispatcher that runs callbacks inline): never nest a step in a step.
+            self._poller.wake()
+            return
         wake = True  # also when the turn is taken: the I/O thread then writes
         try:
             if not turn.acquire(False):
@@ -507,6 +512,8 @@ class IoLoop:
             # per get() for nothing).
             return False
         turn = self.turn
+        if _mine(turn):  # as in write_now: never nest a step in a step
+            return False
         read = False
         wake = False
         try:
