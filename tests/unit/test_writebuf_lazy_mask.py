@@ -8,40 +8,17 @@ time, when a write hands them out.
 
 from __future__ import annotations
 
-import io
 import os
 import tracemalloc
-from typing import Any, Iterator, List, Tuple
+from typing import Iterator, List
 
 import pytest
-from websocket._abnf import frame_buffer
+from support.client_frames import Item, read_frames
 
 from tether_sync.protocol import frames
 from tether_sync.protocol.writebuf import BIG_CHUNK, PIECE, WriteBuffer
 
 MIB = 2**20
-
-
-class Item:
-    __slots__ = ("_data", "_op", "_seq", "id")
-
-    def __init__(self, data: bytes) -> None:
-        self.id = "x"
-        self._op = frames.OP_BINARY
-        self._data = data
-        self._seq = 0
-
-
-def read_frames(data: bytes, count: int) -> List[Tuple[int, Any]]:
-    """``(opcode, unmasked payload)`` of ``count`` client frames, read by websocket-client."""
-    stream = io.BytesIO(data)
-    reader = frame_buffer(stream.read, False)
-    out = []
-    for _ in range(count):
-        frame = reader.recv_frame()
-        out.append((frame.opcode, frame.data))
-    assert stream.read() == b""
-    return out
 
 
 @pytest.fixture
