@@ -131,6 +131,18 @@ def next_unpoked(sub: Any, n: int) -> List[Any]:
     return out
 
 
+def _subscribed(
+    server: TetherServer, make_client: Callable[..., TetherClient], *channels: str
+) -> Tuple[TetherClient, List[Any]]:
+    """A client of ``server``, open, with a queue subscription per channel the server knows of."""
+    client = make_client(server.url)
+    subs = [client.subscribe(ch) for ch in channels]
+    client.connect(wait=True, timeout=10)
+    for ch in channels:
+        assert wait_subscribed(server, ch)
+    return client, subs
+
+
 class Consumer:
     """A thread that takes ``count`` payloads from ``sub`` with ``get(timeout)``."""
 
@@ -174,10 +186,7 @@ def test_a_reset_while_the_consumer_waits_on_the_socket_loses_and_duplicates_not
     caplog.set_level(logging.INFO, logger="tether_sync")
     # Default protocol (tether, acks) and queue policy; the server echoes a
     # message to the channel's subscribers, this client included.
-    client = make_client(tether_server.url)
-    sub = client.subscribe("c")
-    client.connect(wait=True, timeout=10)
-    assert wait_subscribed(tether_server, "c")
+    client, (sub,) = _subscribed(tether_server, make_client, "c")
     n = 40
     closes = Recorder()
     client.on("close", closes)
@@ -549,10 +558,7 @@ def test_deflate_replies_read_on_the_callers_thread_arrive_intact(
 def test_tiny_get_timeouts_in_a_tight_loop_lose_and_reorder_nothing(
     tether_server: TetherServer, waits: SocketWaits, make_client: Callable[..., TetherClient]
 ) -> None:
-    client = make_client(tether_server.url)
-    sub = client.subscribe("s")
-    client.connect(wait=True, timeout=10)
-    assert wait_subscribed(tether_server, "s")
+    _, (sub,) = _subscribed(tether_server, make_client, "s")
     n = 3000
     consumer = Consumer(sub, n, timeout=0.001)
     assert waits.wait_inside(consumer.name)  # each get() tries the turn: no poke needed
@@ -573,12 +579,9 @@ def test_tiny_get_timeouts_in_a_tight_loop_lose_and_reorder_nothing(
 def test_consumers_on_several_subscriptions_while_several_threads_send(
     tether_server: TetherServer, waits: SocketWaits, make_client: Callable[..., TetherClient]
 ) -> None:
-    client = make_client(tether_server.url)
     channels = ["a", "b", "c"]
-    subs = {ch: client.subscribe(ch) for ch in channels}
-    client.connect(wait=True, timeout=10)
-    for ch in channels:
-        assert wait_subscribed(tether_server, ch)
+    client, queues = _subscribed(tether_server, make_client, *channels)
+    subs = dict(zip(channels, queues))
     senders, per = 3, 150
     consumers = {
         # One consumer without a timeout, the others with short ones.
@@ -596,7 +599,8 @@ def test_consumers_on_several_subscriptions_while_several_threads_send(
                 for ch in channels:
                     client.send(f"{s}:{i}", channel=ch)
                 if rng.random() < 0.3:
-                    time.sleep(0.0002)  # pacing, not a wait: the next send takes the turn
+                    # Pacing a producer, not a wait: the next send takes the turn.
+                    time.sleep(0.0002)  # ok-sleep
         except BaseException as exc:
             failures.append(exc)
 
@@ -624,10 +628,7 @@ def test_consumers_on_several_subscriptions_while_several_threads_send(
 def test_several_consumers_of_one_subscription_share_a_stream_exactly_once(
     tether_server: TetherServer, waits: SocketWaits, make_client: Callable[..., TetherClient]
 ) -> None:
-    client = make_client(tether_server.url)
-    sub = client.subscribe("s")
-    client.connect(wait=True, timeout=10)
-    assert wait_subscribed(tether_server, "s")
+    client, (sub,) = _subscribed(tether_server, make_client, "s")
     n = 3000
     taken = Recorder()
     stop = threading.Event()
