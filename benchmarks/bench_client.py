@@ -951,34 +951,9 @@ def print_spreads(samples: Dict[str, List[Result]], out: Any = sys.stdout) -> No
         print(f"{label:<{width}}  {lo:5.2f}  {mid:6.2f}  {hi:5.2f}  ({n})", file=out)
     for size in BIG_SIZES:
         runs = samples.get(f"big.{size // 1024}k", [])
-        faults = {
-            who: [s[f"faults.{who}"] for s in runs if f"faults.{who}" in s]
-            for who in BIG_CLIENTS.values()
-        }
-        if any(faults.values()):
-            shown = ", ".join(
-                f"{who} {min(v):,.0f} / {statistics.median(v):,.0f} / {max(v):,.0f}"
-                for who, v in faults.items()
-                if v
-            )
-            print(
-                f"page faults per {size // 1024} KiB message (min / median / max): {shown}",
-                file=out,
-            )
-        cpu = {
-            who: [s[f"cpu.{who}"] for s in runs if f"cpu.{who}" in s]
-            for who in BIG_CLIENTS.values()
-        }
-        if any(cpu.values()):
-            shown = ", ".join(
-                f"{who} {min(v):,.0f} / {statistics.median(v):,.0f} / {max(v):,.0f}"
-                for who, v in cpu.items()
-                if v
-            )
-            print(
-                f"client CPU us per {size // 1024} KiB message (min / median / max): {shown}",
-                file=out,
-            )
+        kib = size // 1024
+        _print_per_client(runs, "faults", f"page faults per {kib} KiB message", out)
+        if _print_per_client(runs, "cpu", f"client CPU us per {kib} KiB message", out):
             ratios = [
                 s["cpu.websockets"] / s["cpu.tether"]
                 for s in runs
@@ -991,6 +966,26 @@ def print_spreads(samples: Dict[str, List[Result]], out: Any = sys.stdout) -> No
                     "(> 1: tether spends less)",
                     file=out,
                 )
+
+
+def _print_per_client(runs: List[Result], key: str, what: str, out: Any) -> bool:
+    """Print ``what``'s min / median / max per client from the ``<key>.<client>`` samples.
+
+    Returns whether any client had a sample (nothing is printed otherwise).
+    """
+    values = {
+        who: [s[f"{key}.{who}"] for s in runs if f"{key}.{who}" in s]
+        for who in BIG_CLIENTS.values()
+    }
+    if not any(values.values()):
+        return False
+    shown = ", ".join(
+        f"{who} {min(v):,.0f} / {statistics.median(v):,.0f} / {max(v):,.0f}"
+        for who, v in values.items()
+        if v
+    )
+    print(f"{what} (min / median / max): {shown}", file=out)
+    return True
 
 
 def print_table(rows: List[Dict[str, Any]], out: Any = sys.stdout) -> None:
